@@ -1,0 +1,12 @@
+"""Offline tiny models, processors and synthetic datasets for smoke tests, demos and the test suite."""
+
+from .models import (
+    TINY_MODEL_KINDS,
+    build_tiny_model,
+    build_tiny_qwen2,
+    build_tiny_qwen2_audio,
+    build_tiny_qwen2_vl,
+    build_tiny_reward_model,
+    save_tiny_model,
+)
+from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer

@@ -1,0 +1,122 @@
+"""A tiny byte-level BPE tokenizer with the Qwen special tokens and a multimodal chat template.
+
+It is trained locally in a few hundredths of a second, so nothing is downloaded. The vocabulary is small (a few
+hundred merges), which means words are split into several tokens: leave room in ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .vocabulary import COLOURS, PITCHES, MOTIONS, TEXT_WORDS
+
+# The order fixes the ids: they follow the trained vocabulary, first to last.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|audio_bos|>",
+    "<|AUDIO|>",
+    "<|audio_eos|>",
+]
+
+# Tokens a policy must never emit: each one stands for media features that a completion does not carry.
+MEDIA_PLACEHOLDER_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+                            "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+
+# Qwen-style template. Image and video parts render as the Qwen2-VL placeholders, audio parts as the Qwen2-Audio
+# ones; a plain-string content renders as text.
+CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
+    "{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif 'text' in part %}"
+    "{{ part['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+
+def _training_corpus(seed: int, num_sentences: int) -> list[str]:
+    rng = random.Random(seed)
+    words = COLOURS + PITCHES + MOTIONS + TEXT_WORDS
+    templates = [
+        "What colour is the square? Answer with one word.",
+        "Is the tone high or low? Answer with one word.",
+        "Is the dot moving or static? Answer with one word.",
+        "You are a helpful assistant.",
+        "system user assistant Audio",
+        "The answer is {w}.",
+        "{w} {v} {u}",
+        "<answer>{w}</answer>",
+    ]
+    corpus = [" ".join(words)]
+    for _ in range(num_sentences):
+        template = rng.choice(templates)
+        corpus.append(template.format(w=rng.choice(words), v=rng.choice(words), u=rng.choice(words)))
+    return corpus
+
+
+def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0, num_sentences: int = 400) -> PreTrainedTokenizerFast:
+    """
+    Train a byte-level BPE tokenizer offline and wrap it with the Qwen special tokens and chat template.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to `512`):
+            Target size of the trained vocabulary, special tokens excluded.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the synthetic training corpus; the same seed gives the same tokenizer.
+        num_sentences (`int`, *optional*, defaults to `400`):
+            Number of generated sentences to train on.
+
+    Returns:
+        `PreTrainedTokenizerFast`: a tokenizer whose `pad_token` and `eos_token` are `<|endoftext|>` and
+        `<|im_end|>` as in Qwen instruct models, padding on the left for generation.
+    """
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_training_corpus(seed, num_sentences), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS,
+        padding_side="left",
+        model_max_length=4096,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
