@@ -1,5 +1,12 @@
 """Offline tiny models, processors and synthetic datasets for smoke tests, demos and the test suite."""
 
+from .datasets import (
+    make_colour_dataset,
+    make_pitch_dataset,
+    make_task_dataset,
+    make_text_dataset,
+    make_video_dataset,
+)
 from .models import (
     TINY_MODEL_KINDS,
     build_tiny_model,
@@ -10,3 +17,4 @@ from .models import (
     save_tiny_model,
 )
 from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer
+from .vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS

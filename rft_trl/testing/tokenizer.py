@@ -11,7 +11,7 @@ import random
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .vocabulary import COLOURS, PITCHES, MOTIONS, TEXT_WORDS
+from .vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
 
 # The order fixes the ids: they follow the trained vocabulary, first to last.
 SPECIAL_TOKENS = [

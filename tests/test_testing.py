@@ -1,0 +1,170 @@
+"""The offline tiny builders: real architectures and processors, deterministic, save/load round trip."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+from rft_trl.testing import (
+    COLOURS,
+    MEDIA_PLACEHOLDER_TOKENS,
+    SPECIAL_TOKENS,
+    build_tiny_model,
+    build_tiny_qwen2_audio,
+    build_tiny_qwen2_vl,
+    build_tiny_tokenizer,
+    make_colour_dataset,
+    make_pitch_dataset,
+    make_task_dataset,
+    make_text_dataset,
+    make_video_dataset,
+    save_tiny_model,
+)
+from rft_trl.testing.datasets import PITCH_QUESTION
+
+
+def test_tokenizer_is_deterministic_and_carries_qwen_special_tokens():
+    first, second = build_tiny_tokenizer(seed=3), build_tiny_tokenizer(seed=3)
+    assert first.get_vocab() == second.get_vocab()
+    for token in SPECIAL_TOKENS:
+        ids = first.encode(token, add_special_tokens=False)
+        assert len(ids) == 1, f"{token} must be a single token, got {ids}"
+    assert first.eos_token == "<|im_end|>" and first.pad_token == "<|endoftext|>"
+    # Byte-level: any text round-trips, including characters absent from the training corpus.
+    text = "Zebra ünïcode 123"
+    assert first.decode(first.encode(text, add_special_tokens=False)) == text
+
+
+def test_chat_template_renders_every_media_part():
+    tokenizer = build_tiny_tokenizer()
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "video"}, {"type": "audio"}, {"type": "text", "text": "hi"}],
+        }
+    ]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>"
+        "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen2_audio", "qwen2", "qwen2_reward"])
+def test_builders_are_deterministic(kind):
+    first, _ = build_tiny_model(kind, seed=1)
+    second, _ = build_tiny_model(kind, seed=1)
+    other, _ = build_tiny_model(kind, seed=2)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
+
+
+def _vision_inputs(processor, media_type, media):
+    messages = [{"role": "user", "content": [{"type": media_type}, {"type": "text", "text": "colour?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    key = "images" if media_type == "image" else "videos"
+    return processor(text=[text, text], **{key: media}, return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("version", ["2", "2.5"])
+@pytest.mark.parametrize("media_type", ["image", "video"])
+def test_vl_generate_forward_backward(version, media_type):
+    model, processor = build_tiny_qwen2_vl(version=version)
+    dataset = make_colour_dataset(2) if media_type == "image" else make_video_dataset(2)
+    media = [row["image"] for row in dataset] if media_type == "image" else [row["video"] for row in dataset]
+    inputs = _vision_inputs(processor, media_type, media)
+    # 56x56 images: 4x4 patches of 14 px merged 2x2 -> 4 placeholder tokens each.
+    placeholder = processor.image_token_id if media_type == "image" else processor.video_token_id
+    per_item = 4 if media_type == "image" else 4 * 2  # 4 frames / temporal patch 2 -> 2 temporal slices
+    assert (inputs["input_ids"] == placeholder).sum(-1).tolist() == [per_item, per_item]
+    sequences = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert sequences.shape == (2, inputs["input_ids"].shape[1] + 4)
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    vision_grads = [p.grad for p in model.model.visual.parameters() if p.grad is not None]
+    assert vision_grads and any(g.abs().sum() > 0 for g in vision_grads)
+
+
+def test_audio_generate_forward_backward():
+    model, processor = build_tiny_qwen2_audio()
+    rows = make_pitch_dataset(2)
+    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": PITCH_QUESTION}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    audio = [np.asarray(row["audio"]["array"], dtype=np.float32) for row in rows]
+    inputs = processor(text=[text, text], audio=audio, sampling_rate=16000, return_tensors="pt", padding=True)
+    # 1 s of a 2 s chunk: 100 mel frames -> conv stride 2 -> 50 -> pool 2 -> 25 audio tokens.
+    assert inputs["input_features"].shape == (2, 32, 200)
+    assert (inputs["input_ids"] == model.config.audio_token_id).sum(-1).tolist() == [25, 25]
+    sequences = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert sequences.shape[1] == inputs["input_ids"].shape[1] + 4
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    tower_grads = [p.grad for p in model.model.audio_tower.parameters() if p.grad is not None]
+    assert tower_grads and any(g.abs().sum() > 0 for g in tower_grads)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen2_reward"])
+def test_text_generate_forward_backward(kind):
+    model, tokenizer = build_tiny_model(kind)
+    inputs = tokenizer(["Which word follows apple?", "hi"], return_tensors="pt", padding=True)
+    model.train()
+    if kind == "qwen2":
+        out = model(**inputs, labels=inputs["input_ids"])
+        loss = out.loss
+        assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+    else:
+        out = model(**inputs)
+        assert out.logits.shape == (2, 1)
+        loss = out.logits.sum()
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    "kind,auto_class", [("qwen2_5_vl", AutoModelForImageTextToText), ("qwen2", AutoModelForCausalLM)]
+)
+def test_save_and_load_roundtrip(tmp_path, kind, auto_class):
+    path = save_tiny_model(kind, str(tmp_path / kind))
+    model, _ = build_tiny_model(kind)
+    loaded = auto_class.from_pretrained(path)
+    processing_class = AutoProcessor.from_pretrained(path)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    tokenizer = processing_class.tokenizer if kind == "qwen2_5_vl" else processing_class
+    assert tokenizer.get_vocab() == build_tiny_tokenizer().get_vocab()
+    assert tokenizer.chat_template == build_tiny_tokenizer().chat_template
+    assert list((tmp_path / kind).glob("*.safetensors"))
+
+
+def test_media_placeholders_are_known_special_tokens():
+    tokenizer = build_tiny_tokenizer()
+    assert set(MEDIA_PLACEHOLDER_TOKENS) <= set(SPECIAL_TOKENS)
+    assert len({tokenizer.convert_tokens_to_ids(t) for t in MEDIA_PLACEHOLDER_TOKENS}) == len(MEDIA_PLACEHOLDER_TOKENS)
+
+
+def test_datasets_balanced_and_deterministic():
+    colour = make_colour_dataset(16, seed=5)
+    assert sorted(colour["answer"]) == sorted(COLOURS * 2)
+    again = make_colour_dataset(16, seed=5)
+    assert np.array_equal(np.asarray(colour[0]["image"]), np.asarray(again[0]["image"]))
+    # The square's colour is present in the image: the task is solvable from pixels.
+    from rft_trl.testing.vocabulary import COLOUR_RGB
+
+    row = colour[0]
+    pixels = np.asarray(row["image"]).reshape(-1, 3)
+    assert (pixels == np.array(COLOUR_RGB[row["answer"]])).all(-1).mean() > 0.2
+    pitch = make_pitch_dataset(4)
+    spectrum = np.abs(np.fft.rfft(np.asarray(pitch[0]["audio"]["array"])))
+    peak_hz = np.argmax(spectrum) * 16000 / len(pitch[0]["audio"]["array"])
+    assert abs(peak_hz - (2400 if pitch[0]["answer"] == "high" else 300)) < 5
+    assert make_text_dataset(4)[0]["answer"]
+    assert len(make_task_dataset("video", 4)) == 4
+    with pytest.raises(ValueError, match="Unknown synthetic task 'nope'"):
+        make_task_dataset("nope", 4)
