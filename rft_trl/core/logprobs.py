@@ -1,0 +1,327 @@
+"""Token log-probabilities and entropies without materialising more than a chunk of the vocabulary at a time.
+
+With a vocabulary of ~150k tokens, one float32 ``[N, V]`` tensor for N = 2048 tokens is 1.2 GB. The naive
+``log_softmax(logits).gather(...)`` keeps several such tensors alive for backward (the float32 upcast, the
+log-softmax output, the softmax for the entropy). The functions here walk over blocks of at most ``chunk_size``
+rows, keep only per-row statistics (log-sum-exp, entropy) for backward, and recompute the chunk's softmax there.
+
+- [`log_probs_from_logits`] and [`entropy_from_logits`] take logits the model already produced; their extra memory
+  is ``O(chunk_size x V)`` on top of the logits and of their gradient.
+- [`log_probs_and_entropy_from_hidden`] takes the last hidden states and the output-embedding weight and never
+  builds ``[N, V]`` at all, in forward or backward.
+
+All results are computed in float32, or float64 for float64 inputs, whatever the input dtype.
+"""
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["entropy_from_logits", "log_probs_and_entropy_from_hidden", "log_probs_from_logits"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16 logits lose too much precision in a 150k-way log-sum-exp; float64 inputs stay float64 so that
+    # exactness can be checked against a float64 reference.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+
+
+def _blocks(num_rows: int, seq_len: int, chunk_size: int):
+    """Yield ``(row_slice, time_slice)`` blocks of a ``[R, T, V]`` tensor holding at most ``chunk_size`` tokens.
+
+    Blocks are taken along R and T separately so that a tensor sliced along T (``logits[:, :-1]``, the usual
+    shift) is never copied: every block is a view.
+    """
+    if seq_len >= chunk_size:
+        for r in range(num_rows):
+            for t0 in range(0, seq_len, chunk_size):
+                yield slice(r, r + 1), slice(t0, min(t0 + chunk_size, seq_len))
+    else:
+        rows_per_block = max(1, chunk_size // max(seq_len, 1))
+        for r0 in range(0, num_rows, rows_per_block):
+            yield slice(r0, min(r0 + rows_per_block, num_rows)), slice(0, seq_len)
+
+
+def _as_3d(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    if logits.dim() < 2:
+        raise ValueError(f"logits must have shape [..., T, V], got {tuple(logits.shape)}.")
+    if labels is not None and labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}."
+        )
+    # Only the leading dims are merged, so slicing along T keeps this a view.
+    return logits.reshape(-1, logits.shape[-2], logits.shape[-1])
+
+
+class _LogProbsFromLogits(torch.autograd.Function):
+    """log p(label) = z[label] - logsumexp(z) with z = logits / temperature, per token of a ``[R, T, V]`` tensor."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, chunk_size):
+        dtype = _compute_dtype(logits.dtype)
+        num_rows, seq_len, _ = logits.shape
+        out = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
+        lse = torch.empty_like(out)  # [R, T]
+        for rs, ts in _blocks(num_rows, seq_len, chunk_size):
+            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V], the only chunk-sized temporary
+            lse[rs, ts] = torch.logsumexp(z, dim=-1)
+            out[rs, ts] = z.gather(-1, labels[rs, ts].unsqueeze(-1)).squeeze(-1) - lse[rs, ts]
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        logits, labels, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        dtype = lse.dtype
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
+        num_rows, seq_len, _ = logits.shape
+        for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
+            # The softmax is rebuilt from the saved log-sum-exp; dividing by the temperature is the chain rule.
+            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
+            grad_z = _grad_z(z, lse[rs, ts], None, labels[rs, ts], grad_out[rs, ts].to(dtype), None)
+            grad_logits[rs, ts] = grad_z.div_(temperature)
+        return grad_logits, None, None, None
+
+
+class _EntropyFromLogits(torch.autograd.Function):
+    """H = logsumexp(z) - sum softmax(z) * z with z = logits / temperature, per token of a ``[R, T, V]`` tensor."""
+
+    @staticmethod
+    def forward(ctx, logits, temperature, chunk_size):
+        dtype = _compute_dtype(logits.dtype)
+        num_rows, seq_len, _ = logits.shape
+        entropy = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
+        lse = torch.empty_like(entropy)  # [R, T]
+        for rs, ts in _blocks(num_rows, seq_len, chunk_size):
+            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
+            chunk_lse = torch.logsumexp(z, dim=-1)  # [r, t]
+            lse[rs, ts] = chunk_lse
+            entropy[rs, ts] = chunk_lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        ctx.save_for_backward(logits, lse, entropy)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        return entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        logits, lse, entropy = ctx.saved_tensors
+        temperature = ctx.temperature
+        dtype = lse.dtype
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
+        num_rows, seq_len, _ = logits.shape
+        for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
+            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
+            grad_z = _grad_z(z, lse[rs, ts], entropy[rs, ts], None, None, grad_out[rs, ts].to(dtype))
+            grad_logits[rs, ts] = grad_z.div_(temperature)
+        return grad_logits, None, None
+
+
+def log_probs_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
+) -> torch.Tensor:
+    """
+    Log-probability of each label under ``softmax(logits / temperature)``, computed a chunk of rows at a time.
+
+    Equal to ``torch.log_softmax(logits.float() / temperature, -1).gather(-1, labels[..., None])[..., 0]``, with
+    extra memory ``O(chunk_size x V)`` instead of several ``[..., T, V]`` float32 tensors. Differentiable with
+    respect to ``logits`` (first order); the backward recomputes each chunk's softmax from the saved
+    log-sum-exp.
+
+    Args:
+        logits (`torch.Tensor` of shape `[..., T, V]`):
+            Unnormalised scores, any floating dtype. Slices along `T` (e.g. `logits[:, :-1]`) are not copied.
+        labels (`torch.Tensor` of shape `[..., T]`, integer):
+            Token ids in `[0, V)`.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature the logits are divided by; must be positive.
+        chunk_size (`int`, *optional*, defaults to `1024`):
+            Maximum number of tokens whose `V` scores are held in float32 at once.
+
+    Returns:
+        `torch.Tensor` of shape `[..., T]`: float32 (float64 for float64 logits) log-probabilities.
+    """
+    _check_temperature(temperature)
+    _check_chunk_size(chunk_size)
+    logits3 = _as_3d(logits, labels)
+    labels3 = labels.reshape(logits3.shape[:-1])
+    return _LogProbsFromLogits.apply(logits3, labels3, float(temperature), chunk_size).reshape(labels.shape)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """
+    Entropy of ``softmax(logits / temperature)`` per token, computed a chunk of rows at a time.
+
+    Equal to ``-(p * log p).sum(-1)`` with ``p = softmax(logits.float() / temperature)``, with extra memory
+    ``O(chunk_size x V)``. Differentiable with respect to ``logits`` (first order), so it can serve as an
+    entropy bonus.
+
+    Args:
+        logits (`torch.Tensor` of shape `[..., T, V]`):
+            Unnormalised scores, any floating dtype.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature the logits are divided by; must be positive.
+        chunk_size (`int`, *optional*, defaults to `1024`):
+            Maximum number of tokens whose `V` scores are held in float32 at once.
+
+    Returns:
+        `torch.Tensor` of shape `[..., T]`: float32 (float64 for float64 logits) entropies in nats.
+    """
+    _check_temperature(temperature)
+    _check_chunk_size(chunk_size)
+    logits3 = _as_3d(logits)
+    return _EntropyFromLogits.apply(logits3, float(temperature), chunk_size).reshape(logits.shape[:-1])
+
+
+class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
+    """Log-probs and entropies of ``softmax((hidden @ weight.T + bias) / temperature)`` for ``[N, H]`` hidden."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size):
+        dtype = _compute_dtype(hidden.dtype)
+        num_tokens = hidden.shape[0]
+        log_probs = torch.empty(num_tokens, dtype=dtype, device=hidden.device)  # [N]
+        entropy = torch.empty_like(log_probs)  # [N]
+        lse = torch.empty_like(log_probs)  # [N]
+        for start in range(0, num_tokens, chunk_size):
+            rows = slice(start, min(start + chunk_size, num_tokens))
+            z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
+            chunk_lse = torch.logsumexp(z, dim=-1)  # [c]
+            lse[rows] = chunk_lse
+            log_probs[rows] = z.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1) - chunk_lse
+            entropy[rows] = chunk_lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        # Without this, autograd hands us zero tensors for an unused output; None lets backward skip that work.
+        ctx.set_materialize_grads(False)
+        return log_probs, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_log_probs, grad_entropy):
+        hidden, weight, bias, labels, lse, entropy = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        temperature = ctx.temperature
+        dtype = lse.dtype
+        if grad_log_probs is None and grad_entropy is None:
+            return None, None, None, None, None, None
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
+        # Low-precision weights accumulate their gradient over chunks in float32, then cast once.
+        acc_dtype = _compute_dtype(weight.dtype)
+        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
+        num_tokens = hidden.shape[0]
+        for start in range(0, num_tokens, ctx.chunk_size):
+            rows = slice(start, min(start + ctx.chunk_size, num_tokens))
+            z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
+            grad_z = _grad_z(
+                z,
+                lse[rows],
+                entropy[rows],
+                labels[rows],
+                None if grad_log_probs is None else grad_log_probs[rows].to(dtype),
+                None if grad_entropy is None else grad_entropy[rows].to(dtype),
+            )
+            # The chain rule through `.to(dtype)` and the division by the temperature.
+            grad_logits = grad_z.div_(temperature).to(weight.dtype)  # [c, V]
+            if need_hidden:
+                grad_hidden[rows] = grad_logits @ weight
+            if need_weight:
+                grad_weight.addmm_(grad_logits.t().to(acc_dtype), hidden[rows].to(acc_dtype))
+            if need_bias:
+                grad_bias += grad_logits.sum(0, dtype=acc_dtype)
+        if need_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        if need_bias:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def _grad_z(z, lse, entropy, labels, grad_log_probs, grad_entropy):
+    """
+    Gradient of ``sum(g_lp * log p(y) + g_ent * H)`` with respect to the scaled logits ``z`` ``[..., V]``.
+
+    ``d log p(y) / dz = onehot(y) - p`` and ``dH / dz = -p * (log p + H)``, so the gradient is
+    ``g_lp * onehot(y) - p * (g_lp + g_ent * (log p + H))``. It is built in the buffer of ``z``, which it
+    overwrites, with one more chunk-sized buffer (``p``) only when the entropy term is present. Either gradient
+    may be ``None`` (output unused).
+    """
+    log_p = z.sub_(lse.unsqueeze(-1))
+    if grad_entropy is None:
+        grad_z = log_p.exp_().mul_(-grad_log_probs.unsqueeze(-1))
+    else:
+        p = log_p.exp()
+        coef = log_p.add_(entropy.unsqueeze(-1)).mul_(grad_entropy.unsqueeze(-1))
+        if grad_log_probs is not None:
+            coef.add_(grad_log_probs.unsqueeze(-1))
+        grad_z = coef.mul_(p).neg_()
+    if grad_log_probs is not None:
+        grad_z.scatter_add_(-1, labels.unsqueeze(-1), grad_log_probs.unsqueeze(-1))
+    return grad_z
+
+
+def log_probs_and_entropy_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Log-probabilities of ``labels`` and entropies under ``softmax((hidden @ weight.T + bias) / temperature)``,
+    without ever building the ``[N, V]`` logits.
+
+    The output projection (the language-model head) is applied to ``chunk_size`` rows at a time, in forward and
+    again in backward, where each chunk's logits are recomputed from the saved per-row log-sum-exp and entropy.
+    Gradients flow to ``hidden``, ``weight`` and ``bias`` from both outputs, so the entropy can be used as a bonus.
+    Extra memory is ``O(chunk_size x V)`` plus the gradients themselves (low-precision weights accumulate theirs
+    in float32).
+
+    Args:
+        hidden (`torch.Tensor` of shape `[N, H]`):
+            Final hidden states of the tokens whose next token is scored (leading dims `[..., H]` are flattened).
+        weight (`torch.Tensor` of shape `[V, H]`):
+            Output-embedding matrix (`lm_head.weight`), same dtype as `hidden`.
+        labels (`torch.Tensor` of shape `[N]`, integer):
+            Next-token ids in `[0, V)`, matching the leading dims of `hidden`.
+        bias (`torch.Tensor` of shape `[V]`, *optional*):
+            Output bias, if the head has one.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature the logits are divided by; must be positive.
+        chunk_size (`int`, *optional*, defaults to `1024`):
+            Maximum number of tokens whose `V` logits exist at once.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: log-probabilities and entropies, each of shape `[N]` (the leading dims
+        of `hidden`), float32 (float64 for float64 inputs).
+    """
+    _check_temperature(temperature)
+    _check_chunk_size(chunk_size)
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"weight must have shape [V, H] with H = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}."
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got {tuple(labels.shape)}."
+        )
+    hidden2 = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
+    log_probs, entropy = _LogProbsAndEntropyFromHidden.apply(
+        hidden2, weight, bias, labels.reshape(-1), float(temperature), chunk_size
+    )
+    return log_probs.reshape(labels.shape), entropy.reshape(labels.shape)
