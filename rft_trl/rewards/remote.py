@@ -159,7 +159,7 @@ class RemoteRewardModel:
             else:
                 if response.ok:
                     return _parse_rewards(response, num_samples, shown_url)
-                last_error = f"HTTP {response.status_code}: {_excerpt(response.text)!r}"
+                last_error = f"HTTP {response.status_code}: {_excerpt(response.content)!r}"
                 if response.status_code != 429 and response.status_code < 500:
                     raise RemoteRewardError(f"remote reward model at {shown_url} answered {last_error}")
                 if response.status_code in (429, 503):
@@ -261,12 +261,13 @@ def _parse_rewards(response: requests.Response, num_samples: int, shown_url: str
     """The scores in a 2xx answer, or RemoteRewardError saying what is wrong with it."""
     prefix = f"remote reward model at {shown_url} answered HTTP {response.status_code} with"
     try:
-        # Python's json reads the NaN / Infinity literals that many servers emit for a failed score.
-        body = json.loads(response.text)
-    except json.JSONDecodeError as error:
-        raise RemoteRewardError(f"{prefix} malformed JSON ({error}): {_excerpt(response.text)!r}") from error
+        # Python's json reads the NaN / Infinity literals that many servers emit for a failed score, and finds the
+        # UTF-8/16/32 encoding of the bytes itself (requests' guess for a body without a charset is slow).
+        body = json.loads(response.content)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RemoteRewardError(f"{prefix} malformed JSON ({error}): {_excerpt(response.content)!r}") from error
     if not isinstance(body, dict) or "rewards" not in body:
-        raise RemoteRewardError(f"{prefix} no 'rewards' key: {_excerpt(response.text)!r}")
+        raise RemoteRewardError(f"{prefix} no 'rewards' key: {_excerpt(response.content)!r}")
     rewards = body["rewards"]
     if not isinstance(rewards, list):
         raise RemoteRewardError(f"{prefix} 'rewards' of type {type(rewards).__name__}, expected a list")
@@ -294,7 +295,9 @@ def _parse_retry_after(value: str | None) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _excerpt(text: str) -> str:
+def _excerpt(body: bytes | str) -> str:
+    """The start of a response body (or of a value's repr) as text, for error messages."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     return text if len(text) <= _BODY_EXCERPT_CHARS else text[:_BODY_EXCERPT_CHARS] + "..."
 
 
