@@ -1,0 +1,356 @@
+"""Per-sample experience items, and the conversions between them and batched [`Experience`]s.
+
+One code path serves every modality: the per-token fields are padded or packed the same way for all, `info` holds
+per-sample tensors, and the prompts' multimodal fields (images, videos, audio clips, ...) are split and concatenated
+by `rft_trl.data.multimodal`, which alone knows their names. [`BufferItemVL`] keeps the seed's vision-language field
+names as a face over the same mechanism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from ..data.multimodal import (
+    concat_multimodal_inputs,
+    count_items,
+    count_items_per_sample,
+    split_multimodal_inputs,
+)
+from .experience import Experience, ExperienceVL, map_tensors
+
+# Per-sample fields with a sequence (S) or action (A) dimension: left-padded when batched, listed when packed.
+TOKEN_FIELDS = (
+    "sequences",
+    "action_log_probs",
+    "base_action_log_probs",
+    "values",
+    "returns",
+    "advantages",
+    "attention_mask",
+    "action_mask",
+    "action_entropy",
+)
+# Of those, the ones aligned with the action (completion) positions rather than the whole sequence.
+ACTION_FIELDS = (
+    "action_log_probs",
+    "base_action_log_probs",
+    "values",
+    "returns",
+    "advantages",
+    "action_mask",
+    "action_entropy",
+)
+
+# BufferItemVL's seed attribute names for the processor fields they hold.
+_VL_ATTRIBUTE_FIELDS = {
+    "pixel_values": "pixel_values",
+    "image_grid_thws": "image_grid_thw",
+    "pixel_values_videos": "pixel_values_videos",
+    "video_grid_thws": "video_grid_thw",
+}
+
+
+@dataclass
+class BufferItem:
+    """
+    One sample of experience, unpadded.
+
+    Shapes: `sequences` and `attention_mask` `(S)`; `action_log_probs`, `base_action_log_probs`, `values`,
+    `returns`, `advantages`, `action_mask` and `action_entropy` `(A)`, aligned with the last `A` tokens of
+    `sequences`. `info` maps names to this sample's statistics (tensors, usually 0-d). `multimodal_inputs` holds
+    this sample's multimodal fields (see `rft_trl.data.multimodal`), `{}` for a text-only sample.
+    """
+
+    sequences: torch.Tensor
+    action_log_probs: torch.Tensor
+    base_action_log_probs: torch.Tensor
+    values: torch.Tensor
+    returns: torch.Tensor
+    advantages: torch.Tensor
+    attention_mask: torch.LongTensor | None
+    action_mask: torch.BoolTensor | None
+    info: dict | None
+    action_entropy: torch.Tensor | None = None
+    multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class BufferItemVL:
+    """
+    One sample of vision-language experience under the seed's field names.
+
+    Shapes as in [`BufferItem`], plus `pixel_values` `(sum of t*h*w over the images, D)`, `image_grid_thws`
+    `(n_images, 3)`, and the same for videos. `raw_images` are the images before processing. The vision fields are
+    read through [`BufferItemVL.multimodal_inputs`], so batching treats this item exactly like a [`BufferItem`].
+    """
+
+    sequences: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+    image_grid_thws: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thws: torch.Tensor | None = None
+    raw_images: list | None = None
+    action_log_probs: torch.Tensor = None
+    base_action_log_probs: torch.Tensor = None
+    values: torch.Tensor = None
+    returns: torch.Tensor = None
+    advantages: torch.Tensor = None
+    attention_mask: torch.LongTensor | None = None
+    action_mask: torch.BoolTensor | None = None
+    info: dict | None = None
+    action_entropy: torch.Tensor | None = None
+
+    @property
+    def multimodal_inputs(self) -> dict[str, torch.Tensor]:
+        """The vision fields under their processor names, e.g. `image_grid_thws` as `image_grid_thw`."""
+        return {
+            name: getattr(self, attribute)
+            for attribute, name in _VL_ATTRIBUTE_FIELDS.items()
+            if getattr(self, attribute) is not None
+        }
+
+
+def _vision_attributes(multimodal_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """The seed attributes of a [`BufferItemVL`] holding `multimodal_inputs`."""
+    by_name = {name: attribute for attribute, name in _VL_ATTRIBUTE_FIELDS.items()}
+    for name in multimodal_inputs:
+        if name not in by_name:
+            raise ValueError(f"BufferItemVL has no attribute for the multimodal field {name!r}; use BufferItem.")
+    return {attribute: multimodal_inputs.get(name) for attribute, name in _VL_ATTRIBUTE_FIELDS.items()}
+
+
+def is_vl_experience(experience: Experience | BufferItem | BufferItemVL) -> bool:
+    """
+    Whether an experience (batched or one item) is a vision-language one: built under the seed's vision-language
+    names ([`ExperienceVL`], [`BufferItemVL`]) or holding image or video fields.
+
+    Args:
+        experience ([`Experience`], [`BufferItem`] or [`BufferItemVL`]):
+            The experience to inspect.
+
+    Returns:
+        `bool`
+    """
+    if isinstance(experience, (ExperienceVL, BufferItemVL)):
+        return True
+    counts = count_items(experience.multimodal_inputs)
+    return counts["image"] + counts["video"] > 0
+
+
+def zero_pad_sequences(sequences: list[torch.Tensor], side: str = "left") -> torch.Tensor:
+    """
+    Zero-pad sequences along their first dimension to the longest one and stack them.
+
+    Args:
+        sequences (`list[torch.Tensor]`):
+            Tensors of shape `(L_i, *rest)`, same `rest`, dtype and device.
+        side (`str`, *optional*, defaults to `"left"`):
+            Where the zeros go: `"left"` or `"right"`.
+
+    Returns:
+        `torch.Tensor` of shape `(len(sequences), max L_i, *rest)`.
+
+    Example:
+
+    ```python
+    >>> zero_pad_sequences([torch.tensor([1, 2, 3]), torch.tensor([4, 5])], side="left")
+    tensor([[1, 2, 3],
+            [0, 4, 5]])
+    ```
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"Unknown padding side {side!r}; use 'left' or 'right'.")
+    if not sequences:
+        raise ValueError("zero_pad_sequences needs at least one sequence.")
+    max_len = max(sequence.shape[0] for sequence in sequences)
+    padded = sequences[0].new_zeros((len(sequences), max_len, *sequences[0].shape[1:]))  # (B, max L, *rest)
+    for row, sequence in zip(padded, sequences):
+        if side == "left":
+            row[max_len - sequence.shape[0] :] = sequence
+        else:
+            row[: sequence.shape[0]] = sequence
+    return padded
+
+
+def _leading_zeros(mask: torch.Tensor) -> int:
+    nonzero = mask.nonzero()
+    return mask.numel() if nonzero.numel() == 0 else int(nonzero[0, 0])
+
+
+def _trailing_zeros(mask: torch.Tensor) -> int:
+    return _leading_zeros(mask.flip(0))
+
+
+def remove_padding_in_sequences(items: list[BufferItem | BufferItemVL]) -> list[BufferItem | BufferItemVL]:
+    """
+    Strip the padding a batch adds to its samples, returning new items (the inputs are left unchanged).
+
+    The sequence loses its leading zeros of `attention_mask` (left padding) and the trailing positions where both
+    `attention_mask` and `action_mask` are zero (right padding after the completion); the action fields lose the same
+    right padding and the leading zeros of `action_mask` (the left padding of a batch whose completions differ in
+    length). The action fields stay aligned with the end of the sequence, and an unpadded item is returned as is.
+
+    Example:
+
+    ```python
+    >>> item = BufferItem(sequences=torch.tensor([0, 0, 1, 2, 3, 0, 0]),
+    ...                   attention_mask=torch.tensor([0, 0, 1, 1, 1, 0, 0]),
+    ...                   action_mask=torch.tensor([0, 0, 1, 1, 1, 0, 0]), ...)
+    >>> remove_padding_in_sequences([item])[0].sequences
+    tensor([1, 2, 3])
+    ```
+
+    Raises:
+        `ValueError`: when an item has no `attention_mask` or `action_mask` to locate the padding.
+    """
+    unpadded = []
+    for item in items:
+        if item.attention_mask is None or item.action_mask is None:
+            raise ValueError("remove_padding_in_sequences needs attention_mask and action_mask to find the padding.")
+        right = min(_trailing_zeros(item.attention_mask), _trailing_zeros(item.action_mask))
+        seq_left, seq_end = _leading_zeros(item.attention_mask), item.sequences.shape[0] - right
+        action_end = item.action_mask.shape[0] - right
+        action_left = _leading_zeros(item.action_mask[:action_end])
+        trimmed = {
+            "sequences": item.sequences[seq_left:seq_end],
+            "attention_mask": item.attention_mask[seq_left:seq_end],
+        }
+        for name in ACTION_FIELDS:
+            value = getattr(item, name)
+            trimmed[name] = None if value is None else value[action_left:action_end]
+        unpadded.append(replace(item, **trimmed))
+    return unpadded
+
+
+def _batch_token_field(name: str, values: list[torch.Tensor | None], packing_samples: bool):
+    present = [value is not None for value in values]
+    if not any(present):
+        return None
+    if not all(present):
+        raise ValueError(f"{name} is None in some items but not in others.")
+    return list(values) if packing_samples else zero_pad_sequences(values, side="left")
+
+
+def _batch_info(infos: list[dict | None]) -> dict[str, torch.Tensor]:
+    infos = [info or {} for info in infos]
+    batch = {}
+    for key in infos[0]:
+        values = []
+        for info in infos:
+            if key not in info:
+                raise ValueError(f"info[{key!r}] is missing from some items; every item needs the same info keys.")
+            if not isinstance(info[key], torch.Tensor):
+                raise ValueError(
+                    f"info[{key!r}] must be a tensor per sample, got {type(info[key]).__name__}; "
+                    "wrap it with torch.tensor."
+                )
+            values.append(info[key])
+        if len({value.shape for value in values}) > 1:
+            raise ValueError(f"info[{key!r}] has different shapes across items: {sorted({v.shape for v in values})}.")
+        batch[key] = torch.stack(values)
+    for info in infos:
+        extra = set(info) - set(batch)
+        if extra:
+            raise ValueError(f"info[{sorted(extra)[0]!r}] is missing from some items; every item needs the same keys.")
+    return batch
+
+
+def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_samples: bool = False) -> Experience:
+    """
+    Collate items into one batched [`Experience`] (an [`ExperienceVL`] for [`BufferItemVL`] items).
+
+    Args:
+        items (`list[BufferItem]` or `list[BufferItemVL]`):
+            The samples, all of one class.
+        packing_samples (`bool`, *optional*, defaults to `False`):
+            `True` keeps the per-token fields as lists of unpadded tensors; `False` left-pads them with zeros into
+            `(B, max length)` tensors.
+
+    Returns:
+        [`Experience`]: `info` values stacked over the items, multimodal fields concatenated in item order.
+
+    Raises:
+        `ValueError`: on an empty list, mixed item classes, a field that is `None` in only some items, or
+        inconsistent `info` or multimodal fields.
+    """
+    if not items:
+        raise ValueError("make_experience_batch needs at least one item.")
+    item_class = type(items[0])
+    if item_class not in (BufferItem, BufferItemVL) or any(type(item) is not item_class for item in items):
+        raise ValueError(
+            "make_experience_batch needs items that are all BufferItem or all BufferItemVL, got "
+            f"{sorted({type(item).__name__ for item in items})}."
+        )
+    batch = {
+        name: _batch_token_field(name, [getattr(item, name) for item in items], packing_samples)
+        for name in TOKEN_FIELDS
+    }
+    batch["info"] = _batch_info([item.info for item in items])
+    per_sample = [item.multimodal_inputs for item in items]
+    batch["multimodal_inputs"] = concat_multimodal_inputs(per_sample)
+    batch["multimodal_item_counts"] = count_items_per_sample(per_sample)
+    if item_class is BufferItemVL:
+        raw_images = [item.raw_images for item in items]
+        return ExperienceVL(**batch, raw_images=None if all(r is None for r in raw_images) else raw_images)
+    return Experience(**batch)
+
+
+def split_experience_batch(experience: Experience) -> list[BufferItem | BufferItemVL]:
+    """
+    Split a batched [`Experience`] into unpadded items, the inverse of [`make_experience_batch`].
+
+    A padded batch's items go through [`remove_padding_in_sequences`]; an [`ExperienceVL`] gives [`BufferItemVL`]
+    items, any other [`Experience`] [`BufferItem`] items. The item tensors are views of the batch's.
+
+    Args:
+        experience ([`Experience`]):
+            The batch; its `multimodal_item_counts` must describe its `multimodal_inputs`.
+
+    Returns:
+        `list[BufferItem]` or `list[BufferItemVL]`: one item per sample, in order.
+
+    Raises:
+        `ValueError`: when a field or `info` entry does not have one entry per sample, or the multimodal fields do
+        not match `multimodal_item_counts`.
+    """
+    batch_size = experience.batch_size
+    per_sample: list[dict] = [{} for _ in range(batch_size)]
+    for name in TOKEN_FIELDS:
+        value = getattr(experience, name)
+        if value is not None and len(value) != batch_size:
+            raise ValueError(f"{name} has {len(value)} samples but sequences has {batch_size}.")
+        for i, sample in enumerate(per_sample):
+            sample[name] = None if value is None else value[i]
+    for key, value in experience.info.items():
+        if len(value) != batch_size:
+            raise ValueError(f"info[{key!r}] has {len(value)} rows but the batch has {batch_size} samples.")
+    for i, sample in enumerate(per_sample):
+        sample["info"] = {key: value[i] for key, value in experience.info.items()}
+
+    multimodal = split_multimodal_inputs(
+        experience.multimodal_inputs, experience.multimodal_item_counts, num_samples=batch_size
+    )
+    if isinstance(experience, ExperienceVL):
+        raw_images = experience.raw_images or [None] * batch_size
+        items = [
+            BufferItemVL(**sample, **_vision_attributes(mm), raw_images=raw)
+            for sample, mm, raw in zip(per_sample, multimodal, raw_images)
+        ]
+    else:
+        items = [BufferItem(**sample, multimodal_inputs=mm) for sample, mm in zip(per_sample, multimodal)]
+    return items if experience.is_packed else remove_padding_in_sequences(items)
+
+
+def item_to_device(
+    item: BufferItem | BufferItemVL, device: torch.device | str, non_blocking: bool = False
+) -> BufferItem | BufferItemVL:
+    """Return a copy of `item` with every tensor (multimodal fields and `info` included) on `device`."""
+    return replace(
+        item,
+        **{
+            f.name: map_tensors(getattr(item, f.name), lambda t: t.to(device, non_blocking=non_blocking))
+            for f in fields(item)
+        },
+    )
