@@ -1,0 +1,133 @@
+"""A replay buffer holding one rollout's samples between generation and the policy updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from .experience import Experience
+from .replay_buffer_utils import (
+    BufferItem,
+    BufferItemVL,
+    item_to_device,
+    make_experience_batch,
+    split_experience_batch,
+)
+
+# Per-token attributes that normalize() may whiten.
+NORMALIZABLE_ATTRIBUTES = ("advantages", "returns", "values")
+
+
+class NaiveReplayBuffer:
+    """
+    Store experience as unpadded per-sample items and serve them back as batches.
+
+    The buffer is a map-style dataset: `DataLoader(buffer, batch_size=buffer.sample_batch_size,
+    collate_fn=buffer.collate_fn, shuffle=True)` yields [`Experience`] batches for the updates.
+
+    Args:
+        sample_batch_size (`int`):
+            Number of samples per batch handed to the updates.
+        limit (`int`, *optional*, defaults to `0`):
+            Maximum number of samples kept; the oldest are dropped beyond it. `0` or less keeps everything.
+        cpu_offload (`bool`, *optional*, defaults to `True`):
+            Move appended experience to the CPU, so the accelerator's memory only holds the batch being trained on.
+        packing_samples (`bool`, *optional*, defaults to `False`):
+            Collate batches as lists of unpadded samples instead of left-padded tensors.
+    """
+
+    def __init__(
+        self, sample_batch_size: int, limit: int = 0, cpu_offload: bool = True, packing_samples: bool = False
+    ) -> None:
+        self.sample_batch_size = sample_batch_size
+        self.limit = limit
+        self.cpu_offload = cpu_offload
+        self.packing_samples = packing_samples
+        self.items: list[BufferItem | BufferItemVL] = []
+
+    @torch.no_grad()
+    def append(self, experience: Experience) -> None:
+        """
+        Split a batched [`Experience`] into items and add them, dropping the oldest items beyond `limit`. The
+        given experience is left as it is.
+        """
+        items = split_experience_batch(experience)
+        if self.cpu_offload:
+            items = [item_to_device(item, "cpu") for item in items]
+        self.items.extend(items)
+        if self.limit > 0 and len(self.items) > self.limit:
+            self.items = self.items[len(self.items) - self.limit :]
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> BufferItem | BufferItemVL:
+        return self.items[index]
+
+    def collate_fn(self, batch: list[BufferItem | BufferItemVL]) -> Experience:
+        """Collate items into an [`Experience`], packed or padded as the buffer was configured."""
+        return make_experience_batch(batch, packing_samples=self.packing_samples)
+
+    @torch.no_grad()
+    def normalize(
+        self,
+        attribute: str = "advantages",
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        eps: float = 1e-8,
+    ) -> None:
+        """
+        Whiten a per-token attribute over the whole buffer: `x <- (x - mean) / sqrt(max(var, eps))`, with the
+        mean and (population) variance taken over the positions where `action_mask` is set (all positions of an
+        item without `action_mask`). Every position is shifted and scaled, masked ones included.
+
+        Args:
+            attribute (`str`, *optional*, defaults to `"advantages"`):
+                One of `"advantages"`, `"returns"`, `"values"`.
+            all_reduce (`Callable[[torch.Tensor], torch.Tensor]`, *optional*):
+                Sums a tensor over the data-parallel processes and returns the sum (e.g.
+                `lambda t: accelerator.reduce(t, "sum")`), so that the statistics are global. Called twice, with a
+                float64 tensor on the buffer's device: `[sum, count]`, then the sum of squared deviations. `None`
+                uses this buffer's statistics alone.
+            eps (`float`, *optional*, defaults to `1e-8`):
+                Floor of the variance, so a constant attribute is centred rather than divided by zero.
+
+        Raises:
+            `ValueError`: on an unknown attribute, items without it, or no masked position in the whole buffer.
+        """
+        if attribute not in NORMALIZABLE_ATTRIBUTES:
+            raise ValueError(f"Cannot normalize {attribute!r}; choose one of {', '.join(NORMALIZABLE_ATTRIBUTES)}.")
+        values = [getattr(item, attribute) for item in self.items]
+        if any(value is None for value in values):
+            raise ValueError(f"normalize({attribute!r}) found items whose {attribute} is None.")
+        masks = [
+            item.action_mask.bool() if item.action_mask is not None else torch.ones_like(value, dtype=torch.bool)
+            for item, value in zip(self.items, values)
+        ]
+        # The buffer may be empty on this process while others still hold samples: it then contributes zeros.
+        pieces = [value[mask].double() for value, mask in zip(values, masks)]
+        selected = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+        device = selected.device
+        sum_and_count = torch.tensor([selected.sum().item(), selected.numel()], dtype=torch.float64, device=device)
+        if all_reduce is not None:
+            sum_and_count = all_reduce(sum_and_count).to(device)
+        total, count = sum_and_count.tolist()
+        if count == 0:
+            raise ValueError(f"normalize({attribute!r}) found no action positions to take statistics over.")
+        mean = total / count
+        squared_deviations = ((selected - mean) ** 2).sum()
+        if all_reduce is not None:
+            squared_deviations = all_reduce(squared_deviations).to(device)
+        inv_std = max(squared_deviations.item() / count, eps) ** -0.5
+        self.items = [
+            replace(item, **{attribute: ((value.double() - mean) * inv_std).to(value.dtype)})
+            for item, value in zip(self.items, values)
+        ]
+
+
+# The seed's vision-language name: one buffer serves every modality.
+NaiveReplayBufferVL = NaiveReplayBuffer
