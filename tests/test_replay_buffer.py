@@ -197,6 +197,16 @@ def test_normalize_without_action_mask_uses_every_position():
         np.testing.assert_allclose(item.advantages.double().numpy(), reference, rtol=1e-5, atol=1e-6)
 
 
+def test_normalize_per_sample_attribute_counts_every_sample():
+    # Per-sample returns [1, 2, 3, 6]: mean 3, population variance (4 + 1 + 0 + 9) / 4 = 3.5.
+    buffer = _filled_buffer(6, [2, 2, 2, 2], [3, 2, 4, 2])
+    for item, value in zip(buffer.items, [1.0, 2.0, 3.0, 6.0]):
+        item.returns = torch.tensor([value])
+    buffer.normalize("returns")
+    expected = [(value - 3.0) / 3.5**0.5 for value in [1.0, 2.0, 3.0, 6.0]]
+    assert [item.returns.item() for item in buffer.items] == pytest.approx(expected)
+
+
 def test_normalize_constant_attribute_is_centred():
     # Variance 0 is floored at eps, so (x - mean) / sqrt(eps) = 0 / 1e-4 = 0 everywhere.
     buffer = _filled_buffer(2, [2, 2], [3, 2])

@@ -427,3 +427,11 @@ def test_pin_memory_pins_every_tensor_when_an_accelerator_exists(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
     assert batch.pin_memory() is batch
     assert len(pinned) == count
+
+
+def test_split_checks_raw_images_per_sample():
+    items = [make_item(torch.arange(1, 5), 2, seed=s, item_class=BufferItemVL) for s in range(2)]
+    batch = make_experience_batch(items)
+    batch.raw_images = [None]
+    with pytest.raises(ValueError, match="raw_images has 1 entries but the batch has 2 samples"):
+        split_experience_batch(batch)

@@ -81,9 +81,10 @@ class NaiveReplayBuffer:
         eps: float = 1e-8,
     ) -> None:
         """
-        Whiten a per-token attribute over the whole buffer: `x <- (x - mean) / sqrt(max(var, eps))`, with the
-        mean and (population) variance taken over the positions where `action_mask` is set (all positions of an
-        item without `action_mask`). Every position is shifted and scaled, masked ones included.
+        Whiten an attribute over the whole buffer: `x <- (x - mean) / sqrt(max(var, eps))`, with the mean and
+        (population) variance taken over the positions where `action_mask` is set for a per-token attribute, over
+        every element for a per-sample one (whose shape differs from `action_mask`'s) or an item without
+        `action_mask`. Every position is shifted and scaled, masked ones included.
 
         Args:
             attribute (`str`, *optional*, defaults to `"advantages"`):
@@ -104,8 +105,11 @@ class NaiveReplayBuffer:
         values = [getattr(item, attribute) for item in self.items]
         if any(value is None for value in values):
             raise ValueError(f"normalize({attribute!r}) found items whose {attribute} is None.")
+        # A per-token attribute is masked by action_mask; a per-sample one (or an item without a mask) counts whole.
         masks = [
-            item.action_mask.bool() if item.action_mask is not None else torch.ones_like(value, dtype=torch.bool)
+            item.action_mask.bool()
+            if item.action_mask is not None and item.action_mask.shape == value.shape
+            else torch.ones_like(value, dtype=torch.bool)
             for item, value in zip(self.items, values)
         ]
         # The buffer may be empty on this process while others still hold samples: it then contributes zeros.

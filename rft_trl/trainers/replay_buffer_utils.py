@@ -334,6 +334,8 @@ def split_experience_batch(experience: Experience) -> list[BufferItem | BufferIt
     )
     if isinstance(experience, ExperienceVL):
         raw_images = experience.raw_images or [None] * batch_size
+        if len(raw_images) != batch_size:
+            raise ValueError(f"raw_images has {len(raw_images)} entries but the batch has {batch_size} samples.")
         items = [
             BufferItemVL(**sample, **_vision_attributes(mm), raw_images=raw)
             for sample, mm, raw in zip(per_sample, multimodal, raw_images)
