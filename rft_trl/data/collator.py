@@ -1,0 +1,468 @@
+"""Turn dataset rows into a left-padded prompt batch with its multimodal inputs, rejecting bad rows by name.
+
+Rows follow the rft_trl data contract: a `prompt` (a string, or chat messages whose content parts may be
+`{"type": "image"}`, `{"type": "video"}`, `{"type": "audio"}` or `{"type": "text", "text": ...}`), media columns
+(`image` or `images`, `video` or `videos`, `audio` or `audios`) and any extra columns, which travel untouched to the
+reward functions as keyword arguments.
+
+Rendering:
+
+- chat messages go through the processor's chat template (the tokenizer's for text models) with the generation
+  prompt appended;
+- a plain-string prompt *with* media is wrapped as one user message whose content is the media parts (images, then
+  videos, then audio, in column order) followed by the text, then rendered the same way;
+- a plain-string prompt *without* media is used verbatim, as in TRL's "standard" (non-conversational) format.
+
+Each row is processed on its own, exactly once: its media are loaded (see [`rft_trl.data.media`]), the processor
+runs once on the row and its media, and the per-row results are left-padded and concatenated. The trainer repeats
+the per-sample pieces for each completion; it never runs the processor again, which the counters
+[`PromptCollator.processor_calls`] and [`PromptCollator.media_processed`] let a benchmark check.
+
+Prompts longer than `prompt_max_len` after media expansion are rejected (reason `"prompt_too_long"`), never
+truncated: cutting the left of a chat prompt drops its system turn and template head, and cutting through a media
+span would leave placeholder tokens that no longer match the media features.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from transformers import PreTrainedTokenizerBase, ProcessorMixin, WhisperFeatureExtractor
+
+from .media import MediaError, image_bounds_from_processor, load_audio, load_image, load_video
+from .multimodal import MEDIA_KINDS, concat_multimodal_inputs, count_items_per_sample, extract_multimodal_inputs
+
+logger = logging.getLogger(__name__)
+
+# Media columns per kind: a single item, or a list of items.
+MEDIA_COLUMNS = {"image": ("image", "images"), "video": ("video", "videos"), "audio": ("audio", "audios")}
+MODALITIES = ("text", "vision", "audio")
+
+
+class SkippedRow(NamedTuple):
+    """A row the collator dropped: `row` is its id-column value when it has one, else its index."""
+
+    row: Any
+    reason: str
+    detail: str
+
+
+class BadSampleError(ValueError):
+    """A row that cannot be used, raised at once when `on_bad_sample="raise"`."""
+
+    def __init__(self, description: str, reason: str, detail: str):
+        super().__init__(f"{description} is unusable ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TooManyBadSamplesError(RuntimeError):
+    """More rows were skipped than `max_skip_fraction` allows."""
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class PromptBatch:
+    """
+    A batch of unique prompts, ready for generation.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `[B, L]`):
+            Prompt tokens after media expansion, left-padded with the tokenizer's pad token.
+        attention_mask (`torch.LongTensor` of shape `[B, L]`):
+            1 on prompt tokens, 0 on padding.
+        multimodal_inputs (`dict[str, torch.Tensor]`):
+            The processor's fields beyond the sequence-aligned ones (`pixel_values`, `image_grid_thw`,
+            `input_features`, ...), rows of all samples stacked in order; `{}` for text.
+        item_counts (`dict[str, list[int]]`):
+            Per media kind present in the batch, the number of items of each sample, as
+            [`rft_trl.data.multimodal.split_multimodal_inputs`] takes it; `{}` for text.
+        prompts (`list`):
+            The original `prompt` values of the kept rows, as reward functions receive them.
+        prompt_texts (`list[str]`):
+            The rendered prompts, before media expansion.
+        columns (`dict[str, list]`):
+            Every extra column (not `prompt`, not a media column) of the kept rows; `None` where a row lacks it.
+        skipped (`list[SkippedRow]`):
+            The rows of this call that were dropped, with their reasons.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    multimodal_inputs: dict[str, torch.Tensor]
+    item_counts: dict[str, list[int]]
+    prompts: list[Any]
+    prompt_texts: list[str]
+    columns: dict[str, list[Any]]
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def infer_modality(processing_class: ProcessorMixin | PreTrainedTokenizerBase) -> str:
+    """
+    The modality a processing class serves: `"vision"` with an image or video processor, `"audio"` with a feature
+    extractor, `"text"` otherwise (a bare tokenizer).
+    """
+    if isinstance(processing_class, ProcessorMixin):
+        attributes = processing_class.get_attributes()
+        if "image_processor" in attributes or "video_processor" in attributes:
+            return "vision"
+        if "feature_extractor" in attributes:
+            return "audio"
+    return "text"
+
+
+@dataclass
+class _Row:
+    """One row after rendering, media loading and processing."""
+
+    input_ids: torch.Tensor  # [L]
+    multimodal_inputs: dict[str, torch.Tensor]
+    prompt_text: str
+
+
+class PromptCollator:
+    """
+    Collate dataset rows (dicts) into a [`PromptBatch`], validating each row and processing its media once.
+
+    Use it as a `DataLoader`'s `collate_fn`. With `num_workers > 0` the collator is copied into the worker processes,
+    so its counters stay there; `PromptBatch.skipped` travels with each batch for the trainer to count.
+
+    Args:
+        processing_class ([`~transformers.ProcessorMixin`] or [`~transformers.PreTrainedTokenizerBase`]):
+            The model's processor (vision or audio) or tokenizer (text).
+        prompt_max_len (`int`, *optional*):
+            Longest prompt in tokens after media expansion; longer rows are rejected with reason
+            `"prompt_too_long"` (see the module docstring for why they are not truncated). No limit by default.
+        modality (`str`, *optional*):
+            `"text"`, `"vision"` or `"audio"`; inferred from `processing_class` by default (see [`infer_modality`]).
+        on_bad_sample (`str`, *optional*, defaults to `"skip"`):
+            `"skip"` drops a bad row, records its reason and logs a warning; `"raise"` raises [`BadSampleError`] at
+            once.
+        max_skip_fraction (`float`, *optional*, defaults to `0.1`):
+            With `"skip"`, [`TooManyBadSamplesError`] is raised once the rows skipped so far exceed this fraction of
+            `max(rows seen, min_rows_for_skip_fraction)`.
+        min_rows_for_skip_fraction (`int`, *optional*, defaults to `32`):
+            Floor on the denominator of the skip fraction, so that one bad row among the first few does not abort a
+            run: with the defaults, the fourth bad row among the first 32 aborts, and later on more than 10%.
+        id_column (`str`, *optional*, defaults to `"id"`):
+            Column naming a row in messages and in `SkippedRow.row`, when a row has it; otherwise rows are named by
+            their position among all rows this collator has seen.
+        audio_too_long (`str`, *optional*, defaults to `"truncate"`):
+            Audio longer than the feature extractor's window (`n_samples`): `"truncate"` keeps the start and counts a
+            repair, `"reject"` skips the row with reason `"audio_too_long"`.
+
+    Attributes:
+        modality (`str`): the resolved modality.
+        processor_calls (`int`): processor (or tokenizer) calls so far, one per row that reached processing.
+        media_processed (`Counter[str]`): media items handed to the processor so far, per kind. Each row's items
+            are processed once, so over unique prompts this equals the number of media items collated.
+        rows_seen (`int`), rows_skipped (`int`): rows collated and dropped so far.
+    """
+
+    def __init__(
+        self,
+        processing_class: ProcessorMixin | PreTrainedTokenizerBase,
+        prompt_max_len: int | None = None,
+        modality: str | None = None,
+        on_bad_sample: str = "skip",
+        max_skip_fraction: float = 0.1,
+        min_rows_for_skip_fraction: int = 32,
+        id_column: str = "id",
+        audio_too_long: str = "truncate",
+    ):
+        inferred = infer_modality(processing_class)
+        modality = inferred if modality is None else modality
+        if modality not in MODALITIES:
+            raise ValueError(f"Unknown modality {modality!r}; use one of {', '.join(MODALITIES)}.")
+        if modality != "text" and modality != inferred:
+            raise ValueError(
+                f"modality={modality!r} needs a processor for it, but {type(processing_class).__name__} serves "
+                f"{inferred!r}; leave modality unset or pass the matching processor."
+            )
+        if on_bad_sample not in ("skip", "raise"):
+            raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}.")
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must lie in [0, 1], got {max_skip_fraction}.")
+        if min_rows_for_skip_fraction < 1:
+            raise ValueError(f"min_rows_for_skip_fraction must be at least 1, got {min_rows_for_skip_fraction}.")
+        if prompt_max_len is not None and prompt_max_len < 1:
+            raise ValueError(f"prompt_max_len must be positive or None, got {prompt_max_len}.")
+        if audio_too_long not in ("truncate", "reject"):
+            raise ValueError(f"audio_too_long must be 'truncate' or 'reject', got {audio_too_long!r}.")
+
+        self.processing_class = processing_class
+        self.tokenizer = (
+            processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+        )
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` (e.g. to its eos token).")
+        self.modality = modality
+        self.prompt_max_len = prompt_max_len
+        self.on_bad_sample = on_bad_sample
+        self.max_skip_fraction = max_skip_fraction
+        self.min_rows_for_skip_fraction = min_rows_for_skip_fraction
+        self.id_column = id_column
+        self.audio_too_long = audio_too_long
+        self._configure_media()
+
+        self.processor_calls = 0
+        self.media_processed: Counter[str] = Counter()
+        self.rows_seen = 0
+        self.rows_skipped = 0
+        self._skip_counts: Counter[str] = Counter()
+        self._repair_counts: Counter[str] = Counter()
+
+    def _configure_media(self) -> None:
+        """Which media kinds this processing class takes, and the bounds to load them into."""
+        attributes = self.processing_class.get_attributes() if self.modality != "text" else []
+        self.media_kinds = tuple(
+            kind
+            for kind, attribute in (
+                ("image", "image_processor"),
+                ("video", "video_processor"),
+                ("audio", "feature_extractor"),
+            )
+            if attribute in attributes
+        )
+        self.image_bounds = image_bounds_from_processor(
+            self.processing_class.image_processor if "image" in self.media_kinds else None
+        )
+        self.video_bounds = image_bounds_from_processor(
+            self.processing_class.video_processor if "video" in self.media_kinds else None
+        )
+        self.sampling_rate: int | None = None
+        self.audio_max_samples: int | None = None
+        if "audio" in self.media_kinds:
+            feature_extractor = self.processing_class.feature_extractor
+            self.sampling_rate = feature_extractor.sampling_rate
+            # Whisper-style extractors cut every clip to a fixed window; others take any length.
+            if isinstance(feature_extractor, WhisperFeatureExtractor):
+                self.audio_max_samples = feature_extractor.n_samples
+
+    # ------------------------------------------------------------------------------------------------- metrics
+
+    def pop_skip_counts(self) -> dict[str, int]:
+        """Rows skipped per reason since the last call, as `{"data/skipped/<reason>": count}`; resets them."""
+        counts = {f"data/skipped/{reason}": count for reason, count in sorted(self._skip_counts.items())}
+        self._skip_counts.clear()
+        return counts
+
+    def pop_repair_counts(self) -> dict[str, int]:
+        """Media repairs per code since the last call, as `{"data/repaired/<code>": count}`; resets them."""
+        counts = {f"data/repaired/{code}": count for code, count in sorted(self._repair_counts.items())}
+        self._repair_counts.clear()
+        return counts
+
+    # ------------------------------------------------------------------------------------------------- collate
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> PromptBatch:
+        """
+        Collate rows into a [`PromptBatch`].
+
+        Args:
+            rows (`Sequence[Mapping[str, Any]]`):
+                Dataset rows; each must have a `prompt` key.
+
+        Returns:
+            [`PromptBatch`]: the kept rows, in order. It is empty (`len(batch) == 0`) only when every row was
+            skipped and the skip limit still holds, which needs `max_skip_fraction` near 1 or tiny batches.
+
+        Raises:
+            [`BadSampleError`]: with `on_bad_sample="raise"`, on the first bad row.
+            [`TooManyBadSamplesError`]: when skipped rows exceed `max_skip_fraction`.
+            `KeyError`: when a row has no `prompt` key (a dataset schema error, never skipped).
+        """
+        kept: list[tuple[Mapping[str, Any], _Row]] = []
+        skipped: list[SkippedRow] = []
+        for row in rows:
+            if "prompt" not in row:
+                raise KeyError(f"Dataset rows need a 'prompt' column; this row has {sorted(row)}.")
+            index = self.rows_seen
+            self.rows_seen += 1
+            repairs: list[str] = []
+            try:
+                prepared = self._prepare_row(row, repairs)
+            except _Reject as rejection:
+                skipped.append(self._skip(row, index, rejection))
+                continue
+            self._repair_counts.update(repairs)
+            kept.append((row, prepared))
+        self._check_skip_limit(skipped)
+        return self._assemble(kept, skipped)
+
+    def _describe(self, row: Mapping[str, Any], index: int) -> tuple[Any, str]:
+        row_id = row.get(self.id_column)
+        if row_id is None:
+            return index, f"Row {index}"
+        return row_id, f"Row {index} ({self.id_column}={row_id!r})"
+
+    def _skip(self, row: Mapping[str, Any], index: int, rejection: _Reject) -> SkippedRow:
+        name, description = self._describe(row, index)
+        if self.on_bad_sample == "raise":
+            raise BadSampleError(description, rejection.reason, rejection.detail) from rejection
+        logger.warning("%s skipped (%s): %s", description, rejection.reason, rejection.detail)
+        self.rows_skipped += 1
+        self._skip_counts[rejection.reason] += 1
+        return SkippedRow(name, rejection.reason, rejection.detail)
+
+    def _check_skip_limit(self, skipped: list[SkippedRow]) -> None:
+        fraction = self.rows_skipped / max(self.rows_seen, self.min_rows_for_skip_fraction)
+        if not skipped or fraction <= self.max_skip_fraction:
+            return
+        latest = "; ".join(f"{entry.row}: {entry.reason}: {entry.detail}" for entry in skipped[-3:])
+        raise TooManyBadSamplesError(
+            f"{self.rows_skipped} of {self.rows_seen} rows skipped, above max_skip_fraction={self.max_skip_fraction} "
+            f"(of at least {self.min_rows_for_skip_fraction} rows). Latest: {latest}. Fix the data, or raise "
+            "max_skip_fraction to accept more losses."
+        )
+
+    def _assemble(self, kept: list[tuple[Mapping[str, Any], _Row]], skipped: list[SkippedRow]) -> PromptBatch:
+        length = max((prepared.input_ids.shape[0] for _, prepared in kept), default=0)
+        # [B, L]: every prompt is right-aligned so that generation continues from the last column.
+        input_ids = torch.full((len(kept), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(kept), length), dtype=torch.long)
+        for i, (_, prepared) in enumerate(kept):
+            n = prepared.input_ids.shape[0]
+            input_ids[i, length - n :] = prepared.input_ids
+            attention_mask[i, length - n :] = 1
+        per_row = [prepared.multimodal_inputs for _, prepared in kept]
+        extra = [
+            name
+            for name in dict.fromkeys(name for row, _ in kept for name in row)
+            if name != "prompt" and not any(name in columns for columns in MEDIA_COLUMNS.values())
+        ]
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            multimodal_inputs=concat_multimodal_inputs(per_row),
+            item_counts=count_items_per_sample(per_row),
+            prompts=[row["prompt"] for row, _ in kept],
+            prompt_texts=[prepared.prompt_text for _, prepared in kept],
+            columns={name: [row.get(name) for row, _ in kept] for name in extra},
+            skipped=skipped,
+        )
+
+    # ---------------------------------------------------------------------------------------------- one row
+
+    def _prepare_row(self, row: Mapping[str, Any], repairs: list[str]) -> _Row:
+        """Validate, render, load and process one row; raises `_Reject` with a reason code on any problem."""
+        raw_media = self._collect_media(row)
+        counts = {kind: len(items) for kind, items in raw_media.items()}
+        text, add_special_tokens = self._render(row["prompt"], counts)
+        media = self._load_media(raw_media, repairs)
+        input_ids, multimodal_inputs = self._process(text, media, add_special_tokens)
+        if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
+            raise _Reject(
+                "prompt_too_long",
+                f"prompt has {input_ids.shape[0]} tokens after media expansion, above prompt_max_len="
+                f"{self.prompt_max_len}",
+            )
+        return _Row(input_ids, multimodal_inputs, text)
+
+    def _collect_media(self, row: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """The raw media items of a row per kind, from its singular or plural column."""
+        media: dict[str, list[Any]] = {}
+        for kind, (single, plural) in MEDIA_COLUMNS.items():
+            one, many = row.get(single), row.get(plural)
+            if one is not None and many is not None:
+                raise _Reject("media_mismatch", f"row has both {single!r} and {plural!r}; use one")
+            if many is not None and not isinstance(many, (list, tuple)):
+                raise _Reject("unsupported_input", f"column {plural!r} must hold a list, got {type(many).__name__}")
+            items = [one] if one is not None else list(many or [])
+            if any(item is None for item in items):
+                raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be")
+            if items and kind not in self.media_kinds:
+                raise _Reject(
+                    "unsupported_media",
+                    f"row has {len(items)} {kind}(s) but {type(self.processing_class).__name__} "
+                    f"({self.modality}) cannot process {kind}s",
+                )
+            media[kind] = items
+        return media
+
+    def _render(self, prompt: Any, counts: dict[str, int]) -> tuple[str, bool]:
+        """Render a prompt to text; returns it and whether the tokenizer should add its special tokens."""
+        if isinstance(prompt, str):
+            if not any(counts.values()):
+                return prompt, True
+            # Media first, then the question: the layout of the common VQA / audio-QA chat datasets.
+            parts = [{"type": kind} for kind in MEDIA_KINDS for _ in range(counts[kind])]
+            prompt = [{"role": "user", "content": [*parts, {"type": "text", "text": prompt}]}]
+        elif not isinstance(prompt, list) or not prompt:
+            raise _Reject("bad_prompt", f"prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
+        placeholders = self._count_placeholders(prompt)
+        for kind in MEDIA_KINDS:
+            if placeholders[kind] != counts[kind]:
+                raise _Reject(
+                    "media_mismatch",
+                    f"prompt has {placeholders[kind]} {kind} part(s) but the row has {counts[kind]} {kind}(s)",
+                )
+        # The template already holds every special token; letting the tokenizer add a BOS would double it.
+        return self.processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), False
+
+    @staticmethod
+    def _count_placeholders(messages: list[Any]) -> Counter[str]:
+        placeholders: Counter[str] = Counter()
+        for message in messages:
+            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+                raise _Reject("bad_prompt", f"message {message!r:.80} needs 'role' and 'content'")
+            content = message["content"]
+            if isinstance(content, str):
+                continue
+            if not isinstance(content, list) or not all(isinstance(part, Mapping) for part in content):
+                raise _Reject(
+                    "bad_prompt", f"message content must be a string or a list of parts, got {content!r:.80}"
+                )
+            placeholders.update(part.get("type") for part in content if part.get("type") in MEDIA_KINDS)
+        return placeholders
+
+    def _load_media(self, raw_media: dict[str, list[Any]], repairs: list[str]) -> dict[str, list[Any]]:
+        try:
+            return {
+                "image": [load_image(item, self.image_bounds, repairs) for item in raw_media["image"]],
+                "video": [load_video(item, self.video_bounds, repairs) for item in raw_media["video"]],
+                "audio": [
+                    load_audio(item, self.sampling_rate, self.audio_max_samples, self.audio_too_long, repairs)
+                    for item in raw_media["audio"]
+                ],
+            }
+        except MediaError as error:
+            raise _Reject(error.reason, error.detail) from error
+
+    def _process(
+        self, text: str, media: dict[str, list[Any]], add_special_tokens: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One processor call for one row; returns its `[L]` token ids and its multimodal inputs."""
+        kwargs: dict[str, Any] = {"return_tensors": "pt", "add_special_tokens": add_special_tokens}
+        if media["image"]:
+            kwargs["images"] = media["image"]
+        if media["video"]:
+            kwargs["videos"] = media["video"]
+        if media["audio"]:
+            kwargs["audio"] = media["audio"]
+            kwargs["sampling_rate"] = self.sampling_rate
+        self.processor_calls += 1
+        self.media_processed.update({kind: len(items) for kind, items in media.items() if items})
+        try:
+            if self.modality == "text":
+                output = self.tokenizer([text], **kwargs)
+            else:
+                output = self.processing_class(text=[text], **kwargs)
+        except ValueError as error:
+            # The processor's own checks, e.g. placeholder tokens typed into the text that no media matches.
+            raise _Reject("processor_error", str(error)) from error
+        return output["input_ids"][0], extract_multimodal_inputs(output)
