@@ -1,0 +1,345 @@
+"""The policy of reinforcement fine-tuning: one `Actor` for text, image, video and audio language models.
+
+The actor wraps a transformers causal (or image/audio-to-text) language model. It samples completions
+([`Actor.generate`]) and scores the tokens of a completion under the current weights ([`Actor.forward`], the action
+log-probabilities of PPO/GRPO). What differs between modalities is only which multimodal fields the model takes as
+keywords (declared in `rft_trl.data.multimodal.MODALITY_FIELDS`) and how positions are numbered (M-RoPE for
+Qwen2-VL-style models, decided from the model config); the code path is the same. [`ActorVL`] and [`ActorAL`] are
+named faces of this class for the vision and audio modalities.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from peft import PeftConfig, PeftModel
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..core.logprobs import entropy_from_logits, log_probs_from_logits
+from ..data.multimodal import MULTIMODAL_FIELDS
+from .packing import select_action_positions
+from .utils import (
+    apply_lora,
+    build_forward_inputs,
+    collect_multimodal_inputs,
+    enable_gradient_checkpointing,
+    freeze_non_language_parameters,
+    generation_inputs,
+    load_pretrained_model,
+    log_trainable_parameters,
+    media_token_ids,
+    resolve_packing,
+    unwrap_model,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Actor", "process_sequences"]
+
+
+def process_sequences(
+    sequences: torch.Tensor,
+    input_len: int,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Cut generated responses at their first end-of-sequence token and build the attention and action masks.
+
+    For each row, the response is `sequences[:, input_len:]`. Its actions are its tokens up to and including the
+    first token in `eos_token_id`; every token after that becomes `pad_token_id` and is masked out. A response
+    without EOS (truncated by `max_new_tokens`) is all actions. Examples with EOS `E`, pad `P`, response width 4:
+
+    - `a b E c` -> `a b E P`, action mask `1 1 1 0`
+    - `E a E b` -> `E P P P`, action mask `1 0 0 0` (the first EOS counts)
+    - `a b c d` -> unchanged, action mask `1 1 1 1`
+
+    Args:
+        sequences (`torch.LongTensor` of shape `[B, input_len + R]`):
+            Prompts (left-padded) followed by the generated responses.
+        input_len (`int`):
+            Width of the prompt part.
+        eos_token_id (`int` or `list[int]`):
+            End-of-sequence id(s); any of them ends a response.
+        pad_token_id (`int`):
+            Id written after the end of each response.
+        attention_mask (`torch.Tensor` of shape `[B, input_len]`, *optional*):
+            The prompts' attention mask. Without it, prompt tokens equal to `pad_token_id` are taken as padding.
+
+    Returns:
+        `tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]`: the cleaned `sequences` `[B, input_len + R]`
+        (a new tensor), the `attention_mask` `[B, input_len + R]` and the `action_mask` `[B, R]`.
+    """
+    if not 0 <= input_len <= sequences.shape[1]:
+        raise ValueError(f"input_len={input_len} is outside the sequence width {sequences.shape[1]}.")
+    prompt, response = sequences[:, :input_len], sequences[:, input_len:]  # [B, P], [B, R]
+    eos_ids = torch.as_tensor(eos_token_id, device=sequences.device).reshape(-1)
+    is_eos = torch.isin(response, eos_ids)  # [B, R]
+    # Tokens strictly after the first EOS are the ones with an EOS before them.
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # [B, R]
+    action_mask = ~after_eos  # [B, R]
+    response = response.masked_fill(after_eos, pad_token_id)
+    if attention_mask is None:
+        prompt_mask = prompt.ne(pad_token_id)
+    else:
+        if attention_mask.shape != prompt.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must be the prompt's mask, shape {tuple(prompt.shape)}."
+            )
+        prompt_mask = attention_mask.bool()
+    full_mask = torch.cat([prompt_mask, action_mask], dim=1).long()  # [B, P + R]
+    return torch.cat([prompt, response], dim=1), full_mask, action_mask
+
+
+class Actor(nn.Module):
+    """
+    A language-model policy for reinforcement fine-tuning, for text, image, video and audio inputs.
+
+    Args:
+        pretrain_or_model (`str` or `nn.Module`):
+            A checkpoint path (loaded with `AutoModelForMultimodalLM` for image/audio-text models,
+            `AutoModelForCausalLM` otherwise, safetensors only) or a model instance.
+        use_flash_attention_2 (`bool`, *optional*, defaults to `False`):
+            Use flash-attention 2 when installed; otherwise sdpa, with a warning.
+        bf16 (`bool`, *optional*, defaults to `False`):
+            Load (or cast) the weights in bfloat16.
+        lora_rank (`int`, *optional*, defaults to `0`):
+            LoRA rank; 0 trains the full model.
+        lora_alpha (`int`, *optional*, defaults to `16`):
+            LoRA scaling numerator.
+        lora_dropout (`float`, *optional*, defaults to `0.0`):
+            Dropout on the LoRA input.
+        target_modules (`list[str]` or `str`, *optional*):
+            Modules LoRA adapts; by default the linear layers of the language model only (never the vision or audio
+            tower).
+        ds_config (`dict`, *optional*):
+            DeepSpeed config; with ZeRO-3 the weights are partitioned while loading.
+        device_map (`dict` or `str`, *optional*):
+            Passed to `from_pretrained`.
+        packing_samples (`bool`, *optional*, defaults to `False`):
+            Take packed batches in `forward` (`[1, T]` sequences with `packed_seq_lens`, or an `attention_mask`
+            numbering the samples) instead of padded ones.
+        peft_config (`peft.PeftConfig`, *optional*):
+            A complete PEFT config, used instead of the `lora_*` arguments.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to `from_pretrained`.
+        freeze_encoder (`bool`, *optional*, defaults to `True`):
+            In full fine-tuning, freeze every parameter outside the language model and its head (vision/audio
+            tower and projector). With LoRA only the adapters train anyway.
+        media_token_ids (`list[int]`, *optional*):
+            Token ids never to generate besides those the config declares (image/video/audio placeholders, vision
+            start/end), e.g. a processor's audio begin/end tokens.
+
+    Example:
+
+    ```python
+    >>> actor = ActorVL("Qwen/Qwen2.5-VL-3B-Instruct", bf16=True, lora_rank=16)
+    >>> sequences, attention_mask, action_mask = actor.generate(**processor_batch, max_new_tokens=64, do_sample=True)
+    >>> log_probs = actor(sequences, action_mask.shape[1], attention_mask, pixel_values=..., image_grid_thw=...)
+    ```
+    """
+
+    modality = "text"
+    # Alternative names accepted for multimodal keyword arguments (the seeds' `audio_values`, for instance).
+    field_aliases: dict[str, str] = {}
+
+    def __init__(
+        self,
+        pretrain_or_model: str | nn.Module,
+        use_flash_attention_2: bool = False,
+        bf16: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        target_modules: list[str] | str | None = None,
+        ds_config: dict | None = None,
+        device_map: dict | str | None = None,
+        packing_samples: bool = False,
+        peft_config: PeftConfig | None = None,
+        trust_remote_code: bool = False,
+        freeze_encoder: bool = True,
+        media_token_ids: list[int] | None = None,
+    ):
+        super().__init__()
+        model = load_pretrained_model(
+            pretrain_or_model,
+            head="causal_lm",
+            use_flash_attention_2=use_flash_attention_2,
+            bf16=bf16,
+            ds_config=ds_config,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )
+        if freeze_encoder and not isinstance(model, PeftModel):
+            freeze_non_language_parameters(model)
+        self.model = apply_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, peft_config)
+        self.packing_samples = packing_samples
+        self.extra_media_token_ids = list(media_token_ids or [])
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model (under the PEFT wrapper, if any)."""
+        return unwrap_model(self.model)
+
+    @property
+    def media_token_ids(self) -> list[int]:
+        """Ids suppressed during generation: the config's media tokens and `media_token_ids`."""
+        return media_token_ids(self.hf_model.config, self.extra_media_token_ids)
+
+    # ------------------------------------------------------------------------------------------------- generate
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        suppress_media_tokens: bool = True,
+        **kwargs,
+    ) -> tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]:
+        """
+        Sample completions and return them with the masks RL training needs.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `[B, P]`):
+                Left-padded prompts.
+            attention_mask (`torch.Tensor` of shape `[B, P]`, *optional*):
+                The prompts' mask; all ones by default.
+            suppress_media_tokens (`bool`, *optional*, defaults to `True`):
+                Never sample media placeholder or boundary tokens ([`Actor.media_token_ids`]): a completion holding
+                one would make the next forward fail to match media features with placeholders.
+            kwargs:
+                Multimodal fields of the prompts (`pixel_values`, `image_grid_thw`, `input_features`, ...; a
+                processor's `mm_token_type_ids` is ignored and rebuilt) and generation arguments (`max_new_tokens`,
+                `do_sample`, `temperature`, `top_p`, `eos_token_id`, `pad_token_id`, `suppress_tokens`, ...).
+
+        Returns:
+            `tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]`: `sequences` `[B, P + R]` cut after the
+            first EOS ([`process_sequences`]), their `attention_mask` and the `action_mask` `[B, R]`.
+        """
+        multimodal = {k: v for k, v in kwargs.items() if self._is_multimodal_name(k)}
+        generation_kwargs = {k: v for k, v in kwargs.items() if k not in multimodal}
+        multimodal = collect_multimodal_inputs(self.modality, multimodal, self.field_aliases)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        model = self.hf_model
+        generation_config = model.generation_config
+        eos_token_id = generation_kwargs.setdefault("eos_token_id", generation_config.eos_token_id)
+        pad_token_id = generation_kwargs.setdefault("pad_token_id", generation_config.pad_token_id)
+        if eos_token_id is None:
+            raise ValueError("No eos_token_id: pass one or set it in the model's generation_config.")
+        if pad_token_id is None:
+            pad_token_id = eos_token_id if isinstance(eos_token_id, int) else eos_token_id[0]
+            generation_kwargs["pad_token_id"] = pad_token_id
+        if suppress_media_tokens:
+            suppressed = set(generation_kwargs.get("suppress_tokens") or ()) | set(self.media_token_ids)
+            generation_kwargs["suppress_tokens"] = sorted(suppressed)
+        sequences = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **generation_inputs(model, input_ids),
+            **multimodal,
+            **generation_kwargs,
+        )
+        return process_sequences(sequences, input_ids.shape[1], eos_token_id, pad_token_id, attention_mask)
+
+    def process_sequences(
+        self,
+        sequences: torch.Tensor,
+        input_len: int,
+        eos_token_id: int | list[int],
+        pad_token_id: int,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """See [`process_sequences`]."""
+        return process_sequences(sequences, input_len, eos_token_id, pad_token_id, attention_mask)
+
+    # -------------------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        sequences: torch.LongTensor,
+        num_actions: int | list[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_output: bool = False,
+        packed_seq_lens: list[int] | None = None,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+        **multimodal_inputs: torch.Tensor | None,
+    ):
+        """
+        Log-probabilities of the action tokens (the completion) under the current weights.
+
+        Args:
+            sequences (`torch.LongTensor` of shape `[B, L]`, or `[1, T]` packed):
+                Prompt + completion tokens; padded batches are left-padded prompts followed by right-padded
+                completions, so the actions are the last `num_actions` columns.
+            num_actions (`int` or `list[int]`, *optional*):
+                Padded: the completion width `R`. Packed: the number of action tokens ending each sample. `None`
+                (padded only) scores every next token, `[B, L - 1]`.
+            attention_mask (`torch.Tensor`, *optional*):
+                Padded: `[B, L]`, 1 on real tokens. Packed: ignored when `packed_seq_lens` is given, else a
+                sample-numbering mask `[[1, 1, 2, 2, 2, ...]]`.
+            return_output (`bool`, *optional*, defaults to `False`):
+                Also return the model output (logits, and `aux_loss` for MoE models that compute one).
+            packed_seq_lens (`list[int]`, *optional*):
+                Lengths of the packed samples (requires `packing_samples=True`).
+            temperature (`float`, *optional*, defaults to `1.0`):
+                The sampling temperature; log-probs are those of `softmax(logits / temperature)`.
+            return_entropy (`bool`, *optional*, defaults to `False`):
+                Also return the entropy of each action's next-token distribution (same temperature).
+            multimodal_inputs:
+                Multimodal fields of all samples in order (`pixel_values`, `image_grid_thw`,
+                `pixel_values_videos`, `video_grid_thw`, `input_features`, `feature_attention_mask`, or the
+                aliases of this face); `None` values are ignored.
+
+        Returns:
+            `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 log-probs; or a
+            tuple `(log_probs, entropy)`, `(log_probs, output)` or `(log_probs, entropy, output)` according to
+            `return_entropy` and `return_output`.
+        """
+        multimodal = collect_multimodal_inputs(self.modality, multimodal_inputs, self.field_aliases)
+        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask)
+        model = self.hf_model
+        model_inputs = build_forward_inputs(
+            model, sequences, None if packed_seq_lens else attention_mask, packed_seq_lens, multimodal
+        )
+        output = self.model(**model_inputs)
+        logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
+        log_probs = log_probs_from_logits(logits, labels, temperature=temperature)
+        results = [log_probs]
+        if return_entropy:
+            results.append(entropy_from_logits(logits, temperature=temperature))
+        if return_output:
+            results.append(output)
+        return results[0] if len(results) == 1 else tuple(results)
+
+    # ------------------------------------------------------------------------------------------------ utilities
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """
+        Recompute activations in backward instead of storing them.
+
+        Args:
+            gradient_checkpointing_kwargs (`dict`, *optional*, defaults to `{"use_reentrant": False}`):
+                Passed to `torch.utils.checkpoint.checkpoint`.
+        """
+        enable_gradient_checkpointing(self.model, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store activations again (the default)."""
+        self.hf_model.gradient_checkpointing_disable()
+
+    def print_trainable_parameters(self) -> tuple[int, int]:
+        """
+        Log the trainable and total parameter counts.
+
+        Returns:
+            `tuple[int, int]`: `(trainable, total)`.
+        """
+        return log_trainable_parameters(self.model)
+
+    def _is_multimodal_name(self, name: str) -> bool:
+        return name in MULTIMODAL_FIELDS or name in self.field_aliases or name == "mm_token_type_ids"
