@@ -1,1 +1,20 @@
-"""rft_trl.models."""
+"""rft_trl.models: the policy (Actor and its ActorVL / ActorAL faces), the critic and the reward model."""
+
+from .actor import Actor, process_sequences
+from .actor_al import ActorAL
+from .actor_vl import ActorVL
+from .critic import Critic
+from .reward_model import RewardModel, RewardModelFunction
+from .utils import MROPE_MODEL_TYPES, infer_modality
+
+__all__ = [
+    "MROPE_MODEL_TYPES",
+    "Actor",
+    "ActorAL",
+    "ActorVL",
+    "Critic",
+    "RewardModel",
+    "RewardModelFunction",
+    "infer_modality",
+    "process_sequences",
+]
