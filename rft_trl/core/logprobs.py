@@ -62,6 +62,28 @@ def _as_3d(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Te
     return logits.reshape(-1, logits.shape[-2], logits.shape[-1])
 
 
+def _chunk_forward_(
+    z: torch.Tensor, labels: torch.Tensor | None, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """
+    ``(logsumexp(z), log p(labels), H)`` of the scaled logits ``z`` ``[..., V]``, each ``[...]``; overwrites ``z``.
+
+    Written out (max, shift, exp, sum) rather than with ``logsumexp`` and ``softmax`` so that a chunk costs one
+    extra ``[..., V]`` buffer (``p``) instead of three; ``-sum p log p`` is then summed in that same buffer. The sum
+    is torch's float32 reduction, more accurate than a matmul-based dot product over 150k terms, which would save
+    the buffer but lose an order of magnitude of precision.
+    """
+    row_max = z.amax(dim=-1, keepdim=True)  # [..., 1]
+    p = z.sub_(row_max).exp()  # [..., V], unnormalised
+    norm = p.sum(dim=-1, keepdim=True)  # [..., 1]
+    log_norm = norm.log()
+    log_p = z.sub_(log_norm)
+    lse = (row_max + log_norm).squeeze(-1)
+    log_probs = None if labels is None else log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    entropy = -p.div_(norm).mul_(log_p).sum(-1) if with_entropy else None
+    return lse, log_probs, entropy
+
+
 class _LogProbsFromLogits(torch.autograd.Function):
     """log p(label) = z[label] - logsumexp(z) with z = logits / temperature, per token of a ``[R, T, V]`` tensor."""
 
@@ -72,9 +94,10 @@ class _LogProbsFromLogits(torch.autograd.Function):
         out = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
         lse = torch.empty_like(out)  # [R, T]
         for rs, ts in _blocks(num_rows, seq_len, chunk_size):
-            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V], the only chunk-sized temporary
-            lse[rs, ts] = torch.logsumexp(z, dim=-1)
-            out[rs, ts] = z.gather(-1, labels[rs, ts].unsqueeze(-1)).squeeze(-1) - lse[rs, ts]
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            lse[rs, ts], out[rs, ts], _ = _chunk_forward_(z, labels[rs, ts], with_entropy=False)
+            # Dropping the chunk before the next one is built halves the peak (a loop variable outlives its turn).
+            del z
         ctx.save_for_backward(logits, labels, lse)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -90,9 +113,10 @@ class _LogProbsFromLogits(torch.autograd.Function):
         num_rows, seq_len, _ = logits.shape
         for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
             # The softmax is rebuilt from the saved log-sum-exp; dividing by the temperature is the chain rule.
-            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
-            grad_z = _grad_z(z, lse[rs, ts], None, labels[rs, ts], grad_out[rs, ts].to(dtype), None)
-            grad_logits[rs, ts] = grad_z.div_(temperature)
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            grad_logits[rs, ts] = _grad_z_(z, lse[rs, ts], None, labels[rs, ts], grad_out[rs, ts].to(dtype), None)
+            grad_logits[rs, ts] /= temperature
+            del z
         return grad_logits, None, None, None
 
 
@@ -106,10 +130,9 @@ class _EntropyFromLogits(torch.autograd.Function):
         entropy = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
         lse = torch.empty_like(entropy)  # [R, T]
         for rs, ts in _blocks(num_rows, seq_len, chunk_size):
-            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
-            chunk_lse = torch.logsumexp(z, dim=-1)  # [r, t]
-            lse[rs, ts] = chunk_lse
-            entropy[rs, ts] = chunk_lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            lse[rs, ts], _, entropy[rs, ts] = _chunk_forward_(z, None, with_entropy=True)
+            del z
         ctx.save_for_backward(logits, lse, entropy)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -124,9 +147,10 @@ class _EntropyFromLogits(torch.autograd.Function):
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
         num_rows, seq_len, _ = logits.shape
         for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
-            z = logits[rs, ts].to(dtype) / temperature  # [r, t, V]
-            grad_z = _grad_z(z, lse[rs, ts], entropy[rs, ts], None, None, grad_out[rs, ts].to(dtype))
-            grad_logits[rs, ts] = grad_z.div_(temperature)
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            grad_logits[rs, ts] = _grad_z_(z, lse[rs, ts], entropy[rs, ts], None, None, grad_out[rs, ts].to(dtype))
+            grad_logits[rs, ts] /= temperature
+            del z
         return grad_logits, None, None
 
 
@@ -199,10 +223,8 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
         for start in range(0, num_tokens, chunk_size):
             rows = slice(start, min(start + chunk_size, num_tokens))
             z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
-            chunk_lse = torch.logsumexp(z, dim=-1)  # [c]
-            lse[rows] = chunk_lse
-            log_probs[rows] = z.gather(-1, labels[rows].unsqueeze(-1)).squeeze(-1) - chunk_lse
-            entropy[rows] = chunk_lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+            lse[rows], log_probs[rows], entropy[rows] = _chunk_forward_(z, labels[rows], with_entropy=True)
+            del z
         ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
@@ -228,7 +250,7 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
         for start in range(0, num_tokens, ctx.chunk_size):
             rows = slice(start, min(start + ctx.chunk_size, num_tokens))
             z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
-            grad_z = _grad_z(
+            grad_z = _grad_z_(
                 z,
                 lse[rows],
                 entropy[rows],
@@ -236,14 +258,17 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
                 None if grad_log_probs is None else grad_log_probs[rows].to(dtype),
                 None if grad_entropy is None else grad_entropy[rows].to(dtype),
             )
+            del z
             # The chain rule through `.to(dtype)` and the division by the temperature.
             grad_logits = grad_z.div_(temperature).to(weight.dtype)  # [c, V]
+            del grad_z
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight
             if need_weight:
                 grad_weight.addmm_(grad_logits.t().to(acc_dtype), hidden[rows].to(acc_dtype))
             if need_bias:
                 grad_bias += grad_logits.sum(0, dtype=acc_dtype)
+            del grad_logits
         if need_weight:
             grad_weight = grad_weight.to(weight.dtype)
         if need_bias:
@@ -251,7 +276,7 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
-def _grad_z(z, lse, entropy, labels, grad_log_probs, grad_entropy):
+def _grad_z_(z, lse, entropy, labels, grad_log_probs, grad_entropy):
     """
     Gradient of ``sum(g_lp * log p(y) + g_ent * H)`` with respect to the scaled logits ``z`` ``[..., V]``.
 
