@@ -387,6 +387,10 @@ def test_lora_adapts_language_model_only_and_disables_exactly(tmp_path):
     with actor.model.disable_adapter():
         assert torch.equal(actor(sequences, n, attention_mask, **multimodal), base_log_probs)
 
+    # Generation runs through the PEFT wrapper with the media fields.
+    rollout = actor.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=3, **multimodal)
+    assert rollout[2].shape[1] <= 3
+
     # Saved adapter + a fresh base model reproduce the adapted policy.
     actor.model.save_pretrained(tmp_path / "adapter")
     reloaded = ActorVL(PeftModel.from_pretrained(copy.deepcopy(base.model), tmp_path / "adapter"))
@@ -488,13 +492,37 @@ def test_moe_aux_loss_passes_through():
 )
 def test_load_from_path(tmp_path, kind, actor_class, model_class):
     path = save_tiny_model(kind, str(tmp_path / kind))
-    actor = actor_class(path, device_map="cpu")
+    actor = actor_class(path)
     assert type(actor.hf_model).__name__ == model_class
     reference, _ = build_tiny_model(kind)
     for (name, loaded), (_, built) in zip(actor.hf_model.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(loaded, built), name
     bf16 = actor_class(path, bf16=True)
     assert next(bf16.parameters()).dtype == torch.bfloat16
+
+
+def test_loading_arguments_reach_from_pretrained(tmp_path, monkeypatch):
+    path = save_tiny_model("qwen2_vl", str(tmp_path / "vl"))
+    calls = []
+    real = model_utils.AutoModelForMultimodalLM
+
+    class SpyAutoClass:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            calls.append(kwargs)
+            return real.from_pretrained(name, **kwargs)
+
+    monkeypatch.setattr(model_utils, "AutoModelForMultimodalLM", SpyAutoClass)
+    ActorVL(path, bf16=True, device_map={"": "cpu"}, trust_remote_code=True)
+    assert calls == [
+        {
+            "dtype": torch.bfloat16,
+            "attn_implementation": "sdpa",
+            "device_map": {"": "cpu"},
+            "trust_remote_code": True,
+            "use_safetensors": True,
+        }
+    ]
 
 
 def test_flash_attention_falls_back_to_sdpa_with_a_warning(tmp_path, caplog):

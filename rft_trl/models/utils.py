@@ -114,8 +114,9 @@ def load_pretrained_model(
 
     Args:
         pretrain_or_model (`str` or `nn.Module`):
-            A local path or Hub id, or a model instance (used as is: its dtype and attention are only changed when
-            `bf16` / `use_flash_attention_2` ask for it).
+            A local path or Hub id, or a model instance. An instance is used as is: only `bf16` (cast) and
+            `use_flash_attention_2` (switch when installed) apply to it; the loading arguments (`head`,
+            `ds_config`, `device_map`, `trust_remote_code`, `num_labels`) concern paths only.
         head (`str`, *optional*, defaults to `"causal_lm"`):
             `"causal_lm"`: a language model (`AutoModelForMultimodalLM` for image/audio-text models,
             `AutoModelForCausalLM` otherwise). `"sequence_classification"`: `AutoModelForSequenceClassification`.
