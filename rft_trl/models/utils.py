@@ -31,6 +31,8 @@ from transformers.models.auto.modeling_auto import (
 )
 from transformers.utils import is_flash_attn_2_available
 
+from ..core import compute_approx_kl as compute_approx_kl  # re-exported: the seed's lightrft.models.utils name
+from ..core import masked_mean as masked_mean  # re-exported: the seed's lightrft.models.utils name
 from ..data.multimodal import select_fields
 from .packing import (
     mm_token_type_ids_from_sequences,
@@ -38,6 +40,7 @@ from .packing import (
     packed_seq_lens_from_sample_ids,
     pad_packed,
     position_ids_from_attention_mask,
+    unpack_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -501,3 +504,20 @@ def resolve_packing(
     if attention_mask is None:
         raise ValueError("A packed forward needs packed_seq_lens or a sample-numbering attention_mask.")
     return packed_seq_lens_from_sample_ids(attention_mask)
+
+
+def unpacking_samples(values: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    """
+    Split per-token values of packed samples into one tensor per sample (the seed's name for
+    [`rft_trl.models.packing.unpack_values`]).
+
+    Args:
+        values (`torch.Tensor` of shape `[1, T]` or `[T]`):
+            Packed values, e.g. per-token KL of several samples laid end to end.
+        lengths (`list[int]`):
+            Length of each sample, summing to `T`.
+
+    Returns:
+        `list[torch.Tensor]`: views of shapes `[n_i]`.
+    """
+    return unpack_values(values.unsqueeze(0) if values.dim() == 1 else values, lengths)
