@@ -28,8 +28,15 @@ SPECIAL_TOKENS = [
 ]
 
 # Tokens a policy must never emit: each one stands for media features that a completion does not carry.
-MEDIA_PLACEHOLDER_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
-                            "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
+MEDIA_PLACEHOLDER_TOKENS = [
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|audio_bos|>",
+    "<|AUDIO|>",
+    "<|audio_eos|>",
+]
 
 # Qwen-style template. Image and video parts render as the Qwen2-VL placeholders, audio parts as the Qwen2-Audio
 # ones; a plain-string content renders as text.

@@ -1,1 +1,18 @@
-"""rft_trl.trainers."""
+"""Trainers, configuration, experience and replay buffer (LightRFT's `lightrft.trainer`)."""
+
+from .experience import Experience, ExperienceVL, map_tensors
+from .kl_controller import AdaptiveKLController, FixedKLController
+from .ppo_trainer_vl import PolicyAndValue, PPOTrainerVL, RolloutSampler
+from .replay_buffer import NaiveReplayBuffer, NaiveReplayBufferVL
+from .replay_buffer_utils import (
+    BufferItem,
+    BufferItemVL,
+    is_vl_experience,
+    item_to_device,
+    make_experience_batch,
+    remove_padding_in_sequences,
+    split_experience_batch,
+    zero_pad_sequences,
+)
+from .rft_config import RFTConfig
+from .sft import build_sft_batch, supervised_warmup

@@ -1,0 +1,139 @@
+"""What the `examples/` scripts share: arguments, model and data set-up, the run, and its outputs.
+
+Each example is a few lines that pick defaults (task, model kind, estimator) and call [`main`], so the four scripts
+differ only in what they are about.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+
+from datasets import Dataset, load_dataset
+from transformers import AutoProcessor
+from trl import ModelConfig, get_peft_config
+
+from .data.collator import PromptCollator, infer_modality
+from .plotting import plot_reward_curve
+from .rewards import accuracy_reward, format_reward
+from .testing import build_tiny_model, make_task_dataset
+from .testing.vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
+from .trainers.ppo_trainer_vl import PPOTrainerVL, actor_class
+from .trainers.rft_config import RFTConfig
+from .trainers.sft import supervised_warmup
+
+logger = logging.getLogger(__name__)
+
+# Synthetic task -> (tiny model kind, possible answers).
+TASKS = {
+    "colour": ("qwen2_5_vl", COLOURS),
+    "video": ("qwen2_5_vl", MOTIONS),
+    "pitch": ("qwen2_audio", PITCHES),
+    "text": ("qwen2", TEXT_WORDS),
+}
+
+
+@dataclass
+class ScriptArguments:
+    """
+    Arguments of the example scripts, besides [`RFTConfig`] and TRL's `ModelConfig`.
+
+    Args:
+        dataset_name (`str`, *optional*, defaults to `"colour"`):
+            A built-in synthetic task (`colour`, `video`, `pitch`, `text`) or a `datasets` name/path whose rows
+            hold `prompt`, media columns and `answer`.
+        dataset_train_split (`str`, *optional*, defaults to `"train"`), dataset_test_split (`str`, *optional*):
+            Splits of a `datasets` dataset.
+        num_train_samples (`int`, *optional*, defaults to `256`), num_eval_samples (`int`, *optional*,
+        defaults to `32`):
+            Rows generated for a synthetic task.
+        tiny_model_seed (`int`, *optional*, defaults to `0`):
+            Seed of the built-in tiny model used when `--model_name_or_path` is not given.
+        warmup_steps (`int`, *optional*, defaults to `40`):
+            Supervised steps on the answer format (random answers) before RL; 0 skips it. A random tiny model
+            never emits an answer otherwise, and a real instruct model does not need it.
+        warmup_learning_rate (`float`, *optional*, defaults to `3e-3`):
+            Learning rate of the warm-up.
+        reward_plot (`bool`, *optional*, defaults to `True`):
+            Write `reward_curve.png` into the output directory.
+    """
+
+    dataset_name: str = field(default="colour", metadata={"help": "Synthetic task or datasets name/path."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Train split of a datasets dataset."})
+    dataset_test_split: str | None = field(default=None, metadata={"help": "Eval split of a datasets dataset."})
+    num_train_samples: int = field(default=256, metadata={"help": "Rows of a synthetic train set."})
+    num_eval_samples: int = field(default=32, metadata={"help": "Rows of a synthetic eval set."})
+    tiny_model_seed: int = field(default=0, metadata={"help": "Seed of the built-in tiny model."})
+    warmup_steps: int = field(default=40, metadata={"help": "Format warm-up steps before RL (0: none)."})
+    warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
+    reward_plot: bool = field(default=True, metadata={"help": "Write reward_curve.png."})
+
+
+def load_data(script_args: ScriptArguments, seed: int) -> tuple[Dataset, Dataset | None]:
+    """The train and eval sets: a synthetic task by name, or a `datasets` dataset."""
+    if script_args.dataset_name in TASKS:
+        train = make_task_dataset(script_args.dataset_name, script_args.num_train_samples, seed=seed)
+        evaluation = make_task_dataset(script_args.dataset_name, script_args.num_eval_samples, seed=seed + 1)
+        return train, evaluation
+    train = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+    test_split = script_args.dataset_test_split
+    return train, None if test_split is None else load_dataset(script_args.dataset_name, split=test_split)
+
+
+def format_warmup(
+    model, processing_class, train_dataset: Dataset, answers: list[str], script_args: ScriptArguments, seed: int
+) -> list[float]:
+    """Teach the answer format with a random answer per row, so RL starts at chance reward, not at zero."""
+    rng = random.Random(seed)
+    rows = [dict(row, completion=rng.choice(answers)) for row in train_dataset]
+    actor = actor_class(infer_modality(processing_class))(model, freeze_encoder=False)
+    collator = PromptCollator(processing_class)
+    return supervised_warmup(
+        actor,
+        collator,
+        rows,
+        steps=script_args.warmup_steps,
+        learning_rate=script_args.warmup_learning_rate,
+        seed=seed,
+    )
+
+
+def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> PPOTrainerVL:
+    """Build the model and data, optionally warm up, train, save, and plot the reward curve."""
+    train_dataset, eval_dataset = load_data(script_args, training_args.seed)
+    if model_args.model_name_or_path is None:
+        if script_args.dataset_name not in TASKS:
+            raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
+        kind, answers = TASKS[script_args.dataset_name]
+        model, processing_class = build_tiny_model(kind, seed=script_args.tiny_model_seed)
+        if script_args.warmup_steps > 0:
+            format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
+    else:
+        model = model_args.model_name_or_path
+        processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=model_args.trust_remote_code)
+
+    if training_args.reward_weights is None:
+        # The format reward is logged but not trained on: the accuracy reward already requires a clean answer.
+        training_args.reward_weights = [1.0, 0.0]
+    trainer = PPOTrainerVL(
+        model=model,
+        reward_funcs=[accuracy_reward, format_reward],
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processing_class,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
+            json.dump(trainer.state.log_history, f, indent=1)
+        if script_args.reward_plot:
+            plot_reward_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"))
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return trainer

@@ -1,0 +1,306 @@
+"""Rollouts: prompts in, scored and advantaged experience out, for every modality through one path.
+
+A rollout takes the rows of `rollout_batch_size` prompts and
+
+1. collates them once (chat template, media processing: one processor call per unique prompt);
+2. samples `n_samples_per_prompt` completions per prompt with the actor, in chunks of `micro_rollout_batch_size`,
+   each sample carrying its prompt's multimodal inputs by reference (no copies, no re-processing);
+3. scores the completions with the reward functions (failed rewards exclude a sample, they never score 0);
+4. computes the rollout policy's log-probs (when the update is off-policy), the reference's and the critic's
+   values, all in the same chunks;
+5. turns rewards into advantages with the configured estimator, KL to the reference either folded into the reward
+   (PPO) or left to the loss (GRPO);
+6. returns the samples as replay-buffer items plus the rollout's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import compute_advantages, compute_approx_kl, masked_mean
+from ..data.collator import PromptBatch, PromptCollator
+from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs, split_multimodal_inputs
+from ..models.actor import Actor
+from ..rewards import RewardScorer
+from .replay_buffer_utils import BufferItem, remove_padding_in_sequences
+from .rft_config import RFTConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """
+    One rollout's samples and statistics.
+
+    Args:
+        items (`list[BufferItem]`): one per sample, unpadded, in prompt-major order (prompt 0's samples first).
+        metrics (`dict[str, float]`): `rollout/*` and `data/*` metrics.
+        completions (`list[str]`): decoded completions, for logging.
+        prompts (`list`): the prompt of each sample.
+        rewards (`torch.Tensor` of shape `[N]`): combined rewards, NaN where excluded.
+    """
+
+    items: list[BufferItem]
+    metrics: dict[str, float]
+    completions: list[str]
+    prompts: list
+    rewards: torch.Tensor
+    kl: float | None = None
+
+
+def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
+    return torch.cat([nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+class ExperienceMaker:
+    """
+    Turns prompt rows into scored experience (LightRFT's `NaiveExperienceMakerVL`, one class for all modalities).
+
+    Args:
+        actor ([`Actor`]): the policy (any modality).
+        collator ([`PromptCollator`]): renders and processes prompts.
+        reward_scorer ([`RewardScorer`]): the combined reward functions.
+        args ([`RFTConfig`]): sizes, sampling and algorithm settings.
+        reference_log_probs (`Callable`, *optional*): `f(sequences, num_actions, attention_mask, **mm) -> [B, A]`
+            log-probs under the reference policy; `None` when no KL is used.
+        critic (`nn.Module`, *optional*): returns values `[B, A]` with the actor's forward signature.
+        kl_coef (`Callable[[], float]`): current KL coefficient (the controller's value).
+        device (`torch.device`): where the models run.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        collator: PromptCollator,
+        reward_scorer: RewardScorer,
+        args: RFTConfig,
+        reference_log_probs: Callable | None,
+        critic: nn.Module | None,
+        kl_coef: Callable[[], float],
+        device: torch.device,
+    ):
+        self.actor = actor
+        self.collator = collator
+        self.reward_scorer = reward_scorer
+        self.args = args
+        self.reference_log_probs = reference_log_probs
+        self.critic = critic
+        self.kl_coef = kl_coef
+        self.device = device
+        tokenizer = collator.tokenizer
+        self.tokenizer = tokenizer
+        self.eos_token_id = actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
+        self.need_old_log_probs = True
+
+    @torch.no_grad()
+    def generate_and_score(self, rows: list[dict], n: int, sampling_kwargs: dict) -> tuple[dict, list[str], list, Any]:
+        """
+        Collate the rows, sample `n` completions per kept prompt and score them.
+
+        Returns:
+            `tuple`: the samples (`sequences`, `attention_mask`, `action_mask` `[N, A]`, `completion_ids`,
+            per-sample `multimodal_inputs`), the decoded completions, each sample's prompt, and the
+            [`RewardOutput`].
+        """
+        batch = self.collator(rows)
+        if len(batch) == 0:
+            reasons = sorted({skipped.reason for skipped in batch.skipped})
+            raise ValueError(f"Every prompt of this batch was rejected as bad input ({', '.join(reasons)}).")
+        samples = self._generate(batch, n, sampling_kwargs)
+        completions = self.tokenizer.batch_decode(
+            torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id),
+            skip_special_tokens=True,
+        )
+        prompts = [p for p in batch.prompts for _ in range(n)]
+        columns = {name: [v for v in values for _ in range(n)] for name, values in batch.columns.items()}
+        return samples, completions, prompts, self.reward_scorer(prompts, completions, **columns)
+
+    @torch.no_grad()
+    def make_experience(self, rows: list[dict]) -> Rollout:
+        """Generate, score and advantage one rollout of `rows` (one dataset row per prompt)."""
+        samples, completions, prompts, rewards_out = self.generate_and_score(
+            rows, self.args.n_samples_per_prompt, self.args.sampling_kwargs()
+        )
+        metrics = {f"data/skipped/{k}": float(v) for k, v in self.collator.pop_skip_counts().items()}
+        scored = self._score(samples)
+        advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
+        items = remove_padding_in_sequences(self._items(samples, scored, advantages, returns, rewards_out))
+        metrics.update(rewards_out.metrics())
+        metrics.update(self._metrics(samples, rewards_out, kl_stats))
+        return Rollout(items, metrics, completions, prompts, rewards_out.rewards, kl=kl_stats.get("kl"))
+
+    def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
+        per_prompt = split_multimodal_inputs(batch.multimodal_inputs, batch.item_counts, num_samples=len(batch))
+        per_sample_mm = repeat_multimodal_inputs(per_prompt, n)
+        input_ids = batch.input_ids.repeat_interleave(n, dim=0)  # [N, P]
+        attention_mask = batch.attention_mask.repeat_interleave(n, dim=0)  # [N, P]
+        prompt_len = input_ids.shape[1]
+        chunk = self.args.micro_rollout_batch_size
+        sequences, masks, action_masks = [], [], []
+        for start in range(0, input_ids.shape[0], chunk):
+            mm = concat_multimodal_inputs(per_sample_mm[start : start + chunk])
+            seq, mask, action_mask = self.actor.generate(
+                input_ids[start : start + chunk].to(self.device),
+                attention_mask[start : start + chunk].to(self.device),
+                suppress_media_tokens=self.args.suppress_media_tokens,
+                **{k: v.to(self.device) for k, v in mm.items()},
+                **sampling_kwargs,
+            )
+            sequences.append(seq)
+            masks.append(mask)
+            action_masks.append(action_mask)
+        width = max(a.shape[1] for a in action_masks)
+        sequences = _right_pad(sequences, prompt_len + width, self.pad_token_id)  # [N, P + A]
+        return {
+            "sequences": sequences,
+            "attention_mask": _right_pad(masks, prompt_len + width, 0),  # [N, P + A]
+            "action_mask": _right_pad(action_masks, width, False),  # [N, A]
+            "completion_ids": sequences[:, prompt_len:],  # [N, A]
+            "multimodal_inputs": per_sample_mm,
+        }
+
+    def _forward_in_chunks(self, model: Callable, samples: dict) -> torch.Tensor:
+        """Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time."""
+        chunk = self.args.micro_rollout_batch_size
+        num_rows, width = samples["action_mask"].shape
+        outputs = []
+        for start in range(0, num_rows, chunk):
+            rows = slice(start, start + chunk)
+            mm = concat_multimodal_inputs(samples["multimodal_inputs"][rows])
+            mm = {k: v.to(self.device) for k, v in mm.items()}
+            sequences, attention_mask = samples["sequences"][rows], samples["attention_mask"][rows]
+            if self.args.packing_samples:
+                outputs.append(
+                    self._packed_forward(model, sequences, attention_mask, samples["action_mask"][rows], mm)
+                )
+            else:
+                outputs.append(model(sequences, width, attention_mask, **mm))
+        return torch.cat(outputs)
+
+    @staticmethod
+    def _packed_forward(model, sequences, attention_mask, action_mask, mm) -> torch.Tensor:
+        """
+        The rows' real tokens laid end to end (no padding computed), outputs scattered back to `[B, A]`.
+
+        Each row is `[left pad | prompt | completion | right pad]` with `attention_mask` 1 exactly on prompt and
+        completion, and the completion's first `action_mask.sum()` tokens are its actions.
+        """
+        keep = attention_mask.bool()
+        packed = sequences[keep][None]  # [1, T]
+        lengths = keep.sum(-1).tolist()
+        num_actions = action_mask.sum(-1).tolist()
+        values = model(packed, num_actions, None, packed_seq_lens=lengths, **mm)  # [1, sum(num_actions)]
+        out = torch.zeros(action_mask.shape, dtype=values.dtype, device=values.device)  # [B, A]
+        out[action_mask.bool()] = values.flatten()
+        return out
+
+    def _score(self, samples: dict) -> dict:
+        scored = {"old_log_probs": None, "base_log_probs": None, "values": None}
+        temperature = self.args.temperature
+        if self.need_old_log_probs:
+            scored["old_log_probs"] = self._forward_in_chunks(
+                lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples
+            )
+        if self.reference_log_probs is not None:
+            scored["base_log_probs"] = self._forward_in_chunks(
+                lambda *a, **k: self.reference_log_probs(*a, temperature=temperature, **k), samples
+            )
+        if self.critic is not None:
+            scored["values"] = self._forward_in_chunks(self.critic, samples)
+        return scored
+
+    def _advantages(
+        self, samples: dict, scored: dict, rewards: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        action_mask = samples["action_mask"]
+        base, old = scored["base_log_probs"], scored["old_log_probs"]
+        stats = {}
+        kl = None
+        if base is not None:
+            # The KL of the rollout policy to the reference, for the controller and the logs; with an on-policy
+            # update `old` is not computed and the update's own log-probs are taken as the rollout policy's.
+            policy = (
+                old
+                if old is not None
+                else self._forward_in_chunks(
+                    lambda *a, **k: self.actor(*a, temperature=self.args.temperature, **k), samples
+                )
+            )
+            kl = compute_approx_kl(policy, base, action_mask, kl_estimator=self.args.kl_estimator)  # [N, A]
+            stats["kl"] = masked_mean(kl, action_mask & valid[:, None].to(action_mask.device)).item()
+        advantages, returns = compute_advantages(
+            self.args.advantage_estimator,
+            rewards.to(action_mask.device).nan_to_num(0.0),
+            action_mask,
+            group_size=self.args.n_samples_per_prompt,
+            values=scored["values"],
+            # PPO-style: the KL to the reference is a per-token reward penalty; GRPO-style it is a loss term.
+            kl=None if self.args.use_kl_loss else kl,
+            kl_coef=0.0 if self.args.use_kl_loss else self.kl_coef(),
+            gamma=self.args.gamma,
+            lambd=self.args.lambd,
+            valid=valid.to(action_mask.device),
+        )
+        return advantages, returns, stats
+
+    def _items(
+        self, samples: dict, scored: dict, advantages: torch.Tensor, returns: torch.Tensor, rewards_out
+    ) -> list[BufferItem]:
+        response_length = samples["action_mask"].sum(-1)
+        total_length = samples["attention_mask"].sum(-1)
+        items = []
+        for i in range(samples["sequences"].shape[0]):
+
+            def row(t, i=i):
+                return None if t is None else t[i].cpu()
+
+            info = {
+                "reward": torch.nan_to_num(rewards_out.rewards[i], nan=0.0),
+                # An excluded sample (failed reward) keeps its tokens; the loss masks it out by this flag.
+                "valid": rewards_out.valid[i].float(),
+                "response_length": response_length[i].float().cpu(),
+                "total_length": total_length[i].float().cpu(),
+            }
+            items.append(
+                BufferItem(
+                    sequences=row(samples["sequences"]),
+                    action_log_probs=row(scored["old_log_probs"]),
+                    base_action_log_probs=row(scored["base_log_probs"]),
+                    values=row(scored["values"]),
+                    returns=row(returns),
+                    advantages=row(advantages),
+                    attention_mask=row(samples["attention_mask"]),
+                    action_mask=row(samples["action_mask"]),
+                    info=info,
+                    multimodal_inputs=samples["multimodal_inputs"][i],
+                )
+            )
+        return items
+
+    def _metrics(self, samples: dict, rewards_out, kl_stats: dict) -> dict[str, float]:
+        valid = rewards_out.valid
+        rewards = rewards_out.rewards[valid]
+        lengths = samples["action_mask"].sum(-1).float()
+        metrics = {
+            "rollout/reward": rewards.mean().item() if rewards.numel() else float("nan"),
+            "rollout/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "rollout/response_length": lengths.mean().item(),
+            "rollout/clipped_ratio": (lengths >= self.args.generate_max_len).float().mean().item(),
+            "rollout/num_samples": float(valid.numel()),
+        }
+        # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
+        groups = rewards_out.rewards.view(-1, self.args.n_samples_per_prompt)
+        spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)
+        metrics["rollout/zero_std_fraction"] = (spread == 0).float().mean().item()
+        if kl_stats:
+            metrics["rollout/kl"] = kl_stats["kl"]
+        return metrics

@@ -1,0 +1,710 @@
+"""`PPOTrainerVL`: PPO, GRPO and kin for text, image, video and audio policies, on `transformers.Trainer`.
+
+The Trainer owns the loop: optimizer and scheduler, gradient accumulation, Accelerate (DDP, DeepSpeed ZeRO),
+checkpoint rotation, `report_to` integrations, progress bars and `push_to_hub`. This class only overrides hooks:
+
+- the train dataloader yields one rollout's prompt rows, repeated once per training micro-batch of that rollout
+  (the rows are plain dicts: repeating them costs nothing, and media are processed once per rollout);
+- `_prepare_inputs` generates and scores a rollout when a new one starts, and otherwise hands out the next
+  micro-batch of the current rollout (`max_epochs` shuffled passes over its samples);
+- `compute_loss` is the actor's policy loss (+ KL, MoE aux and ptx terms) and the critic's value loss;
+- `log` adds the rollout and training metrics under `rollout/`, `train/` and `data/`.
+
+LightRFT's method names map onto this as: `fit` -> `train`, `ppo_train` -> the micro-batches of one rollout
+(`_prepare_inputs` + `training_step`), `training_step_actor` / `training_step_critic` -> the two halves of
+`compute_loss`, `save_logs_and_checkpoints` -> the Trainer's own logging and saving, `evaluate` -> `evaluate`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from datasets import Dataset, IterableDataset
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Sampler
+from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import load_sharded_checkpoint
+
+from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
+from ..data.collator import PromptCollator, infer_modality
+from ..models.actor import Actor
+from ..models.actor_al import ActorAL
+from ..models.actor_vl import ActorVL
+from ..models.critic import Critic
+from ..rewards import RewardScorer
+from .experience_maker import ExperienceMaker, Rollout
+from .kl_controller import AdaptiveKLController, FixedKLController
+from .replay_buffer_utils import make_experience_batch
+from .rft_config import RFTConfig
+
+logger = logging.getLogger(__name__)
+
+RFT_STATE_NAME = "rft_state.json"
+EMA_NAME = "ema.safetensors"
+
+
+class RolloutSampler(Sampler[int]):
+    """
+    Yields prompt indices so that each rollout's prompts come `repeats` times in a row.
+
+    With `num_processes` ranks, a block holds `num_processes * rollout_batch_size` distinct indices; the DataLoader
+    cuts it into per-rank batches of `rollout_batch_size` and Accelerate hands batch `r` of every block to rank `r`,
+    so each rank sees its own prompts `repeats` times, once per training micro-batch of the rollout.
+
+    Args:
+        num_rows (`int`): dataset size.
+        block_size (`int`): prompts per rollout over all ranks.
+        repeats (`int`): training micro-batches per rollout.
+        shuffle (`bool`): draw prompts in a seeded random order (reshuffled per epoch).
+        seed (`int`): the shuffle seed.
+    """
+
+    def __init__(self, num_rows: int, block_size: int, repeats: int, shuffle: bool = True, seed: int = 0):
+        if num_rows < block_size:
+            raise ValueError(
+                f"The dataset has {num_rows} rows, fewer than one rollout needs ({block_size} prompts over all "
+                f"processes): lower rollout_batch_size or add rows."
+            )
+        self.num_rows, self.block_size, self.repeats = num_rows, block_size, repeats
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = list(range(self.num_rows))
+        for start in range(0, self.num_rows - self.block_size + 1, self.block_size):
+            block = order[start : start + self.block_size]
+            for _ in range(self.repeats):
+                yield from block
+
+    def __len__(self) -> int:
+        return (self.num_rows // self.block_size) * self.block_size * self.repeats
+
+
+class PolicyAndValue(nn.Module):
+    """The actor and (optionally) the critic as one module, so one `accelerator.prepare` carries both."""
+
+    def __init__(self, actor: Actor, critic: nn.Module | None = None):
+        super().__init__()
+        self.actor = actor
+        self.critic = critic
+        self.config = actor.hf_model.config
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+        if self.critic is not None:
+            self.critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.actor.gradient_checkpointing_disable()
+        if self.critic is not None:
+            self.critic.gradient_checkpointing_disable()
+
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        num_actions: int | list[int],
+        attention_mask: torch.Tensor | None = None,
+        packed_seq_lens: list[int] | None = None,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+        with_actor: bool = True,
+        with_values: bool = False,
+        **multimodal_inputs: torch.Tensor,
+    ) -> dict[str, Any]:
+        """
+        One forward of whichever halves the step trains (the DDP/DeepSpeed wrapper must see a single call).
+
+        Returns:
+            `dict`: `log_probs` (and `entropy`, `output`) when `with_actor`, `values` when `with_values`; all
+            `[B, A]` padded or `[1, sum(A)]` packed.
+        """
+        result: dict[str, Any] = {}
+        common = {"attention_mask": attention_mask, "packed_seq_lens": packed_seq_lens, **multimodal_inputs}
+        if with_actor:
+            outputs = self.actor(
+                sequences,
+                num_actions,
+                temperature=temperature,
+                return_entropy=return_entropy,
+                return_output=True,
+                **common,
+            )
+            result["log_probs"], result["output"] = outputs[0], outputs[-1]
+            if return_entropy:
+                result["entropy"] = outputs[1]
+        if with_values:
+            result["values"] = self.critic(sequences, num_actions, **common)
+        return result
+
+
+class _EMACallback(TrainerCallback):
+    """After each optimizer step: ema = beta * ema + (1 - beta) * actor, over the actor's trainable weights."""
+
+    def __init__(self, trainer: PPOTrainerVL):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._update_ema()
+
+
+def actor_class(modality: str) -> type[Actor]:
+    if modality == "vision":
+        return ActorVL
+    if modality == "audio":
+        return ActorAL
+    if modality == "text":
+        return Actor
+    raise ValueError(f"Unknown modality {modality!r}.")
+
+
+class PPOTrainerVL(Trainer):
+    """
+    Reinforcement fine-tuning trainer for any modality: GRPO-style group estimators or PPO with a critic (GAE).
+
+    Drop-in for TRL's `GRPOTrainer`: `PPOTrainerVL(model, reward_funcs, args, train_dataset, eval_dataset,
+    processing_class, peft_config, callbacks)` with an [`RFTConfig`] (which takes `GRPOConfig`'s names).
+
+    Args:
+        model (`str`, `PreTrainedModel` or [`Actor`]):
+            The policy: a checkpoint path, a transformers model or an actor. Its processor decides the modality.
+        reward_funcs (`Callable`, `str` or `list` of them, *optional*):
+            Reward functions with TRL's contract `f(prompts, completions, **columns) -> list[float | None]`,
+            reward-model wrappers with that `__call__`, or `http(s)://` URLs of remote reward models.
+        args ([`RFTConfig`], *optional*):
+            Configuration; defaults to `RFTConfig("outputs")`.
+        train_dataset, eval_dataset (`datasets.Dataset`, *optional*):
+            Prompt rows: `prompt`, media columns, and extra columns for the reward functions.
+        processing_class (`ProcessorMixin` or `PreTrainedTokenizerBase`, *optional*):
+            The processor (vision/audio) or tokenizer (text); loaded from `model` when it is a path.
+        peft_config (`peft.PeftConfig`, *optional*):
+            LoRA config; the adapter-disabled base then serves as the reference, at no memory cost.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            Extra Trainer callbacks.
+        optimizers (`tuple`, *optional*):
+            `(optimizer, scheduler)`, built by the Trainer when not given; the critic is a parameter group of the
+            same optimizer with `critic_learning_rate`.
+        critic (`nn.Module` or `str`, *optional*):
+            The value model for `advantage_estimator="gae"`; built from the actor's weights when that estimator is
+            chosen and none is given.
+        reward_model (`Callable`, *optional*):
+            A reward model with the TRL reward contract, appended to `reward_funcs` (seed argument).
+        initial_model (`Actor` or `PreTrainedModel`, *optional*):
+            The reference policy for the KL term; by default a frozen copy of the actor (or, with PEFT, the actor
+            with its adapter disabled).
+        ema_model (`Actor`, *optional*):
+            Receives the moving average of the actor's weights when `enable_ema` is set.
+        ptx_dataset (`datasets.Dataset`, *optional*):
+            Rows with `prompt` and `completion` for the supervised ptx loss (`ptx_coef > 0`).
+    """
+
+    _tag_names = ["rft_trl", "ppo", "grpo"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | Actor,
+        reward_funcs: Callable | str | list | None = None,
+        args: RFTConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        critic: nn.Module | str | None = None,
+        reward_model: Callable | None = None,
+        initial_model: nn.Module | None = None,
+        ema_model: nn.Module | None = None,
+        ptx_dataset: Dataset | None = None,
+    ):
+        args = args or RFTConfig("outputs")
+        if processing_class is None:
+            if not isinstance(model, str):
+                raise ValueError("Pass processing_class (the model's processor or tokenizer).")
+            from transformers import AutoProcessor
+
+            processing_class = AutoProcessor.from_pretrained(model)
+        modality = infer_modality(processing_class)
+        actor = self._build_actor(model, modality, args, peft_config, processing_class)
+        critic = self._build_critic(critic, actor, args)
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        funcs = [f for f in funcs if f is not None]
+        if reward_model is not None:
+            funcs.append(reward_model)
+        if args.remote_rm_url:
+            funcs.append(args.remote_rm_url)
+        if not funcs:
+            raise ValueError("Pass reward_funcs (or reward_model / remote_rm_url): RL needs a reward.")
+        self.reward_scorer = RewardScorer(
+            funcs,
+            reward_weights=args.reward_weights,
+            reward_recipe=args.reward_recipe,
+            reward_fn_label_map=args.reward_fn_label_map,
+            max_reward_failure_rate=args.max_reward_failure_rate,
+        )
+        self.modality = modality
+        self.collator = PromptCollator(
+            processing_class,
+            prompt_max_len=args.prompt_max_len,
+            max_skip_fraction=args.max_skipped_fraction,
+        )
+        self.kl_ctl = (
+            AdaptiveKLController(args.init_kl_coef, args.kl_target, args.kl_horizon)
+            if args.kl_target
+            else FixedKLController(args.init_kl_coef)
+        )
+        self.ptx_dataset = ptx_dataset
+        self._ema_model = ema_model
+        self._ema_state: dict[str, torch.Tensor] | None = None
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._rollout_metrics: dict[str, float] = {}
+        self._micro_batches: list = []
+        self._step = 0
+        self._nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        self._peft = peft_config is not None or actor.model.__class__.__name__.startswith("Peft")
+        self._reference = initial_model
+        self._completions_table: list[dict] = []
+
+        super().__init__(
+            model=PolicyAndValue(actor, critic),
+            args=args,
+            data_collator=lambda rows: rows,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.actor, self.critic = actor, critic
+        self._reference_fn = self._build_reference(initial_model)
+        if args.enable_ema:
+            self.add_callback(_EMACallback(self))
+        self.experience_maker = ExperienceMaker(
+            actor=actor,
+            collator=self.collator,
+            reward_scorer=self.reward_scorer,
+            args=args,
+            reference_log_probs=self._reference_fn,
+            critic=critic,
+            kl_coef=lambda: self.kl_ctl.value,
+            device=self.accelerator.device,
+        )
+        # One optimizer step per rollout means every micro-batch sees the weights that generated it: the update's
+        # own detached log-probs are the rollout policy's, and the extra forward is skipped.
+        self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    @staticmethod
+    def _build_actor(model, modality: str, args: RFTConfig, peft_config, processing_class) -> Actor:
+        if isinstance(model, Actor):
+            if model.modality != modality:
+                raise ValueError(
+                    f"The actor's modality is {model.modality!r} but the processor serves {modality!r}; pass the "
+                    f"matching processing_class."
+                )
+            return model
+        tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+        # The processor's media tokens too (Qwen2-Audio's config names only <|AUDIO|>, not its bos/eos).
+        media_ids = [
+            tokenizer.convert_tokens_to_ids(token)
+            for token in tokenizer.all_special_tokens
+            if any(tag in token for tag in ("vision", "image", "video", "audio", "AUDIO"))
+        ]
+        return actor_class(modality)(
+            model,
+            bf16=args.bf16,
+            peft_config=peft_config,
+            packing_samples=args.packing_samples,
+            media_token_ids=media_ids,
+        )
+
+    @staticmethod
+    def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
+        if isinstance(critic, nn.Module):
+            return critic
+        if critic is None and args.advantage_estimator != "gae":
+            return None
+        # GAE needs values: a critic initialised from the given path, or else from the actor's weights.
+        return Critic(
+            critic if isinstance(critic, str) else actor, bf16=args.bf16, packing_samples=args.packing_samples
+        )
+
+    def _build_reference(self, initial_model: nn.Module | None) -> Callable | None:
+        if self.args.init_kl_coef == 0 and initial_model is None:
+            return None
+        if initial_model is not None:
+            reference = (
+                initial_model if isinstance(initial_model, Actor) else actor_class(self.modality)(initial_model)
+            )
+        elif self._peft:
+            # With an adapter, the base model under it *is* the reference: disable the adapter for the forward.
+            def adapter_disabled(*args, **kwargs):
+                with self.actor.model.disable_adapter():
+                    return self.actor(*args, **kwargs)
+
+            return adapter_disabled
+        else:
+            reference = copy.deepcopy(self.actor)
+        reference.requires_grad_(False)
+        reference.eval()
+        self._reference = reference.to(self.accelerator.device)
+        return self._reference
+
+    # ------------------------------------------------------------------------------------------------ data
+
+    def _get_train_sampler(self, train_dataset=None) -> Sampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return RolloutSampler(
+            len(dataset),
+            block_size=self.args.rollout_batch_size * self.accelerator.num_processes,
+            repeats=self.args.micro_steps_per_rollout,
+            shuffle=True,
+            seed=self.args.seed,
+        )
+
+    def get_train_dataloader(self):
+        if isinstance(self.train_dataset, IterableDataset):
+            raise ValueError(
+                "PPOTrainerVL trains on map-style datasets; for a streaming dataset, take the rows you need first "
+                "(e.g. Dataset.from_list(list(streaming.take(n))))."
+            )
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self.args.rollout_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    # ------------------------------------------------------------------------------------------------ rollout
+
+    def _prepare_inputs(self, rows: list[dict]) -> Any:
+        if self._step % self.args.micro_steps_per_rollout == 0 or not self._micro_batches:
+            self._start_rollout(rows)
+        micro_batch = self._micro_batches[self._step % self.args.micro_steps_per_rollout]
+        self._step += 1
+        return micro_batch.to_device(self.accelerator.device)
+
+    def _start_rollout(self, rows: list[dict]) -> None:
+        model_was_training = self.model.training
+        self.model.eval()
+        rollout = self.experience_maker.make_experience(rows)
+        if model_was_training:
+            self.model.train()
+        self._micro_batches = self._plan_micro_batches(rollout)
+        self._rollout_metrics = self._gather_rollout_metrics(rollout)
+        if rollout.kl is not None:
+            self.kl_ctl.update(rollout.kl, len(rollout.items))
+        if self.args.log_completions:
+            self._completions_table = [
+                {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
+                for p, c, r in zip(rollout.prompts, rollout.completions, rollout.rewards.tolist())
+            ]
+
+    def _plan_micro_batches(self, rollout: Rollout) -> list:
+        """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
+        size = self.args.micro_train_batch_size
+        num_items = len(rollout.items)
+        generator = torch.Generator().manual_seed(self.args.seed + self._step)
+        batches = []
+        for _ in range(self.args.max_epochs):
+            order = torch.randperm(num_items, generator=generator).tolist()
+            for start in range(0, num_items, size):
+                items = [rollout.items[i] for i in order[start : start + size]]
+                batches.append(make_experience_batch(items, packing_samples=self.args.packing_samples))
+        return batches
+
+    def _gather_rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
+        """Rollout metrics over all processes: counts summed, the rest averaged over the processes reporting them."""
+        if self.accelerator.num_processes == 1:
+            return dict(rollout.metrics)
+        per_rank = gather_object([rollout.metrics])
+        merged: dict[str, list[float]] = defaultdict(list)
+        for metrics in per_rank:
+            for name, value in metrics.items():
+                merged[name].append(value)
+        counts = ("data/skipped", "rollout/reward_failures", "rollout/num_samples")
+        return {
+            name: sum(values) if name.startswith(counts) else sum(values) / len(values)
+            for name, values in merged.items()
+        }
+
+    # ------------------------------------------------------------------------------------------------ update
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        experience = inputs
+        args = self.args
+        train_actor = self.state.global_step >= args.freezing_actor_steps
+        train_critic = self.critic is not None
+        packed_seq_lens = experience.packed_seq_lens
+        sequences = torch.cat(experience.sequences)[None] if packed_seq_lens else experience.sequences
+        need_entropy = args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0
+        out = model(
+            sequences,
+            experience.num_actions,
+            attention_mask=None if packed_seq_lens else experience.attention_mask,
+            packed_seq_lens=packed_seq_lens,
+            temperature=args.temperature,
+            return_entropy=need_entropy,
+            with_actor=train_actor,
+            with_values=train_critic,
+            **experience.multimodal_inputs,
+        )
+        batch = self._padded_fields(experience, out)
+        mask = batch["action_mask"] & (experience.info["valid"] > 0)[:, None]  # [B, A]
+        loss = torch.zeros((), device=sequences.device)
+        if train_actor:
+            loss = loss + self.training_step_actor(batch, mask, out)
+        if train_critic:
+            loss = loss + self.training_step_critic(batch, mask)
+        return (loss, out) if return_outputs else loss
+
+    def _padded_fields(self, experience, out: dict) -> dict[str, torch.Tensor]:
+        """The micro-batch's per-token fields as `[B, A]` tensors, left-padded like a padded experience."""
+        names = ("action_mask", "action_log_probs", "base_action_log_probs", "advantages", "returns", "values")
+        fields = {name: getattr(experience, name) for name in names}
+        fields.update({f"new_{k}": v for k, v in out.items() if k in ("log_probs", "entropy", "values")})
+        if experience.is_packed:
+            lengths = torch.tensor(experience.num_actions)
+            width = int(lengths.max())
+            # Left-padded layout: row i's actions fill its last lengths[i] columns.
+            layout = torch.arange(width)[None, :] >= (width - lengths)[:, None]  # [B, A]
+            for name, value in list(fields.items()):
+                if value is None:
+                    continue
+                flat = torch.cat(value) if isinstance(value, list) else value.flatten()
+                layout_here = layout.to(flat.device)
+                # masked_scatter is out of place, so gradients flow from the packed outputs into the padded view.
+                fields[name] = flat.new_zeros(layout.shape).masked_scatter(layout_here, flat)
+        fields["action_mask"] = fields["action_mask"].bool()
+        return fields
+
+    def training_step_actor(self, batch: dict, mask: torch.Tensor, out: dict) -> torch.Tensor:
+        """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx)."""
+        args = self.args
+        log_probs = batch["new_log_probs"]
+        old_log_probs = batch["action_log_probs"] if batch["action_log_probs"] is not None else log_probs.detach()
+        advantages = batch["advantages"]
+        if args.advantage_clip is not None:
+            advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
+        entropy_mask = None
+        if "new_entropy" in batch:
+            entropy_mask = high_entropy_mask(batch["new_entropy"].detach(), mask, args.high_entropy_token_ratio)
+        loss, metrics = policy_loss(
+            log_probs,
+            old_log_probs,
+            advantages,
+            mask,
+            eps_clip_low=args.eps_clip,
+            eps_clip_high=args.eps_clip_high,
+            dual_clip=args.dual_clip,
+            importance_sampling_level=args.importance_sampling_level,
+            use_cpg_loss=args.use_cpg_loss,
+            entropy_mask=entropy_mask,
+            loss_agg_mode=args.loss_agg_mode,
+            norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
+        )
+        for name, value in metrics.items():
+            self._metrics[f"train/{name}"].append(float(value))
+        self._metrics["train/policy_loss"].append(loss.item())
+        if batch["base_action_log_probs"] is not None:
+            kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
+            kl_mean = masked_mean(kl, mask)
+            self._metrics["train/kl"].append(kl_mean.item())
+            if args.use_kl_loss:
+                loss = loss + self.kl_ctl.value * kl_mean
+        if args.aux_loss_coef > 0 and out["output"].aux_loss is not None:
+            loss = loss + args.aux_loss_coef * out["output"].aux_loss
+        if "new_entropy" in batch:
+            self._metrics["train/entropy"].append(masked_mean(batch["new_entropy"], mask).item())
+        return loss
+
+    def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """The critic's clipped value loss on one micro-batch."""
+        loss, metrics = value_loss(
+            batch["new_values"], batch["values"], batch["returns"], mask, value_clip=self.args.value_clip
+        )
+        for name, value in metrics.items():
+            self._metrics[f"train/{name}"].append(float(value))
+        self._metrics["train/critic_loss"].append(loss.item())
+        returns, values = batch["returns"][mask], batch["values"][mask]
+        if returns.numel() > 1:
+            variance = returns.var()
+            explained = 1 - (returns - values).var() / variance if variance > 0 else torch.tensor(float("nan"))
+            self._metrics["train/explained_variance"].append(explained.item())
+        return loss
+
+    def _update_ema(self) -> None:
+        beta = self.args.ema_beta
+        params = {name: p for name, p in self.actor.named_parameters() if p.requires_grad}
+        if self._ema_state is None:
+            self._ema_state = {name: p.detach().clone() for name, p in params.items()}
+        else:
+            for name, p in params.items():
+                self._ema_state[name].lerp_(p.detach(), 1 - beta)
+        if self._ema_model is not None:
+            target = dict(self._ema_model.named_parameters())
+            for name, value in self._ema_state.items():
+                target[name].data.copy_(value)
+
+    # ------------------------------------------------------------------------------------------------ logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training-step log, not the eval or end-of-training summary
+            averaged = {name: sum(v) / len(v) for name, v in self._metrics.items() if v}
+            logs = {**logs, **averaged, **self._rollout_metrics}
+            logs["train/kl_coef"] = self.kl_ctl.value
+            self._metrics.clear()
+            if self._completions_table and self.args.log_completions:
+                self._log_completions_table()
+        super().log(logs, start_time)
+
+    def _log_completions_table(self) -> None:
+        if "wandb" in self.args.report_to and self.accelerator.is_main_process:
+            import wandb
+
+            if wandb.run is not None:
+                rows = self._completions_table
+                table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
+                wandb.log({"completions": table})
+        self._completions_table = []
+
+    # ------------------------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """
+        Greedy-decode one completion per eval prompt, score it, and log `eval/reward_mean` and friends.
+
+        Returns:
+            `dict[str, float]`: `eval/reward_mean`, `eval/reward_std`, `eval/response_length_mean`,
+            `eval/reward_metrics/<name>`, `eval/reward_failures`, `eval/num_samples`.
+        """
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        was_training = self.model.training
+        self.model.eval()
+        greedy = {**self.args.sampling_kwargs(), "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        rewards, valid, lengths, components = [], [], [], defaultdict(list)
+        for rows in dataloader:
+            samples, _, _, out = self.experience_maker.generate_and_score(rows, 1, greedy)
+            rewards.append(out.rewards)
+            valid.append(out.valid)
+            lengths.append(samples["action_mask"].sum(-1).float().cpu())
+            for name, scores in out.components.items():
+                components[name].append(scores)
+        self.collator.pop_skip_counts()
+        if was_training:
+            self.model.train()
+        gather = self.accelerator.gather_for_metrics
+        device = self.accelerator.device
+        rewards = gather(torch.cat(rewards).to(device)).cpu()
+        valid = gather(torch.cat(valid).to(device)).cpu()
+        lengths = gather(torch.cat(lengths).to(device)).cpu()
+        kept = rewards[valid]
+        metrics = {
+            f"{metric_key_prefix}/reward_mean": kept.mean().item() if kept.numel() else float("nan"),
+            f"{metric_key_prefix}/reward_std": kept.std().item() if kept.numel() > 1 else 0.0,
+            f"{metric_key_prefix}/response_length_mean": lengths.mean().item(),
+            f"{metric_key_prefix}/reward_failures": float((~valid).sum()),
+            f"{metric_key_prefix}/num_samples": float(valid.numel()),
+        }
+        for name, parts in components.items():
+            scores = gather(torch.cat(parts).to(device)).cpu()
+            scores = scores[valid & scores.isfinite()]
+            if scores.numel():
+                metrics[f"{metric_key_prefix}/reward_metrics/{name}"] = scores.mean().item()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------ saving
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the actor in Hugging Face format (the LoRA adapter alone under PEFT), its processor, the critic."""
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        actor_state = critic_state = None
+        if state_dict is not None:
+            actor_state = {k[len("actor.model.") :]: v for k, v in state_dict.items() if k.startswith("actor.model.")}
+            critic_state = {k[len("critic.") :]: v for k, v in state_dict.items() if k.startswith("critic.")}
+        self.actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        if self.critic is not None:
+            critic_state = critic_state or self.critic.state_dict()
+            os.makedirs(os.path.join(output_dir, "critic"), exist_ok=True)
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in critic_state.items()},
+                os.path.join(output_dir, "critic", "model.safetensors"),
+            )
+        # JSON, not a pickle of the arguments: `to_json_string` redacts tokens, and JSON loads without running code.
+        with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+            f.write(self.args.to_json_string())
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        state = {"kl_coef": self.kl_ctl.value, "micro_step": self._step, "kl_controller": self.kl_ctl.state_dict()}
+        with open(os.path.join(checkpoint, RFT_STATE_NAME), "w") as f:
+            json.dump(state, f)
+        if self._ema_state is not None:
+            save_file(
+                {k: v.contiguous().cpu() for k, v in self._ema_state.items()}, os.path.join(checkpoint, EMA_NAME)
+            )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        steps_per_rollout = self.args.micro_steps_per_rollout // self.args.gradient_accumulation_steps
+        state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+        if state.global_step % steps_per_rollout:
+            raise ValueError(
+                f"{resume_from_checkpoint} was saved at step {state.global_step}, in the middle of a rollout "
+                f"({steps_per_rollout} optimizer steps each): its rollout is not in the checkpoint, so resuming "
+                f"would not reproduce the run. Resume from a checkpoint saved at a multiple of {steps_per_rollout} "
+                f"steps (set save_steps to such a multiple)."
+            )
+        if self.is_deepspeed_enabled:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            self._load_model_weights(resume_from_checkpoint)
+        with open(os.path.join(resume_from_checkpoint, RFT_STATE_NAME)) as f:
+            rft_state = json.load(f)
+        self.kl_ctl.load_state_dict(rft_state["kl_controller"])
+        self._step = rft_state["micro_step"]
+        self._micro_batches = []
+        ema_path = os.path.join(resume_from_checkpoint, EMA_NAME)
+        if os.path.exists(ema_path):
+            self._ema_state = load_file(ema_path)
+
+    def _load_model_weights(self, checkpoint: str) -> None:
+        if self._peft:
+            set_peft_model_state_dict(
+                self.actor.model, load_file(os.path.join(checkpoint, "adapter_model.safetensors"))
+            )
+        else:
+            index = os.path.join(checkpoint, "model.safetensors.index.json")
+            if os.path.exists(index):
+                load_sharded_checkpoint(self.actor.hf_model, checkpoint, strict=True)
+            else:
+                self.actor.hf_model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
+        if self.critic is not None:
+            self.critic.load_state_dict(load_file(os.path.join(checkpoint, "critic", "model.safetensors")))

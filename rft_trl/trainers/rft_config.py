@@ -1,0 +1,383 @@
+"""`RFTConfig`: every hyperparameter of PPO/GRPO-style training, as a `transformers.TrainingArguments` subclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+from ..core.advantages import ADVANTAGE_ESTIMATORS
+from ..core.losses import LOSS_AGG_MODES
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+# TRL GRPOConfig `loss_type` -> our `loss_agg_mode`. TRL's "dapo" normalises by the active tokens of the whole
+# accumulated batch and "bnpo" by those of the micro-batch; with our token-mean over a micro-batch both reduce to the
+# same rule when micro-batches carry equal token counts, which is why both map to token-mean.
+TRL_LOSS_TYPES = {
+    "grpo": "seq-mean-token-mean",
+    "bnpo": "token-mean",
+    "dapo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+}
+
+# TRL GRPOConfig `scale_rewards` -> our `advantage_estimator`.
+TRL_SCALE_REWARDS = {"group": "group_norm", "none": "dr_grpo"}
+
+# (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
+# and a contradictory pair is rejected; the default applies when neither is given.
+ALIASES: tuple[tuple[str, str, Any], ...] = (
+    ("n_samples_per_prompt", "num_generations", 8),
+    ("generate_max_len", "max_completion_length", 64),
+    ("prompt_max_len", "max_prompt_length", 512),
+    ("init_kl_coef", "beta", 0.0),
+    ("eps_clip", "epsilon", 0.2),
+    ("eps_clip_high", "epsilon_high", None),
+    ("max_epochs", "num_iterations", 1),
+    ("high_entropy_token_ratio", "top_entropy_quantile", None),
+)
+
+
+@dataclass
+class RFTConfig(TrainingArguments):
+    r"""
+    Configuration of [`PPOTrainerVL`]: the fields of `transformers.TrainingArguments` plus the RL hyperparameters.
+
+    Names follow LightRFT's `PPOTrainerVL` where `TrainingArguments` has no equivalent; TRL `GRPOConfig` names are
+    accepted as aliases for the shared concepts (`num_generations`, `max_completion_length`, `beta`, `epsilon`,
+    `epsilon_high`, `num_iterations`, `loss_type`, `scale_rewards`, `top_entropy_quantile`, `max_prompt_length`), so a
+    TRL script runs by changing the class name. Giving both names with different values is an error. The full mapping
+    is in `docs/config_mapping.md`.
+
+    Batch sizes, per process (a prompt's samples never leave the process that generated them, so group statistics
+    are local and exact):
+
+    - `rollout_batch_size` prompts are drawn per rollout, each sampled `n_samples_per_prompt` times.
+    - generation runs in chunks of `micro_rollout_batch_size` sequences.
+    - the rollout is replayed for `max_epochs` PPO epochs in micro-batches of `micro_train_batch_size` sequences
+      (`per_device_train_batch_size`, counted in completions as in TRL); the optimizer steps every
+      `gradient_accumulation_steps` micro-batches.
+
+    Parameters:
+        > Rollout
+
+        n_samples_per_prompt (`int`, *optional*, defaults to `8`):
+            Completions sampled per prompt (a GRPO group). Alias: `num_generations`.
+        rollout_batch_size (`int`, *optional*):
+            Prompts per rollout per process. Defaults to `per_device_train_batch_size * gradient_accumulation_steps //
+            n_samples_per_prompt`, TRL's generation batch.
+        micro_rollout_batch_size (`int`, *optional*, defaults to `8`):
+            Sequences generated (and scored by the reference and critic) per forward.
+        micro_train_batch_size (`int`, *optional*):
+            Sequences per training micro-batch; the same as `per_device_train_batch_size`, which it overrides.
+        prompt_max_len (`int`, *optional*, defaults to `512`):
+            Longest prompt in tokens after media expansion; longer prompts are rejected. Alias: `max_prompt_length`.
+        generate_max_len (`int`, *optional*, defaults to `64`):
+            Longest completion in tokens. Alias: `max_completion_length`.
+        temperature, top_p, top_k, repetition_penalty (*optional*):
+            Sampling settings, as in `transformers.GenerationConfig`.
+        generation_kwargs (`dict`, *optional*):
+            Further keyword arguments for `generate`; they override the settings above.
+        suppress_media_tokens (`bool`, *optional*, defaults to `True`):
+            Forbid media placeholder tokens in completions: a completion that contains one breaks the next forward.
+
+        > Algorithm
+
+        advantage_estimator (`str`, *optional*, defaults to `"group_norm"`):
+            One of `"gae"` (needs a critic), `"group_norm"` (GRPO), `"dr_grpo"`, `"rloo"`, `"reinforce++"`,
+            `"reinforce++-baseline"`. TRL's `scale_rewards="group"|"none"` selects `group_norm`/`dr_grpo`.
+        gamma (`float`, *optional*, defaults to `1.0`), lambd (`float`, *optional*, defaults to `0.95`):
+            Discount and GAE lambda.
+        max_epochs (`int`, *optional*, defaults to `1`):
+            PPO epochs over each rollout. Alias: `num_iterations`.
+        eps_clip (`float`, *optional*, defaults to `0.2`), eps_clip_high (`float`, *optional*):
+            Lower and upper clip range of the ratio; `eps_clip_high` > `eps_clip` is DAPO's clip-higher.
+            Aliases: `epsilon`, `epsilon_high`.
+        dual_clip (`float`, *optional*):
+            Dual-clip constant c > 1 bounding the loss for negative advantages (https://arxiv.org/abs/1912.09729).
+        value_clip (`float`, *optional*, defaults to `0.2`):
+            Clip range of the critic's value loss; `None` disables clipping.
+        importance_sampling_level (`str`, *optional*, defaults to `"token"`):
+            `"sequence"` uses GSPO's sequence-level ratio (https://arxiv.org/abs/2507.18071).
+        use_cpg_loss (`bool`, *optional*, defaults to `False`):
+            Clipped policy gradient loss instead of PPO's clipped surrogate.
+        loss_agg_mode (`str`, *optional*, defaults to `"token-mean"`):
+            How token losses are averaged; TRL's `loss_type` maps onto it.
+        high_entropy_token_ratio (`float`, *optional*):
+            Train only on this fraction of highest-entropy tokens (https://arxiv.org/abs/2506.01939).
+            Alias: `top_entropy_quantile`.
+        advantage_clip (`float`, *optional*):
+            Clamp advantages to [-advantage_clip, advantage_clip] before the loss; `None` leaves them as they are.
+
+        > KL and reference
+
+        init_kl_coef (`float`, *optional*, defaults to `0.0`):
+            KL coefficient; 0 loads no reference model. Alias: `beta`.
+        kl_target (`float`, *optional*), kl_horizon (`int`, *optional*, defaults to `10000`):
+            With a target, the adaptive controller of Ziegler et al. 2019 adjusts the coefficient.
+        kl_estimator (`str`, *optional*, defaults to `"k3"`):
+            `"k1"`, `"k2"` or `"k3"` (http://joschu.net/blog/kl-approx.html).
+        use_kl_loss (`bool`, *optional*, defaults to `True`):
+            KL as a loss term (GRPO) rather than a per-token reward penalty (PPO).
+
+        > Models
+
+        critic_learning_rate (`float`, *optional*):
+            Learning rate of the critic's parameter group; defaults to `learning_rate`.
+        freezing_actor_steps (`int`, *optional*, defaults to `-1`):
+            Train only the critic for this many optimizer steps (value warm-up).
+        ema_beta (`float`, *optional*, defaults to `0.992`), enable_ema (`bool`, *optional*, defaults to `False`):
+            Keep an exponential moving average of the actor's trainable weights.
+        ptx_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the supervised (pretraining) loss on `ptx_dataset` rows.
+        aux_loss_coef (`float`, *optional*, defaults to `0.0`):
+            Weight of the MoE router auxiliary loss when the model returns one.
+        packing_samples (`bool`, *optional*, defaults to `False`):
+            Pack sequences without padding in the update forward passes.
+
+        > Rewards
+
+        reward_weights (`list[float]`, *optional*):
+            One weight per reward function (TRL); defaults to 1 each.
+        remote_rm_url (`str`, *optional*):
+            URL of a remote reward model, added to the reward functions.
+        reward_fn_label_map (`dict`, *optional*), reward_recipe (`dict`, *optional*):
+            Per-label reward recipes (see `rft_trl.rewards`).
+        max_reward_failure_rate (`float`, *optional*, defaults to `0.5`):
+            Abort when more than this fraction of a rollout's samples fail to get a reward.
+
+        > Robustness and checkpoints
+
+        max_skipped_fraction (`float`, *optional*, defaults to `0.5`):
+            Abort when more than this fraction of a rollout's prompts are rejected as bad input.
+        max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `3`):
+            Abort after this many optimizer steps in a row skipped for a NaN/Inf loss or gradient.
+        buffer_limit (`int`, *optional*, defaults to `0`), buffer_cpu_offload (`bool`, *optional*, defaults to `True`):
+            Replay buffer size limit (0: none) and whether to keep it on the CPU.
+        save_hf_ckpt (`bool`, *optional*, defaults to `True`), disable_ds_ckpt (`bool`, *optional*, defaults to
+        `False`):
+            Kept for LightRFT scripts: checkpoints always hold HF-format weights; `disable_ds_ckpt` skips optimizer
+            and DeepSpeed state (a checkpoint then cannot resume).
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Log a table of sample completions at each logging step.
+    """
+
+    _VALID_DICT_FIELDS = [
+        *TrainingArguments._VALID_DICT_FIELDS,
+        "generation_kwargs",
+        "reward_fn_label_map",
+        "reward_recipe",
+    ]
+
+    # Overridden TrainingArguments defaults: RL needs the raw columns, logs every step, and keeps the model's dtype.
+    logging_steps: float = field(default=1, metadata={"help": "Log every this many optimizer steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: reward functions receive the dataset's extra columns."}
+    )
+    learning_rate: float = field(default=1e-6, metadata={"help": "Actor learning rate."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+
+    # Rollout
+    n_samples_per_prompt: int | None = field(default=None, metadata={"help": "Completions per prompt (default 8)."})
+    num_generations: int | None = field(default=None, metadata={"help": "TRL alias of n_samples_per_prompt."})
+    rollout_batch_size: int | None = field(default=None, metadata={"help": "Prompts per rollout per process."})
+    micro_rollout_batch_size: int = field(default=8, metadata={"help": "Sequences generated per forward."})
+    micro_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Sequences per training micro-batch (= per_device_train_batch_size)."}
+    )
+    prompt_max_len: int | None = field(default=None, metadata={"help": "Longest prompt in tokens (default 512)."})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "TRL alias of prompt_max_len."})
+    generate_max_len: int | None = field(default=None, metadata={"help": "Longest completion (default 64)."})
+    max_completion_length: int | None = field(default=None, metadata={"help": "TRL alias of generate_max_len."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling; 0 disables it."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty."})
+    generation_kwargs: dict | str | None = field(default=None, metadata={"help": "Extra generate() kwargs."})
+    suppress_media_tokens: bool = field(default=True, metadata={"help": "Forbid media placeholders in completions."})
+
+    # Algorithm
+    advantage_estimator: str | None = field(
+        default=None, metadata={"help": f"One of {', '.join(ADVANTAGE_ESTIMATORS)} (default group_norm)."}
+    )
+    scale_rewards: str | bool | None = field(
+        default=None, metadata={"help": "TRL: 'group' (group_norm) or 'none' (dr_grpo)."}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lambd: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    max_epochs: int | None = field(default=None, metadata={"help": "PPO epochs per rollout (default 1)."})
+    num_iterations: int | None = field(default=None, metadata={"help": "TRL alias of max_epochs."})
+    eps_clip: float | None = field(default=None, metadata={"help": "Lower clip range (default 0.2)."})
+    epsilon: float | None = field(default=None, metadata={"help": "TRL alias of eps_clip."})
+    eps_clip_high: float | None = field(default=None, metadata={"help": "Upper clip range (clip-higher)."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "TRL alias of eps_clip_high."})
+    dual_clip: float | None = field(default=None, metadata={"help": "Dual-clip constant (> 1)."})
+    value_clip: float | None = field(default=0.2, metadata={"help": "Value loss clip range."})
+    importance_sampling_level: str = field(default="token", metadata={"help": "'token' or 'sequence' (GSPO)."})
+    use_cpg_loss: bool = field(default=False, metadata={"help": "Use the clipped policy gradient loss."})
+    loss_agg_mode: str | None = field(
+        default=None, metadata={"help": f"One of {', '.join(LOSS_AGG_MODES)} (default token-mean)."}
+    )
+    loss_type: str | None = field(default=None, metadata={"help": f"TRL: one of {', '.join(TRL_LOSS_TYPES)}."})
+    high_entropy_token_ratio: float | None = field(default=None, metadata={"help": "Top-entropy token fraction."})
+    top_entropy_quantile: float | None = field(default=None, metadata={"help": "TRL alias of the above."})
+    advantage_clip: float | None = field(default=None, metadata={"help": "Clamp advantages to +-this."})
+
+    # KL and reference
+    init_kl_coef: float | None = field(default=None, metadata={"help": "KL coefficient (default 0)."})
+    beta: float | None = field(default=None, metadata={"help": "TRL alias of init_kl_coef."})
+    kl_target: float | None = field(default=None, metadata={"help": "Target KL of the adaptive controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    kl_estimator: str = field(default="k3", metadata={"help": "k1, k2 or k3."})
+    use_kl_loss: bool = field(default=True, metadata={"help": "KL as loss (True) or reward penalty (False)."})
+
+    # Models
+    critic_learning_rate: float | None = field(default=None, metadata={"help": "Critic learning rate."})
+    freezing_actor_steps: int = field(default=-1, metadata={"help": "Critic-only steps at the start."})
+    ema_beta: float = field(default=0.992, metadata={"help": "EMA decay."})
+    enable_ema: bool = field(default=False, metadata={"help": "Keep an EMA of the actor."})
+    ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the supervised ptx loss."})
+    aux_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the MoE auxiliary loss."})
+    packing_samples: bool = field(default=False, metadata={"help": "Pack sequences without padding."})
+
+    # Rewards
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward functions."})
+    remote_rm_url: str | None = field(default=None, metadata={"help": "URL of a remote reward model."})
+    reward_fn_label_map: dict | str | None = field(default=None, metadata={"help": "Label value -> recipe label."})
+    reward_recipe: dict | str | None = field(default=None, metadata={"help": "Recipe label -> weighted rewards."})
+    max_reward_failure_rate: float = field(default=0.5, metadata={"help": "Abort above this reward failure rate."})
+
+    # Robustness and checkpoints
+    max_skipped_fraction: float = field(default=0.5, metadata={"help": "Abort above this bad-prompt fraction."})
+    max_consecutive_nonfinite_steps: int = field(default=3, metadata={"help": "Abort after this many NaN steps."})
+    buffer_limit: int = field(default=0, metadata={"help": "Replay buffer size limit; 0 means none."})
+    buffer_cpu_offload: bool = field(default=True, metadata={"help": "Keep the replay buffer on the CPU."})
+    save_hf_ckpt: bool = field(default=True, metadata={"help": "Checkpoints hold HF-format weights (always)."})
+    disable_ds_ckpt: bool = field(default=False, metadata={"help": "Skip optimizer/DeepSpeed state in checkpoints."})
+    log_completions: bool = field(default=False, metadata={"help": "Log a table of sample completions."})
+
+    def __post_init__(self):
+        self._resolve_aliases()
+        if self.micro_train_batch_size is None:
+            self.micro_train_batch_size = self.per_device_train_batch_size
+        elif self.per_device_train_batch_size not in (8, self.micro_train_batch_size):
+            # 8 is TrainingArguments' default: a differing value there was set on purpose.
+            raise ValueError(
+                f"micro_train_batch_size={self.micro_train_batch_size} contradicts per_device_train_batch_size="
+                f"{self.per_device_train_batch_size}; they name the same thing, set only one."
+            )
+        self.per_device_train_batch_size = self.micro_train_batch_size
+        super().__post_init__()
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")
+        self._resolve_rollout_size()
+        self._check_values()
+
+    def _resolve_aliases(self) -> None:
+        for ours, theirs, default in ALIASES:
+            mine, other = getattr(self, ours), getattr(self, theirs)
+            if mine is not None and other is not None and mine != other:
+                raise ValueError(f"{ours}={mine} contradicts its TRL alias {theirs}={other}; set only one.")
+            value = default if mine is None and other is None else (mine if mine is not None else other)
+            setattr(self, ours, value)
+            setattr(self, theirs, value)
+
+        if self.loss_type is not None:
+            if self.loss_type not in TRL_LOSS_TYPES:
+                raise ValueError(f"loss_type={self.loss_type!r} is not supported; use one of {list(TRL_LOSS_TYPES)}.")
+            mapped = TRL_LOSS_TYPES[self.loss_type]
+            if self.loss_agg_mode is not None and self.loss_agg_mode != mapped:
+                raise ValueError(
+                    f"loss_type={self.loss_type!r} means loss_agg_mode={mapped!r}, which contradicts "
+                    f"loss_agg_mode={self.loss_agg_mode!r}; set only one."
+                )
+            self.loss_agg_mode = mapped
+        self.loss_agg_mode = self.loss_agg_mode or "token-mean"
+
+        if self.scale_rewards is not None:
+            scale = {True: "group", False: "none", "true": "group", "false": "none"}.get(
+                self.scale_rewards, self.scale_rewards
+            )
+            if scale not in TRL_SCALE_REWARDS:
+                raise ValueError(
+                    f"scale_rewards={self.scale_rewards!r} is not supported; use 'group' or 'none' (or pick an "
+                    f"advantage_estimator directly)."
+                )
+            mapped = TRL_SCALE_REWARDS[scale]
+            if self.advantage_estimator is not None and self.advantage_estimator != mapped:
+                raise ValueError(
+                    f"scale_rewards={self.scale_rewards!r} means advantage_estimator={mapped!r}, which contradicts "
+                    f"advantage_estimator={self.advantage_estimator!r}; set only one."
+                )
+            self.advantage_estimator = mapped
+            self.scale_rewards = scale
+        self.advantage_estimator = self.advantage_estimator or "group_norm"
+
+    def _resolve_rollout_size(self) -> None:
+        if self.rollout_batch_size is None:
+            completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            if completions % self.n_samples_per_prompt:
+                raise ValueError(
+                    f"per_device_train_batch_size * gradient_accumulation_steps = {completions} completions is not a "
+                    f"multiple of n_samples_per_prompt={self.n_samples_per_prompt}; set rollout_batch_size (prompts "
+                    f"per rollout) or make the product a multiple."
+                )
+            self.rollout_batch_size = completions // self.n_samples_per_prompt
+        per_rollout = self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs
+        per_step = self.micro_train_batch_size * self.gradient_accumulation_steps
+        if per_rollout % per_step:
+            raise ValueError(
+                f"A rollout replays rollout_batch_size * n_samples_per_prompt * max_epochs = {per_rollout} sequences, "
+                f"not a multiple of micro_train_batch_size * gradient_accumulation_steps = {per_step}: choose sizes "
+                f"so that each rollout ends on an optimizer step."
+            )
+
+    def _check_values(self) -> None:
+        choices = {
+            "advantage_estimator": ADVANTAGE_ESTIMATORS,
+            "loss_agg_mode": LOSS_AGG_MODES,
+            "kl_estimator": KL_ESTIMATORS,
+            "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
+        if self.n_samples_per_prompt < 1 or self.rollout_batch_size < 1 or self.max_epochs < 1:
+            raise ValueError("n_samples_per_prompt, rollout_batch_size and max_epochs must be >= 1.")
+        if self.advantage_estimator in ("group_norm", "dr_grpo", "rloo", "reinforce++-baseline"):
+            if self.n_samples_per_prompt < 2:
+                raise ValueError(
+                    f"advantage_estimator={self.advantage_estimator!r} compares samples of a group: set "
+                    f"n_samples_per_prompt >= 2 (got {self.n_samples_per_prompt})."
+                )
+        if self.eps_clip_high is not None and self.eps_clip_high < self.eps_clip:
+            raise ValueError(f"eps_clip_high={self.eps_clip_high} must be >= eps_clip={self.eps_clip}.")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip={self.dual_clip} must be > 1.")
+        if self.high_entropy_token_ratio is not None and not 0.0 < self.high_entropy_token_ratio <= 1.0:
+            raise ValueError(f"high_entropy_token_ratio={self.high_entropy_token_ratio} must be in (0, 1].")
+        if self.kl_target is not None and self.init_kl_coef <= 0:
+            raise ValueError("kl_target needs init_kl_coef > 0 for the adaptive controller to scale.")
+        if not 0.0 <= self.max_reward_failure_rate <= 1.0 or not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError("max_reward_failure_rate and max_skipped_fraction must be in [0, 1].")
+        if self.max_consecutive_nonfinite_steps < 1:
+            raise ValueError("max_consecutive_nonfinite_steps must be >= 1.")
+
+    @property
+    def micro_steps_per_rollout(self) -> int:
+        """Training micro-batches replayed from one rollout: epochs x sequences / micro-batch size."""
+        return self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs // self.micro_train_batch_size
+
+    def sampling_kwargs(self) -> dict:
+        """Keyword arguments for `generate`: the sampling fields, then `generation_kwargs` on top."""
+        kwargs = {
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k if self.top_k > 0 else None,
+            "repetition_penalty": self.repetition_penalty,
+            "max_new_tokens": self.generate_max_len,
+        }
+        return {**kwargs, **(self.generation_kwargs or {})}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up the environment, lint, and run the whole test suite on CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check rft_trl tests examples bench
+set +e
+.venv/bin/python -m pytest tests -q -p no:cacheprovider --durations=15 "$@"
+status=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a failure here, not a pass.
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,142 @@
+"""PPOTrainerVL end to end on the tiny models: every modality x estimator x packing trains and logs finite metrics."""
+
+import math
+
+import pytest
+import torch
+
+from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.rewards import accuracy_reward
+from rft_trl.testing import build_tiny_model, make_task_dataset
+
+# modality -> (tiny model kind, synthetic task)
+MODALITIES = {
+    "text": ("qwen2", "text"),
+    "image": ("qwen2_5_vl", "colour"),
+    "video": ("qwen2_vl", "video"),
+    "audio": ("qwen2_audio", "pitch"),
+}
+ESTIMATORS = ["gae", "group_norm", "dr_grpo", "rloo", "reinforce++", "reinforce++-baseline"]
+
+
+def length_reward(prompts, completions, **columns):
+    """A dense reward (shorter is better) so that every group has spread and gradients are non-zero."""
+    return [1.0 / (1.0 + len(c)) for c in completions]
+
+
+def make_args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        n_samples_per_prompt=2,
+        rollout_batch_size=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        generate_max_len=4,
+        learning_rate=1e-2,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return RFTConfig(**{**defaults, **overrides})
+
+
+def trainable_snapshot(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("modality", list(MODALITIES))
+def test_trains_every_modality_estimator_and_packing(tmp_path, modality, estimator, packing):
+    kind, task = MODALITIES[modality]
+    model, processing_class = build_tiny_model(kind)
+    args = make_args(tmp_path, advantage_estimator=estimator, packing_samples=packing)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset(task, 8), processing_class=processing_class
+    )
+    before = trainable_snapshot(trainer.model)
+    trainer.train()
+    after = trainable_snapshot(trainer.model)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed, "no trainable parameter changed"
+    if estimator == "gae":
+        assert any(name.startswith("critic.") for name in changed), "the critic did not train"
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        for key in ("rollout/reward", "rollout/response_length", "train/policy_loss", "train/clipfrac"):
+            assert math.isfinite(entry[key]), (key, entry)
+        if estimator == "gae":
+            assert math.isfinite(entry["train/critic_loss"])
+
+
+def test_rollout_keeps_groups_and_media_per_sample(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    args = make_args(tmp_path, n_samples_per_prompt=3, rollout_batch_size=2, per_device_train_batch_size=3)
+    trainer = PPOTrainerVL(
+        model, [accuracy_reward], args, train_dataset=make_task_dataset("colour", 4), processing_class=processor
+    )
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    calls_before = trainer.collator.processor_calls
+    rollout = trainer.experience_maker.make_experience(rows)
+    # One processor call per unique prompt, not per sample (benchmark B5: 1.0 per unique media).
+    assert trainer.collator.processor_calls - calls_before == 2
+    assert len(rollout.items) == 6
+    # Samples are prompt-major: the 3 samples of a prompt share its image (the same storage, not a copy).
+    first, second = rollout.items[0].multimodal_inputs, rollout.items[1].multimodal_inputs
+    assert first["pixel_values"].data_ptr() == second["pixel_values"].data_ptr()
+    assert not torch.equal(
+        rollout.items[0].multimodal_inputs["pixel_values"], rollout.items[3].multimodal_inputs["pixel_values"]
+    )
+    placeholder = processor.image_token_id
+    for item in rollout.items:
+        # Completions never contain media placeholders (they are suppressed in generation).
+        assert (item.sequences[-item.action_mask.numel() :] == placeholder).sum() == 0
+        assert int(item.info["valid"]) == 1
+
+
+def test_failed_rewards_exclude_samples_not_zero_them(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+
+    def flaky(prompts, completions, **columns):
+        # Sample 1 fails (None); every other sample scores 1.
+        return [None if i == 1 else 1.0 for i in range(len(completions))]
+
+    args = make_args(tmp_path, n_samples_per_prompt=2, rollout_batch_size=2, max_reward_failure_rate=0.5)
+    trainer = PPOTrainerVL(
+        model, [flaky], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+    )
+    rollout = trainer.experience_maker.make_experience([trainer.train_dataset[i] for i in range(2)])
+    valid = [int(item.info["valid"]) for item in rollout.items]
+    assert valid == [1, 0, 1, 1]
+    assert torch.isnan(rollout.rewards[1]) and rollout.metrics["rollout/reward_failures"] == 1.0
+    # The mean reward is over valid samples only: 1.0, not 0.75.
+    assert rollout.metrics["rollout/reward"] == 1.0
+    # group_norm: the failed sample's group has one valid sample, so both advantages are 0.
+    assert torch.all(rollout.items[1].advantages == 0)
+
+
+def test_kl_reference_and_adapter_disabled_reference(tmp_path):
+    from peft import LoraConfig
+
+    model, tokenizer = build_tiny_model("qwen2")
+    args = make_args(tmp_path, beta=0.1, max_steps=2)
+    trainer = PPOTrainerVL(
+        model,
+        [length_reward],
+        args,
+        train_dataset=make_task_dataset("text", 8),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    # Step 1: the adapter starts as a no-op (B = 0), so policy == reference and the KL is exactly 0.
+    assert logs[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert logs[1]["train/kl"] > 0
+    assert logs[0]["train/kl_coef"] == pytest.approx(0.1)
