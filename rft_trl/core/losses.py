@@ -158,8 +158,9 @@ def policy_loss(
     Returns:
         `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the scalar loss and metrics over the `mask` tokens:
         `clipfrac` (fraction where the clip is active), `dual_clipfrac`, `approx_kl` (k3 estimate of
-        KL(old || new): mean of `r - 1 - log r`), `ratio_mean`, `ratio_max`, `ratio_min` and
-        `entropy_mask_frac` (fraction of tokens kept by `entropy_mask`; 1 without it).
+        KL(old || new): mean of `r - 1 - log r` over token ratios), `ratio_mean`, `ratio_max`, `ratio_min` (of the
+        ratio the objective uses: the sequence ratio under GSPO) and `entropy_mask_frac` (fraction of tokens kept by
+        `entropy_mask`; 1 without it).
     """
     eps_clip_high = eps_clip_low if eps_clip_high is None else eps_clip_high
     _check_policy_args(eps_clip_low, eps_clip_high, dual_clip, importance_sampling_level, use_cpg_loss)
