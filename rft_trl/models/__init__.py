@@ -4,6 +4,7 @@ from .actor import Actor, process_sequences
 from .actor_al import ActorAL
 from .actor_vl import ActorVL
 from .critic import Critic
+from .loss import GPTLMLoss, PolicyLoss, ValueLoss
 from .reward_model import RewardModel, RewardModelFunction
 from .utils import MROPE_MODEL_TYPES, infer_modality
 
@@ -13,8 +14,11 @@ __all__ = [
     "ActorAL",
     "ActorVL",
     "Critic",
+    "GPTLMLoss",
+    "PolicyLoss",
     "RewardModel",
     "RewardModelFunction",
+    "ValueLoss",
     "infer_modality",
     "process_sequences",
 ]
