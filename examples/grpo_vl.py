@@ -12,7 +12,7 @@ warm-up, then RL that must ground the answer in the image (mean reward from abou
 On GPUs, with a real checkpoint, a `datasets` dataset (`prompt`, `image`, `answer` columns) and LoRA:
 
     accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml examples/grpo_vl.py \
-        --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --dataset_name <your dataset> --warmup_steps 0 \
+        --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --dataset_name <your dataset> --format_warmup_steps 0 \
         --use_peft --lora_r 16 --bf16 --learning_rate 1e-5 --output_dir outputs/grpo_vl
 
 Any option can also come from a YAML file: `--config recipe.yaml`.

@@ -130,7 +130,7 @@ class ExperienceMaker:
         samples, completions, prompts, rewards_out = self.generate_and_score(
             rows, self.args.n_samples_per_prompt, self.args.sampling_kwargs()
         )
-        metrics = {f"data/skipped/{k}": float(v) for k, v in self.collator.pop_skip_counts().items()}
+        metrics = {name: float(count) for name, count in self.collator.pop_skip_counts().items()}
         scored = self._score(samples)
         advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
         items = remove_padding_in_sequences(self._items(samples, scored, advantages, returns, rewards_out))
@@ -261,14 +261,14 @@ class ExperienceMaker:
         for i in range(samples["sequences"].shape[0]):
 
             def row(t, i=i):
-                return None if t is None else t[i].cpu()
+                return None if t is None else t[i]
 
             info = {
-                "reward": torch.nan_to_num(rewards_out.rewards[i], nan=0.0),
+                "reward": rewards_out.rewards[i],  # NaN for an excluded sample, never 0
                 # An excluded sample (failed reward) keeps its tokens; the loss masks it out by this flag.
                 "valid": rewards_out.valid[i].float(),
-                "response_length": response_length[i].float().cpu(),
-                "total_length": total_length[i].float().cpu(),
+                "response_length": response_length[i].float(),
+                "total_length": total_length[i].float(),
             }
             items.append(
                 BufferItem(

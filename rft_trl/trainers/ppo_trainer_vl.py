@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
+from huggingface_hub import ModelCard, ModelCardData
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -43,16 +44,19 @@ from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
+from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from .experience_maker import ExperienceMaker, Rollout
 from .kl_controller import AdaptiveKLController, FixedKLController
-from .replay_buffer_utils import make_experience_batch
+from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
+from .sft import build_sft_batch, sft_loss
 
 logger = logging.getLogger(__name__)
 
 RFT_STATE_NAME = "rft_state.json"
 EMA_NAME = "ema.safetensors"
+REWARD_CURVE_NAME = "reward_curve.png"
 
 
 class RolloutSampler(Sampler[int]):
@@ -270,12 +274,18 @@ class PPOTrainerVL(Trainer):
             if args.kl_target
             else FixedKLController(args.init_kl_coef)
         )
+        if args.ptx_coef > 0 and ptx_dataset is None:
+            raise ValueError("ptx_coef > 0 needs a ptx_dataset (rows with `prompt` and `completion`).")
         self.ptx_dataset = ptx_dataset
+        self._ptx_position = 0
         self._ema_model = ema_model
         self._ema_state: dict[str, torch.Tensor] | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._rollout_metrics: dict[str, float] = {}
         self._micro_batches: list = []
+        self.replay_buffer = NaiveReplayBuffer(
+            args.micro_train_batch_size, args.buffer_limit, args.buffer_cpu_offload, args.packing_samples
+        )
         self._step = 0
         self._nonfinite_steps = 0
         self._consecutive_nonfinite = 0
@@ -369,6 +379,23 @@ class PPOTrainerVL(Trainer):
         self._reference = reference.to(self.accelerator.device)
         return self._reference
 
+    def create_optimizer(self, model=None):
+        """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
+        if self.optimizer is not None or self.critic is None:
+            return super().create_optimizer(model)
+        decay = set(self.get_decay_parameter_names(self.model))
+        critic_lr = self.args.critic_learning_rate or self.args.learning_rate
+        groups = []
+        for prefix, lr in (("actor.", self.args.learning_rate), ("critic.", critic_lr)):
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and n.startswith(prefix)]
+            groups.append({"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay,
+                           "lr": lr})
+            groups.append({"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, "lr": lr})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        return self.optimizer
+
     # ------------------------------------------------------------------------------------------------ data
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler:
@@ -422,16 +449,33 @@ class PPOTrainerVL(Trainer):
 
     def _plan_micro_batches(self, rollout: Rollout) -> list:
         """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
-        size = self.args.micro_train_batch_size
-        num_items = len(rollout.items)
+        buffer = self.replay_buffer
+        buffer.clear()
+        buffer.extend(self._top_up(rollout.items))
+        size = buffer.sample_batch_size
         generator = torch.Generator().manual_seed(self.args.seed + self._step)
         batches = []
         for _ in range(self.args.max_epochs):
-            order = torch.randperm(num_items, generator=generator).tolist()
-            for start in range(0, num_items, size):
-                items = [rollout.items[i] for i in order[start : start + size]]
-                batches.append(make_experience_batch(items, packing_samples=self.args.packing_samples))
+            order = torch.randperm(len(buffer), generator=generator).tolist()
+            for start in range(0, len(buffer), size):
+                batches.append(buffer.collate_fn([buffer[i] for i in order[start : start + size]]))
         return batches
+
+    def _top_up(self, items: list) -> list:
+        """
+        The rollout's items, topped up to a full rollout with excluded copies (`valid` 0, masked out of the loss).
+
+        A process whose collator skipped bad prompts has fewer samples, yet every process must replay
+        `micro_steps_per_rollout` micro-batches: DDP and ZeRO synchronise every backward, so one process running
+        fewer would leave the others waiting (and a short rollout has no micro-batch to index).
+        """
+        full = self.args.rollout_batch_size * self.args.n_samples_per_prompt
+        topped_up = list(items)
+        for i in range(full - len(items)):
+            filler = copy.copy(items[i % len(items)])
+            filler.info = {**filler.info, "valid": torch.zeros(())}
+            topped_up.append(filler)
+        return topped_up
 
     def _gather_rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         """Rollout metrics over all processes: counts summed, the rest averaged over the processes reporting them."""
@@ -532,11 +576,25 @@ class PPOTrainerVL(Trainer):
             self._metrics["train/kl"].append(kl_mean.item())
             if args.use_kl_loss:
                 loss = loss + self.kl_ctl.value * kl_mean
+        if args.ptx_coef > 0:
+            ptx = sft_loss(self.actor, self._next_ptx_batch())
+            self._metrics["train/ptx_loss"].append(ptx.item())
+            loss = loss + args.ptx_coef * ptx
         if args.aux_loss_coef > 0 and out["output"].aux_loss is not None:
             loss = loss + args.aux_loss_coef * out["output"].aux_loss
         if "new_entropy" in batch:
             self._metrics["train/entropy"].append(masked_mean(batch["new_entropy"], mask).item())
         return loss
+
+    def _next_ptx_batch(self) -> dict[str, Any]:
+        """The next `micro_train_batch_size` rows of `ptx_dataset`, cycling through a seeded order."""
+        size = self.args.micro_train_batch_size
+        num_rows = len(self.ptx_dataset)
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(self.args.seed)).tolist()
+        rows = [self.ptx_dataset[order[(self._ptx_position + i) % num_rows]] for i in range(size)]
+        self._ptx_position += size
+        batch = build_sft_batch(self.collator, rows)
+        return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
@@ -708,3 +766,98 @@ class PPOTrainerVL(Trainer):
                 self.actor.hf_model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
         if self.critic is not None:
             self.critic.load_state_dict(load_file(os.path.join(checkpoint, "critic", "model.safetensors")))
+
+    # ------------------------------------------------------------------------------------------------ model card
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        dataset: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        language: str | None = None,
+        license: str | None = None,
+    ) -> None:
+        """
+        Write `README.md` and `reward_curve.png` into `output_dir`: the card `push_to_hub` uploads with the weights.
+
+        The card holds the final rollout and eval rewards, the reward curve, the algorithm settings and how to load
+        the result; never the arguments wholesale (they may hold a token).
+
+        Args:
+            model_name (`str`, *optional*):
+                The card's title; defaults to the output directory's name.
+            finetuned_from (`str`, *optional*):
+                The base model's Hub id; defaults to the name the model was loaded from, when it has one.
+            dataset (`str` or `list[str]`, *optional*), tags (`str` or `list[str]`, *optional*), language (`str`,
+            *optional*), license (`str`, *optional*):
+                Card metadata; `tags` are added to `rft_trl`'s own.
+        """
+        if not self.is_world_process_zero():
+            return
+        output_dir = self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        plot_reward_curve(self.state.log_history, os.path.join(output_dir, REWARD_CURVE_NAME))
+        finetuned_from = finetuned_from or self.actor.hf_model.name_or_path or None
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        card_data = ModelCardData(
+            library_name="peft" if self._peft else "transformers",
+            base_model=finetuned_from,
+            datasets=[dataset] if isinstance(dataset, str) else dataset,
+            language=language,
+            license=license,
+            tags=list(dict.fromkeys([*self._tag_names, self.args.advantage_estimator, self.modality, *extra_tags])),
+        )
+        ModelCard(f"---\n{card_data.to_yaml()}\n---\n{self._model_card_body(model_name, finetuned_from)}").save(
+            os.path.join(output_dir, "README.md")
+        )
+
+    def _model_card_body(self, model_name: str | None, finetuned_from: str | None) -> str:
+        """The card's Markdown below the metadata."""
+
+        def last(key: str) -> str:
+            values = [entry[key] for entry in self.state.log_history if key in entry]
+            return f"{values[-1]:.4f}" if values else "not measured"
+
+        args = self.args
+        title = model_name or os.path.basename(os.path.abspath(args.output_dir))
+        origin = f"[{finetuned_from}](https://huggingface.co/{finetuned_from})" if finetuned_from else "a model"
+        if self._peft:
+            loading = (
+                "from peft import PeftModel\n\n"
+                f'model = PeftModel.from_pretrained(base_model, "{self.hub_model_id or title}")  # base_model: '
+                "the model this adapter was trained on"
+            )
+        else:
+            loading = (
+                "from transformers import AutoModelForImageTextToText\n\n"
+                f'model = AutoModelForImageTextToText.from_pretrained("{self.hub_model_id or title}")'
+                if self.modality != "text"
+                else "from transformers import AutoModelForCausalLM\n\n"
+                f'model = AutoModelForCausalLM.from_pretrained("{self.hub_model_id or title}")'
+            )
+        settings = {
+            "advantage_estimator": args.advantage_estimator,
+            "n_samples_per_prompt": args.n_samples_per_prompt,
+            "rollout_batch_size": args.rollout_batch_size,
+            "max_epochs": args.max_epochs,
+            "learning_rate": args.learning_rate,
+            "init_kl_coef": args.init_kl_coef,
+            "eps_clip": args.eps_clip,
+            "loss_agg_mode": args.loss_agg_mode,
+            "generate_max_len": args.generate_max_len,
+            "optimizer steps": self.state.global_step,
+        }
+        rows = "\n".join(f"| `{name}` | {value} |" for name, value in settings.items())
+        return (
+            f"# {title}\n\n"
+            f"{'A LoRA adapter for' if self._peft else 'A fine-tune of'} {origin} ({self.modality} input), trained "
+            f"with reinforcement learning by `rft_trl`'s `PPOTrainerVL`.\n\n"
+            f"## Results\n\n"
+            f"| metric | value |\n| --- | --- |\n"
+            f"| final rollout reward (`rollout/reward`) | {last('rollout/reward')} |\n"
+            f"| final eval reward (`eval/reward_mean`, greedy) | {last('eval/reward_mean')} |\n\n"
+            f"![Mean reward per optimizer step]({REWARD_CURVE_NAME})\n\n"
+            f"## Training settings\n\n| setting | value |\n| --- | --- |\n{rows}\n\n"
+            f"## Loading\n\n```python\n{loading}\n```\n"
+        )

@@ -53,7 +53,11 @@ class NaiveReplayBuffer:
         Split a batched [`Experience`] into items and add them, dropping the oldest items beyond `limit`. The
         given experience is left as it is.
         """
-        items = split_experience_batch(experience)
+        self.extend(split_experience_batch(experience))
+
+    @torch.no_grad()
+    def extend(self, items: list[BufferItem | BufferItemVL]) -> None:
+        """Add already-split items, with the same offload and limit rules as [`NaiveReplayBuffer.append`]."""
         if self.cpu_offload:
             items = [item_to_device(item, "cpu") for item in items]
         self.items.extend(items)

@@ -156,10 +156,10 @@ class RFTConfig(TrainingArguments):
             Abort after this many optimizer steps in a row skipped for a NaN/Inf loss or gradient.
         buffer_limit (`int`, *optional*, defaults to `0`), buffer_cpu_offload (`bool`, *optional*, defaults to `True`):
             Replay buffer size limit (0: none) and whether to keep it on the CPU.
-        save_hf_ckpt (`bool`, *optional*, defaults to `True`), disable_ds_ckpt (`bool`, *optional*, defaults to
-        `False`):
-            Kept for LightRFT scripts: checkpoints always hold HF-format weights; `disable_ds_ckpt` skips optimizer
-            and DeepSpeed state (a checkpoint then cannot resume).
+        disable_ds_ckpt (`bool`, *optional*, defaults to `False`):
+            Checkpoints hold the weights only (HF format), without optimizer, scheduler, RNG and DeepSpeed state:
+            LightRFT's name for `save_only_model=True`. Such checkpoints cannot resume a run. (Checkpoints always
+            hold HF-format weights, so LightRFT's `save_hf_ckpt` has no field.)
         log_completions (`bool`, *optional*, defaults to `False`):
             Log a table of sample completions at each logging step.
     """
@@ -177,7 +177,7 @@ class RFTConfig(TrainingArguments):
         default=False, metadata={"help": "Must stay False: reward functions receive the dataset's extra columns."}
     )
     learning_rate: float = field(default=1e-6, metadata={"help": "Actor learning rate."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     # Rollout
     n_samples_per_prompt: int | None = field(default=None, metadata={"help": "Completions per prompt (default 8)."})
@@ -202,7 +202,7 @@ class RFTConfig(TrainingArguments):
     advantage_estimator: str | None = field(
         default=None, metadata={"help": f"One of {', '.join(ADVANTAGE_ESTIMATORS)} (default group_norm)."}
     )
-    scale_rewards: str | bool | None = field(
+    scale_rewards: str | None = field(
         default=None, metadata={"help": "TRL: 'group' (group_norm) or 'none' (dr_grpo)."}
     )
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
@@ -254,7 +254,6 @@ class RFTConfig(TrainingArguments):
     max_consecutive_nonfinite_steps: int = field(default=3, metadata={"help": "Abort after this many NaN steps."})
     buffer_limit: int = field(default=0, metadata={"help": "Replay buffer size limit; 0 means none."})
     buffer_cpu_offload: bool = field(default=True, metadata={"help": "Keep the replay buffer on the CPU."})
-    save_hf_ckpt: bool = field(default=True, metadata={"help": "Checkpoints hold HF-format weights (always)."})
     disable_ds_ckpt: bool = field(default=False, metadata={"help": "Skip optimizer/DeepSpeed state in checkpoints."})
     log_completions: bool = field(default=False, metadata={"help": "Log a table of sample completions."})
 
@@ -269,6 +268,8 @@ class RFTConfig(TrainingArguments):
                 f"{self.per_device_train_batch_size}; they name the same thing, set only one."
             )
         self.per_device_train_batch_size = self.micro_train_batch_size
+        if self.disable_ds_ckpt:
+            self.save_only_model = True
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")
@@ -362,6 +363,14 @@ class RFTConfig(TrainingArguments):
             raise ValueError("kl_target needs init_kl_coef > 0 for the adaptive controller to scale.")
         if not 0.0 <= self.max_reward_failure_rate <= 1.0 or not 0.0 <= self.max_skipped_fraction <= 1.0:
             raise ValueError("max_reward_failure_rate and max_skipped_fraction must be in [0, 1].")
+        rollout_samples = self.rollout_batch_size * self.n_samples_per_prompt
+        if 0 < self.buffer_limit < rollout_samples:
+            raise ValueError(
+                f"buffer_limit={self.buffer_limit} would drop samples of the current rollout ({rollout_samples} "
+                f"samples); set 0 (no limit) or at least {rollout_samples}."
+            )
+        if self.ptx_coef < 0 or self.aux_loss_coef < 0:
+            raise ValueError("ptx_coef and aux_loss_coef must be >= 0.")
         if self.max_consecutive_nonfinite_steps < 1:
             raise ValueError("max_consecutive_nonfinite_steps must be >= 1.")
 
