@@ -11,7 +11,8 @@ N next-token distributions, forms ``sum(g1 * log p) + sum(g2 * H)`` with fixed r
 to hidden states and weight:
 
 - ``naive``: ``logits = hidden @ W.T``, ``log_softmax``, ``gather``, ``-(p * log p).sum(-1)``, plain autograd.
-- ``chunked``: the same logits, then `rft_trl.core.log_probs_from_logits` and `entropy_from_logits`.
+- ``chunked``: the same logits, then `rft_trl.core.log_probs_and_entropy_from_logits` (chunked over rows, one
+  gradient for both outputs).
 - ``fused``: `rft_trl.core.log_probs_and_entropy_from_hidden`, which never builds ``[N, V]``.
 
 How memory is measured, and why. On CPU, torch has no ``max_memory_allocated``, and tracemalloc does not see
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from rft_trl.core import entropy_from_logits, log_probs_and_entropy_from_hidden, log_probs_from_logits
+from rft_trl.core import log_probs_and_entropy_from_hidden, log_probs_and_entropy_from_logits
 
 METHODS = ("naive", "chunked", "fused")
 
@@ -55,10 +56,7 @@ def _forward(method, hidden, weight, labels, temperature, chunk_size):
         return log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
     if method == "chunked":
         logits = F.linear(hidden, weight)  # [N, V]
-        return (
-            log_probs_from_logits(logits, labels, temperature, chunk_size),
-            entropy_from_logits(logits, temperature, chunk_size),
-        )
+        return log_probs_and_entropy_from_logits(logits, labels, temperature, chunk_size)
     if method == "fused":
         return log_probs_and_entropy_from_hidden(hidden, weight, labels, None, temperature, chunk_size)
     raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")

@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rft_trl.core.logprobs import entropy_from_logits, log_probs_and_entropy_from_hidden, log_probs_from_logits
+from rft_trl.core.logprobs import (
+    entropy_from_logits,
+    log_probs_and_entropy_from_hidden,
+    log_probs_and_entropy_from_logits,
+    log_probs_from_logits,
+)
 
 
 def naive_log_probs_and_entropy(logits, labels, temperature=1.0):
@@ -43,7 +48,8 @@ def test_uniform_logits_give_log_vocab():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_size", [1, 5, 1000])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_from_logits_matches_naive_with_gradients(dtype, chunk_size, temperature):
+@pytest.mark.parametrize("combined", [False, True])
+def test_from_logits_matches_naive_with_gradients(dtype, chunk_size, temperature, combined):
     torch.manual_seed(0)
     # A shifted slice of [B, L, V] logits, as the actor produces them: not contiguous across rows.
     full = (3 * torch.randn(3, 9, 50, dtype=torch.float64)).to(dtype)
@@ -51,8 +57,11 @@ def test_from_logits_matches_naive_with_gradients(dtype, chunk_size, temperature
     labels = torch.randint(0, 50, (3, 8))
     reference_logits = logits.detach().clone().requires_grad_()
 
-    lp = log_probs_from_logits(logits, labels, temperature, chunk_size)
-    h = entropy_from_logits(logits, temperature, chunk_size)
+    if combined:
+        lp, h = log_probs_and_entropy_from_logits(logits, labels, temperature, chunk_size)
+    else:
+        lp = log_probs_from_logits(logits, labels, temperature, chunk_size)
+        h = entropy_from_logits(logits, temperature, chunk_size)
     ref_lp, ref_h = naive_log_probs_and_entropy(reference_logits, labels, temperature)
 
     assert lp.dtype == h.dtype == ref_lp.dtype
@@ -67,6 +76,20 @@ def test_from_logits_matches_naive_with_gradients(dtype, chunk_size, temperature
     (ref_grad,) = torch.autograd.grad((ref_lp * g_lp).sum() + (ref_h * g_h).sum(), reference_logits)
     assert grad.dtype == dtype
     torch.testing.assert_close(grad, ref_grad, atol=TOLERANCES[dtype], rtol=TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("used", ["log_probs", "entropy"])
+def test_combined_from_logits_with_one_output_used(used):
+    # Only one output in the graph: the other's gradient arrives as None and must be skipped, not treated as 0/nan.
+    torch.manual_seed(7)
+    logits = torch.randn(2, 5, 30, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 30, (2, 5))
+    lp, h = log_probs_and_entropy_from_logits(logits, labels, chunk_size=3)
+    ref_lp, ref_h = naive_log_probs_and_entropy(logits, labels)
+    out, ref = (lp, ref_lp) if used == "log_probs" else (h, ref_h)
+    (grad,) = torch.autograd.grad(out.sum(), logits)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-10, rtol=0)
 
 
 def naive_from_hidden(hidden, weight, labels, bias, temperature):

@@ -14,7 +14,12 @@ from .advantages import (
     scores_to_token_rewards,
 )
 from .kl import KL_ESTIMATORS, compute_approx_kl
-from .logprobs import entropy_from_logits, log_probs_and_entropy_from_hidden, log_probs_from_logits
+from .logprobs import (
+    entropy_from_logits,
+    log_probs_and_entropy_from_hidden,
+    log_probs_and_entropy_from_logits,
+    log_probs_from_logits,
+)
 from .losses import (
     IGNORE_INDEX,
     IMPORTANCE_SAMPLING_LEVELS,
@@ -43,6 +48,7 @@ __all__ = [
     "high_entropy_mask",
     "lm_loss",
     "log_probs_and_entropy_from_hidden",
+    "log_probs_and_entropy_from_logits",
     "log_probs_from_logits",
     "masked_mean",
     "masked_var",

@@ -5,8 +5,8 @@ With a vocabulary of ~150k tokens, one float32 ``[N, V]`` tensor for N = 2048 to
 log-softmax output, the softmax for the entropy). The functions here walk over blocks of at most ``chunk_size``
 rows, keep only per-row statistics (log-sum-exp, entropy) for backward, and recompute the chunk's softmax there.
 
-- [`log_probs_from_logits`] and [`entropy_from_logits`] take logits the model already produced; their extra memory
-  is ``O(chunk_size x V)`` on top of the logits and of their gradient.
+- [`log_probs_from_logits`], [`entropy_from_logits`] and [`log_probs_and_entropy_from_logits`] take logits the model
+  already produced; their extra memory is ``O(chunk_size x V)`` on top of the logits and of their gradient.
 - [`log_probs_and_entropy_from_hidden`] takes the last hidden states and the output-embedding weight and never
   builds ``[N, V]`` at all, in forward or backward.
 
@@ -16,7 +16,12 @@ All results are computed in float32, or float64 for float64 inputs, whatever the
 import torch
 import torch.nn.functional as F
 
-__all__ = ["entropy_from_logits", "log_probs_and_entropy_from_hidden", "log_probs_from_logits"]
+__all__ = [
+    "entropy_from_logits",
+    "log_probs_and_entropy_from_hidden",
+    "log_probs_and_entropy_from_logits",
+    "log_probs_from_logits",
+]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -154,6 +159,51 @@ class _EntropyFromLogits(torch.autograd.Function):
         return grad_logits, None, None
 
 
+class _LogProbsAndEntropyFromLogits(torch.autograd.Function):
+    """Both of the above in one pass, with one ``[R, T, V]`` gradient for the two outputs."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, temperature, chunk_size):
+        dtype = _compute_dtype(logits.dtype)
+        num_rows, seq_len, _ = logits.shape
+        log_probs = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
+        entropy = torch.empty_like(log_probs)  # [R, T]
+        lse = torch.empty_like(log_probs)  # [R, T]
+        for rs, ts in _blocks(num_rows, seq_len, chunk_size):
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            lse[rs, ts], log_probs[rs, ts], entropy[rs, ts] = _chunk_forward_(z, labels[rs, ts], with_entropy=True)
+            del z
+        ctx.save_for_backward(logits, labels, lse, entropy)
+        ctx.temperature = temperature
+        ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)
+        return log_probs, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_log_probs, grad_entropy):
+        logits, labels, lse, entropy = ctx.saved_tensors
+        if grad_log_probs is None and grad_entropy is None:
+            return None, None, None, None
+        temperature = ctx.temperature
+        dtype = lse.dtype
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
+        num_rows, seq_len, _ = logits.shape
+        for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
+            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            grad_logits[rs, ts] = _grad_z_(
+                z,
+                lse[rs, ts],
+                entropy[rs, ts],
+                labels[rs, ts],
+                None if grad_log_probs is None else grad_log_probs[rs, ts].to(dtype),
+                None if grad_entropy is None else grad_entropy[rs, ts].to(dtype),
+            )
+            grad_logits[rs, ts] /= temperature
+            del z
+        return grad_logits, None, None, None
+
+
 def log_probs_from_logits(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
 ) -> torch.Tensor:
@@ -208,6 +258,38 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_si
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits)
     return _EntropyFromLogits.apply(logits3, float(temperature), chunk_size).reshape(logits.shape[:-1])
+
+
+def log_probs_and_entropy_from_logits(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    [`log_probs_from_logits`] and [`entropy_from_logits`] in one pass over the logits.
+
+    When both outputs are differentiated (an entropy bonus), the two separate functions each return a
+    ``[..., T, V]`` gradient that autograd then adds; this one returns a single gradient, saving one logits-sized
+    tensor in backward.
+
+    Args:
+        logits (`torch.Tensor` of shape `[..., T, V]`):
+            Unnormalised scores, any floating dtype.
+        labels (`torch.Tensor` of shape `[..., T]`, integer):
+            Token ids in `[0, V)`.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature the logits are divided by; must be positive.
+        chunk_size (`int`, *optional*, defaults to `1024`):
+            Maximum number of tokens whose `V` scores are held in float32 at once.
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: log-probabilities and entropies, each `[..., T]`, float32 (float64 for
+        float64 logits).
+    """
+    _check_temperature(temperature)
+    _check_chunk_size(chunk_size)
+    logits3 = _as_3d(logits, labels)
+    labels3 = labels.reshape(logits3.shape[:-1])
+    log_probs, entropy = _LogProbsAndEntropyFromLogits.apply(logits3, labels3, float(temperature), chunk_size)
+    return log_probs.reshape(labels.shape), entropy.reshape(labels.shape)
 
 
 class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
