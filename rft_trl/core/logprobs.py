@@ -387,7 +387,7 @@ def log_probs_and_entropy_from_hidden(
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Log-probabilities of ``labels`` and entropies under ``softmax((hidden @ weight.T + bias) / temperature)``,
@@ -410,8 +410,10 @@ def log_probs_and_entropy_from_hidden(
             Output bias, if the head has one.
         temperature (`float`, *optional*, defaults to `1.0`):
             Temperature the logits are divided by; must be positive.
-        chunk_size (`int`, *optional*, defaults to `1024`):
-            Maximum number of tokens whose `V` logits exist at once.
+        chunk_size (`int`, *optional*, defaults to `256`):
+            Maximum number of tokens whose `V` logits exist at once. A step holds two float32 `[chunk_size, V]`
+            buffers (311 MB at V = 151,936), so the peak stays under 0.7 of one float32 `[N, V]` tensor down to
+            N = 1024 (benchmark B3, `docs/benchmarks_b3.md`); the time per token barely depends on it.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: log-probabilities and entropies, each of shape `[N]` (the leading dims
