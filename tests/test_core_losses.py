@@ -86,18 +86,20 @@ def test_dual_clip_by_hand():
     assert (loss, metrics["dual_clipfrac"]) == (pytest.approx(-1.2), 0.0)
 
 
-def test_advantages_per_sequence_broadcast_and_padding_is_ignored():
+@pytest.mark.parametrize("importance_sampling_level", ["token", "sequence"])
+def test_advantages_per_sequence_broadcast_and_padding_is_ignored(importance_sampling_level):
     torch.manual_seed(0)
     log_probs = torch.randn(3, 4)
     old = log_probs + 0.1 * torch.randn(3, 4)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     advantages = torch.randn(3)
-    per_seq, _ = policy_loss(log_probs, old, advantages, mask)
-    per_token, _ = policy_loss(log_probs, old, advantages[:, None].expand(3, 4), mask)
+    level = {"importance_sampling_level": importance_sampling_level}
+    per_seq, _ = policy_loss(log_probs, old, advantages, mask, **level)
+    per_token, _ = policy_loss(log_probs, old, advantages[:, None].expand(3, 4), mask, **level)
     torch.testing.assert_close(per_seq, per_token)
     # -inf log-probs in padding change nothing, not even the gradient.
     padded = log_probs.masked_fill(~mask.bool(), -math.inf).requires_grad_()
-    loss, _ = policy_loss(padded, old, advantages, mask)
+    loss, _ = policy_loss(padded, old, advantages, mask, **level)
     torch.testing.assert_close(loss, per_seq)
     loss.backward()
     assert torch.isfinite(padded.grad).all()
