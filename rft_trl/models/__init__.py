@@ -6,7 +6,7 @@ from .actor_vl import ActorVL
 from .critic import Critic
 from .loss import GPTLMLoss, PolicyLoss, ValueLoss
 from .reward_model import RewardModel, RewardModelFunction
-from .utils import MROPE_MODEL_TYPES, infer_modality
+from .utils import MROPE_MODEL_TYPES, compute_approx_kl, infer_modality, masked_mean, unpacking_samples
 
 __all__ = [
     "MROPE_MODEL_TYPES",
@@ -20,5 +20,8 @@ __all__ = [
     "RewardModelFunction",
     "ValueLoss",
     "infer_modality",
+    "compute_approx_kl",
+    "masked_mean",
     "process_sequences",
+    "unpacking_samples",
 ]

@@ -242,7 +242,7 @@ class ExperienceMaker:
             rewards.to(action_mask.device).nan_to_num(0.0),
             action_mask,
             group_size=self.args.n_samples_per_prompt,
-            values=scored["values"],
+            values=scored["values"] if self.args.advantage_estimator == "gae" else None,
             # PPO-style: the KL to the reference is a per-token reward penalty; GRPO-style it is a loss term.
             kl=None if self.args.use_kl_loss else kl,
             kl_coef=0.0 if self.args.use_kl_loss else self.kl_coef(),

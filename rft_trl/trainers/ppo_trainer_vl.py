@@ -18,7 +18,6 @@ LightRFT's method names map onto this as: `fit` -> `train`, `ppo_train` -> the m
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections import defaultdict
@@ -29,14 +28,11 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from huggingface_hub import ModelCard, ModelCardData
-from peft import set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Sampler
 from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import load_sharded_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator, infer_modality
@@ -46,7 +42,19 @@ from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
+from .checkpointing import (
+    check_resumable,
+    load_checkpoint_weights,
+    load_rft_state,
+    remove_partial_checkpoints,
+    resolve_resume_checkpoint,
+    rotate_checkpoints,
+    save_rft_state,
+    staged_checkpoint,
+    write_trainer_checkpoint,
+)
 from .experience_maker import ExperienceMaker, Rollout
+from .guards import NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, FixedKLController
 from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
@@ -54,8 +62,6 @@ from .sft import build_sft_batch, sft_loss
 
 logger = logging.getLogger(__name__)
 
-RFT_STATE_NAME = "rft_state.json"
-EMA_NAME = "ema.safetensors"
 REWARD_CURVE_NAME = "reward_curve.png"
 
 
@@ -287,8 +293,7 @@ class PPOTrainerVL(Trainer):
             args.micro_train_batch_size, args.buffer_limit, args.buffer_cpu_offload, args.packing_samples
         )
         self._step = 0
-        self._nonfinite_steps = 0
-        self._consecutive_nonfinite = 0
+        self._nonfinite_guard = NonFiniteGuard(args.max_consecutive_nonfinite_steps)
         self._peft = peft_config is not None or actor.model.__class__.__name__.startswith("Peft")
         self._reference = initial_model
         self._completions_table: list[dict] = []
@@ -349,6 +354,11 @@ class PPOTrainerVL(Trainer):
 
     @staticmethod
     def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
+        if critic is not None and args.advantage_estimator != "gae":
+            raise ValueError(
+                f"A critic is only used by advantage_estimator='gae' (got {args.advantage_estimator!r}); drop the "
+                f"critic or set advantage_estimator='gae'."
+            )
         if isinstance(critic, nn.Module):
             return critic
         if critic is None and args.advantage_estimator != "gae":
@@ -440,7 +450,8 @@ class PPOTrainerVL(Trainer):
         self._micro_batches = self._plan_micro_batches(rollout)
         self._rollout_metrics = self._gather_rollout_metrics(rollout)
         if rollout.kl is not None:
-            self.kl_ctl.update(rollout.kl, len(rollout.items))
+            # The KL and sample count over all processes, so that every process moves the coefficient alike.
+            self.kl_ctl.update(self._rollout_metrics["rollout/kl"], int(self._rollout_metrics["rollout/num_samples"]))
         if self.args.log_completions:
             self._completions_table = [
                 {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
@@ -631,6 +642,7 @@ class PPOTrainerVL(Trainer):
             averaged = {name: sum(v) / len(v) for name, v in self._metrics.items() if v}
             logs = {**logs, **averaged, **self._rollout_metrics}
             logs["train/kl_coef"] = self.kl_ctl.value
+            logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
             self._metrics.clear()
             if self._completions_table and self.args.log_completions:
                 self._log_completions_table()
@@ -697,6 +709,9 @@ class PPOTrainerVL(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the actor in Hugging Face format (the LoRA adapter alone under PEFT), its processor, the critic."""
+        # Every process calls this; one writes (gathering a sharded state dict, if any, happened before).
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         actor_state = critic_state = None
@@ -718,63 +733,122 @@ class PPOTrainerVL(Trainer):
             f.write(self.args.to_json_string())
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        state = {"kl_coef": self.kl_ctl.value, "micro_step": self._step, "kl_controller": self.kl_ctl.state_dict()}
-        with open(os.path.join(checkpoint, RFT_STATE_NAME), "w") as f:
-            json.dump(state, f)
-        if self._ema_state is not None:
-            save_file(
-                {k: v.contiguous().cpu() for k, v in self._ema_state.items()}, os.path.join(checkpoint, EMA_NAME)
+        """Write `checkpoint-N` crash-safely: staged, committed by an atomic rename once complete, then rotated."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        if step % self._optimizer_steps_per_rollout:
+            logger.warning(
+                "Saving %s in the middle of a rollout (%d optimizer steps each): training cannot resume from it. "
+                "Set save_steps to a multiple of %d.",
+                final,
+                self._optimizer_steps_per_rollout,
+                self._optimizer_steps_per_rollout,
             )
+        save_optimizer = not (self.args.save_only_model or self.args.disable_ds_ckpt)
+        with staged_checkpoint(final, self.args.should_save, self.accelerator.wait_for_everyone, step) as staging:
+            write_trainer_checkpoint(self, staging, run_dir, trial, save_optimizer)
+            if self.args.should_save:
+                save_rft_state(staging, self._rft_state(), self._ema_state)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, step)
+
+    def _rft_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the Trainer's own files to resume exactly (JSON-serialisable)."""
+        return {
+            "micro_step": self._step,
+            "ptx_position": self._ptx_position,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "nonfinite": self._nonfinite_guard.state_dict(),
+        }
+
+    def _restore_rft_state(self, checkpoint: str) -> None:
+        state, ema = load_rft_state(checkpoint, self.accelerator.device)
+        self._step = state["micro_step"]
+        self._ptx_position = state["ptx_position"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self._nonfinite_guard.load_state_dict(state["nonfinite"])
+        # The checkpoint ends a rollout: the next micro-step generates a fresh one.
+        self._micro_batches = []
+        self._ema_state = ema
+        if ema is not None and self._ema_model is not None:
+            target = dict(self._ema_model.named_parameters())
+            for name, value in ema.items():
+                target[name].data.copy_(value)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        steps_per_rollout = self.args.micro_steps_per_rollout // self.args.gradient_accumulation_steps
-        state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
-        if state.global_step % steps_per_rollout:
-            raise ValueError(
-                f"{resume_from_checkpoint} was saved at step {state.global_step}, in the middle of a rollout "
-                f"({steps_per_rollout} optimizer steps each): its rollout is not in the checkpoint, so resuming "
-                f"would not reproduce the run. Resume from a checkpoint saved at a multiple of {steps_per_rollout} "
-                f"steps (set save_steps to such a multiple)."
-            )
-        if self.is_deepspeed_enabled:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        else:
-            self._load_model_weights(resume_from_checkpoint)
-        with open(os.path.join(resume_from_checkpoint, RFT_STATE_NAME)) as f:
-            rft_state = json.load(f)
-        self.kl_ctl.load_state_dict(rft_state["kl_controller"])
-        self._step = rft_state["micro_step"]
-        self._micro_batches = []
-        ema_path = os.path.join(resume_from_checkpoint, EMA_NAME)
-        if os.path.exists(ema_path):
-            self._ema_state = load_file(ema_path)
+        # `train` has already checked the checkpoint and restored the RFT state; the Trainer calls this for weights.
+        self._load_model_weights(resume_from_checkpoint)
 
     def _load_model_weights(self, checkpoint: str) -> None:
-        if self._peft:
-            set_peft_model_state_dict(
-                self.actor.model, load_file(os.path.join(checkpoint, "adapter_model.safetensors"))
+        load_checkpoint_weights(checkpoint, self.actor.hf_model, self.critic, self.actor.model if self._peft else None)
+
+    # ------------------------------------------------------------------------------------------------ robustness
+
+    @property
+    def _optimizer_steps_per_rollout(self) -> int:
+        return self.args.micro_steps_per_rollout // self.args.gradient_accumulation_steps
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
+        """
+        `Trainer.train`, resuming only from complete checkpoints.
+
+        Args:
+            resume_from_checkpoint (`str` or `bool`, *optional*):
+                `True`: the newest complete checkpoint of `output_dir` (partial ones left by a crash are removed
+                first); a path: that checkpoint, refused unless complete, saved at the end of a rollout and holding
+                the optimizer state.
+            trial, ignore_keys_for_eval: as in `Trainer.train`.
+
+        A token given on the command line (`--hub_token`) is first replaced in `sys.argv` by its placeholder, so
+        that integrations recording the command line do not store it (see [`redact_token_arguments`]).
+        """
+        # Before the integrations start (wandb records the command line when its run begins).
+        redact_token_arguments(self.args)
+        if resume_from_checkpoint not in (None, False) and self.args.should_save:
+            remove_partial_checkpoints(self.args.output_dir)
+        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
+            check_resumable(
+                checkpoint, self._optimizer_steps_per_rollout, needs_optimizer_file=not self.is_deepspeed_enabled
             )
-        else:
-            index = os.path.join(checkpoint, "model.safetensors.index.json")
-            if os.path.exists(index):
-                load_sharded_checkpoint(self.actor.hf_model, checkpoint, strict=True)
-            else:
-                self.actor.hf_model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
-        if self.critic is not None:
-            self.critic.load_state_dict(load_file(os.path.join(checkpoint, "critic", "model.safetensors")))
+            self._restore_rft_state(checkpoint)
+        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """The Trainer's scheduler; the optimizer is final by now, so both are wrapped to skip non-finite steps."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if self.is_deepspeed_enabled:
+            # DeepSpeed steps inside `backward`, before the gradient norm reaches `_get_grad_norm`: there the guard
+            # counts non-finite steps and aborts, and only DeepSpeed's fp16 loss scaler skips overflowing steps.
+            return scheduler
+        self.optimizer, self.lr_scheduler = guard_optimizer_and_scheduler(
+            self.optimizer, scheduler, self._nonfinite_guard
+        )
+        return self.lr_scheduler
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._nonfinite_guard.observe_loss(loss)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Called once per optimizer step, right before `optimizer.step()`: the guard decides here, identically on
+        # every process, whether the wrapped optimizer and scheduler skip this step.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._nonfinite_guard.decide(grad_norm, self.accelerator.reduce, step=self.state.global_step + 1)
+        return grad_norm
 
     # ------------------------------------------------------------------------------------------------ model card
 
     def create_model_card(
         self,
         model_name: str | None = None,
-        finetuned_from: str | None = None,
-        dataset: str | list[str] | None = None,
+        dataset_name: str | None = None,
         tags: str | list[str] | None = None,
+        finetuned_from: str | None = None,
         language: str | None = None,
         license: str | None = None,
     ) -> None:
@@ -789,9 +863,9 @@ class PPOTrainerVL(Trainer):
                 The card's title; defaults to the output directory's name.
             finetuned_from (`str`, *optional*):
                 The base model's Hub id; defaults to the name the model was loaded from, when it has one.
-            dataset (`str` or `list[str]`, *optional*), tags (`str` or `list[str]`, *optional*), language (`str`,
-            *optional*), license (`str`, *optional*):
-                Card metadata; `tags` are added to `rft_trl`'s own.
+            dataset_name (`str`, *optional*), tags (`str` or `list[str]`, *optional*), language (`str`, *optional*),
+            license (`str`, *optional*):
+                Card metadata (TRL's `push_to_hub(dataset_name=...)` passes the first); `tags` join `rft_trl`'s own.
         """
         if not self.is_world_process_zero():
             return
@@ -803,7 +877,7 @@ class PPOTrainerVL(Trainer):
         card_data = ModelCardData(
             library_name="peft" if self._peft else "transformers",
             base_model=finetuned_from,
-            datasets=[dataset] if isinstance(dataset, str) else dataset,
+            datasets=[dataset_name] if dataset_name else None,
             language=language,
             license=license,
             tags=list(dict.fromkeys([*self._tag_names, self.args.advantage_estimator, self.modality, *extra_tags])),
