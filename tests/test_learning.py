@@ -35,7 +35,9 @@ def run(tmp_path, dataset_name, **overrides):
         seed=0,
     )
     settings.update(overrides)
-    script_args = ScriptArguments(dataset_name=dataset_name, num_train_samples=512, num_eval_samples=64, reward_plot=False)
+    script_args = ScriptArguments(
+        dataset_name=dataset_name, num_train_samples=512, num_eval_samples=64, reward_plot=False
+    )
     trainer = main(script_args, RFTConfig(**settings), ModelConfig())
     rewards = [entry["rollout/reward"] for entry in trainer.state.log_history if "rollout/reward" in entry]
     return trainer, rewards
