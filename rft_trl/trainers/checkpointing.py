@@ -1,0 +1,418 @@
+"""Crash-safe checkpoints that resume exactly, for [`PPOTrainerVL`].
+
+A checkpoint is written into a staging directory `tmp-checkpoint-N` next to where it belongs. Once every process has
+written its part, the writing process fsyncs the files, writes a `checkpoint_complete.json` marker (the file list
+with sizes, fsynced), and renames the directory to `checkpoint-N` in one `os.replace`. So:
+
+- a `checkpoint-N` directory is complete by construction; the Trainer's own `get_last_checkpoint` and the
+  `checkpoint-*` rotation never see a staging directory (its name does not start with `checkpoint-`);
+- a process killed at any point leaves at worst a `tmp-checkpoint-*` directory, removed at the next save or resume;
+- a write error (a full disk) removes the staging directory and raises, leaving the earlier checkpoints untouched;
+- rotation (`save_total_limit`) runs after the commit, so the newest complete checkpoint always survives it; a
+  checkpoint is deleted by renaming it to a staging name first, so a deletion cut short is never mistaken for a
+  checkpoint.
+
+`train(resume_from_checkpoint=True)` resumes from the newest complete checkpoint: one whose marker is present and
+whose files all still have the sizes it lists.
+
+Resuming is exact when the checkpoint ends a rollout: the rollout's samples are not saved, so a checkpoint taken in
+the middle of a rollout's PPO epochs is refused rather than resumed with a regenerated rollout.
+
+For tests, `RFT_TRL_KILL_AT_SAVE=<point>:<step>` makes the process SIGKILL itself at a named point of the save of
+optimizer step `<step>` (see `SAVE_POINTS`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, load_sharded_checkpoint, sort_checkpoints
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import Trainer
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+STAGING_PREFIX = "tmp-"
+RFT_STATE_NAME = "rft_state.json"
+EMA_NAME = "ema.safetensors"
+KILL_AT_SAVE_ENV = "RFT_TRL_KILL_AT_SAVE"
+# Where a save can be cut short, in order; `during_rotation` is after an old checkpoint was renamed aside.
+SAVE_POINTS = ("before_weights", "after_weights", "before_marker", "before_rename", "during_rotation")
+
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from, with the reason and the fix."""
+
+
+def kill_point(point: str, step: int) -> None:
+    """
+    Test hook: SIGKILL this process if `RFT_TRL_KILL_AT_SAVE` is `"<point>:<step>"`.
+
+    Args:
+        point (`str`): one of `SAVE_POINTS`.
+        step (`int`): the optimizer step being saved.
+    """
+    if point not in SAVE_POINTS:
+        raise ValueError(f"Unknown save point {point!r}; use one of {', '.join(SAVE_POINTS)}.")
+    if os.environ.get(KILL_AT_SAVE_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------ finding
+
+
+def checkpoint_step(path: str) -> int | None:
+    """The step of a `checkpoint-N` directory name (`None` for any other name)."""
+    match = _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else None
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether `path` holds a commit marker and every file it lists, with the listed size."""
+    marker = os.path.join(path, COMPLETE_MARKER)
+    if not os.path.isfile(marker):
+        return False
+    try:
+        with open(marker) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name, size in files.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file) or os.path.getsize(file) != size:
+            return False
+    return True
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    """The complete `checkpoint-N` directories of `run_dir`, by increasing step."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = []
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        step = checkpoint_step(name)
+        if step is None or not os.path.isdir(path):
+            continue
+        if is_complete_checkpoint(path):
+            found.append((step, path))
+        else:
+            logger.warning("Ignoring %s: it has no valid %s, so it may be incomplete.", path, COMPLETE_MARKER)
+    return [path for _, path in sorted(found)]
+
+
+def last_complete_checkpoint(run_dir: str) -> str | None:
+    """The complete checkpoint of `run_dir` with the highest step, or `None`."""
+    checkpoints = complete_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def remove_partial_checkpoints(run_dir: str) -> list[str]:
+    """
+    Delete what interrupted saves and rotations left in `run_dir` (the `tmp-checkpoint-*` directories).
+
+    Returns:
+        `list[str]`: the removed paths.
+    """
+    if not os.path.isdir(run_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if name.startswith(f"{STAGING_PREFIX}{PREFIX_CHECKPOINT_DIR}-") and os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(path)
+    if removed:
+        logger.warning("Removed %d partial checkpoint(s) left by an interrupted save: %s", len(removed), removed)
+    return removed
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """
+    The checkpoint `Trainer.train(resume_from_checkpoint=...)` should load.
+
+    Args:
+        resume_from_checkpoint (`str`, `bool` or `None`):
+            `True`: the newest complete checkpoint of `output_dir`; a path: that checkpoint, which must be complete;
+            `None`/`False`: none.
+        output_dir (`str`): where `True` looks.
+
+    Raises:
+        [`CheckpointError`]: `True` and no complete checkpoint, or a path that is not a complete checkpoint.
+    """
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return None
+    if resume_from_checkpoint is True:
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise CheckpointError(f"No complete checkpoint in {output_dir} to resume from.")
+        return checkpoint
+    if not is_complete_checkpoint(resume_from_checkpoint):
+        raise CheckpointError(
+            f"{resume_from_checkpoint} is not a complete checkpoint (no valid {COMPLETE_MARKER}, or a listed file is "
+            f"missing or truncated): it may have been cut short. Pass resume_from_checkpoint=True to take the newest "
+            f"complete one."
+        )
+    return resume_from_checkpoint
+
+
+def check_resumable(checkpoint: str, steps_per_rollout: int, needs_optimizer_file: bool) -> None:
+    """
+    Refuse a checkpoint that cannot resume the run exactly.
+
+    Args:
+        checkpoint (`str`): a complete checkpoint.
+        steps_per_rollout (`int`): optimizer steps per rollout; checkpoints must fall on a rollout boundary.
+        needs_optimizer_file (`bool`): whether the optimizer state must be in `optimizer.pt` (not under DeepSpeed,
+            which keeps its own files).
+
+    Raises:
+        [`CheckpointError`]: saved in the middle of a rollout, or saved without optimizer state.
+    """
+    state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    if state.global_step % steps_per_rollout:
+        raise CheckpointError(
+            f"{checkpoint} was saved at step {state.global_step}, in the middle of a rollout ({steps_per_rollout} "
+            f"optimizer steps each): its rollout is not in the checkpoint, so resuming would not reproduce the run. "
+            f"Resume from a checkpoint saved at a multiple of {steps_per_rollout} steps (set save_steps to such a "
+            f"multiple)."
+        )
+    if needs_optimizer_file and not os.path.isfile(os.path.join(checkpoint, OPTIMIZER_NAME)):
+        raise CheckpointError(
+            f"{checkpoint} holds no optimizer state (it was saved with save_only_model or disable_ds_ckpt), so "
+            f"training cannot resume from it exactly. Load its weights with from_pretrained and start a new run."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _fsync(path: str) -> None:
+    # Directories can only be opened (and fsynced) on POSIX; elsewhere the rename is as durable as the OS makes it.
+    if os.path.isdir(path) and os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_checkpoint(staging: str, final: str, step: int) -> None:
+    """
+    Make a fully written staging directory visible as `final`, durably.
+
+    Order: fsync every file, write and fsync the marker (listing every file and its size), fsync the directory,
+    rename, fsync the parent. A crash before the rename leaves only the staging directory.
+    """
+    files = {}
+    for root, _, names in os.walk(staging):
+        for name in names:
+            path = os.path.join(root, name)
+            _fsync(path)
+            files[os.path.relpath(path, staging).replace(os.sep, "/")] = os.path.getsize(path)
+    kill_point("before_marker", step)
+    with open(os.path.join(staging, COMPLETE_MARKER), "w") as f:
+        json.dump({"global_step": step, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(staging)
+    kill_point("before_rename", step)
+    aside = None
+    if os.path.exists(final):
+        # The same step saved again: os.replace cannot overwrite a non-empty directory, so move the old one aside.
+        aside = os.path.join(os.path.dirname(final), f"{STAGING_PREFIX}{os.path.basename(final)}.replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+    os.replace(staging, final)
+    _fsync(os.path.dirname(final) or ".")
+    if aside is not None:
+        shutil.rmtree(aside)
+
+
+@contextmanager
+def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[], None], step: int) -> Iterator[str]:
+    """
+    Yield a staging directory for checkpoint `final`, and commit it when the block ends without error.
+
+    Every process writes its files (e.g. per-rank RNG states) into the same staging directory; the writer removes
+    leftovers of earlier attempts first and commits once all processes are done.
+
+    Args:
+        final (`str`): the `checkpoint-N` path.
+        is_writer (`bool`): whether this process creates, commits and cleans up (`args.should_save`).
+        wait_for_everyone (`Callable`): a barrier over processes (`accelerator.wait_for_everyone`).
+        step (`int`): the optimizer step, for the markers and kill points.
+
+    Raises:
+        `OSError`: a write failed (e.g. `ENOSPC`); the staging directory is removed and earlier checkpoints are intact.
+    """
+    run_dir = os.path.dirname(final)
+    staging = os.path.join(run_dir, f"{STAGING_PREFIX}{os.path.basename(final)}")
+    if is_writer:
+        remove_partial_checkpoints(run_dir)
+        os.makedirs(staging)
+    wait_for_everyone()
+    try:
+        yield staging
+    except OSError as error:
+        if is_writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise OSError(
+            error.errno or errno.EIO,
+            f"Could not write checkpoint {final}: {reason}. The partial checkpoint was removed; earlier checkpoints "
+            f"in {run_dir} are intact.",
+        ) from error
+    except BaseException:
+        if is_writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    wait_for_everyone()
+    if is_writer:
+        try:
+            commit_checkpoint(staging, final, step)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    wait_for_everyone()
+
+
+def write_trainer_checkpoint(
+    trainer: Trainer, output_dir: str, run_dir: str, trial: Any, save_optimizer: bool
+) -> None:
+    """
+    Write what `transformers.Trainer._save_checkpoint` writes (the same files, by the Trainer's own writers) into
+    `output_dir`, without rotating or pushing: weights, optimizer/scheduler/scaler, RNG states, trainer state.
+
+    Args:
+        trainer (`transformers.Trainer`): the trainer.
+        output_dir (`str`): the staging directory.
+        run_dir (`str`): where the committed checkpoint will live (for the best-model path).
+        trial: the hyper-parameter search trial, if any.
+        save_optimizer (`bool`): write optimizer, scheduler and scaler states (needed to resume).
+    """
+    state, args = trainer.state, trainer.args
+    step = state.global_step
+    if trainer.hp_search_backend is None and trial is None:
+        trainer.store_flos()
+    kill_point("before_weights", step)
+    trainer.save_model(output_dir, _internal_call=True)
+    kill_point("after_weights", step)
+    if args.save_strategy in ("steps", "epoch", "best") and state.best_global_step:
+        # The best checkpoint is this one (committed right after) or an earlier one that rotation kept.
+        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+        if state.best_global_step == step or os.path.isdir(best):
+            state.best_model_checkpoint = best
+    if save_optimizer:
+        trainer._save_optimizer_and_scheduler(output_dir)
+        trainer._save_scaler(output_dir)
+    trainer._save_rng_state(output_dir)
+    if args.should_save:
+        exportable = [
+            cb for cb in [*trainer.callback_handler.callbacks, trainer.control] if isinstance(cb, ExportableState)
+        ]
+        for callback in exportable:
+            name = type(callback).__name__
+            if isinstance(state.stateful_callbacks.get(name), list):
+                state.stateful_callbacks[name].append(callback.state())
+            else:
+                state.stateful_callbacks[name] = callback.state()
+        state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+
+
+def rotate_checkpoints(
+    run_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None, step: int
+) -> None:
+    """
+    Keep the `save_total_limit` newest complete checkpoints (and the best one), in the Trainer's order.
+
+    Only complete checkpoints are counted and deleted, and the newest always stays, so rotation never leaves zero
+    complete checkpoints. Each doomed checkpoint is renamed to a staging name before it is deleted, so a deletion cut
+    short leaves a `tmp-` directory (removed at the next save), never a damaged `checkpoint-N`.
+
+    Args:
+        run_dir (`str`): the directory holding the checkpoints.
+        save_total_limit (`int`, *optional*): how many to keep; `None` or <= 0 keeps all.
+        best_model_checkpoint (`str`, *optional*): a checkpoint that is never deleted.
+        step (`int`): the step just saved, for the kill point.
+    """
+    if save_total_limit is None or save_total_limit <= 0:
+        return
+    complete = {os.path.normpath(path) for path in complete_checkpoints(run_dir)}
+    # Oldest first, by modification time as the Trainer orders them (by step where times are too close to tell).
+    ordered = [os.path.normpath(path) for path in sort_checkpoints(run_dir, use_mtime=True)]
+    ordered = [path for path in ordered if path in complete]
+    keep = set(ordered[-1:])
+    if best_model_checkpoint is not None and os.path.normpath(best_model_checkpoint) in complete:
+        keep.add(os.path.normpath(best_model_checkpoint))
+    excess = len(ordered) - max(save_total_limit, len(keep))
+    for path in [path for path in ordered if path not in keep][: max(0, excess)]:
+        aside = os.path.join(run_dir, f"{STAGING_PREFIX}{os.path.basename(path)}.deleted")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        kill_point("during_rotation", step)
+        shutil.rmtree(aside)
+
+
+# ------------------------------------------------------------------------------------------------ RFT state
+
+
+def save_rft_state(output_dir: str, state: dict[str, Any], ema_state: dict[str, torch.Tensor] | None) -> None:
+    """Write the trainer's own state (JSON) and the EMA weights (safetensors): nothing that loads by unpickling."""
+    with open(os.path.join(output_dir, RFT_STATE_NAME), "w") as f:
+        json.dump(state, f, indent=1)
+    if ema_state is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema_state.items()}, os.path.join(output_dir, EMA_NAME))
+
+
+def load_rft_state(
+    checkpoint: str, device: torch.device | str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """The trainer state and EMA weights (on `device`, or `None` when not saved) of a checkpoint."""
+    with open(os.path.join(checkpoint, RFT_STATE_NAME)) as f:
+        state = json.load(f)
+    ema_path = os.path.join(checkpoint, EMA_NAME)
+    ema = load_file(ema_path, device=str(device)) if os.path.isfile(ema_path) else None
+    return state, ema
+
+
+def load_checkpoint_weights(
+    checkpoint: str, hf_model: nn.Module, critic: nn.Module | None, peft_model: nn.Module | None
+) -> None:
+    """
+    Load a checkpoint's weights from safetensors only (never a pickle).
+
+    Args:
+        checkpoint (`str`): the checkpoint directory.
+        hf_model (`nn.Module`): the actor's transformers model (full weights), unless `peft_model` is given.
+        critic (`nn.Module`, *optional*): receives `critic/model.safetensors`.
+        peft_model (`nn.Module`, *optional*): the actor's PEFT model; receives `adapter_model.safetensors`.
+    """
+    if peft_model is not None:
+        set_peft_model_state_dict(peft_model, load_file(os.path.join(checkpoint, "adapter_model.safetensors")))
+    elif os.path.isfile(os.path.join(checkpoint, "model.safetensors.index.json")):
+        load_sharded_checkpoint(hf_model, checkpoint, strict=True, prefer_safe=True)
+    else:
+        hf_model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
+    if critic is not None:
+        critic.load_state_dict(load_file(os.path.join(checkpoint, "critic", "model.safetensors")))
