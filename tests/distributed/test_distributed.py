@@ -1,0 +1,251 @@
+"""
+Two-process PPOTrainerVL runs on the CPU (gloo), launched as real processes with `accelerate launch --config_file`.
+
+Each test starts `tests/distributed/ppo_worker.py` on two ranks (the tiny Qwen2.5-VL, 2 prompts x 2 samples per rank
+and rollout, 2 optimizer steps) and checks what every rank wrote. The equivalent commands:
+
+    ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/cpu_multi_process.yaml \
+        tests/distributed/ppo_worker.py --output_dir OUT [--fault reward_error|corrupt_image|nan_loss]
+    DS_ACCELERATOR=cpu accelerate launch --config_file accelerate_configs/deepspeed_zero2_cpu.yaml \
+        tests/distributed/ppo_worker.py --output_dir OUT --use_cpu false --ddp_backend gloo
+
+Every launch is bounded by a timeout that kills the whole process group: a hang fails the test instead of the CI job.
+"""
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "distributed" / "ppo_worker.py"
+DDP_CONFIG = REPO / "accelerate_configs" / "cpu_multi_process.yaml"
+ZERO2_CONFIG = REPO / "accelerate_configs" / "deepspeed_zero2_cpu.yaml"
+# The worker's sizes: prompts per rank and rollout, samples per prompt, optimizer steps (one rollout each).
+PROMPTS_PER_RANK, SAMPLES_PER_PROMPT, STEPS = 2, 2, 2
+# A launch takes 20-40 s on 2 busy cores; DeepSpeed's first launch on a machine also JIT-compiles a comm op (~90 s).
+DDP_TIMEOUT_S = 300
+ZERO2_TIMEOUT_S = 600
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def kill_process_tree(pid: int) -> None:
+    """Kill a process and all its descendants: torch's launcher starts each worker in a session of its own."""
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(processes, timeout=30)
+
+
+def launch(config: Path, output_dir: Path, *worker_args: str, env: dict[str, str], timeout: int):
+    """
+    Run the worker on two ranks; returns `(returncode, output)` with stdout and stderr together.
+
+    On timeout the launcher and its workers are killed, so that a hang fails the test and leaves nothing behind.
+    """
+    base_env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    full_env = {**base_env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        str(free_port()),
+        str(WORKER),
+        "--output_dir",
+        str(output_dir),
+        *worker_args,
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_tree(process.pid)
+        output, _ = process.communicate()
+        pytest.fail(f"the 2-process run did not finish within {timeout} s (a hang?); output tail:\n{output[-4000:]}")
+    return process.returncode, output
+
+
+def read_ranks(output_dir: Path) -> list[dict]:
+    records = [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for rank, record in enumerate(records):
+        record["params"] = load_file(output_dir / f"rank{rank}.safetensors")
+    return records
+
+
+def assert_ranks_agree(records: list[dict]) -> None:
+    """Both ranks trained (parameters moved) and kept bit-identical parameters and KL coefficients."""
+    first, second = records
+    assert first["world_size"] == second["world_size"] == 2
+    assert first["changed"], "no parameter changed: the run did not train"
+    assert first["params"].keys() == second["params"].keys()
+    differing = [name for name in first["params"] if not torch.equal(first["params"][name], second["params"][name])]
+    assert not differing, f"parameters differ across ranks: {differing[:5]}"
+    # Identical after every optimizer step, not only at the end.
+    assert len(first["step_sha256"]) == STEPS
+    assert first["step_sha256"] == second["step_sha256"]
+    assert first["step_sha256"][-1] == first["sha256"] == second["sha256"]
+    # The adaptive KL controller is fed the KL over all ranks, so its coefficient moves alike everywhere.
+    assert first["kl_coef"] == second["kl_coef"]
+
+
+def assert_prompts_sharded(records: list[dict], skipped_calls: dict[tuple[int, int], int] | None = None) -> None:
+    """
+    Each rollout, the ranks scored different prompts, and each prompt's whole group on one rank.
+
+    `skipped_calls` maps `(rank, rollout)` to the prompts that rank's collator dropped in that rollout.
+    """
+    skipped_calls = skipped_calls or {}
+    for rank, record in enumerate(records):
+        assert len(record["seen_ids"]) == STEPS
+        for rollout, ids in enumerate(record["seen_ids"]):
+            prompts = PROMPTS_PER_RANK - skipped_calls.get((rank, rollout), 0)
+            assert len(ids) == prompts * SAMPLES_PER_PROMPT
+            # Samples are prompt-major: a group is SAMPLES_PER_PROMPT consecutive copies of one id.
+            groups = [ids[i : i + SAMPLES_PER_PROMPT] for i in range(0, len(ids), SAMPLES_PER_PROMPT)]
+            assert all(len(set(group)) == 1 for group in groups), ids
+            assert len({group[0] for group in groups}) == prompts, ids
+    for rollout in range(STEPS):
+        on_rank0, on_rank1 = (set(record["seen_ids"][rollout]) for record in records)
+        assert not on_rank0 & on_rank1, f"rollout {rollout}: a prompt was scored on both ranks"
+    # The sampler draws without replacement within an epoch: no prompt comes back in the second rollout.
+    every_id = [i for record in records for ids in record["seen_ids"] for i in ids[::SAMPLES_PER_PROMPT]]
+    assert len(every_id) == len(set(every_id))
+
+
+def test_ddp_two_processes_identical_parameters_and_sharded_prompts(tmp_path):
+    returncode, output = launch(DDP_CONFIG, tmp_path, env={"ACCELERATE_USE_CPU": "true"}, timeout=DDP_TIMEOUT_S)
+    assert returncode == 0, output[-4000:]
+    records = read_ranks(tmp_path)
+    assert {record["distributed_type"] for record in records} == {"DistributedType.MULTI_CPU"}
+    assert_ranks_agree(records)
+    assert_prompts_sharded(records)
+    # Rank 0 logs one entry per optimizer step, with the rollout's samples counted over both ranks (2 x 4).
+    steps = [entry for entry in records[0]["log_history"] if "loss" in entry]
+    assert [entry["rollout/num_samples"] for entry in steps] == [8.0, 8.0]
+
+
+def test_zero2_two_processes_identical_parameters(tmp_path):
+    assert importlib.util.find_spec("deepspeed") is not None, "install deepspeed (the dev extra) for this test"
+    returncode, output = launch(
+        ZERO2_CONFIG,
+        tmp_path,
+        "--use_cpu",
+        "false",
+        "--ddp_backend",
+        "gloo",
+        env={"DS_ACCELERATOR": "cpu"},
+        timeout=ZERO2_TIMEOUT_S,
+    )
+    assert returncode == 0, output[-4000:]
+    records = read_ranks(tmp_path)
+    # Accelerate falls back to plain DDP when told use_cpu: make sure DeepSpeed really ran, at stage 2.
+    assert {record["distributed_type"] for record in records} == {"DistributedType.DEEPSPEED"}
+    assert [record["zero_stage"] for record in records] == [2, 2]
+    assert_ranks_agree(records)
+    assert_prompts_sharded(records)
+
+
+def test_exception_on_one_rank_ends_every_rank(tmp_path):
+    returncode, output = launch(
+        DDP_CONFIG,
+        tmp_path,
+        "--fault",
+        "reward_error",
+        "--fault_rank",
+        "1",
+        env={"ACCELERATE_USE_CPU": "true"},
+        timeout=DDP_TIMEOUT_S,
+    )
+    # Rank 1's reward function raises in the first rollout while rank 0 goes on into the rollout-metrics gather: the
+    # launcher must end rank 0 too and report rank 1's error, not wait for it.
+    assert returncode != 0
+    assert "RewardFailureError" in output
+    assert "injected reward failure on rank 1" in output
+    assert not (tmp_path / "rank0.json").exists(), "rank 0 finished training without rank 1"
+
+
+def test_bad_media_on_one_rank_is_skipped_there_and_counted_over_ranks(tmp_path):
+    returncode, output = launch(
+        DDP_CONFIG,
+        tmp_path,
+        "--fault",
+        "corrupt_image",
+        "--fault_rank",
+        "1",
+        env={"ACCELERATE_USE_CPU": "true"},
+        timeout=DDP_TIMEOUT_S,
+    )
+    assert returncode == 0, output[-4000:]
+    assert "skipped (corrupt_image)" in output
+    records = read_ranks(tmp_path)
+    assert [record["rows_skipped"] for record in records] == [0, 1]
+    # Rank 1 trained on 1 prompt in the first rollout (topped up with excluded copies), rank 0 on 2; both stay in step.
+    assert_prompts_sharded(records, skipped_calls={(1, 0): 1})
+    assert_ranks_agree(records)
+    steps = [entry for entry in records[0]["log_history"] if "loss" in entry]
+    # Rank 0 writes the logs but skipped nothing itself: the count of 1 is rank 1's, summed over ranks, and the
+    # first rollout has 2 x 2 + 1 x 2 = 6 samples.
+    assert steps[0]["data/skipped/corrupt_image"] == 1.0
+    assert "data/skipped/corrupt_image" not in steps[1]
+    assert [entry["rollout/num_samples"] for entry in steps] == [6.0, 8.0]
+
+
+def test_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    returncode, output = launch(
+        DDP_CONFIG,
+        tmp_path,
+        "--fault",
+        "nan_loss",
+        "--fault_rank",
+        "1",
+        "--fault_step",
+        "2",
+        env={"ACCELERATE_USE_CPU": "true"},
+        timeout=DDP_TIMEOUT_S,
+    )
+    assert returncode == 0, output[-4000:]
+    records = read_ranks(tmp_path)
+    assert_ranks_agree(records)
+    for record in records:
+        after_first, after_second = record["step_sha256"]
+        # Step 1 trained; step 2 (NaN loss on rank 1 only) left the weights exactly as step 1 did, on both ranks.
+        assert after_first != record["initial_sha256"]
+        assert after_second == after_first == record["sha256"]
+        # Each rank's own guard counted the skip: the decision was taken on the flags summed over ranks.
+        steps = [entry for entry in record["log_history"] if "loss" in entry]
+        assert [entry["train/nonfinite_steps_skipped"] for entry in steps] == [0.0, 1.0]
+    # Rank 0's own loss was finite: it skipped because rank 1's NaN reached it through the gradient all-reduce and the
+    # guard's summed flag, not because of anything local.
+    rank0_steps = [entry for entry in records[0]["log_history"] if "loss" in entry]
+    assert math.isfinite(rank0_steps[1]["train/policy_loss"])
+    assert math.isnan(rank0_steps[1]["grad_norm"])
