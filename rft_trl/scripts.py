@@ -35,6 +35,29 @@ TASKS = {
     "text": ("qwen2", TEXT_WORDS),
 }
 
+# Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/test_learning.py):
+# 16 prompts x 8 samples per rollout, generated in one batch, replayed as 4 optimizer steps of 32 samples. The
+# examples start from these so that they run with no arguments; a real model needs its own (at least
+# learning_rate, and batch sizes that fit its memory).
+TINY_DEMO_DEFAULTS = {
+    "num_train_samples": 512,
+    "num_eval_samples": 64,
+    "num_generations": 8,
+    "rollout_batch_size": 16,
+    "micro_rollout_batch_size": 128,
+    "per_device_train_batch_size": 32,
+    "gradient_accumulation_steps": 1,
+    "max_completion_length": 8,
+    "learning_rate": 1e-3,
+    "lr_scheduler_type": "constant",
+    # KL to the warmed-up policy keeps the answers well-formed while RL moves their content.
+    "beta": 0.04,
+    "eval_strategy": "steps",
+    "per_device_eval_batch_size": 64,
+    "logging_steps": 10,
+    "save_strategy": "no",
+}
+
 
 @dataclass
 class ScriptArguments:
@@ -52,11 +75,12 @@ class ScriptArguments:
             Rows generated for a synthetic task.
         tiny_model_seed (`int`, *optional*, defaults to `0`):
             Seed of the built-in tiny model used when `--model_name_or_path` is not given.
-        warmup_steps (`int`, *optional*, defaults to `40`):
+        format_warmup_steps (`int`, *optional*, defaults to `40`):
             Supervised steps on the answer format (random answers) before RL; 0 skips it. A random tiny model
-            never emits an answer otherwise, and a real instruct model does not need it.
-        warmup_learning_rate (`float`, *optional*, defaults to `3e-3`):
-            Learning rate of the warm-up.
+            never emits an answer otherwise, and a real instruct model does not need it. (Not `warmup_steps`: that
+            is `TrainingArguments`' learning-rate warm-up.)
+        format_warmup_learning_rate (`float`, *optional*, defaults to `3e-3`):
+            Learning rate of the format warm-up.
         reward_plot (`bool`, *optional*, defaults to `True`):
             Write `reward_curve.png` into the output directory.
     """
@@ -67,8 +91,8 @@ class ScriptArguments:
     num_train_samples: int = field(default=256, metadata={"help": "Rows of a synthetic train set."})
     num_eval_samples: int = field(default=32, metadata={"help": "Rows of a synthetic eval set."})
     tiny_model_seed: int = field(default=0, metadata={"help": "Seed of the built-in tiny model."})
-    warmup_steps: int = field(default=40, metadata={"help": "Format warm-up steps before RL (0: none)."})
-    warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the warm-up."})
+    format_warmup_steps: int = field(default=40, metadata={"help": "Format warm-up steps before RL (0: none)."})
+    format_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the format warm-up."})
     reward_plot: bool = field(default=True, metadata={"help": "Write reward_curve.png."})
 
 
@@ -95,8 +119,8 @@ def format_warmup(
         actor,
         collator,
         rows,
-        steps=script_args.warmup_steps,
-        learning_rate=script_args.warmup_learning_rate,
+        steps=script_args.format_warmup_steps,
+        learning_rate=script_args.format_warmup_learning_rate,
         seed=seed,
     )
 
@@ -109,7 +133,7 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
             raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
         kind, answers = TASKS[script_args.dataset_name]
         model, processing_class = build_tiny_model(kind, seed=script_args.tiny_model_seed)
-        if script_args.warmup_steps > 0:
+        if script_args.format_warmup_steps > 0:
             format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path
@@ -128,12 +152,16 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
         with open(os.path.join(training_args.output_dir, "log_history.json"), "w") as f:
             json.dump(trainer.state.log_history, f, indent=1)
         if script_args.reward_plot:
             plot_reward_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"))
+    # push_to_hub saves the model and writes the model card before uploading; with push_to_hub set, save_model would
+    # upload too, so calling both would push twice.
     if training_args.push_to_hub:
         trainer.push_to_hub()
+    else:
+        trainer.save_model(training_args.output_dir)
     return trainer

@@ -1,0 +1,37 @@
+# /// script
+# dependencies = ["rft_trl"]
+# ///
+"""
+GRPO on an audio-language model.
+
+With no arguments it trains the built-in tiny Qwen2-Audio on the synthetic pitch task on the CPU (is a tone high or
+low?): a short format warm-up, then RL that must ground the answer in the audio (from chance, 1/2, towards 0.9+):
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml examples/grpo_audio.py --output_dir outputs/grpo_audio
+
+On GPUs, with a real checkpoint, a `datasets` dataset (`prompt` with an `{"type": "audio"}` part, an `audio` column
+of `{"array", "sampling_rate"}` or file paths, and `answer`) and LoRA (the defaults are the tiny demo's, so set the
+sizes and the learning rate):
+
+    accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml examples/grpo_audio.py \
+        --model_name_or_path Qwen/Qwen2-Audio-7B-Instruct --dataset_name <your dataset> --format_warmup_steps 0 \
+        --use_peft --lora_r 16 --lora_target_modules q_proj v_proj --bf16 --learning_rate 1e-5 \
+        --rollout_batch_size 4 --micro_rollout_batch_size 16 --per_device_train_batch_size 8 \
+        --max_completion_length 256 --max_steps -1 --output_dir outputs/grpo_audio
+
+Any option can also come from a YAML file: `--config recipe.yaml` (see `examples/recipes/`).
+"""
+
+from trl import ModelConfig, TrlParser
+
+from rft_trl import RFTConfig
+from rft_trl.scripts import TINY_DEMO_DEFAULTS, ScriptArguments, main
+
+if __name__ == "__main__":
+    parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
+    # A --config YAML overrides these defaults, and the command line overrides both.
+    parser.set_defaults(
+        **TINY_DEMO_DEFAULTS, dataset_name="pitch", max_steps=120, eval_steps=40, output_dir="outputs/grpo_audio"
+    )
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    main(script_args, training_args, model_args)
