@@ -28,7 +28,7 @@ from ..data.collator import PromptBatch, PromptCollator
 from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs, split_multimodal_inputs
 from ..models.actor import Actor
 from ..rewards import RewardScorer
-from .replay_buffer_utils import BufferItem, remove_padding_in_sequences
+from .replay_buffer_utils import BufferItem
 from .rft_config import RFTConfig
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class ExperienceMaker:
         metrics = {name: float(count) for name, count in self.collator.pop_skip_counts().items()}
         scored = self._score(samples)
         advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
-        items = remove_padding_in_sequences(self._items(samples, scored, advantages, returns, rewards_out))
+        items = self._items(samples, scored, advantages, returns, rewards_out)
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats))
         return Rollout(items, metrics, completions, prompts, rewards_out.rewards, kl=kl_stats.get("kl"))
@@ -255,13 +255,24 @@ class ExperienceMaker:
     def _items(
         self, samples: dict, scored: dict, advantages: torch.Tensor, returns: torch.Tensor, rewards_out
     ) -> list[BufferItem]:
-        response_length = samples["action_mask"].sum(-1)
-        total_length = samples["attention_mask"].sum(-1)
+        """
+        One unpadded item per row. Row i is `[left pad | prompt | actions | right pad]`, its actions a prefix of its
+        completion (cut after the first EOS), so its tokens are `sequences[i, P - prompt_len_i : P + actions_i]` and
+        its action fields `[:actions_i]`, where `P` is the prompt width.
+        """
+        action_mask, attention_mask = samples["action_mask"], samples["attention_mask"]
+        prompt_width = attention_mask.shape[1] - action_mask.shape[1]
+        response_length = action_mask.sum(-1)  # [N]
+        total_length = attention_mask.sum(-1)  # [N]
+        prompt_length = attention_mask[:, :prompt_width].sum(-1)  # [N]
+        # Every row's bounds in one host read: reading them row by row would synchronise with the device per sample.
+        bounds = torch.stack([prompt_length, response_length], dim=1).tolist()  # [N, 2]
         items = []
-        for i in range(samples["sequences"].shape[0]):
+        for i, (prompt_len, num_actions) in enumerate(bounds):
+            tokens = slice(prompt_width - prompt_len, prompt_width + num_actions)
 
-            def row(t, i=i):
-                return None if t is None else t[i]
+            def actions(t, i=i, num_actions=num_actions):
+                return None if t is None else t[i, :num_actions]
 
             info = {
                 "reward": rewards_out.rewards[i],  # NaN for an excluded sample, never 0
@@ -272,14 +283,14 @@ class ExperienceMaker:
             }
             items.append(
                 BufferItem(
-                    sequences=row(samples["sequences"]),
-                    action_log_probs=row(scored["old_log_probs"]),
-                    base_action_log_probs=row(scored["base_log_probs"]),
-                    values=row(scored["values"]),
-                    returns=row(returns),
-                    advantages=row(advantages),
-                    attention_mask=row(samples["attention_mask"]),
-                    action_mask=row(samples["action_mask"]),
+                    sequences=samples["sequences"][i, tokens],
+                    action_log_probs=actions(scored["old_log_probs"]),
+                    base_action_log_probs=actions(scored["base_log_probs"]),
+                    values=actions(scored["values"]),
+                    returns=actions(returns),
+                    advantages=actions(advantages),
+                    attention_mask=attention_mask[i, tokens],
+                    action_mask=actions(action_mask),
                     info=info,
                     multimodal_inputs=samples["multimodal_inputs"][i],
                 )
@@ -289,12 +300,16 @@ class ExperienceMaker:
     def _metrics(self, samples: dict, rewards_out, kl_stats: dict) -> dict[str, float]:
         valid = rewards_out.valid
         rewards = rewards_out.rewards[valid]
-        lengths = samples["action_mask"].sum(-1).float()
+        lengths = samples["action_mask"].sum(-1).float()  # [N], on the device
+        # One host read for both length statistics (the rewards live on the host already).
+        mean_length, clipped = torch.stack(
+            [lengths.mean(), (lengths >= self.args.generate_max_len).float().mean()]
+        ).tolist()
         metrics = {
             "rollout/reward": rewards.mean().item() if rewards.numel() else float("nan"),
             "rollout/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "rollout/response_length": lengths.mean().item(),
-            "rollout/clipped_ratio": (lengths >= self.args.generate_max_len).float().mean().item(),
+            "rollout/response_length": mean_length,
+            "rollout/clipped_ratio": clipped,
             "rollout/num_samples": float(valid.numel()),
         }
         # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
