@@ -12,6 +12,7 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 
 from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import build_tiny_model, make_task_dataset
 from rft_trl.trainers.checkpointing import (
     COMPLETE_MARKER,
@@ -29,7 +30,7 @@ from rft_trl.trainers.checkpointing import (
 
 
 def length_reward(prompts, completions, **columns):
-    return [1.0 / (1.0 + len(c)) for c in completions]
+    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
 
 
 def make_trainer(output_dir, **overrides) -> PPOTrainerVL:

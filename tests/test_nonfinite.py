@@ -9,6 +9,7 @@ import torch
 from transformers import TrainerCallback
 
 from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import build_tiny_model, make_task_dataset
 from rft_trl.trainers.guards import (
     GuardedOptimizer,
@@ -21,7 +22,7 @@ from rft_trl.trainers.guards import (
 
 def length_reward(prompts, completions, **columns):
     """Dense reward (shorter is better), so that every group has spread and every step has a gradient."""
-    return [1.0 / (1.0 + len(c)) for c in completions]
+    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
 
 
 def make_trainer(tmp_path, **overrides) -> PPOTrainerVL:

@@ -250,7 +250,7 @@ class PPOTrainerVL(Trainer):
                 raise ValueError("Pass processing_class (the model's processor or tokenizer).")
             from transformers import AutoProcessor
 
-            processing_class = AutoProcessor.from_pretrained(model)
+            processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
         modality = infer_modality(processing_class)
         actor = self._build_actor(model, modality, args, peft_config, processing_class)
         critic = self._build_critic(critic, actor, args)
