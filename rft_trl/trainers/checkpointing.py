@@ -274,6 +274,9 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
     wait_for_everyone()
     try:
         yield staging
+        wait_for_everyone()
+        if is_writer:
+            commit_checkpoint(staging, final, step)
     except OSError as error:
         if is_writer:
             shutil.rmtree(staging, ignore_errors=True)
@@ -287,13 +290,6 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
         if is_writer:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    wait_for_everyone()
-    if is_writer:
-        try:
-            commit_checkpoint(staging, final, step)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     wait_for_everyone()
 
 
