@@ -9,10 +9,13 @@ import subprocess
 import sys
 import textwrap
 import traceback
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers.trainer_pt_utils import safe_globals
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The training script, run in separate processes. 3 prompts x 2 samples per rollout, 2 PPO epochs over it in
 # micro-batches of 2 with 2 accumulated: 3 optimizer steps per rollout, so step 3 ends a rollout. 9 prompts make 3
@@ -148,7 +151,7 @@ def test_resume_in_a_new_process_is_exact(tmp_path):
     run_forked(script, [(uninterrupted, 0), (interrupted, 3)])
     assert sorted(os.listdir(interrupted)) == ["checkpoint-3", "samples.jsonl"]
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, str(script), interrupted, "0", "resume"], env=env, capture_output=True, text=True, timeout=300
     )

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+
 SENTINELS = {
     "WANDB_API_KEY": "sentinel0wandb0key0000000000000000000000",
     "HF_TOKEN": "hf_sentinel0environment0token",
@@ -58,7 +60,7 @@ def test_no_secret_in_logs_outputs_checkpoints_or_wandb_files(tmp_path):
     output_dir, wandb_dir = run_dir / "out", run_dir / "wandb"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "WANDB_API_KEY": SENTINELS["WANDB_API_KEY"],
         "HF_TOKEN": SENTINELS["HF_TOKEN"],
         "EXPECTED_HUB_TOKEN": SENTINELS["HUB_TOKEN"],
