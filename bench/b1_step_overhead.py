@@ -58,8 +58,10 @@ class MinimalLoop:
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5, weight_decay=0.0)
         self.dataset = dataset_for(setup)
         self.tokenizer = self.processor.tokenizer if setup.task != "text" else self.processor
+        # A sampled media placeholder would break the next forward (the trainers suppress them too).
         config = self.model.config
-        self.suppress = [config.image_token_id] if setup.task == "colour" else []
+        placeholder = {"colour": "image_token_id", "pitch": "audio_token_index"}.get(setup.task)
+        self.suppress = [config.to_dict()[placeholder]] if placeholder else []
         self.generator = torch.Generator().manual_seed(setup.seed)
 
     def _encode(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -71,8 +73,13 @@ class MinimalLoop:
         if media == "image":
             encoded = self.processor(text=texts, images=[r["image"] for r in rows], return_tensors="pt", padding=True)
         elif media == "audio":
-            audio = [r["audio"]["array"] for r in rows]
-            encoded = self.processor(text=texts, audio=audio, sampling_rate=16000, return_tensors="pt", padding=True)
+            # Per prompt: a batched call would pad the features to the longest clip rather than to the extractor's
+            # window, and the audio-token count would no longer match. The task's prompts have equal lengths.
+            parts = [
+                self.processor(text=[t], audio=[r["audio"]["array"]], sampling_rate=16000, return_tensors="pt")
+                for t, r in zip(texts, rows)
+            ]
+            encoded = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
         else:
             encoded = self.processor(texts, return_tensors="pt", padding=True, padding_side="left")
         repeated = {}
@@ -119,8 +126,8 @@ class MinimalLoop:
         order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
         wall, cpu = [], []
         for step in range(self.setup.steps):
-            rows = [self.dataset[i] for i in order[step * self.setup.prompts : (step + 1) * self.setup.prompts]]
             start_wall, start_cpu = time.perf_counter(), time.process_time()
+            rows = [self.dataset[i] for i in order[step * self.setup.prompts : (step + 1) * self.setup.prompts]]
             self.step(rows)
             wall.append(time.perf_counter() - start_wall)
             cpu.append(time.process_time() - start_cpu)

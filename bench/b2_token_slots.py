@@ -80,15 +80,24 @@ def synthetic(
         rollout_padded += min(rollout_chunk, prompts * n - start) * width
     items = [_item(p, c) for p, c in zip(sample_prompt.tolist(), completion.tolist())]
     order = np.random.default_rng(seed + 1).permutation(len(items))
-    rows = []
+    rows, attention_rows = [], []
+    real_pairs = int(((sample_prompt + completion) ** 2).sum())
     for size in micro_batch_sizes:
         update = {}
+        pairs = {"padded": 0, "packed, block mask": 0}
         for packing in (False, True):
             slots = 0
             for start in range(0, len(items), size):
                 batch = make_experience_batch([items[i] for i in order[start : start + size]], packing_samples=packing)
-                slots += sum(s.numel() for s in batch.sequences) if packing else batch.sequences.numel()
+                if packing:
+                    packed = sum(s.numel() for s in batch.sequences)
+                    slots += packed
+                    pairs["packed, block mask"] += packed**2
+                else:
+                    slots += batch.sequences.numel()
+                    pairs["padded"] += batch.sequences.shape[0] * batch.sequences.shape[1] ** 2
             update[packing] = slots
+        attention_rows.append([size, pairs["padded"] / real_pairs, pairs["packed, block mask"] / real_pairs, 1.0])
         static = (prompt_max + completion_max) * len(items)
         # A step: two rollout passes (old log-probs, reference) and one update pass over the same samples.
         rows.append(
@@ -101,7 +110,7 @@ def synthetic(
                 static / real,
             ]
         )
-    return rows, prompt, completion
+    return rows, attention_rows, prompt, completion
 
 
 # ---------------------------------------------------------------------------------------------- real rollouts
@@ -178,7 +187,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     quiet()
     print(f"B2\n{load_note()}")
-    rows, prompt, completion = synthetic(args.micro_batch_sizes, args.rollout_chunk, args.seed)
+    rows, attention_rows, prompt, completion = synthetic(args.micro_batch_sizes, args.rollout_chunk, args.seed)
     print(
         f"\nSynthetic GRPO-shaped mix: 64 prompts x 8, prompt mean {prompt.mean():.0f} (sd {prompt.std():.0f}), "
         f"completion mean {completion.mean():.0f} / median {np.median(completion):.0f} / max {completion.max()}; "
@@ -195,6 +204,17 @@ def main(argv=None):
                 "static shapes",
             ],
             rows,
+        )
+    )
+    print(
+        "\nAttention score pairs of the update pass / real (sum of L_i^2): token slots count the projections and MLP; "
+        "attention work is quadratic. A pack attended through a block-diagonal mask (sdpa, eager) computes T^2 for "
+        "its T tokens; the varlen kernel of flash-attention computes each sample's own L_i^2."
+    )
+    print(
+        markdown_table(
+            ["micro_train_batch_size", "padded", "packed, block mask (sdpa/eager)", "packed, varlen (flash-attn)"],
+            attention_rows,
         )
     )
     if args.synthetic_only:
