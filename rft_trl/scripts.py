@@ -52,6 +52,8 @@ TINY_DEMO_DEFAULTS = {
     "lr_scheduler_type": "constant",
     # KL to the warmed-up policy keeps the answers well-formed while RL moves their content.
     "beta": 0.04,
+    # The tiny vision/audio towers are random: training them too separates the inputs sooner.
+    "freeze_encoder": False,
     "eval_strategy": "steps",
     "per_device_eval_batch_size": 64,
     "logging_steps": 10,
@@ -137,7 +139,7 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
             format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path
-        processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=model_args.trust_remote_code)
+        processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
 
     if training_args.reward_weights is None:
         # The format reward is logged but not trained on: the accuracy reward already requires a clean answer.

@@ -139,3 +139,13 @@ def test_cli_parses_trl_and_seed_names():
         0.28,
         "k2",
     )
+
+
+def test_pickled_config_carries_no_token():
+    import pickle
+
+    args = config(hub_token="hf_sentinel_123", push_to_hub=False)
+    restored = pickle.loads(pickle.dumps(args))
+    assert args.hub_token == "hf_sentinel_123"
+    assert restored.hub_token == "<REDACTED>"
+    assert b"hf_sentinel_123" not in pickle.dumps(args)

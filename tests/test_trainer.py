@@ -7,6 +7,7 @@ import torch
 
 from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.rewards import accuracy_reward
+from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import build_tiny_model, make_task_dataset
 
 # modality -> (tiny model kind, synthetic task)
@@ -21,7 +22,7 @@ ESTIMATORS = ["gae", "group_norm", "dr_grpo", "rloo", "reinforce++", "reinforce+
 
 def length_reward(prompts, completions, **columns):
     """A dense reward (shorter is better) so that every group has spread and gradients are non-zero."""
-    return [1.0 / (1.0 + len(c)) for c in completions]
+    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
 
 
 def make_args(tmp_path, **overrides):
@@ -140,3 +141,20 @@ def test_kl_reference_and_adapter_disabled_reference(tmp_path):
     assert logs[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-6)
     assert logs[1]["train/kl"] > 0
     assert logs[0]["train/kl_coef"] == pytest.approx(0.1)
+
+
+def test_conversational_prompts_get_conversational_completions(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    seen = []
+
+    def strict_trl_reward(prompts, completions, answer, **columns):
+        # TRL's own reward functions index the assistant message like this.
+        seen.extend(completions)
+        return [float(c[0]["content"].strip() == a) for c, a in zip(completions, answer)]
+
+    args = make_args(tmp_path, max_steps=1)
+    trainer = PPOTrainerVL(
+        model, [strict_trl_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+    )
+    trainer.train()
+    assert seen and all(c[0]["role"] == "assistant" and isinstance(c[0]["content"], str) for c in seen)

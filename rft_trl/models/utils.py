@@ -7,6 +7,7 @@ batches is decided here, once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping
@@ -294,6 +295,10 @@ def apply_lora(
             modules_to_save=modules_to_save,
             bias="none",
         )
+    elif isinstance(peft_config, LoraConfig) and peft_config.target_modules is None:
+        # PEFT knows no default targets for multimodal architectures (e.g. Qwen2-VL): use the language model's
+        # linear layers, as for `lora_rank`, instead of failing.
+        peft_config = dataclasses.replace(peft_config, target_modules=language_model_lora_targets(model))
     return get_peft_model(model, peft_config)
 
 

@@ -1,6 +1,8 @@
 """Trainers, configuration, experience and replay buffer (LightRFT's `lightrft.trainer`)."""
 
+from .checkpointing import CheckpointError, last_complete_checkpoint
 from .experience import Experience, ExperienceVL, map_tensors
+from .guards import NonFiniteGuard, NonFiniteTrainingError
 from .kl_controller import AdaptiveKLController, FixedKLController
 from .ppo_trainer_vl import PolicyAndValue, PPOTrainerVL, RolloutSampler
 from .replay_buffer import NaiveReplayBuffer, NaiveReplayBufferVL

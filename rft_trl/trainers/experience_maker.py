@@ -122,7 +122,12 @@ class ExperienceMaker:
         )
         prompts = [p for p in batch.prompts for _ in range(n)]
         columns = {name: [v for v in values for _ in range(n)] for name, values in batch.columns.items()}
-        return samples, completions, prompts, self.reward_scorer(prompts, completions, **columns)
+        # TRL's contract: conversational prompts get conversational completions, plain prompts plain strings.
+        scored = [
+            [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+            for prompt, text in zip(prompts, completions)
+        ]
+        return samples, completions, prompts, self.reward_scorer(prompts, scored, **columns)
 
     @torch.no_grad()
     def make_experience(self, rows: list[dict]) -> Rollout:

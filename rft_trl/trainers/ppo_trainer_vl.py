@@ -172,7 +172,9 @@ class _EMACallback(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._update_ema()
+        # A step skipped for a non-finite gradient left the weights as they were: nothing to average.
+        if not self.trainer._nonfinite_guard.skip_step:
+            self.trainer._update_ema()
 
 
 def actor_class(modality: str) -> type[Actor]:
@@ -349,6 +351,7 @@ class PPOTrainerVL(Trainer):
             bf16=args.bf16,
             peft_config=peft_config,
             packing_samples=args.packing_samples,
+            freeze_encoder=args.freeze_encoder,
             media_token_ids=media_ids,
         )
 
@@ -365,7 +368,10 @@ class PPOTrainerVL(Trainer):
             return None
         # GAE needs values: a critic initialised from the given path, or else from the actor's weights.
         return Critic(
-            critic if isinstance(critic, str) else actor, bf16=args.bf16, packing_samples=args.packing_samples
+            critic if isinstance(critic, str) else actor,
+            bf16=args.bf16,
+            packing_samples=args.packing_samples,
+            freeze_encoder=args.freeze_encoder,
         )
 
     def _build_reference(self, initial_model: nn.Module | None) -> Callable | None:
@@ -616,10 +622,10 @@ class PPOTrainerVL(Trainer):
             self._metrics[f"train/{name}"].append(float(value))
         self._metrics["train/critic_loss"].append(loss.item())
         returns, values = batch["returns"][mask], batch["values"][mask]
-        if returns.numel() > 1:
-            variance = returns.var()
-            explained = 1 - (returns - values).var() / variance if variance > 0 else torch.tensor(float("nan"))
-            self._metrics["train/explained_variance"].append(explained.item())
+        variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
+        # Undefined when every return is equal (a micro-batch of identical rewards): not logged then.
+        if variance > 0:
+            self._metrics["train/explained_variance"].append((1 - (returns - values).var() / variance).item())
         return loss
 
     def _update_ema(self) -> None:

@@ -135,7 +135,10 @@ class RFTConfig(TrainingArguments):
         aux_loss_coef (`float`, *optional*, defaults to `0.0`):
             Weight of the MoE router auxiliary loss when the model returns one.
         packing_samples (`bool`, *optional*, defaults to `False`):
-            Pack sequences without padding in the update forward passes.
+            Pack sequences without padding in every forward of a step (rollout scoring and update).
+        freeze_encoder (`bool`, *optional*, defaults to `True`):
+            In full fine-tuning, keep the vision/audio tower and its projector frozen and train the language model
+            only (LoRA adapts the language model only either way).
 
         > Rewards
 
@@ -241,6 +244,7 @@ class RFTConfig(TrainingArguments):
     ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the supervised ptx loss."})
     aux_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the MoE auxiliary loss."})
     packing_samples: bool = field(default=False, metadata={"help": "Pack sequences without padding."})
+    freeze_encoder: bool = field(default=True, metadata={"help": "Freeze the vision/audio tower (full fine-tuning)."})
 
     # Rewards
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward functions."})
@@ -373,6 +377,14 @@ class RFTConfig(TrainingArguments):
             raise ValueError("ptx_coef and aux_loss_coef must be >= 0.")
         if self.max_consecutive_nonfinite_steps < 1:
             raise ValueError("max_consecutive_nonfinite_steps must be >= 1.")
+
+    def __getstate__(self) -> dict:
+        # The Trainer pickles its arguments (training_args.bin, uploaded by push_to_hub): never with a token in them.
+        state = dict(self.__dict__)
+        for name in state:
+            if name.endswith("_token") and state[name] is not None:
+                state[name] = "<REDACTED>"
+        return state
 
     @property
     def micro_steps_per_rollout(self) -> int:
