@@ -39,7 +39,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from rft_trl import PPOTrainerVL, RFTConfig  # noqa: E402
 from rft_trl.models.utils import freeze_non_language_parameters  # noqa: E402
 from rft_trl.testing import build_tiny_model, make_task_dataset  # noqa: E402
-from rft_trl.testing.datasets import colour_square_image  # noqa: E402
+from rft_trl.testing.datasets import colour_square_image, make_pitch_dataset  # noqa: E402
 from rft_trl.testing.vocabulary import COLOURS  # noqa: E402
 
 # task -> tiny model kind
@@ -71,6 +71,7 @@ class Setup:
         beta (`float`): KL coefficient (ours only; TRL needs 0 with an in-memory model).
         max_epochs (`int`): PPO epochs per rollout (ours only; > 1 makes the update off-policy).
         images_per_prompt (`int`): colour task only: distinct images per prompt.
+        audio_seconds (`float`): pitch task only: clip length (the tiny model's window is 2 s).
         seed (`int`): model weights, data and sampling seed.
     """
 
@@ -85,6 +86,7 @@ class Setup:
     beta: float = 0.0
     max_epochs: int = 1
     images_per_prompt: int = 1
+    audio_seconds: float = 1.0
     seed: int = 0
 
     @property
@@ -106,10 +108,12 @@ def length_reward(prompts, completions, **columns) -> list[float]:
 
 
 def dataset_for(setup: Setup, rows: int | None = None) -> Dataset:
-    """The task's rows, enough for every step of a run (`images_per_prompt > 1`: several images per colour prompt)."""
+    """The task's rows, enough for every step of a run, with the image count and clip length of `setup`."""
     rows = rows or max(4 * setup.prompts * setup.steps, 16)
     if setup.images_per_prompt > 1:
         return multi_image_dataset(rows, setup.images_per_prompt, setup.seed)
+    if setup.task == "pitch" and setup.audio_seconds != 1.0:
+        return make_pitch_dataset(rows, seed=setup.seed, seconds=setup.audio_seconds)
     return make_task_dataset(setup.task, rows, seed=setup.seed)
 
 
