@@ -2,7 +2,7 @@
 Benchmark B1: CPU time per optimizer step of `PPOTrainerVL` (and of TRL's `GRPOTrainer`, the reference) over a
 minimal generate + forward + backward + AdamW loop doing the same work on identical token counts.
 
-    PYTHONPATH=. python bench/b1_step_overhead.py                  # ~1.5 min: tiny Qwen2.5-VL, 5 repetitions
+    PYTHONPATH=. python bench/b1_step_overhead.py                  # ~30 s: tiny Qwen2.5-VL, 7 repetitions
     PYTHONPATH=. python bench/b1_step_overhead.py --task pitch     # tiny Qwen2-Audio (no TRL: it has no audio path)
     PYTHONPATH=. python bench/b1_step_overhead.py --packing --micro-batches 2
 
@@ -137,7 +137,7 @@ class MinimalLoop:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="colour", choices=sorted(MEDIA_COLUMNS))
-    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--repetitions", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first is a warm-up)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--n", type=int, default=8)

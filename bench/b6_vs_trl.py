@@ -2,7 +2,7 @@
 Benchmark B6: step time of `PPOTrainerVL` / TRL's `GRPOTrainer` on the same tiny Qwen2.5-VL, data, seed and forced
 completion length, and equal loss and grad-norm when both are fed identical injected completions.
 
-    PYTHONPATH=. python bench/b6_vs_trl.py                       # ~2 min: 5 interleaved repetitions + equality
+    PYTHONPATH=. python bench/b6_vs_trl.py                       # ~30 s: 7 interleaved repetitions + equality
     PYTHONPATH=. python bench/b6_vs_trl.py --packing --repetitions 7 --completion-length 64
 
 Timing. Each repetition builds both trainers fresh (same seed, so the same weights and prompts) and trains each for
@@ -82,13 +82,18 @@ def equality(setup: Setup) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--repetitions", type=int, default=7)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is a warm-up)")
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=32)
     parser.add_argument("--packing", action="store_true", help="our packing_samples=True (TRL pads)")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's default)")
+    parser.add_argument(
+        "--micro-rollout-batch-size",
+        type=int,
+        help="ours: sequences per generate call (default: the whole rollout, as TRL generates its batch at once)",
+    )
     parser.add_argument("--skip-equality", action="store_true")
     args = parser.parse_args(argv)
     quiet()
@@ -101,8 +106,15 @@ def main(argv=None):
         gradient_checkpointing=args.gradient_checkpointing,
     )
     print(f"B6 {setup}\n{load_note()}")
+    ours_overrides = {}
+    if args.micro_rollout_batch_size:
+        ours_overrides["micro_rollout_batch_size"] = args.micro_rollout_batch_size
+
+    def build_ours_here(setup, **kwargs):
+        return build_ours(setup, **kwargs, **ours_overrides)
+
     results = interleaved(
-        {"ours": lambda: timed_run(build_ours, setup), "trl": lambda: timed_run(build_trl, setup)},
+        {"ours": lambda: timed_run(build_ours_here, setup), "trl": lambda: timed_run(build_trl, setup)},
         args.repetitions,
     )
     rows = []
