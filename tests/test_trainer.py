@@ -158,3 +158,18 @@ def test_conversational_prompts_get_conversational_completions(tmp_path):
     )
     trainer.train()
     assert seen and all(c[0]["role"] == "assistant" and isinstance(c[0]["content"], str) for c in seen)
+
+
+def test_gradient_checkpointing_trains_like_without(tmp_path):
+    losses = {}
+    for checkpointing in (False, True):
+        model, processor = build_tiny_model("qwen2_5_vl")
+        args = make_args(tmp_path, max_steps=1, gradient_checkpointing=checkpointing, learning_rate=0.0)
+        trainer = PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("colour", 4), processing_class=processor
+        )
+        trainer.train()
+        assert trainer.actor.hf_model.is_gradient_checkpointing == checkpointing
+        losses[checkpointing] = [e["train/policy_loss"] for e in trainer.state.log_history if "loss" in e]
+    # Same seed, same rollout, same loss: checkpointing changes memory, not numbers.
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)

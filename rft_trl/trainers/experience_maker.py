@@ -141,6 +141,8 @@ class ExperienceMaker:
         items = self._items(samples, scored, advantages, returns, rewards_out)
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats))
+        if scored["values"] is not None:
+            metrics.update(self._value_metrics(scored["values"], returns, samples["action_mask"], rewards_out.valid))
         return Rollout(items, metrics, completions, prompts, rewards_out.rewards, kl=kl_stats.get("kl"))
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
@@ -301,6 +303,20 @@ class ExperienceMaker:
                 )
             )
         return items
+
+    @staticmethod
+    def _value_metrics(
+        values: torch.Tensor, returns: torch.Tensor, action_mask: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, float]:
+        """How well the critic's rollout-time values predict the returns, over the whole rollout (as CleanRL does)."""
+        mask = action_mask & valid[:, None].to(action_mask.device)
+        returns, values = returns[mask], values[mask]
+        metrics = {"train/values": values.mean().item() if values.numel() else float("nan")}
+        variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
+        # Undefined when every return is equal (e.g. every sample scored 1): not logged then.
+        if variance > 0:
+            metrics["train/explained_variance"] = (1 - (returns - values).var() / variance).item()
+        return metrics
 
     def _metrics(self, samples: dict, rewards_out, kl_stats: dict) -> dict[str, float]:
         valid = rewards_out.valid

@@ -28,10 +28,11 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from huggingface_hub import ModelCard, ModelCardData
+from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback
+from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
@@ -126,6 +127,17 @@ class PolicyAndValue(nn.Module):
         self.actor.gradient_checkpointing_disable()
         if self.critic is not None:
             self.critic.gradient_checkpointing_disable()
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """What `Trainer` calls for `gradient_checkpointing=True` (transformers 5): checkpoint actor and critic."""
+        if every_n_layers != 1 or offload:
+            raise ValueError(
+                "PPOTrainerVL checkpoints every layer without offloading; drop every_n_layers/offload from "
+                "activation_checkpointing_kwargs."
+            )
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
 
     def forward(
         self,
@@ -250,8 +262,6 @@ class PPOTrainerVL(Trainer):
         if processing_class is None:
             if not isinstance(model, str):
                 raise ValueError("Pass processing_class (the model's processor or tokenizer).")
-            from transformers import AutoProcessor
-
             processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
         modality = infer_modality(processing_class)
         actor = self._build_actor(model, modality, args, peft_config, processing_class)
@@ -296,7 +306,7 @@ class PPOTrainerVL(Trainer):
         )
         self._step = 0
         self._nonfinite_guard = NonFiniteGuard(args.max_consecutive_nonfinite_steps)
-        self._peft = peft_config is not None or actor.model.__class__.__name__.startswith("Peft")
+        self._peft = isinstance(actor.model, PeftModel)
         self._reference = initial_model
         self._completions_table: list[dict] = []
 
@@ -621,11 +631,6 @@ class PPOTrainerVL(Trainer):
         for name, value in metrics.items():
             self._metrics[f"train/{name}"].append(float(value))
         self._metrics["train/critic_loss"].append(loss.item())
-        returns, values = batch["returns"][mask], batch["values"][mask]
-        variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
-        # Undefined when every return is equal (a micro-batch of identical rewards): not logged then.
-        if variance > 0:
-            self._metrics["train/explained_variance"].append((1 - (returns - values).var() / variance).item())
         return loss
 
     def _update_ema(self) -> None:

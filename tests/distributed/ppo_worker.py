@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from transformers import HfArgumentParser, TrainerCallback
 
 from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import build_tiny_qwen2_vl, make_colour_dataset
 from rft_trl.trainers.ppo_trainer_vl import RolloutSampler
 
@@ -153,7 +154,7 @@ def main() -> None:
         seen_ids.append(list(id))
         if worker.fault == "reward_error" and rank == worker.fault_rank:
             raise RuntimeError(f"{INJECTED_MESSAGE} {rank}")
-        return [1.0 / (1.0 + len(c)) for c in completions]
+        return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
 
     model, processor = build_tiny_qwen2_vl(seed=0)
     dataset = make_dataset(worker, args, state.num_processes)
