@@ -158,8 +158,17 @@ class SlotRecorder:
 
 
 def real_rollouts(task: str, packing: bool, estimator: str, steps: int) -> dict[str, tuple[int, int]]:
-    setup = Setup(task=task, prompts=4, n=4, completion_length=48, micro_batches=2, steps=steps, packing=packing,
-                  beta=0.05, max_epochs=2)
+    setup = Setup(
+        task=task,
+        prompts=4,
+        n=4,
+        completion_length=48,
+        micro_batches=2,
+        steps=steps,
+        packing=packing,
+        beta=0.05,
+        max_epochs=2,
+    )
     trainer = build_ours(setup, advantage_estimator=estimator, micro_rollout_batch_size=8)
     eos = trainer.collator.tokenizer.eos_token_id
     # Varied completion lengths: EOS gets a logit bonus (about 1 in 15 tokens), and no minimum length.

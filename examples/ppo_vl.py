@@ -38,7 +38,7 @@ if __name__ == "__main__":
         critic_learning_rate=3e-3,
         # lambda = 1: advantages are Monte-Carlo returns minus values, not a young critic's bootstrapped guesses.
         lambd=1.0,
-        max_steps=400,
+        max_steps=500,
         eval_steps=100,
         output_dir="outputs/ppo_vl",
     )

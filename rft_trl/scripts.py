@@ -51,7 +51,7 @@ TINY_DEMO_DEFAULTS = {
     "learning_rate": 1e-3,
     "lr_scheduler_type": "constant",
     # KL to the warmed-up policy keeps the answers well-formed while RL moves their content.
-    "beta": 0.04,
+    "beta": 0.1,
     # The tiny vision/audio towers are random: training them too separates the inputs sooner.
     "freeze_encoder": False,
     "eval_strategy": "steps",

@@ -92,10 +92,10 @@ def check_run_outputs(output_dir: Path, expected_files: set[str]) -> dict:
 @pytest.mark.parametrize(
     ("script", "dataset_name", "estimator", "max_steps"),
     [
-        ("grpo_vl.py", "colour", "group_norm", 400),
+        ("grpo_vl.py", "colour", "group_norm", 500),
         ("grpo_text.py", "text", "group_norm", 300),
         ("grpo_audio.py", "pitch", "group_norm", 120),
-        ("ppo_vl.py", "colour", "gae", 400),
+        ("ppo_vl.py", "colour", "gae", 500),
     ],
 )
 def test_no_argument_defaults_are_the_tiny_demo(monkeypatch, script, dataset_name, estimator, max_steps):

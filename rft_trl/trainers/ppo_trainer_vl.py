@@ -109,6 +109,26 @@ class RolloutSampler(Sampler[int]):
         return (self.num_rows // self.block_size) * self.block_size * self.repeats
 
 
+class PromptRows:
+    """
+    A batch of raw dataset rows, as the train and eval dataloaders yield them.
+
+    Deliberately not a list: Accelerate moves batches to the device by walking every list and dict inside them,
+    and an audio column holds thousands of Python floats per row. Rows are collated (and media processed) once per
+    rollout by the trainer instead.
+    """
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, key: str) -> bool:
+        # transformers.Trainer looks for "labels" in a batch to count loss tokens; rows have none.
+        return False
+
+
 class PolicyAndValue(nn.Module):
     """The actor and (optionally) the critic as one module, so one `accelerator.prepare` carries both."""
 
@@ -313,7 +333,7 @@ class PPOTrainerVL(Trainer):
         super().__init__(
             model=PolicyAndValue(actor, critic),
             args=args,
-            data_collator=lambda rows: rows,
+            data_collator=PromptRows,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -414,8 +434,9 @@ class PPOTrainerVL(Trainer):
         groups = []
         for prefix, lr in (("actor.", self.args.learning_rate), ("critic.", critic_lr)):
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and n.startswith(prefix)]
-            groups.append({"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay,
-                           "lr": lr})
+            groups.append(
+                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay, "lr": lr}
+            )
             groups.append({"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, "lr": lr})
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
         optimizer_kwargs.pop("lr", None)
@@ -450,9 +471,9 @@ class PPOTrainerVL(Trainer):
 
     # ------------------------------------------------------------------------------------------------ rollout
 
-    def _prepare_inputs(self, rows: list[dict]) -> Any:
+    def _prepare_inputs(self, rows: PromptRows) -> Any:
         if self._step % self.args.micro_steps_per_rollout == 0 or not self._micro_batches:
-            self._start_rollout(rows)
+            self._start_rollout(rows.rows)
         micro_batch = self._micro_batches[self._step % self.args.micro_steps_per_rollout]
         self._step += 1
         return micro_batch.to_device(self.accelerator.device)
@@ -595,22 +616,22 @@ class PPOTrainerVL(Trainer):
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
         )
         for name, value in metrics.items():
-            self._metrics[f"train/{name}"].append(float(value))
-        self._metrics["train/policy_loss"].append(loss.item())
+            self._metrics[f"train/{name}"].append(torch.as_tensor(value).detach())
+        self._metrics["train/policy_loss"].append(loss.detach())
         if batch["base_action_log_probs"] is not None:
             kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
             kl_mean = masked_mean(kl, mask)
-            self._metrics["train/kl"].append(kl_mean.item())
+            self._metrics["train/kl"].append(kl_mean.detach())
             if args.use_kl_loss:
                 loss = loss + self.kl_ctl.value * kl_mean
         if args.ptx_coef > 0:
             ptx = sft_loss(self.actor, self._next_ptx_batch())
-            self._metrics["train/ptx_loss"].append(ptx.item())
+            self._metrics["train/ptx_loss"].append(ptx.detach())
             loss = loss + args.ptx_coef * ptx
         if args.aux_loss_coef > 0 and out["output"].aux_loss is not None:
             loss = loss + args.aux_loss_coef * out["output"].aux_loss
         if "new_entropy" in batch:
-            self._metrics["train/entropy"].append(masked_mean(batch["new_entropy"], mask).item())
+            self._metrics["train/entropy"].append(masked_mean(batch["new_entropy"], mask).detach())
         return loss
 
     def _next_ptx_batch(self) -> dict[str, Any]:
@@ -629,8 +650,8 @@ class PPOTrainerVL(Trainer):
             batch["new_values"], batch["values"], batch["returns"], mask, value_clip=self.args.value_clip
         )
         for name, value in metrics.items():
-            self._metrics[f"train/{name}"].append(float(value))
-        self._metrics["train/critic_loss"].append(loss.item())
+            self._metrics[f"train/{name}"].append(torch.as_tensor(value).detach())
+        self._metrics["train/critic_loss"].append(loss.detach())
         return loss
 
     def _update_ema(self) -> None:
@@ -650,7 +671,12 @@ class PPOTrainerVL(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training-step log, not the eval or end-of-training summary
-            averaged = {name: sum(v) / len(v) for name, v in self._metrics.items() if v}
+            # Metrics stay tensors during the step; one read here instead of a host sync per micro-batch.
+            names = [name for name, values in self._metrics.items() if values]
+            means = [
+                torch.stack([v.float().to(self.accelerator.device) for v in self._metrics[n]]).mean() for n in names
+            ]
+            averaged = dict(zip(names, torch.stack(means).tolist())) if names else {}
             logs = {**logs, **averaged, **self._rollout_metrics}
             logs["train/kl_coef"] = self.kl_ctl.value
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
@@ -684,7 +710,8 @@ class PPOTrainerVL(Trainer):
         self.model.eval()
         greedy = {**self.args.sampling_kwargs(), "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         rewards, valid, lengths, components = [], [], [], defaultdict(list)
-        for rows in dataloader:
+        for batch in dataloader:
+            rows = batch.rows
             samples, _, _, out = self.experience_maker.generate_and_score(rows, 1, greedy)
             rewards.append(out.rewards)
             valid.append(out.valid)

@@ -180,6 +180,10 @@ class RFTConfig(TrainingArguments):
         default=False, metadata={"help": "Must stay False: reward functions receive the dataset's extra columns."}
     )
     learning_rate: float = field(default=1e-6, metadata={"help": "Actor learning rate."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Off: non-finite steps are skipped by the trainer's guard, and the filter syncs per batch."},
+    )
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     # Rollout
