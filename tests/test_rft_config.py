@@ -149,3 +149,11 @@ def test_pickled_config_carries_no_token():
     assert args.hub_token == "hf_sentinel_123"
     assert restored.hub_token == "<REDACTED>"
     assert b"hf_sentinel_123" not in pickle.dumps(args)
+
+
+def test_trl_steps_per_generation_sizes_the_rollout():
+    # TRL: 4 completions per micro-batch x 4 steps per generation = 16 completions = 2 prompts x 8.
+    args = config(per_device_train_batch_size=4, steps_per_generation=4, num_generations=8)
+    assert args.rollout_batch_size == 2 and args.micro_steps_per_rollout == 4
+    with pytest.raises(ValueError, match="rollout_batch_size and steps_per_generation both size the rollout"):
+        config(per_device_train_batch_size=4, steps_per_generation=4, rollout_batch_size=2)

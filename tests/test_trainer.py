@@ -173,3 +173,30 @@ def test_gradient_checkpointing_trains_like_without(tmp_path):
         losses[checkpointing] = [e["train/policy_loss"] for e in trainer.state.log_history if "loss" in e]
     # Same seed, same rollout, same loss: checkpointing changes memory, not numbers.
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
+def test_mask_truncated_completions_leaves_cut_off_answers_out_of_the_loss(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    # min_new_tokens = max_new_tokens: every completion is cut at the limit without an EOS.
+    args = make_args(tmp_path, mask_truncated_completions=True, generation_kwargs={"min_new_tokens": 4})
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+    )
+    rollout = trainer.experience_maker.make_experience([trainer.train_dataset[i] for i in range(2)])
+    assert all(int(item.info["valid"]) == 0 for item in rollout.items)
+    # The rewards themselves are real (not failures): only the loss leaves these samples out.
+    assert rollout.metrics["rollout/reward_failures"] == 0.0
+    args.mask_truncated_completions = False
+    rollout = trainer.experience_maker.make_experience([trainer.train_dataset[i] for i in range(2)])
+    assert all(int(item.info["valid"]) == 1 for item in rollout.items)
+
+
+def test_shuffle_dataset_false_keeps_the_dataset_order(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    args = make_args(tmp_path, shuffle_dataset=False)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+    )
+    sampler = trainer._get_train_sampler()
+    # 2 prompts per rollout, repeated once per micro-batch (2 * 2 samples * 1 epoch / 2 per micro-batch = 2).
+    assert list(sampler)[:8] == [0, 1, 0, 1, 2, 3, 2, 3]

@@ -138,7 +138,10 @@ class ExperienceMaker:
         metrics = {name: float(count) for name, count in self.collator.pop_skip_counts().items()}
         scored = self._score(samples)
         advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
-        items = self._items(samples, scored, advantages, returns, rewards_out)
+        trained = rewards_out.valid.to(samples["action_mask"].device)
+        if self.args.mask_truncated_completions:
+            trained = trained & ~self._truncated(samples)
+        items = self._items(samples, scored, advantages, returns, rewards_out, trained)
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats))
         if scored["values"] is not None:
@@ -259,8 +262,22 @@ class ExperienceMaker:
         )
         return advantages, returns, stats
 
+    def _truncated(self, samples: dict) -> torch.Tensor:
+        """`[N]` bool: completions that reached `generate_max_len` without an EOS (cut off, not finished)."""
+        action_mask, completion = samples["action_mask"], samples["completion_ids"]
+        lengths = action_mask.sum(-1)  # [N]
+        last = completion.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)  # [N]
+        eos = torch.as_tensor(self.eos_token_id, device=last.device).flatten()
+        return (lengths >= self.args.generate_max_len) & ~torch.isin(last, eos)
+
     def _items(
-        self, samples: dict, scored: dict, advantages: torch.Tensor, returns: torch.Tensor, rewards_out
+        self,
+        samples: dict,
+        scored: dict,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+        rewards_out,
+        trained: torch.Tensor,
     ) -> list[BufferItem]:
         """
         One unpadded item per row. Row i is `[left pad | prompt | actions | right pad]`, its actions a prefix of its
@@ -283,8 +300,9 @@ class ExperienceMaker:
 
             info = {
                 "reward": rewards_out.rewards[i],  # NaN for an excluded sample, never 0
-                # An excluded sample (failed reward) keeps its tokens; the loss masks it out by this flag.
-                "valid": rewards_out.valid[i].float(),
+                # An excluded sample (failed reward, or truncated with mask_truncated_completions) keeps its tokens;
+                # the loss masks it out by this flag.
+                "valid": trained[i].float(),
                 "response_length": response_length[i].float(),
                 "total_length": total_length[i].float(),
             }

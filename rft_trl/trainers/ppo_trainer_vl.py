@@ -285,6 +285,14 @@ class PPOTrainerVL(Trainer):
             processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
         modality = infer_modality(processing_class)
         actor = self._build_actor(model, modality, args, peft_config, processing_class)
+        if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
+            # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
+            # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
+            logger.warning(
+                "packing_samples=True without flash_attention_2: no padding is computed, but attention runs over "
+                "the whole packed row, which is usually slower than padding on %s.",
+                actor.hf_model.config._attn_implementation,
+            )
         critic = self._build_critic(critic, actor, args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         funcs = [f for f in funcs if f is not None]
@@ -451,7 +459,7 @@ class PPOTrainerVL(Trainer):
             len(dataset),
             block_size=self.args.rollout_batch_size * self.accelerator.num_processes,
             repeats=self.args.micro_steps_per_rollout,
-            shuffle=True,
+            shuffle=self.args.shuffle_dataset,
             seed=self.args.seed,
         )
 

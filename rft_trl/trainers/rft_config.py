@@ -68,6 +68,14 @@ class RFTConfig(TrainingArguments):
         rollout_batch_size (`int`, *optional*):
             Prompts per rollout per process. Defaults to `per_device_train_batch_size * gradient_accumulation_steps //
             n_samples_per_prompt`, TRL's generation batch.
+        steps_per_generation (`int`, *optional*):
+            TRL's way to size the rollout: `per_device_train_batch_size * steps_per_generation` completions, i.e.
+            `rollout_batch_size = per_device_train_batch_size * steps_per_generation // n_samples_per_prompt`.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`):
+            Draw the prompts in a seeded random order (reshuffled each epoch); `False` keeps the dataset's order.
+        mask_truncated_completions (`bool`, *optional*, defaults to `False`):
+            Exclude completions that hit `generate_max_len` without an EOS from the loss (as TRL), so a cut-off
+            answer is neither rewarded nor punished.
         micro_rollout_batch_size (`int`, *optional*, defaults to `8`):
             Sequences generated (and scored by the reference and critic) per forward.
         micro_train_batch_size (`int`, *optional*):
@@ -190,6 +198,13 @@ class RFTConfig(TrainingArguments):
     n_samples_per_prompt: int | None = field(default=None, metadata={"help": "Completions per prompt (default 8)."})
     num_generations: int | None = field(default=None, metadata={"help": "TRL alias of n_samples_per_prompt."})
     rollout_batch_size: int | None = field(default=None, metadata={"help": "Prompts per rollout per process."})
+    steps_per_generation: int | None = field(
+        default=None, metadata={"help": "TRL: micro-batches per generation; sizes the rollout like rollout_batch_size."}
+    )
+    shuffle_dataset: bool = field(default=True, metadata={"help": "Draw prompts in a seeded random order."})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Leave completions cut at generate_max_len out of the loss."}
+    )
     micro_rollout_batch_size: int = field(default=8, metadata={"help": "Sequences generated per forward."})
     micro_train_batch_size: int | None = field(
         default=None, metadata={"help": "Sequences per training micro-batch (= per_device_train_batch_size)."}
@@ -326,14 +341,22 @@ class RFTConfig(TrainingArguments):
 
     def _resolve_rollout_size(self) -> None:
         if self.rollout_batch_size is None:
-            completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            # TRL: a generation batch is per_device_train_batch_size * steps_per_generation completions, with
+            # steps_per_generation defaulting to gradient_accumulation_steps.
+            steps = self.steps_per_generation or self.gradient_accumulation_steps
+            completions = self.per_device_train_batch_size * steps
             if completions % self.n_samples_per_prompt:
                 raise ValueError(
-                    f"per_device_train_batch_size * gradient_accumulation_steps = {completions} completions is not a "
+                    f"per_device_train_batch_size * steps_per_generation = {completions} completions is not a "
                     f"multiple of n_samples_per_prompt={self.n_samples_per_prompt}; set rollout_batch_size (prompts "
                     f"per rollout) or make the product a multiple."
                 )
             self.rollout_batch_size = completions // self.n_samples_per_prompt
+        elif self.steps_per_generation is not None:
+            raise ValueError(
+                "rollout_batch_size and steps_per_generation both size the rollout; set only one (rollout_batch_size "
+                "= per_device_train_batch_size * steps_per_generation / n_samples_per_prompt)."
+            )
         per_rollout = self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs
         per_step = self.micro_train_batch_size * self.gradient_accumulation_steps
         if per_rollout % per_step:
