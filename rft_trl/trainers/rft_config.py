@@ -199,7 +199,7 @@ class RFTConfig(TrainingArguments):
     num_generations: int | None = field(default=None, metadata={"help": "TRL alias of n_samples_per_prompt."})
     rollout_batch_size: int | None = field(default=None, metadata={"help": "Prompts per rollout per process."})
     steps_per_generation: int | None = field(
-        default=None, metadata={"help": "TRL: micro-batches per generation; sizes the rollout like rollout_batch_size."}
+        default=None, metadata={"help": "TRL: micro-batches per generation; sizes the rollout instead."}
     )
     shuffle_dataset: bool = field(default=True, metadata={"help": "Draw prompts in a seeded random order."})
     mask_truncated_completions: bool = field(
