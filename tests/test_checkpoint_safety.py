@@ -11,9 +11,8 @@ import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-from rft_trl import PPOTrainerVL, RFTConfig
-from rft_trl.rewards.functions import completion_text
-from rft_trl.testing import build_tiny_model, make_task_dataset
+from rft_trl import PPOTrainerVL
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 from rft_trl.trainers.checkpointing import (
     COMPLETE_MARKER,
     KILL_AT_SAVE_ENV,
@@ -29,32 +28,14 @@ from rft_trl.trainers.checkpointing import (
 )
 
 
-def length_reward(prompts, completions, **columns):
-    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
-
-
 def make_trainer(output_dir, **overrides) -> PPOTrainerVL:
     # One optimizer step per rollout (2 prompts x 2 samples, micro-batches of 2, 2 accumulated), a checkpoint every
     # step and only the newest kept: every save rotates.
-    defaults = dict(
-        output_dir=str(output_dir),
-        n_samples_per_prompt=2,
-        rollout_batch_size=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=7,
-        generate_max_len=4,
-        learning_rate=1e-2,
-        use_cpu=True,
-        save_strategy="steps",
-        save_steps=1,
-        save_total_limit=1,
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
     model, tokenizer = build_tiny_model("qwen2")
-    args = RFTConfig(**{**defaults, **overrides})
+    args = tiny_config(
+        str(output_dir),
+        **{"max_steps": 7, "save_strategy": "steps", "save_steps": 1, "save_total_limit": 1, **overrides},
+    )
     return PPOTrainerVL(
         model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
     )

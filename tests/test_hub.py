@@ -12,8 +12,8 @@ from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.utils import filter_repo_objects
 from peft import LoraConfig, PeftModel
 
-from rft_trl import ActorVL, PPOTrainerVL, RFTConfig
-from rft_trl.testing import build_tiny_qwen2_vl, make_colour_dataset
+from rft_trl import ActorVL, PPOTrainerVL
+from rft_trl.testing import build_tiny_qwen2_vl, make_colour_dataset, tiny_config
 
 TOKEN = "hf_test_token_that_must_not_leak"
 
@@ -25,25 +25,10 @@ def dense_reward(prompts, completions, **columns):
 
 def make_trainer(tmp_path, **overrides) -> PPOTrainerVL:
     model, processor = build_tiny_qwen2_vl(seed=0)
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        n_samples_per_prompt=2,
-        rollout_batch_size=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=2,
-        generate_max_len=6,
-        learning_rate=5e-2,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
     return PPOTrainerVL(
         model,
         [dense_reward],
-        RFTConfig(**{**defaults, **overrides}),
+        tiny_config(str(tmp_path / "out"), **{"generate_max_len": 6, "learning_rate": 5e-2, **overrides}),
         train_dataset=make_colour_dataset(8, seed=0),
         processing_class=processor,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),

@@ -8,9 +8,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from rft_trl import PPOTrainerVL, RFTConfig
-from rft_trl.rewards.functions import completion_text
-from rft_trl.testing import build_tiny_model, make_task_dataset
+from rft_trl import PPOTrainerVL
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 from rft_trl.trainers.guards import (
     GuardedOptimizer,
     GuardedScheduler,
@@ -20,32 +19,11 @@ from rft_trl.trainers.guards import (
 )
 
 
-def length_reward(prompts, completions, **columns):
-    """Dense reward (shorter is better), so that every group has spread and every step has a gradient."""
-    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
-
-
 def make_trainer(tmp_path, **overrides) -> PPOTrainerVL:
     # 2 prompts x 2 samples = 4 sequences per rollout, micro-batches of 2, 2 accumulated: one optimizer step per
     # rollout. A linear decay over 4 steps makes every scheduler step change the learning rate.
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        n_samples_per_prompt=2,
-        rollout_batch_size=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=4,
-        generate_max_len=4,
-        learning_rate=1e-2,
-        lr_scheduler_type="linear",
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
     model, tokenizer = build_tiny_model("qwen2")
-    args = RFTConfig(**{**defaults, **overrides})
+    args = tiny_config(str(tmp_path / "out"), **{"max_steps": 4, "lr_scheduler_type": "linear", **overrides})
     return PPOTrainerVL(
         model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
     )

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl import PPOTrainerVL
 from rft_trl.rewards import accuracy_reward
-from rft_trl.rewards.functions import completion_text
-from rft_trl.testing import build_tiny_model, make_task_dataset
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 
 # modality -> (tiny model kind, synthetic task)
 MODALITIES = {
@@ -20,28 +19,8 @@ MODALITIES = {
 ESTIMATORS = ["gae", "group_norm", "dr_grpo", "rloo", "reinforce++", "reinforce++-baseline"]
 
 
-def length_reward(prompts, completions, **columns):
-    """A dense reward (shorter is better) so that every group has spread and gradients are non-zero."""
-    return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
-
-
 def make_args(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        n_samples_per_prompt=2,
-        rollout_batch_size=2,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=2,
-        generate_max_len=4,
-        learning_rate=1e-2,
-        use_cpu=True,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=0,
-    )
-    return RFTConfig(**{**defaults, **overrides})
+    return tiny_config(str(tmp_path / "out"), **overrides)
 
 
 def trainable_snapshot(module):
