@@ -105,7 +105,7 @@ def test_no_argument_defaults_are_the_tiny_demo(monkeypatch, script, dataset_nam
     assert (training_args.advantage_estimator, training_args.max_steps) == (estimator, max_steps)
     # The shared tiny-demo settings, resolved through their TRL aliases: 16 prompts x 8 samples per rollout.
     assert (training_args.n_samples_per_prompt, training_args.rollout_batch_size) == (8, 16)
-    assert (training_args.learning_rate, training_args.init_kl_coef, training_args.generate_max_len) == (1e-3, 0.04, 8)
+    assert (training_args.learning_rate, training_args.init_kl_coef, training_args.generate_max_len) == (1e-3, 0.1, 8)
     assert training_args.output_dir == f"outputs/{script.removesuffix('.py')}"
 
 
