@@ -27,7 +27,7 @@ if __name__ == "__main__":
     parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
     # A --config YAML overrides these defaults, and the command line overrides both.
     parser.set_defaults(
-        **TINY_DEMO_DEFAULTS, dataset_name="colour", max_steps=500, eval_steps=100, output_dir="outputs/grpo_vl"
+        **TINY_DEMO_DEFAULTS, dataset_name="colour", max_steps=1000, eval_steps=250, output_dir="outputs/grpo_vl"
     )
     script_args, training_args, model_args = parser.parse_args_and_config()
     main(script_args, training_args, model_args)

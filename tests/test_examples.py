@@ -92,7 +92,7 @@ def check_run_outputs(output_dir: Path, expected_files: set[str]) -> dict:
 @pytest.mark.parametrize(
     ("script", "dataset_name", "estimator", "max_steps"),
     [
-        ("grpo_vl.py", "colour", "group_norm", 500),
+        ("grpo_vl.py", "colour", "group_norm", 1000),
         ("grpo_text.py", "text", "group_norm", 300),
         ("grpo_audio.py", "pitch", "group_norm", 120),
         ("ppo_vl.py", "colour", "gae", 500),
