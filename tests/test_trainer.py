@@ -179,3 +179,41 @@ def test_shuffle_dataset_false_keeps_the_dataset_order(tmp_path):
     sampler = trainer._get_train_sampler()
     # 2 prompts per rollout, repeated once per micro-batch (2 * 2 samples * 1 epoch / 2 per micro-batch = 2).
     assert list(sampler)[:8] == [0, 1, 0, 1, 2, 3, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"high_entropy_token_ratio": 0.5},
+        {"importance_sampling_level": "sequence"},
+        {"use_cpg_loss": True},
+        {"dual_clip": 3.0, "eps_clip_high": 0.28},
+        {"loss_type": "dr_grpo"},
+        {"enable_ema": True},
+        {"kl_target": 0.01, "beta": 0.1, "kl_horizon": 10},
+    ],
+)
+def test_loss_options_train(tmp_path, overrides):
+    model, tokenizer = build_tiny_model("qwen2")
+    trainer = PPOTrainerVL(
+        model,
+        [length_reward],
+        make_args(tmp_path, **overrides),
+        train_dataset=make_task_dataset("text", 8),
+        processing_class=tokenizer,
+    )
+    before = trainable_snapshot(trainer.model)
+    trainer.train()
+    assert any(not torch.equal(v, trainable_snapshot(trainer.model)[k]) for k, v in before.items())
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(math.isfinite(entry["train/policy_loss"]) for entry in logs)
+    if "high_entropy_token_ratio" in overrides:
+        assert all(math.isfinite(entry["train/entropy"]) for entry in logs)
+    if overrides.get("enable_ema"):
+        # The EMA moved towards the trained weights and holds every trainable parameter.
+        assert set(trainer._ema_state) == {n for n, p in trainer.actor.named_parameters() if p.requires_grad}
+    if "kl_target" in overrides:
+        # Step 1's rollout has KL 0 (policy == reference), so the error clips to -0.2 and the adaptive controller
+        # scales 0.1 by 1 - 0.2 * 4 samples / horizon 10 = 0.92.
+        assert logs[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-7)
+        assert logs[0]["train/kl_coef"] == pytest.approx(0.092)

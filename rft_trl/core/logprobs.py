@@ -89,91 +89,32 @@ def _chunk_forward_(
     return lse, log_probs, entropy
 
 
-class _LogProbsFromLogits(torch.autograd.Function):
-    """log p(label) = z[label] - logsumexp(z) with z = logits / temperature, per token of a ``[R, T, V]`` tensor."""
+class _LogSoftmaxStats(torch.autograd.Function):
+    """
+    Per token of a ``[R, T, V]`` tensor, with ``z = logits / temperature``: ``log p(label) = z[label] - logsumexp(z)``
+    (when ``labels`` is given) and ``H = logsumexp(z) - sum softmax(z) * z`` (when ``with_entropy``). An output not
+    asked for is returned as NaN and takes no part in backward. Both share one pass over the logits and one
+    ``[R, T, V]`` gradient.
+    """
 
     @staticmethod
-    def forward(ctx, logits, labels, temperature, chunk_size):
+    def forward(ctx, logits, labels, with_entropy, temperature, chunk_size):
         dtype = _compute_dtype(logits.dtype)
         num_rows, seq_len, _ = logits.shape
-        out = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
-        lse = torch.empty_like(out)  # [R, T]
+        lse = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
+        log_probs = torch.full_like(lse, float("nan"))  # [R, T]
+        entropy = torch.full_like(lse, float("nan"))  # [R, T]
         for rs, ts in _blocks(num_rows, seq_len, chunk_size):
             z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
-            lse[rs, ts], out[rs, ts], _ = _chunk_forward_(z, labels[rs, ts], with_entropy=False)
+            chunk_labels = None if labels is None else labels[rs, ts]
+            lse[rs, ts], chunk_log_probs, chunk_entropy = _chunk_forward_(z, chunk_labels, with_entropy)
+            if chunk_log_probs is not None:
+                log_probs[rs, ts] = chunk_log_probs
+            if chunk_entropy is not None:
+                entropy[rs, ts] = chunk_entropy
             # Dropping the chunk before the next one is built halves the peak (a loop variable outlives its turn).
             del z
-        ctx.save_for_backward(logits, labels, lse)
-        ctx.temperature = temperature
-        ctx.chunk_size = chunk_size
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        logits, labels, lse = ctx.saved_tensors
-        temperature = ctx.temperature
-        dtype = lse.dtype
-        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
-        num_rows, seq_len, _ = logits.shape
-        for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
-            # The softmax is rebuilt from the saved log-sum-exp; dividing by the temperature is the chain rule.
-            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
-            grad_logits[rs, ts] = _grad_z_(z, lse[rs, ts], None, labels[rs, ts], grad_out[rs, ts].to(dtype), None)
-            grad_logits[rs, ts] /= temperature
-            del z
-        return grad_logits, None, None, None
-
-
-class _EntropyFromLogits(torch.autograd.Function):
-    """H = logsumexp(z) - sum softmax(z) * z with z = logits / temperature, per token of a ``[R, T, V]`` tensor."""
-
-    @staticmethod
-    def forward(ctx, logits, temperature, chunk_size):
-        dtype = _compute_dtype(logits.dtype)
-        num_rows, seq_len, _ = logits.shape
-        entropy = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
-        lse = torch.empty_like(entropy)  # [R, T]
-        for rs, ts in _blocks(num_rows, seq_len, chunk_size):
-            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
-            lse[rs, ts], _, entropy[rs, ts] = _chunk_forward_(z, None, with_entropy=True)
-            del z
-        ctx.save_for_backward(logits, lse, entropy)
-        ctx.temperature = temperature
-        ctx.chunk_size = chunk_size
-        return entropy
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        logits, lse, entropy = ctx.saved_tensors
-        temperature = ctx.temperature
-        dtype = lse.dtype
-        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
-        num_rows, seq_len, _ = logits.shape
-        for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
-            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
-            grad_logits[rs, ts] = _grad_z_(z, lse[rs, ts], entropy[rs, ts], None, None, grad_out[rs, ts].to(dtype))
-            grad_logits[rs, ts] /= temperature
-            del z
-        return grad_logits, None, None
-
-
-class _LogProbsAndEntropyFromLogits(torch.autograd.Function):
-    """Both of the above in one pass, with one ``[R, T, V]`` gradient for the two outputs."""
-
-    @staticmethod
-    def forward(ctx, logits, labels, temperature, chunk_size):
-        dtype = _compute_dtype(logits.dtype)
-        num_rows, seq_len, _ = logits.shape
-        log_probs = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
-        entropy = torch.empty_like(log_probs)  # [R, T]
-        lse = torch.empty_like(log_probs)  # [R, T]
-        for rs, ts in _blocks(num_rows, seq_len, chunk_size):
-            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
-            lse[rs, ts], log_probs[rs, ts], entropy[rs, ts] = _chunk_forward_(z, labels[rs, ts], with_entropy=True)
-            del z
-        ctx.save_for_backward(logits, labels, lse, entropy)
+        ctx.save_for_backward(logits, labels, lse, entropy if with_entropy else None)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
@@ -183,25 +124,30 @@ class _LogProbsAndEntropyFromLogits(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_probs, grad_entropy):
         logits, labels, lse, entropy = ctx.saved_tensors
+        if labels is None:
+            grad_log_probs = None
+        if entropy is None:
+            grad_entropy = None
         if grad_log_probs is None and grad_entropy is None:
-            return None, None, None, None
+            return None, None, None, None, None
         temperature = ctx.temperature
         dtype = lse.dtype
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
         num_rows, seq_len, _ = logits.shape
         for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
+            # The softmax is rebuilt from the saved log-sum-exp; dividing by the temperature is the chain rule.
             z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
             grad_logits[rs, ts] = _grad_z_(
                 z,
                 lse[rs, ts],
-                entropy[rs, ts],
-                labels[rs, ts],
+                None if entropy is None else entropy[rs, ts],
+                None if labels is None else labels[rs, ts],
                 None if grad_log_probs is None else grad_log_probs[rs, ts].to(dtype),
                 None if grad_entropy is None else grad_entropy[rs, ts].to(dtype),
             )
             grad_logits[rs, ts] /= temperature
             del z
-        return grad_logits, None, None, None
+        return grad_logits, None, None, None, None
 
 
 def log_probs_from_logits(
@@ -232,7 +178,8 @@ def log_probs_from_logits(
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits, labels)
     labels3 = labels.reshape(logits3.shape[:-1])
-    return _LogProbsFromLogits.apply(logits3, labels3, float(temperature), chunk_size).reshape(labels.shape)
+    log_probs, _ = _LogSoftmaxStats.apply(logits3, labels3, False, float(temperature), chunk_size)
+    return log_probs.reshape(labels.shape)
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
@@ -257,7 +204,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_si
     _check_temperature(temperature)
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits)
-    return _EntropyFromLogits.apply(logits3, float(temperature), chunk_size).reshape(logits.shape[:-1])
+    _, entropy = _LogSoftmaxStats.apply(logits3, None, True, float(temperature), chunk_size)
+    return entropy.reshape(logits.shape[:-1])
 
 
 def log_probs_and_entropy_from_logits(
@@ -288,7 +236,7 @@ def log_probs_and_entropy_from_logits(
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits, labels)
     labels3 = labels.reshape(logits3.shape[:-1])
-    log_probs, entropy = _LogProbsAndEntropyFromLogits.apply(logits3, labels3, float(temperature), chunk_size)
+    log_probs, entropy = _LogSoftmaxStats.apply(logits3, labels3, True, float(temperature), chunk_size)
     return log_probs.reshape(labels.shape), entropy.reshape(labels.shape)
 
 

@@ -17,7 +17,7 @@ from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..core.logprobs import entropy_from_logits, log_probs_from_logits
+from ..core.logprobs import log_probs_and_entropy_from_logits, log_probs_from_logits
 from ..data.multimodal import MULTIMODAL_FIELDS
 from .packing import select_action_positions
 from .utils import (
@@ -308,10 +308,11 @@ class Actor(nn.Module):
         )
         output = self.model(**model_inputs)
         logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
-        log_probs = log_probs_from_logits(logits, labels, temperature=temperature)
-        results = [log_probs]
         if return_entropy:
-            results.append(entropy_from_logits(logits, temperature=temperature))
+            # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
+            results = list(log_probs_and_entropy_from_logits(logits, labels, temperature=temperature))
+        else:
+            results = [log_probs_from_logits(logits, labels, temperature=temperature)]
         if return_output:
             results.append(output)
         return results[0] if len(results) == 1 else tuple(results)
