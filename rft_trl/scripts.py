@@ -16,7 +16,7 @@ from datasets import Dataset, load_dataset
 from transformers import AutoProcessor
 from trl import ModelConfig, get_peft_config
 
-from .data.collator import PromptCollator, infer_modality
+from .data.collator import PromptCollator
 from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward
 from .testing import build_tiny_model, make_task_dataset
@@ -77,6 +77,9 @@ class ScriptArguments:
             Rows generated for a synthetic task.
         tiny_model_seed (`int`, *optional*, defaults to `0`):
             Seed of the built-in tiny model used when `--model_name_or_path` is not given.
+        tiny_model_kind (`str`, *optional*):
+            The built-in tiny family to use instead of the task's own (any kind of `rft_trl.testing`, e.g.
+            `qwen3_vl` for the colour task); its processor must take the task's media.
         format_warmup_steps (`int`, *optional*, defaults to `40`):
             Supervised steps on the answer format (random answers) before RL; 0 skips it. A random tiny model
             never emits an answer otherwise, and a real instruct model does not need it. (Not `warmup_steps`: that
@@ -93,6 +96,7 @@ class ScriptArguments:
     num_train_samples: int = field(default=256, metadata={"help": "Rows of a synthetic train set."})
     num_eval_samples: int = field(default=32, metadata={"help": "Rows of a synthetic eval set."})
     tiny_model_seed: int = field(default=0, metadata={"help": "Seed of the built-in tiny model."})
+    tiny_model_kind: str | None = field(default=None, metadata={"help": "Built-in tiny family (default: the task's)."})
     format_warmup_steps: int = field(default=40, metadata={"help": "Format warm-up steps before RL (0: none)."})
     format_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the format warm-up."})
     reward_plot: bool = field(default=True, metadata={"help": "Write reward_curve.png."})
@@ -115,8 +119,8 @@ def format_warmup(
     """Teach the answer format with a random answer per row, so RL starts at chance reward, not at zero."""
     rng = random.Random(seed)
     rows = [dict(row, completion=rng.choice(answers)) for row in train_dataset]
-    actor = actor_class(infer_modality(processing_class))(model, freeze_encoder=False)
     collator = PromptCollator(processing_class)
+    actor = actor_class(collator.media_kinds)(model, freeze_encoder=False)
     return supervised_warmup(
         actor,
         collator,
@@ -134,7 +138,9 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         if script_args.dataset_name not in TASKS:
             raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
         kind, answers = TASKS[script_args.dataset_name]
-        model, processing_class = build_tiny_model(kind, seed=script_args.tiny_model_seed)
+        model, processing_class = build_tiny_model(
+            script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed
+        )
         if script_args.format_warmup_steps > 0:
             format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:

@@ -10,12 +10,12 @@ from peft import LoraConfig, PeftModel
 from PIL import Image
 from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
+from rft_trl.data.multimodal import extend_token_fields, is_token_field
 from rft_trl.models import utils as model_utils
 from rft_trl.models.actor import Actor, process_sequences
 from rft_trl.models.actor_al import ActorAL
 from rft_trl.models.actor_vl import ActorVL
 from rft_trl.models.packing import pack_sequences
-from rft_trl.models.utils import generation_inputs
 from rft_trl.testing import MEDIA_PLACEHOLDER_TOKENS, build_tiny_model, save_tiny_model
 
 EOS, PAD = 2, 0
@@ -129,8 +129,13 @@ def _setup(kind, with_video=False, **actor_kwargs):
         batch = _audio_batch(processing_class)
     else:
         batch = _text_batch(processing_class)
-    multimodal = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    # Everything the processor returned beyond the tokens: media fields and per-token type fields.
+    multimodal = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     return ACTOR_CLASSES[kind](model, **actor_kwargs), batch, multimodal
+
+
+def batch_token_fields(fields):
+    return {name: value for name, value in fields.items() if is_token_field(name)}
 
 
 def _rollout(batch, completion_lengths, vocab_low=30, vocab_high=200, seed=0):
@@ -153,7 +158,7 @@ def test_generate_forward_backward(kind):
     actor, batch, multimodal = _setup(kind)
     torch.manual_seed(0)
     sequences, attention_mask, action_mask = actor.generate(
-        batch["input_ids"], batch["attention_mask"], max_new_tokens=6, do_sample=True, **multimodal
+        batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6, do_sample=True, **multimodal
     )
     prompt_len = batch["input_ids"].shape[1]
     assert sequences.shape[0] == batch["input_ids"].shape[0] and sequences.shape[1] <= prompt_len + 6
@@ -183,7 +188,6 @@ def test_forward_matches_generate_scores_on_left_padded_prompts(kind):
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
-        **generation_inputs(model, ids),
         **multimodal,
         max_new_tokens=5,
         min_new_tokens=5,
@@ -232,6 +236,10 @@ def _check_packed_equals_padded(kind, with_video=False, completion_lengths=(3, 5
     padded = padded_actor(sequences, action_mask.shape[1], attention_mask, **multimodal)
     packed, lens = pack_sequences(sequences, attention_mask)
     num_actions = action_mask.sum(-1).tolist()
+    # Per-token fields travel with the tokens: extended over the completions (0, text), then packed alike.
+    multimodal = dict(multimodal)
+    for name, value in extend_token_fields(batch_token_fields(multimodal), sequences.shape[1]).items():
+        multimodal[name] = pack_sequences(value, attention_mask)[0]
     packed_log_probs = actor(packed, num_actions, packed_seq_lens=lens, **multimodal)
     assert packed_log_probs.shape == (1, sum(num_actions))
     # Action tokens of a padded row are its first sum(action_mask) completion columns.
@@ -290,10 +298,11 @@ def test_generate_never_emits_media_tokens(kind):
 
     actor.hf_model.lm_head.register_forward_hook(favour_placeholder)
     kwargs = {"max_new_tokens": 4, "do_sample": False, **multimodal}
-    unsuppressed = actor.generate(batch["input_ids"], batch["attention_mask"], suppress_media_tokens=False, **kwargs)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    unsuppressed = actor.generate(ids, attention_mask=mask, suppress_media_tokens=False, **kwargs)
     # Without suppression the greedy policy emits only the placeholder: the test can fail.
     assert (unsuppressed[0][:, batch["input_ids"].shape[1] :] == favoured).all()
-    sequences, attention_mask, action_mask = actor.generate(batch["input_ids"], batch["attention_mask"], **kwargs)
+    sequences, attention_mask, action_mask = actor.generate(ids, attention_mask=mask, **kwargs)
     completion = sequences[:, batch["input_ids"].shape[1] :]
     assert not torch.isin(completion, torch.tensor(actor.media_token_ids)).any()
     # ... and the rollout can be scored (a placeholder would break the media/token count check).
@@ -332,12 +341,12 @@ def test_multimodal_fields_are_checked_per_modality_and_aliases_work():
     torch.testing.assert_close(aliased, reference)
     with pytest.raises(ValueError, match="given twice"):
         actor(sequences, n, attention_mask, audio_values=multimodal["input_features"], **multimodal)
-    # None-valued fields of other modalities are ignored (callers pass every field), non-empty ones rejected.
+    # None-valued fields are ignored (callers may pass every field), a field the model does not take is refused.
     assert torch.equal(actor(sequences, n, attention_mask, pixel_values=None, **multimodal), reference)
-    with pytest.raises(ValueError, match="does not accept the multimodal fields pixel_values"):
+    with pytest.raises(ValueError, match="Qwen2AudioForConditionalGeneration.forward takes no 'pixel_values'"):
         actor(sequences, n, attention_mask, pixel_values=torch.zeros(4, 1176), **multimodal)
     text_actor = Actor(build_tiny_model("qwen2")[0])
-    with pytest.raises(ValueError, match="A 'text' model does not accept"):
+    with pytest.raises(ValueError, match="Qwen2ForCausalLM.forward takes no 'input_features'"):
         text_actor(sequences, n, attention_mask, **multimodal)
 
 
@@ -378,7 +387,7 @@ def test_lora_adapts_language_model_only_and_disables_exactly(tmp_path):
 
     _randomise_lora(actor.model)
     batch = _vision_batch(processor)
-    multimodal = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    multimodal = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     sequences, attention_mask, action_mask = _rollout(batch, [3, 2, 4])
     n = action_mask.shape[1]
     base_log_probs = base(sequences, n, attention_mask, **multimodal)
@@ -388,7 +397,9 @@ def test_lora_adapts_language_model_only_and_disables_exactly(tmp_path):
         assert torch.equal(actor(sequences, n, attention_mask, **multimodal), base_log_probs)
 
     # Generation runs through the PEFT wrapper with the media fields.
-    rollout = actor.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=3, **multimodal)
+    rollout = actor.generate(
+        batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=3, **multimodal
+    )
     assert rollout[2].shape[1] <= 3
 
     # Saved adapter + a fresh base model reproduce the adapted policy.
@@ -552,3 +563,29 @@ def test_ds_config_and_safetensors_only(tmp_path, monkeypatch):
     torch.save(model.state_dict(), bin_path / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors"):
         Actor(str(bin_path))
+
+
+def test_a_packing_actor_also_takes_a_padded_batch():
+    # The seed's actor built with packing_samples=True is still called with ordinary padded batches (evaluation,
+    # reference passes): a 0/1 attention mask and an int num_actions mean padded.
+    actor, batch, multimodal = _setup("qwen2_5_vl", packing_samples=True)
+    padded_actor = ActorVL(actor.model)
+    sequences, attention_mask, action_mask = _rollout(batch, [3, 5, 1])
+    expected = padded_actor(sequences, action_mask.shape[1], attention_mask, **multimodal)
+    torch.testing.assert_close(actor(sequences, action_mask.shape[1], attention_mask, **multimodal), expected)
+
+
+def test_seed_signatures_name_the_vision_and_audio_fields():
+    import inspect
+
+    vision = ["pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"]
+    for method in (ActorVL.forward, ActorVL.generate, ActorAL.forward):
+        assert all(name in inspect.signature(method).parameters for name in vision), method
+    forward = list(inspect.signature(ActorAL.forward).parameters)
+    # The seed's order: sequences, num_actions, attention_mask, the vision fields, return_output, packed_seq_lens,
+    # audio_values.
+    seed_order = ["sequences", "num_actions", "attention_mask", *vision, "return_output", "packed_seq_lens"]
+    assert forward[1 : 1 + len(seed_order)] == seed_order
+    assert list(inspect.signature(ActorVL.forward).parameters)[1 : 1 + len(seed_order)] == seed_order
+    assert forward.index("audio_values") == forward.index("packed_seq_lens") + 1
+    assert list(inspect.signature(ActorAL.generate).parameters)[:3] == ["self", "input_ids", "audio_values"]

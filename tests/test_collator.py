@@ -19,9 +19,7 @@ from rft_trl.data.collator import (
     PromptCollator,
     SkippedRow,
     TooManyBadSamplesError,
-    infer_modality,
 )
-from rft_trl.data.multimodal import split_multimodal_inputs
 from rft_trl.testing import build_tiny_qwen2, build_tiny_qwen2_audio, build_tiny_qwen2_vl
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -63,22 +61,15 @@ def _rendered(processor, messages):
 # ------------------------------------------------------------------------------------------------ construction
 
 
-def test_modality_is_inferred_from_the_processing_class(vl_processor, audio_processor, tokenizer):
-    assert infer_modality(vl_processor) == "vision"
-    assert infer_modality(audio_processor) == "audio"
-    assert infer_modality(tokenizer) == "text"
-    assert PromptCollator(vl_processor).modality == "vision"
-    assert PromptCollator(audio_processor).modality == "audio"
-    assert PromptCollator(tokenizer).modality == "text"
-    # A processor may be used for its text side only.
-    assert PromptCollator(vl_processor, modality="text").modality == "text"
+def test_media_kinds_come_from_the_processing_class(vl_processor, audio_processor, tokenizer):
+    assert PromptCollator(vl_processor).media_kinds == ("image", "video")
+    assert PromptCollator(audio_processor).media_kinds == ("audio",)
+    assert PromptCollator(tokenizer).media_kinds == ()
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"modality": "audio"}, "modality='audio' needs a processor for it"),
-        ({"modality": "speech"}, "Unknown modality 'speech'"),
         ({"on_bad_sample": "ignore"}, "on_bad_sample must be 'skip' or 'raise'"),
         ({"max_skip_fraction": 1.5}, "max_skip_fraction must lie in"),
         ({"min_rows_for_skip_fraction": 0}, "min_rows_for_skip_fraction must be at least 1"),
@@ -134,12 +125,16 @@ def test_vision_batch_matches_a_direct_processor_call(vl_processor):
 
     # 56x56 -> 4x4 patches; 28x28 -> 2x2.
     assert batch.multimodal_inputs["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 4], [1, 2, 2]]
-    assert batch.item_counts == {"image": [1, 2, 0]}
-    per_sample = split_multimodal_inputs(batch.multimodal_inputs, batch.item_counts)
+    per_sample = batch.sample_multimodal_inputs
     assert per_sample[1]["pixel_values"].shape == (16 + 4, 1176) and per_sample[2] == {}
+    # The per-token types of the processor, left-padded like the prompts.
+    torch.testing.assert_close(batch.token_fields["mm_token_type_ids"], reference["mm_token_type_ids"])
 
     assert batch.prompts[1] is rows[1]["prompt"] and batch.prompts[0] == "What colour?"
-    assert batch.columns == {"answer": ["red", "no", "none"]}
+    # Reward functions get every column, the media ones with the rows' own values (TRL's contract).
+    assert batch.columns["answer"] == ["red", "no", "none"]
+    assert batch.columns["image"] == [rows[0]["image"], None, None]
+    assert batch.columns["images"] == [None, rows[1]["images"], None]
     assert batch.skipped == []
 
 
@@ -220,7 +215,7 @@ def test_video_rows(vl_processor, tmp_path):
     assert len(batch) == 3
     # 4 frames of 56x56: temporal patches of 2 frames -> t = 2; 56 / 14 = 4 patches per side.
     assert batch.multimodal_inputs["video_grid_thw"].tolist() == [[2, 4, 4]] * 3
-    assert batch.item_counts == {"video": [1, 1, 1]}
+    assert [sample["video_grid_thw"].shape[0] for sample in batch.sample_multimodal_inputs] == [1, 1, 1]
     assert batch.skipped == [
         SkippedRow("bad", "inconsistent_frames", "video frames have different sizes [(56, 56), (60, 56)]")
     ]
@@ -247,7 +242,7 @@ def test_audio_rows_are_resampled_and_match_a_direct_processor_call(audio_proces
     ]
     collator = PromptCollator(audio_processor)
     batch = collator(rows)
-    assert batch.item_counts == {"audio": [1, 2]}
+    assert [sample["input_features"].shape[0] for sample in batch.sample_multimodal_inputs] == [1, 2]
     assert batch.multimodal_inputs["input_features"].shape == (3, 32, 200)
     # Reference: the processor on 16 kHz mono clips made by hand (channel mean, then soxr, librosa's default
     # resampler; test_media checks the resampling itself against scipy).
@@ -301,7 +296,7 @@ def test_text_rows_use_the_tokenizer_chat_template(tokenizer):
     batch = PromptCollator(tokenizer)(rows)
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert batch.prompt_texts == [rendered, "raw text"]
-    assert batch.multimodal_inputs == {} and batch.item_counts == {}
+    assert batch.multimodal_inputs == {} and batch.sample_multimodal_inputs == [{}, {}]
     assert batch.columns == {"label": [1, 0]}
     length = int(batch.attention_mask[0].sum())
     assert batch.input_ids[0, -length:].tolist() == tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -434,7 +429,7 @@ def test_skip_limit_counts_cumulatively_from_a_floor(vl_processor):
 def test_an_all_skipped_batch_is_empty_when_allowed(vl_processor):
     batch = PromptCollator(vl_processor, max_skip_fraction=1.0)([{"prompt": "x", "image": b""}])
     assert len(batch) == 0 and batch.input_ids.shape == (0, 0) and batch.attention_mask.shape == (0, 0)
-    assert batch.multimodal_inputs == {} and batch.item_counts == {} and batch.columns == {}
+    assert batch.multimodal_inputs == {} and batch.sample_multimodal_inputs == [] and batch.columns == {}
     assert batch.skipped[0].reason == "empty_file"
 
 
@@ -447,9 +442,11 @@ def test_each_row_and_medium_goes_through_the_processor_exactly_once(vl_processo
     original = Qwen2VLImageProcessor.__call__
 
     def spy(self, images, *args, **kwargs):
-        seen.append(len(images))
+        # Images come nested per row ([[a, b]]): count the images, not the rows.
+        seen.append(sum(len(row) if isinstance(row, list) else 1 for row in images))
         return original(self, images, *args, **kwargs)
 
+    collator = PromptCollator(vl_processor)  # before the spy: its construction probes the processor
     monkeypatch.setattr(Qwen2VLImageProcessor, "__call__", spy)
     rows = [
         {"prompt": "one", "image": _image()},
@@ -457,12 +454,13 @@ def test_each_row_and_medium_goes_through_the_processor_exactly_once(vl_processo
         {"prompt": "none"},
         {"prompt": "bad", "image": "/missing.png"},
     ]
-    collator = PromptCollator(vl_processor)
     batch = collator(rows)
     assert len(batch) == 3
     # The bad row never reaches the processor; each kept row once; each image once.
     assert collator.processor_calls == 3
     assert collator.media_processed == {"image": 3}
     assert sum(seen) == 3
-    unique_media = sum(batch.item_counts["image"])
+    unique_media = sum(
+        sample.get("image_grid_thw", torch.zeros(0)).shape[0] for sample in batch.sample_multimodal_inputs
+    )
     assert collator.media_processed["image"] / unique_media == 1.0

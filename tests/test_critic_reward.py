@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rft_trl.data.multimodal import extend_token_fields, is_token_field
 from rft_trl.models.actor import Actor, process_sequences
 from rft_trl.models.actor_al import ActorAL
 from rft_trl.models.actor_vl import ActorVL
@@ -17,7 +18,7 @@ from rft_trl.models.reward_model import RewardModel, RewardModelFunction
 from rft_trl.testing import build_tiny_model, save_tiny_model
 
 ACTOR_CLASSES = {"qwen2_vl": ActorVL, "qwen2_5_vl": ActorVL, "qwen2_audio": ActorAL, "qwen2": Actor}
-SEQUENCE_FIELDS = ("input_ids", "attention_mask", "mm_token_type_ids")
+SEQUENCE_FIELDS = ("input_ids", "attention_mask")
 EOS, PAD = 402, 403
 
 
@@ -104,6 +105,12 @@ def test_critic_packed_equals_padded(kind):
     padded = critic(sequences, action_mask.shape[1], attention_mask, **multimodal)
     critic.packing_samples = True
     packed, lens = pack_sequences(sequences, attention_mask)
+    # Per-token fields travel with the tokens: extended over the completions (0, text), then packed alike.
+    multimodal = dict(multimodal)
+    for name, value in multimodal.items():
+        if is_token_field(name):
+            full = extend_token_fields({name: value}, sequences.shape[1])[name]
+            multimodal[name] = pack_sequences(full, attention_mask)[0]
     values = critic(packed, action_mask.sum(-1).tolist(), packed_seq_lens=lens, **multimodal)
     torch.testing.assert_close(values[0], padded[action_mask], atol=1e-5, rtol=0)
 
@@ -156,11 +163,11 @@ def test_critic_lora_freezing_checkpointing_and_loading(tmp_path, caplog):
         assert torch.equal(loaded.backbone.state_dict()[name], param), name
 
 
-def test_critic_checks_fields_of_its_modality():
+def test_critic_checks_fields_against_its_backbone():
     model, _, _, multimodal, (sequences, attention_mask, action_mask) = _setup("qwen2_audio")
     critic = Critic(build_tiny_model("qwen2")[0])
-    assert critic.modality == "text" and Critic(model).modality == "audio"
-    with pytest.raises(ValueError, match="A 'text' model does not accept the multimodal fields input_features"):
+    assert "input_features" in Critic(model).inputs.accepted
+    with pytest.raises(ValueError, match="Qwen2Model.forward takes no 'input_features'"):
         critic(sequences, action_mask.shape[1], attention_mask, **multimodal)
 
 
@@ -190,7 +197,7 @@ def test_multimodal_reward_model_new_head_padding_invariant(kind, caplog):
     with caplog.at_level(logging.WARNING, logger="rft_trl.models.reward_model"):
         reward_model = RewardModel(model)
     assert "randomly initialised score head" in caplog.text
-    assert reward_model.modality == ("vision" if kind == "qwen2_vl" else "audio")
+    assert ("pixel_values" if kind == "qwen2_vl" else "input_features") in reward_model.inputs.accepted
     scores = reward_model(batch["input_ids"], batch["attention_mask"], **multimodal)
     assert scores.shape == (3,)
     # The text-only middle row scored alone (no padding, no media) gives the same score.

@@ -47,6 +47,7 @@ def fixed_sequence(processor) -> tuple[dict, int]:
         "attention_mask": torch.ones_like(sequences),
         "pixel_values": prompt["pixel_values"],
         "image_grid_thw": prompt["image_grid_thw"],
+        "mm_token_type_ids": prompt["mm_token_type_ids"],  # the prompt's; the actor extends it over the completion
     }
     return inputs, completion.shape[1]
 
@@ -133,7 +134,7 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
     card = ModelCard(readme)
     assert card.data.library_name == "peft"
     assert card.data.datasets == ["colour"]
-    assert {"rft_trl", "group_norm", "vision"} <= set(card.data.tags)
+    assert {"rft_trl", "group_norm", "image"} <= set(card.data.tags)
 
     # The token goes to the upload call only: not into the card nor any other uploaded file.
     for path, content in files.items():

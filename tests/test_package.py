@@ -28,4 +28,4 @@ def test_public_names_resolve():
     from rft_trl.models.actor_al import ActorAL
     from rft_trl.models.actor_vl import ActorVL
 
-    assert (ActorVL.modality, ActorAL.modality) == ("vision", "audio")
+    assert ActorAL.field_aliases == {"audio_values": "input_features"} and ActorVL.field_aliases == {}

@@ -97,7 +97,7 @@ def test_vl_experience_round_trips_through_the_buffer():
         [2, 2],
         experience_class=ExperienceVL,
         multimodal_inputs=pixels,
-        multimodal_item_counts={"image": [0, 2]},
+        multimodal_shapes={"pixel_values": [None, (12, 4)], "image_grid_thw": [None, (2, 3)]},
     )
     buffer = NaiveReplayBufferVL(sample_batch_size=2)
     buffer.append(experience)
@@ -106,7 +106,7 @@ def test_vl_experience_round_trips_through_the_buffer():
     (batch,) = DataLoader(buffer, batch_size=2, collate_fn=buffer.collate_fn)
     assert type(batch) is ExperienceVL
     assert_same(batch.multimodal_inputs, pixels, "multimodal_inputs")
-    assert batch.multimodal_item_counts == {"image": [0, 2]}
+    assert batch.multimodal_shapes == {"pixel_values": [None, (12, 4)], "image_grid_thw": [None, (2, 3)]}
 
 
 def test_limit_drops_the_oldest_items():

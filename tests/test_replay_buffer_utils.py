@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rft_trl.data.multimodal import extract_multimodal_inputs
+from rft_trl.data.multimodal import split_processor_output
 from rft_trl.testing import build_tiny_qwen2_audio, build_tiny_qwen2_vl
 from rft_trl.trainers.experience import Experience, ExperienceVL
 from rft_trl.trainers.replay_buffer_utils import (
@@ -24,6 +24,11 @@ from rft_trl.trainers.replay_buffer_utils import (
 # --------------------------------------------------------------------------- helpers
 
 
+def extract_multimodal_inputs(processor_output):
+    """The media fields of a processor's output (what a sample's `multimodal_inputs` holds)."""
+    return split_processor_output(processor_output)[3]
+
+
 def assert_same(actual, expected, where="item"):
     """Exact equality through dataclasses, dicts and lists; tensors must agree in dtype, shape and values."""
     if isinstance(expected, torch.Tensor):
@@ -35,7 +40,7 @@ def assert_same(actual, expected, where="item"):
         for f in fields(expected):
             assert_same(getattr(actual, f.name), getattr(expected, f.name), f"{where}.{f.name}")
     elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and list(actual) == list(expected), where
+        assert isinstance(actual, dict) and sorted(actual) == sorted(expected), where
         for key in expected:
             assert_same(actual[key], expected[key], f"{where}[{key!r}]")
     elif isinstance(expected, list):
@@ -227,7 +232,7 @@ def test_make_padded_batch_by_hand():
     assert torch.equal(batch.advantages[1], torch.cat([torch.zeros(1), second.advantages]))
     assert batch.info["reward"].tolist() == [0.0, 1.0] and batch.info["response_length"].tolist() == [2.0, 1.0]
     assert batch.num_actions == 2 and batch.packed_seq_lens is None
-    assert batch.multimodal_inputs == {} and batch.multimodal_item_counts == {}
+    assert batch.multimodal_inputs == {} and batch.multimodal_shapes == {} and batch.token_fields == {}
 
 
 def test_make_packed_batch_by_hand():
@@ -254,10 +259,57 @@ def test_round_trip_with_real_processor_outputs(processors, modality, packing_sa
         assert_same(actual, expected)
 
 
-def test_item_counts_follow_samples(processors):
+def test_multimodal_shapes_follow_samples(processors):
     items, _ = modality_items("video", processors)
     batch = make_experience_batch(items)
-    assert batch.multimodal_item_counts == {"image": [0, 1, 0], "video": [1, 1, 0]}
+    # Sample 0: one 4-frame 28x56 video; sample 1: a 56x28 image and a 2-frame 56x56 video; sample 2: no media.
+    assert batch.multimodal_shapes["video_grid_thw"] == [(1, 3), (1, 3), None]
+    assert batch.multimodal_shapes["image_grid_thw"] == [None, (1, 3), None]
+    assert batch.multimodal_shapes["pixel_values_videos"] == [(2 * 2 * 4, 1176), (1 * 4 * 4, 1176), None]
+
+
+def test_token_fields_travel_with_the_sequence():
+    # mm_token_type_ids-like fields are padded and packed like `sequences`, and round-trip exactly.
+    items = [make_item(torch.arange(1, 6), 2, seed=0), make_item(torch.arange(1, 4), 1, seed=1)]
+    items[0].token_fields = {"mm_token_type_ids": torch.tensor([0, 1, 1, 0, 0])}
+    items[1].token_fields = {"mm_token_type_ids": torch.tensor([1, 0, 0])}
+    padded = make_experience_batch(items)
+    assert padded.token_fields["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]]
+    packed = make_experience_batch(items, packing_samples=True)
+    assert [t.tolist() for t in packed.token_fields["mm_token_type_ids"]] == [[0, 1, 1, 0, 0], [1, 0, 0]]
+    for batch in (padded, packed):
+        for actual, expected in zip(split_experience_batch(batch), items):
+            assert_same(actual, expected)
+    items[1].token_fields = {}
+    with pytest.raises(ValueError, match="Items carry different per-token fields"):
+        make_experience_batch(items)
+
+
+def test_media_fields_of_different_sizes_pad_and_split_back_exactly():
+    # Fields whose trailing sizes differ across samples (patches per image, mel frames, a batch-first field of a
+    # sample without images) are zero-padded to the largest, as processors batch them, and cut back on split.
+    pieces = [
+        {"pixel_values": torch.ones(1, 2, 3, 4, 4), "pixel_attention_mask": torch.ones(1, 2, 4, 4, dtype=torch.bool)},
+        {
+            "pixel_values": torch.zeros(1, 0, 3, 4, 4),
+            "pixel_attention_mask": torch.zeros(1, 0, 4, 4, dtype=torch.bool),
+        },
+        {
+            "pixel_values": 2 * torch.ones(1, 1, 3, 4, 4),
+            "pixel_attention_mask": torch.ones(1, 1, 4, 4, dtype=torch.bool),
+        },
+    ]
+    items = [make_item(torch.arange(1, 5), 2, seed=s, multimodal=mm) for s, mm in enumerate(pieces)]
+    batch = make_experience_batch(items)
+    assert batch.multimodal_inputs["pixel_values"].shape == (3, 2, 3, 4, 4)
+    assert batch.multimodal_inputs["pixel_attention_mask"].sum().item() == 3 * 16  # padding is False
+    assert batch.multimodal_inputs["pixel_values"][1].abs().sum() == 0
+    for actual, expected in zip(split_experience_batch(batch), items):
+        assert_same(actual, expected)
+    # Only empty pieces: the field has no element (the model call leaves it out) and splits back exactly.
+    empty = make_experience_batch(items[1:2])
+    assert empty.multimodal_inputs["pixel_values"].numel() == 0
+    assert_same(split_experience_batch(empty)[0], items[1])
 
 
 def test_round_trip_of_seed_vl_items(processors):
@@ -338,24 +390,27 @@ def test_make_errors():
         make_experience_batch([item, missing])
     with pytest.raises(ValueError, match=r"info\['reward'\] is missing from some items"):
         make_experience_batch([missing, item])
-    as_float = make_item(torch.arange(1, 5), 2, seed=1)
-    as_float.info["reward"] = 1.0
-    with pytest.raises(ValueError, match=r"info\['reward'\] must be a tensor per sample, got float"):
-        make_experience_batch([item, as_float])
+    as_text = make_item(torch.arange(1, 5), 2, seed=1)
+    as_text.info["reward"] = "high"
+    with pytest.raises(ValueError, match=r"info\['reward'\] must be a tensor or a Python number per sample, got str"):
+        make_experience_batch([item, as_text])
     wide = make_item(torch.arange(1, 5), 2, seed=1)
     wide.info["reward"] = torch.ones(2)
     with pytest.raises(ValueError, match=r"info\['reward'\] has different shapes across items"):
         make_experience_batch([item, wide])
-    bad_rows = make_item(
-        torch.arange(1, 5),
-        2,
-        seed=1,
-        multimodal={"pixel_values": torch.ones(3, 2), "image_grid_thw": torch.tensor([[1, 2, 2]])},
-    )
-    with pytest.raises(
-        ValueError, match=r"'pixel_values': expected 4 rows \(1 images in 'image_grid_thw'\) but got 3"
-    ):
-        make_experience_batch([bad_rows])
+    other_rank = make_item(torch.arange(1, 5), 2, seed=1, multimodal={"pixel_values": torch.ones(3, 2, 1)})
+    ok = make_item(torch.arange(1, 5), 2, seed=2, multimodal={"pixel_values": torch.ones(3, 2)})
+    with pytest.raises(ValueError, match="Media field 'pixel_values' differs across samples"):
+        make_experience_batch([ok, other_rank])
+
+
+def test_info_python_scalars_are_tensorized():
+    # LightRFT's items carry Python numbers in info; batching makes them tensors.
+    items = [make_item(torch.arange(1, 5), 2, seed=s) for s in range(2)]
+    items[0].info = {"reward": 1.5, "valid": True}
+    items[1].info = {"reward": torch.tensor(0.5), "valid": False}
+    batch = make_experience_batch(items)
+    assert batch.info["reward"].tolist() == [1.5, 0.5] and batch.info["valid"].tolist() == [True, False]
 
 
 def test_split_errors():
@@ -365,17 +420,19 @@ def test_split_errors():
         split_experience_batch(batch)
     pixels = {"pixel_values": torch.ones(4, 2), "image_grid_thw": torch.tensor([[1, 2, 2]])}
     batch = make_experience_batch([make_item(torch.arange(1, 5), 2, seed=s, multimodal=pixels) for s in range(2)])
-    batch.multimodal_item_counts = {"image": [1, 0]}
-    with pytest.raises(
-        ValueError, match=r"item_counts\['image'\] adds up to 1 images but the multimodal inputs hold 2"
-    ):
+    batch.multimodal_shapes["pixel_values"] = [(4, 2), None]
+    with pytest.raises(ValueError, match="'pixel_values' has 8 rows but the samples' shapes add up to 4"):
         split_experience_batch(batch)
+    batch.multimodal_shapes = {}
+    with pytest.raises(ValueError, match="media fields but no multimodal_shapes"):
+        split_experience_batch(batch)
+    # A seed vision-language item keeps a processor's other fields beside its named ones.
     audio = {"input_features": torch.ones(1, 2, 3), "feature_attention_mask": torch.ones(1, 3)}
     vl = ExperienceVL(sequences=torch.ones(1, 3, dtype=torch.long), multimodal_inputs=audio)
-    vl.multimodal_item_counts = {"audio": [1]}
+    vl.multimodal_shapes = {"input_features": [(1, 2, 3)], "feature_attention_mask": [(1, 3)]}
     vl.attention_mask, vl.action_mask = torch.ones(1, 3), torch.ones(1, 1)
-    with pytest.raises(ValueError, match="BufferItemVL has no attribute for the multimodal field 'input_features'"):
-        split_experience_batch(vl)
+    (item,) = split_experience_batch(vl)
+    assert item.pixel_values is None and list(item.extra_multimodal_inputs) == list(audio)
 
 
 # --------------------------------------------------------------------------- devices

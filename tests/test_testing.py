@@ -3,16 +3,27 @@
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from PIL import Image
+from transformers import (
+    MODEL_FOR_MULTIMODAL_LM_MAPPING,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    ProcessorMixin,
+)
 
 from rft_trl.testing import (
     COLOURS,
     MEDIA_PLACEHOLDER_TOKENS,
     SPECIAL_TOKENS,
+    TINY_MODEL_KINDS,
     build_tiny_model,
     build_tiny_qwen2_audio,
     build_tiny_qwen2_vl,
     build_tiny_tokenizer,
+    load_processing_class,
     make_colour_dataset,
     make_pitch_dataset,
     make_task_dataset,
@@ -51,14 +62,94 @@ def test_chat_template_renders_every_media_part():
     )
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen2_audio", "qwen2", "qwen2_reward"])
+def test_unknown_kind_lists_the_kinds():
+    with pytest.raises(ValueError, match="Unknown tiny model kind 'nope'; choose one of qwen2_vl, qwen2_5_vl"):
+        build_tiny_model("nope")
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
 def test_builders_are_deterministic(kind):
-    first, _ = build_tiny_model(kind, seed=1)
+    first, processing_class = build_tiny_model(kind, seed=1)
     second, _ = build_tiny_model(kind, seed=1)
     other, _ = build_tiny_model(kind, seed=2)
+    assert first.state_dict().keys() == second.state_dict().keys()
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
     assert any(not torch.equal(a, c) for a, c in zip(first.parameters(), other.parameters()))
+    assert not first.training
+    if first.can_generate():  # every kind but the reward model
+        tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+        assert (
+            first.generation_config.eos_token_id
+            == tokenizer.eos_token_id
+            == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        )
+        assert tokenizer.pad_token_id is not None
+        assert first.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+def _media_kinds(processing_class) -> list[str]:
+    """The media a processor takes, read off its sub-processors."""
+    if not isinstance(processing_class, ProcessorMixin):
+        return []
+    attributes = processing_class.get_attributes()
+    kinds = [kind for kind in ("image", "video") if f"{kind}_processor" in attributes]
+    return kinds + ["audio"] * ("feature_extractor" in attributes or "audio_processor" in attributes)
+
+
+def _processor_inputs(processing_class, media_kind: str | None) -> dict:
+    """One chat prompt with a part of `media_kind` (or text only), through the processor or tokenizer."""
+    content = [{"type": media_kind}] if media_kind else []
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": "What is it?"}]}]
+    text = processing_class.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if not isinstance(processing_class, ProcessorMixin):
+        return processing_class([text], return_tensors="pt")
+    rng = np.random.default_rng(0)
+    media = {}
+    if media_kind in ("image", "video"):
+        frames = [Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)) for _ in range(4)]
+        media = {"images": [frames[0]]} if media_kind == "image" else {"videos": [frames]}
+    elif media_kind == "audio":
+        attributes = processing_class.get_attributes()
+        extractor = getattr(
+            processing_class, "feature_extractor" if "feature_extractor" in attributes else "audio_processor"
+        )
+        rate = extractor.sampling_rate
+        tone = np.sin(2 * np.pi * 440 * np.arange(rate) / rate).astype(np.float32)
+        media = {"audio": [tone], "sampling_rate": rate}
+    return processing_class(text=[text], **media, return_tensors="pt")
+
+
+def _auto_class(model):
+    """The auto class rft_trl loads such a checkpoint with."""
+    if not model.can_generate():
+        return AutoModelForSequenceClassification
+    return AutoModelForMultimodalLM if type(model.config) in MODEL_FOR_MULTIMODAL_LM_MAPPING else AutoModelForCausalLM
+
+
+@pytest.mark.parametrize("kind", TINY_MODEL_KINDS)
+def test_save_and_reload_give_the_same_processor_outputs_and_logits(tmp_path, kind):
+    model, processing_class = build_tiny_model(kind)
+    path = save_tiny_model(kind, str(tmp_path / kind))
+    loaded_class = load_processing_class(path)
+    loaded = _auto_class(model).from_pretrained(path).eval()
+    assert type(loaded) is type(model)
+    tokenizer, loaded_tokenizer = processing_class, loaded_class
+    if isinstance(processing_class, ProcessorMixin):  # a text model's tokenizer reloads as its family's class
+        assert type(loaded_class) is type(processing_class)
+        assert loaded_class.chat_template == processing_class.chat_template
+        tokenizer, loaded_tokenizer = processing_class.tokenizer, loaded_class.tokenizer
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    assert set(loaded_tokenizer.all_special_tokens) == set(tokenizer.all_special_tokens)
+    for media_kind in [None, *_media_kinds(processing_class)]:
+        inputs = _processor_inputs(processing_class, media_kind)
+        loaded_inputs = _processor_inputs(loaded_class, media_kind)
+        assert inputs.keys() == loaded_inputs.keys(), media_kind
+        for key, value in inputs.items():
+            assert torch.equal(value, loaded_inputs[key]), (media_kind, key)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**loaded_inputs).logits, model(**inputs).logits, rtol=0, atol=0)
 
 
 def _vision_inputs(processor, media_type, media):
@@ -66,6 +157,26 @@ def _vision_inputs(processor, media_type, media):
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     key = "images" if media_type == "image" else "videos"
     return processor(text=[text, text], **{key: media}, return_tensors="pt", padding=True)
+
+
+IMAGE_KINDS = [kind for kind in TINY_MODEL_KINDS if "image" in _media_kinds(build_tiny_model(kind)[1])]
+
+
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
+def test_images_reach_the_logits(kind):
+    # Two different images must move the log-probs: a vision path left dead (Gemma 3's zero-initialised projector)
+    # would make any image task unlearnable.
+    model, processor = build_tiny_model(kind)
+    rng = np.random.default_rng(0)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    logprobs = []
+    for _ in range(2):
+        image = Image.fromarray(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+        with torch.no_grad():
+            logits = model(**processor(text=[text], images=[image], return_tensors="pt")).logits
+        logprobs.append(logits[0, -1].log_softmax(-1))
+    assert (logprobs[0] - logprobs[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("version", ["2", "2.5"])

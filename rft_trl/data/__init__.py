@@ -1,26 +1,18 @@
 """Dataset rows to model inputs: media loading with explicit repairs, the prompt collator, multimodal field layout."""
 
-from .collator import (
-    MEDIA_COLUMNS,
-    BadSampleError,
-    PromptBatch,
-    PromptCollator,
-    SkippedRow,
-    TooManyBadSamplesError,
-    infer_modality,
-)
+from .collator import MEDIA_COLUMNS, BadSampleError, PromptBatch, PromptCollator, SkippedRow, TooManyBadSamplesError
 from .media import ImageBounds, MediaError, image_bounds_from_processor, load_audio, load_image, load_video
 from .multimodal import (
     MEDIA_KINDS,
-    MODALITY_FIELDS,
-    MULTIMODAL_FIELDS,
     SEQUENCE_FIELDS,
-    MultimodalField,
+    ProcessorLayout,
     concat_multimodal_inputs,
-    count_items,
-    count_items_per_sample,
-    extract_multimodal_inputs,
+    extend_token_fields,
+    is_token_field,
+    multimodal_shapes,
+    probe_processor,
+    processor_media_kinds,
     repeat_multimodal_inputs,
-    select_fields,
     split_multimodal_inputs,
+    split_processor_output,
 )

@@ -35,13 +35,18 @@ import torch
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, WhisperFeatureExtractor
 
 from .media import MediaError, image_bounds_from_processor, load_audio, load_image, load_video
-from .multimodal import MEDIA_KINDS, concat_multimodal_inputs, count_items_per_sample, extract_multimodal_inputs
+from .multimodal import (
+    MEDIA_KINDS,
+    ProcessorLayout,
+    concat_multimodal_inputs,
+    probe_processor,
+    split_processor_output,
+)
 
 logger = logging.getLogger(__name__)
 
 # Media columns per kind: a single item, or a list of items.
 MEDIA_COLUMNS = {"image": ("image", "images"), "video": ("video", "videos"), "audio": ("audio", "audios")}
-MODALITIES = ("text", "vision", "audio")
 
 
 class SkippedRow(NamedTuple):
@@ -82,26 +87,27 @@ class PromptBatch:
             Prompt tokens after media expansion, left-padded with the tokenizer's pad token.
         attention_mask (`torch.LongTensor` of shape `[B, L]`):
             1 on prompt tokens, 0 on padding.
-        multimodal_inputs (`dict[str, torch.Tensor]`):
-            The processor's fields beyond the sequence-aligned ones (`pixel_values`, `image_grid_thw`,
-            `input_features`, ...), rows of all samples stacked in order; `{}` for text.
-        item_counts (`dict[str, list[int]]`):
-            Per media kind present in the batch, the number of items of each sample, as
-            [`rft_trl.data.multimodal.split_multimodal_inputs`] takes it; `{}` for text.
+        token_fields (`dict[str, torch.LongTensor]`):
+            The processor's per-token type fields (`mm_token_type_ids`, `token_type_ids`, ...), `[B, L]`, left-padded
+            with 0 like the prompts; `{}` when it returns none.
+        sample_multimodal_inputs (`list[dict[str, torch.Tensor]]`):
+            Each prompt's media fields (`pixel_values`, `image_grid_thw`, `input_features`, ...), as the processor
+            returned them for that prompt alone; `{}` for a prompt without media.
         prompts (`list`):
             The original `prompt` values of the kept rows, as reward functions receive them.
         prompt_texts (`list[str]`):
             The rendered prompts, before media expansion.
         columns (`dict[str, list]`):
-            Every extra column (not `prompt`, not a media column) of the kept rows; `None` where a row lacks it.
+            Every column but `prompt` of the kept rows, media columns included, with the rows' own values (TRL's
+            reward contract); `None` where a row lacks it.
         skipped (`list[SkippedRow]`):
             The rows of this call that were dropped, with their reasons.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    multimodal_inputs: dict[str, torch.Tensor]
-    item_counts: dict[str, list[int]]
+    token_fields: dict[str, torch.Tensor]
+    sample_multimodal_inputs: list[dict[str, torch.Tensor]]
     prompts: list[Any]
     prompt_texts: list[str]
     columns: dict[str, list[Any]]
@@ -110,19 +116,10 @@ class PromptBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-
-def infer_modality(processing_class: ProcessorMixin | PreTrainedTokenizerBase) -> str:
-    """
-    The modality a processing class serves: `"vision"` with an image or video processor, `"audio"` with a feature
-    extractor, `"text"` otherwise (a bare tokenizer).
-    """
-    if isinstance(processing_class, ProcessorMixin):
-        attributes = processing_class.get_attributes()
-        if "image_processor" in attributes or "video_processor" in attributes:
-            return "vision"
-        if "feature_extractor" in attributes:
-            return "audio"
-    return "text"
+    @property
+    def multimodal_inputs(self) -> dict[str, torch.Tensor]:
+        """The media fields of the whole batch, as the model takes them (see `concat_multimodal_inputs`)."""
+        return concat_multimodal_inputs(self.sample_multimodal_inputs)
 
 
 @dataclass
@@ -130,6 +127,7 @@ class _Row:
     """One row after rendering, media loading and processing."""
 
     input_ids: torch.Tensor  # [L]
+    token_fields: dict[str, torch.Tensor]  # each [L]
     multimodal_inputs: dict[str, torch.Tensor]
     prompt_text: str
 
@@ -147,8 +145,9 @@ class PromptCollator:
         prompt_max_len (`int`, *optional*):
             Longest prompt in tokens after media expansion; longer rows are rejected with reason
             `"prompt_too_long"` (see the module docstring for why they are not truncated). No limit by default.
-        modality (`str`, *optional*):
-            `"text"`, `"vision"` or `"audio"`; inferred from `processing_class` by default (see [`infer_modality`]).
+        layout ([`~rft_trl.data.multimodal.ProcessorLayout`], *optional*):
+            The processor's media kinds and field layout; probed from `processing_class` by default (see
+            [`~rft_trl.data.multimodal.probe_processor`]).
         on_bad_sample (`str`, *optional*, defaults to `"skip"`):
             `"skip"` drops a bad row, records its reason and logs a warning; `"raise"` raises [`BadSampleError`] at
             once.
@@ -166,7 +165,7 @@ class PromptCollator:
             repair, `"reject"` skips the row with reason `"audio_too_long"`.
 
     Attributes:
-        modality (`str`): the resolved modality.
+        media_kinds (`tuple[str, ...]`): the media kinds the processor takes; a row may hold any mix of them.
         processor_calls (`int`): processor (or tokenizer) calls so far, one per row that reached processing.
         media_processed (`Counter[str]`): media items handed to the processor so far, per kind. Each row's items
             are processed once, so over unique prompts this equals the number of media items collated.
@@ -177,22 +176,13 @@ class PromptCollator:
         self,
         processing_class: ProcessorMixin | PreTrainedTokenizerBase,
         prompt_max_len: int | None = None,
-        modality: str | None = None,
+        layout: ProcessorLayout | None = None,
         on_bad_sample: str = "skip",
         max_skip_fraction: float = 0.1,
         min_rows_for_skip_fraction: int = 32,
         id_column: str = "id",
         audio_too_long: str = "truncate",
     ):
-        inferred = infer_modality(processing_class)
-        modality = inferred if modality is None else modality
-        if modality not in MODALITIES:
-            raise ValueError(f"Unknown modality {modality!r}; use one of {', '.join(MODALITIES)}.")
-        if modality != "text" and modality != inferred:
-            raise ValueError(
-                f"modality={modality!r} needs a processor for it, but {type(processing_class).__name__} serves "
-                f"{inferred!r}; leave modality unset or pass the matching processor."
-            )
         if on_bad_sample not in ("skip", "raise"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}.")
         if not 0.0 <= max_skip_fraction <= 1.0:
@@ -210,7 +200,8 @@ class PromptCollator:
         )
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token` (e.g. to its eos token).")
-        self.modality = modality
+        self.layout = layout if layout is not None else probe_processor(processing_class)
+        self.media_kinds = self.layout.media_kinds
         self.prompt_max_len = prompt_max_len
         self.on_bad_sample = on_bad_sample
         self.max_skip_fraction = max_skip_fraction
@@ -227,17 +218,7 @@ class PromptCollator:
         self._repair_counts: Counter[str] = Counter()
 
     def _configure_media(self) -> None:
-        """Which media kinds this processing class takes, and the bounds to load them into."""
-        attributes = self.processing_class.get_attributes() if self.modality != "text" else []
-        self.media_kinds = tuple(
-            kind
-            for kind, attribute in (
-                ("image", "image_processor"),
-                ("video", "video_processor"),
-                ("audio", "feature_extractor"),
-            )
-            if attribute in attributes
-        )
+        """The bounds to load each media kind the processor takes into."""
         self.image_bounds = image_bounds_from_processor(
             self.processing_class.image_processor if "image" in self.media_kinds else None
         )
@@ -339,20 +320,27 @@ class PromptCollator:
             n = prepared.input_ids.shape[0]
             input_ids[i, length - n :] = prepared.input_ids
             attention_mask[i, length - n :] = 1
-        per_row = [prepared.multimodal_inputs for _, prepared in kept]
-        extra = [
-            name
-            for name in dict.fromkeys(name for row, _ in kept for name in row)
-            if name != "prompt" and not any(name in columns for columns in MEDIA_COLUMNS.values())
-        ]
+        token_fields = {}
+        names = [*self.layout.token_fields, *(name for _, prepared in kept for name in prepared.token_fields)]
+        for name in dict.fromkeys(names):
+            value = torch.zeros((len(kept), length), dtype=torch.long)  # [B, L], 0 (text) on the padding
+            for i, (_, prepared) in enumerate(kept):
+                piece = prepared.token_fields.get(name)
+                if piece is not None:
+                    value[i, length - piece.shape[0] :] = piece
+            token_fields[name] = value
         return PromptBatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            multimodal_inputs=concat_multimodal_inputs(per_row),
-            item_counts=count_items_per_sample(per_row),
+            token_fields=token_fields,
+            sample_multimodal_inputs=[prepared.multimodal_inputs for _, prepared in kept],
             prompts=[row["prompt"] for row, _ in kept],
             prompt_texts=[prepared.prompt_text for _, prepared in kept],
-            columns={name: [row.get(name) for row, _ in kept] for name in extra},
+            columns={
+                name: [row.get(name) for row, _ in kept]
+                for name in dict.fromkeys(name for row, _ in kept for name in row)
+                if name != "prompt"
+            },
             skipped=skipped,
         )
 
@@ -364,14 +352,14 @@ class PromptCollator:
         counts = {kind: len(items) for kind, items in raw_media.items()}
         text, add_special_tokens = self._render(row["prompt"], counts)
         media = self._load_media(raw_media, repairs)
-        input_ids, multimodal_inputs = self._process(text, media, add_special_tokens)
+        input_ids, token_fields, multimodal_inputs = self._process(text, media, add_special_tokens)
         if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
             raise _Reject(
                 "prompt_too_long",
                 f"prompt has {input_ids.shape[0]} tokens after media expansion, above prompt_max_len="
                 f"{self.prompt_max_len}",
             )
-        return _Row(input_ids, multimodal_inputs, text)
+        return _Row(input_ids, token_fields, multimodal_inputs, text)
 
     def _collect_media(self, row: Mapping[str, Any]) -> dict[str, list[Any]]:
         """The raw media items of a row per kind, from its singular or plural column."""
@@ -388,8 +376,8 @@ class PromptCollator:
             if items and kind not in self.media_kinds:
                 raise _Reject(
                     "unsupported_media",
-                    f"row has {len(items)} {kind}(s) but {type(self.processing_class).__name__} "
-                    f"({self.modality}) cannot process {kind}s",
+                    f"row has {len(items)} {kind}(s) but {type(self.processing_class).__name__} cannot process "
+                    f"{kind}s (it takes {', '.join(self.media_kinds) or 'text only'})",
                 )
             media[kind] = items
         return media
@@ -445,11 +433,15 @@ class PromptCollator:
 
     def _process(
         self, text: str, media: dict[str, list[Any]], add_special_tokens: bool
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One processor call for one row; returns its `[L]` token ids and its multimodal inputs."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """
+        One processor call for one row; returns its `[L]` token ids, its `[L]` per-token fields and its media
+        fields, with the empty row of every batch-first field the row's media did not fill.
+        """
         kwargs: dict[str, Any] = {"return_tensors": "pt", "add_special_tokens": add_special_tokens}
         if media["image"]:
-            kwargs["images"] = media["image"]
+            # Nested per row: some processors (LLaVA-OneVision) read a flat list as one image per row.
+            kwargs["images"] = [media["image"]]
         if media["video"]:
             kwargs["videos"] = media["video"]
         if media["audio"]:
@@ -458,11 +450,14 @@ class PromptCollator:
         self.processor_calls += 1
         self.media_processed.update({kind: len(items) for kind, items in media.items() if items})
         try:
-            if self.modality == "text":
-                output = self.tokenizer([text], **kwargs)
-            else:
+            if isinstance(self.processing_class, ProcessorMixin):
                 output = self.processing_class(text=[text], **kwargs)
+            else:
+                output = self.tokenizer([text], **kwargs)
         except ValueError as error:
             # The processor's own checks, e.g. placeholder tokens typed into the text that no media matches.
             raise _Reject("processor_error", str(error)) from error
-        return output["input_ids"][0], extract_multimodal_inputs(output)
+        input_ids, _, token_fields, media_fields = split_processor_output(output)
+        for name, empty in self.layout.empty_rows.items():
+            media_fields.setdefault(name, empty)
+        return input_ids[0], {name: value[0] for name, value in token_fields.items()}, media_fields

@@ -1,270 +1,232 @@
-"""The one place that knows multimodal field names and how their rows map to samples.
+"""What a processor returns beyond the tokens, and how it travels per sample: the one place that knows the layout.
 
-Everything a processor returns beyond the sequence-aligned fields (`input_ids`, `attention_mask`, ...) travels through
-rft_trl as one opaque `dict[str, torch.Tensor]` of *multimodal inputs* that is handed to the model as keyword
-arguments. Such a dict is laid out like a processor's batch: the rows of every field are stacked over the samples,
-and a field holds a fixed number of rows per media item (image, video or audio clip). [`MULTIMODAL_FIELDS`] records
-that layout; with the number of items each sample holds, the dict can be split into per-sample dicts and
-concatenated back ([`split_multimodal_inputs`], [`concat_multimodal_inputs`]) without any other module knowing a
-field name.
+A processor's output has three parts, told apart by its shape, never by a list of known names:
+
+- **the sequence**: `input_ids` and `attention_mask`;
+- **per-token fields**: outputs with the shape of `input_ids`, the token types transformers models read
+  (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention, ...). They travel
+  with the sequence like `attention_mask` and are extended over completions with 0, the type of a text token (a
+  completion never holds a media token). Only integer `*token_type_ids` fields are known to extend that way; any
+  other per-token output is refused by name;
+- **media fields**: everything else (`pixel_values`, `image_grid_thw`, `image_sizes`, `pixel_attention_mask`,
+  `input_features`, `feature_attention_mask`, ...), one opaque `dict[str, torch.Tensor]` per sample, handed to the
+  model as keyword arguments.
+
+rft_trl runs the processor on one sample at a time, so each sample's media fields are exactly what the processor
+made of that sample. A batch of samples is their concatenation along the first dimension, each field zero-padded
+in its other dimensions to the largest sample's, which is the processors' own batching convention (patches,
+images of different sizes, mel frames: the model reads the real extent from a companion field such as
+`image_sizes` or `feature_attention_mask`). Fields whose first dimension is the sample itself (batch-first, e.g.
+Idefics3's `pixel_values` `[1, n_images, C, H, W]`) need one row for every sample, media or not: the collator
+gives a sample without media an empty row (`[1, 0, C, H, W]`), found by [`probe_processor`]. Splitting a batch
+back needs each sample's shapes ([`multimodal_shapes`]), recorded when it was concatenated.
 
 Example:
 
 ```python
->>> batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
->>> multimodal_inputs = extract_multimodal_inputs(batch)  # pixel_values, image_grid_thw
->>> per_sample = split_multimodal_inputs(multimodal_inputs, {"image": [2, 0, 1]})
->>> concat_multimodal_inputs(per_sample).keys() == multimodal_inputs.keys()
+>>> per_sample = [processor_fields_of(row) for row in rows]  # media fields, one dict per sample
+>>> batch = concat_multimodal_inputs(per_sample)            # what the model receives
+>>> split_multimodal_inputs(batch, multimodal_shapes(per_sample)) == per_sample  # exactly, field by field
 True
 ```
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from transformers import ProcessorMixin
+
+logger = logging.getLogger(__name__)
 
 MEDIA_KINDS = ("image", "video", "audio")
-_PLURALS = {"image": "images", "video": "videos", "audio": "audio clips"}
+# The processor attribute that processes each media kind.
+MEDIA_PROCESSOR_ATTRIBUTES = {"image": "image_processor", "video": "video_processor", "audio": "feature_extractor"}
+SEQUENCE_FIELDS = ("input_ids", "attention_mask")
+TOKEN_TYPE_SUFFIX = "token_type_ids"
+
+# A sample's shape per field: `None` when the sample does not have the field.
+Shapes = dict[str, list[tuple[int, ...] | None]]
 
 
-@dataclass(frozen=True)
-class MultimodalField:
+def is_token_field(name: str) -> bool:
+    """Whether a model input named `name` is a per-token type field (`token_type_ids`, `mm_token_type_ids`, ...)."""
+    return name.endswith(TOKEN_TYPE_SUFFIX)
+
+
+def split_processor_output(
+    output: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """
-    Row layout of one multimodal field.
+    Take a processor's (or tokenizer's) output apart: the sequence, the per-token fields and the media fields.
 
     Args:
-        media (`str`):
-            The media kind whose items own the rows: `"image"`, `"video"` or `"audio"`.
-        grid (`str` or `None`, *optional*, defaults to `None`):
-            Name of the `[n_items, 3]` grid field whose per-item product `t * h * w` is the number of rows an item
-            has in this field. `None` means one row per item.
+        output (`Mapping[str, Any]`):
+            What `processor(text=..., images=..., return_tensors="pt")` returns.
+
+    Returns:
+        `tuple`: `input_ids` `[B, L]`, `attention_mask` `[B, L]` (or `None`), the per-token fields (each `[B, L]`)
+        and the media fields.
+
+    Raises:
+        `ValueError`: on a value that is not a tensor with at least one dimension, or an output shaped like the tokens
+        that is not an integer `*token_type_ids` field (rft_trl would not know how to extend it over a completion).
     """
-
-    media: str
-    grid: str | None = None
-
-
-MULTIMODAL_FIELDS: dict[str, MultimodalField] = {
-    # [sum over images of t*h*w, channels * temporal_patch * patch**2]
-    "pixel_values": MultimodalField("image", grid="image_grid_thw"),
-    # [n_images, 3]
-    "image_grid_thw": MultimodalField("image"),
-    # [sum over videos of t*h*w, channels * temporal_patch * patch**2]
-    "pixel_values_videos": MultimodalField("video", grid="video_grid_thw"),
-    # [n_videos, 3]
-    "video_grid_thw": MultimodalField("video"),
-    # [n_videos]: seconds per temporal grid step, returned by the Qwen2.5-VL processor for videos
-    "second_per_grid_ts": MultimodalField("video"),
-    # [n_clips, mel_bins, frames]
-    "input_features": MultimodalField("audio"),
-    # [n_clips, frames]
-    "feature_attention_mask": MultimodalField("audio"),
-}
-
-# The multimodal fields a model of each modality accepts as forward keywords.
-MODALITY_FIELDS: dict[str, tuple[str, ...]] = {
-    "text": (),
-    "vision": ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"),
-    "audio": ("input_features", "feature_attention_mask"),
-}
-
-# Processor outputs with one entry per token travel with the sequences, not in the multimodal dict;
-# mm_token_type_ids is rebuilt by the actor from the tokens because it must also cover generated tokens.
-SEQUENCE_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-
-
-def _check_fields(multimodal_inputs: Mapping[str, torch.Tensor]) -> None:
-    for name, value in multimodal_inputs.items():
-        if name not in MULTIMODAL_FIELDS:
-            raise ValueError(
-                f"Unknown multimodal field {name!r}; rft_trl.data.multimodal knows {', '.join(MULTIMODAL_FIELDS)}. "
-                "Declare its row layout in MULTIMODAL_FIELDS."
-            )
+    input_ids = output["input_ids"]
+    attention_mask = output.get("attention_mask")
+    token_fields, media_fields = {}, {}
+    for name, value in output.items():
+        if name in SEQUENCE_FIELDS:
+            continue
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             raise ValueError(
-                f"Multimodal field {name!r} must be a tensor with at least one dimension, got {type(value).__name__}."
+                f"The processor returned {name!r} as {type(value).__name__}; rft_trl carries tensors of one or more "
+                "dimensions to the model. Ask the processor for tensors (return_tensors='pt') or drop the field."
             )
+        if value.shape == input_ids.shape:
+            if not is_token_field(name) or value.is_floating_point():
+                raise ValueError(
+                    f"The processor returned {name!r} with one value per token ({tuple(value.shape)}), but rft_trl "
+                    f"only knows how to extend integer '*{TOKEN_TYPE_SUFFIX}' fields over a completion (with 0, the "
+                    "text type). This model family is not supported; please open an issue naming the field."
+                )
+            token_fields[name] = value
+        else:
+            media_fields[name] = value
+    return input_ids, attention_mask, token_fields, media_fields
 
 
-def _rows_per_item(multimodal_inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, list[int]], dict[str, int]]:
+def multimodal_shapes(per_sample: Sequence[Mapping[str, torch.Tensor]]) -> Shapes:
     """
-    Check the layout of a multimodal dict and return, per field, the number of rows of each of its items, and, per
-    media kind, the number of items.
-    """
-    _check_fields(multimodal_inputs)
-    num_items: dict[str, int] = {}
-    counted_by: dict[str, str] = {}
-    for name, value in multimodal_inputs.items():
-        spec = MULTIMODAL_FIELDS[name]
-        if spec.grid is not None:
-            continue
-        if spec.media in num_items and num_items[spec.media] != value.shape[0]:
-            raise ValueError(
-                f"Multimodal field {name!r} has {value.shape[0]} rows but {counted_by[spec.media]!r} has "
-                f"{num_items[spec.media]}: both hold one row per {spec.media}."
-            )
-        num_items[spec.media] = value.shape[0]
-        counted_by[spec.media] = name
-
-    rows: dict[str, list[int]] = {}
-    for name, value in multimodal_inputs.items():
-        spec = MULTIMODAL_FIELDS[name]
-        if spec.grid is None:
-            rows[name] = [1] * value.shape[0]
-            continue
-        if spec.grid not in multimodal_inputs:
-            if value.shape[0] == 0:
-                rows[name] = []
-                continue
-            raise ValueError(
-                f"Multimodal field {name!r} needs {spec.grid!r} to tell how many of its rows belong to each "
-                f"{spec.media}."
-            )
-        rows[name] = multimodal_inputs[spec.grid].prod(dim=-1).tolist()
-        if sum(rows[name]) != value.shape[0]:
-            raise ValueError(
-                f"Multimodal field {name!r}: expected {sum(rows[name])} rows ({len(rows[name])} "
-                f"{_PLURALS[spec.media]} in {spec.grid!r}) but got {value.shape[0]}."
-            )
-    return rows, num_items
-
-
-def count_items(multimodal_inputs: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """
-    Count the media items held by a multimodal dict (one sample's or a whole batch's).
+    Each sample's shape of every media field, what [`split_multimodal_inputs`] needs to undo a concatenation.
 
     Args:
-        multimodal_inputs (`Mapping[str, torch.Tensor]`):
-            Multimodal fields laid out as a processor returns them.
+        per_sample (`Sequence[Mapping[str, torch.Tensor]]`):
+            One media dict per sample.
 
     Returns:
-        `dict[str, int]`: the number of items of every media kind in [`MEDIA_KINDS`], zero for absent kinds.
-
-    Raises:
-        `ValueError`: on an unknown field, or when the fields disagree about the number of items or rows.
+        `dict[str, list[tuple[int, ...] | None]]`: per field (in first-seen order), one shape per sample, `None` where
+        the sample lacks the field.
     """
-    _, num_items = _rows_per_item(multimodal_inputs)
-    return {kind: num_items.get(kind, 0) for kind in MEDIA_KINDS}
-
-
-def count_items_per_sample(per_sample: list[Mapping[str, torch.Tensor]]) -> dict[str, list[int]]:
-    """
-    Count the media items of each sample, in the form [`split_multimodal_inputs`] takes.
-
-    Args:
-        per_sample (`list[Mapping[str, torch.Tensor]]`):
-            One multimodal dict per sample.
-
-    Returns:
-        `dict[str, list[int]]`: for every media kind that at least one sample holds, the number of items of each
-        sample. A text-only batch gives `{}`.
-    """
-    counts = [count_items(sample) for sample in per_sample]
-    return {kind: [c[kind] for c in counts] for kind in MEDIA_KINDS if any(c[kind] for c in counts)}
-
-
-def split_multimodal_inputs(
-    multimodal_inputs: Mapping[str, torch.Tensor], item_counts: Mapping[str, list[int]], num_samples: int | None = None
-) -> list[dict[str, torch.Tensor]]:
-    """
-    Split a batch's multimodal dict into one dict per sample.
-
-    The pieces are views of the batch tensors (no copy). A sample without items of a media kind gets none of that
-    kind's fields, as if it had been processed alone.
-
-    Args:
-        multimodal_inputs (`Mapping[str, torch.Tensor]`):
-            Multimodal fields of a batch, rows stacked over the samples in order.
-        item_counts (`Mapping[str, list[int]]`):
-            For each media kind, the number of items of each sample, e.g. `{"image": [2, 0, 1]}`. Every kind that
-            has fields in `multimodal_inputs` must be present; kinds absent from it must count zero items.
-        num_samples (`int`, *optional*):
-            Number of samples. Required when `item_counts` is empty (a text-only batch); otherwise it is the length
-            of the count lists and, when given, is checked against them.
-
-    Returns:
-        `list[dict[str, torch.Tensor]]`: `num_samples` dicts.
-
-    Raises:
-        `ValueError`: on an unknown field or media kind, counts that disagree with the fields, or count lists of
-        different lengths.
-    """
-    rows, num_items = _rows_per_item(multimodal_inputs)
-    for kind in item_counts:
-        if kind not in MEDIA_KINDS:
-            raise ValueError(f"Unknown media kind {kind!r} in item_counts; use one of {', '.join(MEDIA_KINDS)}.")
-    lengths = {len(counts) for counts in item_counts.values()}
-    if num_samples is not None:
-        lengths.add(num_samples)
-    if len(lengths) != 1:
-        if not lengths:
-            raise ValueError("split_multimodal_inputs needs num_samples when item_counts is empty.")
-        sizes = ", ".join(f"{kind}: {len(counts)}" for kind, counts in item_counts.items())
-        raise ValueError(f"item_counts ({sizes}) and num_samples={num_samples} disagree on the number of samples.")
-    (num_samples,) = lengths
-    for name in multimodal_inputs:
-        kind = MULTIMODAL_FIELDS[name].media
-        if kind not in item_counts and len(rows[name]) > 0:
-            raise ValueError(
-                f"Multimodal field {name!r} holds {_PLURALS[kind]} but item_counts has no {kind!r} entry."
-            )
-    for kind, counts in item_counts.items():
-        if sum(counts) != num_items.get(kind, 0):
-            raise ValueError(
-                f"item_counts[{kind!r}] adds up to {sum(counts)} {_PLURALS[kind]} but the multimodal inputs hold "
-                f"{num_items.get(kind, 0)}."
-            )
-
-    per_sample: list[dict[str, torch.Tensor]] = [{} for _ in range(num_samples)]
-    for name, value in multimodal_inputs.items():
-        if not rows[name]:
-            continue
-        counts = item_counts[MULTIMODAL_FIELDS[name].media]
-        # Consecutive items belong to consecutive samples: sum the rows of each sample's items.
-        sample_rows, start = [], 0
-        for count in counts:
-            sample_rows.append(sum(rows[name][start : start + count]))
-            start += count
-        for sample, piece, count in zip(per_sample, value.split(sample_rows), counts):
-            if count > 0:
-                sample[name] = piece
-    return per_sample
-
-
-def concat_multimodal_inputs(per_sample: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """
-    Concatenate per-sample multimodal dicts into a batch's, the inverse of [`split_multimodal_inputs`].
-
-    Sample order is kept; fields without any rows are dropped; keys follow [`MULTIMODAL_FIELDS`] order.
-
-    Args:
-        per_sample (`list[Mapping[str, torch.Tensor]]`):
-            One multimodal dict per sample; each is checked for a consistent layout.
-
-    Returns:
-        `dict[str, torch.Tensor]`: the batch's multimodal dict (`{}` when no sample has any field).
-    """
+    names = list(dict.fromkeys(name for sample in per_sample for name in sample))
     for sample in per_sample:
-        _rows_per_item(sample)
+        for name, value in sample.items():
+            _check_piece(name, value, None)
+    return {name: [tuple(sample[name].shape) if name in sample else None for sample in per_sample] for name in names}
+
+
+def _check_piece(name: str, value: Any, reference: torch.Tensor | None) -> None:
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        raise ValueError(f"Media field {name!r} must be a tensor with at least one dimension, got {value!r:.80}.")
+    if reference is not None and (value.dim() != reference.dim() or value.dtype != reference.dtype):
+        raise ValueError(
+            f"Media field {name!r} differs across samples: {tuple(reference.shape)} {reference.dtype} vs "
+            f"{tuple(value.shape)} {value.dtype}; every sample's field needs the same rank and dtype."
+        )
+
+
+def concat_multimodal_inputs(per_sample: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """
+    The media fields of a batch: each field's per-sample pieces zero-padded to the largest in every dimension but
+    the first, then concatenated along the first, in sample order.
+
+    A sample without a field contributes no rows to it. A field may end up without any element (e.g. the empty
+    batch-first rows of text-only samples): it is kept, so that splitting gives the samples back exactly, and the
+    model call leaves it out, as a processor leaves it out of a text-only batch.
+
+    Args:
+        per_sample (`Sequence[Mapping[str, torch.Tensor]]`):
+            One media dict per sample.
+
+    Returns:
+        `dict[str, torch.Tensor]`: the batch's media fields (`{}` when no sample has any).
+
+    Raises:
+        `ValueError`: when a field is not a tensor, or its rank or dtype differs across samples.
+    """
     batch = {}
-    for name in MULTIMODAL_FIELDS:
-        pieces = [sample[name] for sample in per_sample if name in sample and sample[name].shape[0] > 0]
-        if pieces:
-            batch[name] = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+    for name in multimodal_shapes(per_sample):
+        pieces = [sample[name] for sample in per_sample if name in sample]
+        for piece in pieces:
+            _check_piece(name, piece, pieces[0])
+        trailing = [max(piece.shape[d] for piece in pieces) for d in range(1, pieces[0].dim())]
+        padded = [_pad_trailing(piece, trailing) for piece in pieces]
+        batch[name] = padded[0] if len(padded) == 1 else torch.cat(padded, dim=0)
     return batch
+
+
+def _pad_trailing(piece: torch.Tensor, trailing: list[int]) -> torch.Tensor:
+    if list(piece.shape[1:]) == trailing:
+        return piece
+    # F.pad takes (last dim left, last dim right, second-to-last left, ...): pad every trailing dim on its right.
+    pad = []
+    for size, target in zip(reversed(piece.shape[1:]), reversed(trailing)):
+        pad += [0, target - size]
+    return torch.nn.functional.pad(piece, pad)
+
+
+def split_multimodal_inputs(multimodal_inputs: Mapping[str, torch.Tensor], shapes: Shapes) -> list[dict]:
+    """
+    Split a batch's media fields into one dict per sample, the inverse of [`concat_multimodal_inputs`].
+
+    The pieces are views of the batch tensors (no copy), cut back to each sample's own shape.
+
+    Args:
+        multimodal_inputs (`Mapping[str, torch.Tensor]`):
+            The batch's media fields.
+        shapes (`dict[str, list[tuple[int, ...] | None]]`):
+            Each sample's shape per field, from [`multimodal_shapes`] of the samples that were concatenated.
+
+    Returns:
+        `list[dict[str, torch.Tensor]]`: one dict per sample (as many as the lists in `shapes`).
+
+    Raises:
+        `ValueError`: when the fields and `shapes` disagree (names, sample counts, row counts or sizes).
+    """
+    counts = {len(per_field) for per_field in shapes.values()}
+    if len(counts) > 1:
+        raise ValueError(f"The shape lists name different numbers of samples: {sorted(counts)}.")
+    extra = set(multimodal_inputs) - set(shapes)
+    if extra:
+        raise ValueError(f"Media fields {sorted(extra)} have no per-sample shapes to split them by.")
+    num_samples = counts.pop() if counts else 0
+    per_sample: list[dict] = [{} for _ in range(num_samples)]
+    for name, sample_shapes in shapes.items():
+        if name not in multimodal_inputs:
+            raise ValueError(f"Media field {name!r} of the samples' shapes is missing from the batch.")
+        value = multimodal_inputs[name]
+        rows = [shape[0] if shape is not None else 0 for shape in sample_shapes]
+        if sum(rows) != value.shape[0]:
+            raise ValueError(
+                f"Media field {name!r} has {value.shape[0]} rows but the samples' shapes add up to {sum(rows)}."
+            )
+        for sample, shape, piece in zip(per_sample, sample_shapes, value.split(rows)):
+            if shape is None:
+                continue
+            if len(shape) != value.dim() or any(s > v for s, v in zip(shape[1:], value.shape[1:])):
+                raise ValueError(
+                    f"Media field {name!r}: a sample's shape {shape} does not fit the batch's {tuple(value.shape)}."
+                )
+            for dim, size in enumerate(shape[1:], start=1):
+                piece = piece.narrow(dim, 0, size)
+            sample[name] = piece
+    return per_sample
 
 
 def repeat_multimodal_inputs(per_sample: list[Mapping[str, torch.Tensor]], n: int) -> list[dict[str, torch.Tensor]]:
     """
-    Repeat each sample's multimodal dict `n` times, interleaved as `[s0] * n + [s1] * n + ...`, the order of
-    `n` completions per prompt. The repeats share tensor storage; each is its own (shallow) dict.
+    Repeat each sample's media dict `n` times, interleaved as `[s0] * n + [s1] * n + ...`, the order of `n`
+    completions per prompt. The repeats share tensor storage; each is its own (shallow) dict.
 
     Args:
         per_sample (`list[Mapping[str, torch.Tensor]]`):
-            One multimodal dict per sample.
+            One media dict per sample.
         n (`int`):
             Number of copies per sample, at least 1.
 
@@ -276,52 +238,146 @@ def repeat_multimodal_inputs(per_sample: list[Mapping[str, torch.Tensor]], n: in
     return [dict(sample) for sample in per_sample for _ in range(n)]
 
 
-def select_fields(multimodal_inputs: Mapping[str, torch.Tensor], modality: str) -> dict[str, torch.Tensor]:
+def extend_token_fields(
+    token_fields: Mapping[str, torch.Tensor], width: int, side: str = "right"
+) -> dict[str, torch.Tensor]:
     """
-    Keep the fields a model of `modality` accepts as forward keywords.
-
-    Fields of another modality are dropped when they hold no rows and rejected otherwise, so that media never
-    silently goes unseen by the model.
+    Extend per-token fields to `width` columns with 0 (the text type), e.g. a prompt's over its completion.
 
     Args:
-        multimodal_inputs (`Mapping[str, torch.Tensor]`):
-            Multimodal fields of a sample or batch.
-        modality (`str`):
-            `"text"`, `"vision"` or `"audio"` (the keys of [`MODALITY_FIELDS`]).
+        token_fields (`Mapping[str, torch.Tensor]`):
+            Fields of shape `[B, L]` with `L <= width`.
+        width (`int`):
+            The width to reach.
+        side (`str`, *optional*, defaults to `"right"`):
+            Where the new columns go: `"right"` (a completion after its prompt) or `"left"` (left padding).
 
     Returns:
-        `dict[str, torch.Tensor]`: the accepted fields.
-
-    Raises:
-        `ValueError`: on an unknown modality or field, or when a non-empty field is not accepted by the modality.
+        `dict[str, torch.Tensor]`: fields of shape `[B, width]`.
     """
-    if modality not in MODALITY_FIELDS:
-        raise ValueError(f"Unknown modality {modality!r}; use one of {', '.join(MODALITY_FIELDS)}.")
-    _check_fields(multimodal_inputs)
-    accepted = MODALITY_FIELDS[modality]
-    unexpected = [name for name, value in multimodal_inputs.items() if name not in accepted and value.numel() > 0]
-    if unexpected:
-        raise ValueError(
-            f"A {modality!r} model does not accept the multimodal fields {', '.join(unexpected)}; it accepts "
-            f"{', '.join(accepted) or 'none'}."
-        )
-    return {name: value for name, value in multimodal_inputs.items() if name in accepted}
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    extended = {}
+    for name, value in token_fields.items():
+        missing = width - value.shape[-1]
+        if missing < 0:
+            raise ValueError(f"Per-token field {name!r} has {value.shape[-1]} columns, more than the {width} asked.")
+        pad = (0, missing) if side == "right" else (missing, 0)
+        extended[name] = torch.nn.functional.pad(value, pad) if missing else value
+    return extended
 
 
-def extract_multimodal_inputs(processor_output: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+# ---------------------------------------------------------------------------------------------------------- probe
+
+
+@dataclass(frozen=True)
+class ProcessorLayout:
     """
-    Take the multimodal fields out of a processor's output (a `BatchFeature` or dict).
+    What a processor takes and returns, found once by [`probe_processor`].
 
     Args:
-        processor_output (`Mapping[str, torch.Tensor]`):
-            What `processor(text=..., images=..., return_tensors="pt")` returns.
+        media_kinds (`tuple[str, ...]`):
+            The media kinds the processor processes (`"image"`, `"video"`, `"audio"`), from its sub-processors.
+        fields (`dict[str, tuple[str, ...]]`):
+            For each media kind, the media fields a sample with that kind gets.
+        token_fields (`tuple[str, ...]`):
+            The per-token fields the processor returns.
+        empty_rows (`dict[str, torch.Tensor]`):
+            For each batch-first media field (one row per sample), the empty row a sample without that kind's
+            media gets, e.g. `pixel_values` `[1, 0, C, H, W]`, or `[0]` for a per-sample count.
+        media_token_ids (`tuple[int, ...]`):
+            The tokenizer's added tokens that media bring into a prompt (placeholders, boundaries, rows and
+            columns of image tiles, ...): a completion must never hold one.
+    """
+
+    media_kinds: tuple[str, ...] = ()
+    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    token_fields: tuple[str, ...] = ()
+    empty_rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    media_token_ids: tuple[int, ...] = ()
+
+    def kinds_of(self, names: Sequence[str]) -> list[str]:
+        """The media kinds whose fields include any of `names`."""
+        return [kind for kind, fields in self.fields.items() if set(fields) & set(names)]
+
+
+def processor_media_kinds(processing_class: Any) -> tuple[str, ...]:
+    """The media kinds a processing class processes: those it has a sub-processor for (none for a tokenizer)."""
+    if not isinstance(processing_class, ProcessorMixin):
+        return ()
+    attributes = processing_class.get_attributes()
+    return tuple(kind for kind in MEDIA_KINDS if MEDIA_PROCESSOR_ATTRIBUTES[kind] in attributes)
+
+
+def _probe_media(kind: str, processing_class: ProcessorMixin) -> Any:
+    if kind == "image":
+        return Image.new("RGB", (64, 64), (120, 30, 200))
+    if kind == "video":
+        return [Image.new("RGB", (64, 64), (10 * t, 30, 200)) for t in range(4)]
+    rate = processing_class.feature_extractor.sampling_rate
+    return np.sin(np.linspace(0, 800 * np.pi, rate)).astype(np.float32)  # 1 s of a tone
+
+
+def _probe_prompt(processing_class: ProcessorMixin, parts: list[str]) -> str:
+    content = [{"type": kind} for kind in parts] + [{"type": "text", "text": "what is it"}]
+    return processing_class.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def probe_processor(processing_class: Any) -> ProcessorLayout:
+    """
+    Find a processor's field layout by processing one tiny synthetic row per media kind.
+
+    For each kind the processor takes, a row holding two items of that kind is processed alone, as the collator
+    processes rows. A media field with a single row for two items is batch-first (its first dimension is the
+    sample); any other field stacks rows of items. Outputs shaped like the tokens are per-token fields. The added
+    tokens in the row's ids that the same prompt without media lacks are the media tokens.
+
+    Args:
+        processing_class (`ProcessorMixin` or `PreTrainedTokenizerBase`):
+            The processor (a tokenizer gives an empty layout).
 
     Returns:
-        `dict[str, torch.Tensor]`: every field except the sequence-aligned ones in [`SEQUENCE_FIELDS`].
+        [`ProcessorLayout`]
 
     Raises:
-        `ValueError`: on a field that is neither sequence-aligned nor declared in [`MULTIMODAL_FIELDS`].
+        `ValueError`: when the processor cannot process the synthetic row (naming the kind and the processor's
+        error), or returns something rft_trl cannot carry (see [`split_processor_output`]).
     """
-    multimodal_inputs = {name: value for name, value in processor_output.items() if name not in SEQUENCE_FIELDS}
-    _rows_per_item(multimodal_inputs)
-    return multimodal_inputs
+    kinds = processor_media_kinds(processing_class)
+    fields, token_fields, empty_rows, media_tokens = {}, set(), {}, set()
+    if kinds:
+        tokenizer = processing_class.tokenizer
+        added = set(tokenizer.added_tokens_decoder)
+        text_only = processing_class(text=[_probe_prompt(processing_class, [])], return_tensors="pt")["input_ids"]
+        text_only = set(text_only[0].tolist())
+    for kind in kinds:
+        text = _probe_prompt(processing_class, [kind, kind])
+        items = [_probe_media(kind, processing_class) for _ in range(2)]
+        # Images nested per row, as the collator passes them.
+        kwargs: dict[str, Any] = {{"image": "images", "video": "videos", "audio": "audio"}[kind]: items}
+        if kind == "image":
+            kwargs["images"] = [items]
+        if kind == "audio":
+            kwargs["sampling_rate"] = processing_class.feature_extractor.sampling_rate
+        try:
+            output = processing_class(text=[text], return_tensors="pt", **kwargs)
+        except Exception as error:  # the processor's own failure, re-raised with what was being asked of it
+            raise ValueError(
+                f"{type(processing_class).__name__} could not process a row with two {kind}s "
+                f"({type(error).__name__}: {error}); rft_trl needs that to learn its field layout."
+            ) from error
+        input_ids, _, tokens, media = split_processor_output(output)
+        media_tokens |= (set(input_ids[0].tolist()) - text_only) & added
+        token_fields |= set(tokens)
+        fields[kind] = tuple(media)
+        for name, value in media.items():
+            if value.shape[0] != 1:
+                continue
+            # A sample without this kind's media gets no items in the row (`[1, 0, ...]`), or, for a per-sample
+            # count such as LLaVA-OneVision's `batch_num_images` (`[1]`), a count of 0.
+            empty_rows[name] = value.new_zeros((1,) if value.dim() == 1 else (1, 0, *value.shape[2:]))
+    layout = ProcessorLayout(kinds, fields, tuple(sorted(token_fields)), empty_rows, tuple(sorted(media_tokens)))
+    logger.debug("Processor layout of %s: %s", type(processing_class).__name__, layout)
+    return layout

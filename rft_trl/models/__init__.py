@@ -6,10 +6,9 @@ from .actor_vl import ActorVL
 from .critic import Critic
 from .loss import GPTLMLoss, PolicyLoss, ValueLoss
 from .reward_model import RewardModel, RewardModelFunction
-from .utils import MROPE_MODEL_TYPES, compute_approx_kl, infer_modality, masked_mean, unpacking_samples
+from .utils import ModelInputs, compute_approx_kl, masked_mean, unpacking_samples
 
 __all__ = [
-    "MROPE_MODEL_TYPES",
     "Actor",
     "ActorAL",
     "ActorVL",
@@ -19,7 +18,7 @@ __all__ = [
     "RewardModel",
     "RewardModelFunction",
     "ValueLoss",
-    "infer_modality",
+    "ModelInputs",
     "compute_approx_kl",
     "masked_mean",
     "process_sequences",

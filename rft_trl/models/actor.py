@@ -2,10 +2,10 @@
 
 The actor wraps a transformers causal (or image/audio-to-text) language model. It samples completions
 ([`Actor.generate`]) and scores the tokens of a completion under the current weights ([`Actor.forward`], the action
-log-probabilities of PPO/GRPO). What differs between modalities is only which multimodal fields the model takes as
-keywords (declared in `rft_trl.data.multimodal.MODALITY_FIELDS`) and how positions are numbered (M-RoPE for
-Qwen2-VL-style models, decided from the model config); the code path is the same. [`ActorVL`] and [`ActorAL`] are
-named faces of this class for the vision and audio modalities.
+log-probabilities of PPO/GRPO). Every model family takes the same path: whatever media fields and per-token type
+fields its processor returns go to the model as keywords (checked against the names its `forward` takes), and
+positions are the model's own ([`rft_trl.models.utils.ModelInputs`]). [`ActorVL`] and [`ActorAL`] are named faces
+of this class with the seed's keyword names.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..core.logprobs import log_probs_and_entropy_from_logits, log_probs_from_logits
-from ..data.multimodal import MULTIMODAL_FIELDS
 from .packing import select_action_positions
 from .utils import (
+    ModelInputs,
     apply_lora,
-    build_forward_inputs,
-    collect_multimodal_inputs,
     enable_gradient_checkpointing,
     freeze_non_language_parameters,
-    generation_inputs,
     load_pretrained_model,
     log_trainable_parameters,
     media_token_ids,
@@ -138,12 +135,11 @@ class Actor(nn.Module):
     ```python
     >>> actor = ActorVL("Qwen/Qwen2.5-VL-3B-Instruct", bf16=True, lora_rank=16)
     >>> sequences, attention_mask, action_mask = actor.generate(**processor_batch, max_new_tokens=64, do_sample=True)
-    >>> log_probs = actor(sequences, action_mask.shape[1], attention_mask, pixel_values=..., image_grid_thw=...)
+    >>> log_probs = actor(sequences, action_mask.shape[1], attention_mask, **media_and_token_type_fields)
     ```
     """
 
-    modality = "text"
-    # Alternative names accepted for multimodal keyword arguments (the seeds' `audio_values`, for instance).
+    # Alternative names accepted for model inputs (the seed's `audio_values`, for instance).
     field_aliases: dict[str, str] = {}
 
     def __init__(
@@ -178,6 +174,9 @@ class Actor(nn.Module):
         self.model = apply_lora(model, lora_rank, lora_alpha, lora_dropout, target_modules, peft_config)
         self.packing_samples = packing_samples
         self.extra_media_token_ids = list(media_token_ids or [])
+        self.inputs = ModelInputs(unwrap_model(model), self.field_aliases)
+        if packing_samples:
+            self.inputs.check_packable()
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -211,17 +210,17 @@ class Actor(nn.Module):
                 Never sample media placeholder or boundary tokens ([`Actor.media_token_ids`]): a completion holding
                 one would make the next forward fail to match media features with placeholders.
             kwargs:
-                Multimodal fields of the prompts (`pixel_values`, `image_grid_thw`, `input_features`, ...; a
-                processor's `mm_token_type_ids` is ignored and rebuilt) and generation arguments (`max_new_tokens`,
-                `do_sample`, `temperature`, `top_p`, `eos_token_id`, `pad_token_id`, `suppress_tokens`, ...).
+                The processor's other outputs for the prompts, media fields (`pixel_values`, `image_grid_thw`,
+                `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`, `[B, P]`),
+                any name the model's `forward` takes; and generation arguments (`max_new_tokens`, `do_sample`,
+                `temperature`, `top_p`, `eos_token_id`, `pad_token_id`, `suppress_tokens`, ...).
 
         Returns:
             `tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]`: `sequences` `[B, P + R]` cut after the
             first EOS ([`process_sequences`]), their `attention_mask` and the `action_mask` `[B, R]`.
         """
-        multimodal = {k: v for k, v in kwargs.items() if self._is_multimodal_name(k)}
-        generation_kwargs = {k: v for k, v in kwargs.items() if k not in multimodal}
-        multimodal = collect_multimodal_inputs(self.modality, multimodal, self.field_aliases)
+        media, token_fields = self.inputs.collect({k: v for k, v in kwargs.items() if self.inputs.is_input(k)})
+        generation_kwargs = {k: v for k, v in kwargs.items() if not self.inputs.is_input(k)}
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         model = self.hf_model
@@ -239,8 +238,8 @@ class Actor(nn.Module):
         sequences = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            **generation_inputs(model, input_ids),
-            **multimodal,
+            **token_fields,
+            **media,
             **generation_kwargs,
         )
         return process_sequences(sequences, input_ids.shape[1], eos_token_id, pad_token_id, attention_mask)
@@ -267,7 +266,7 @@ class Actor(nn.Module):
         packed_seq_lens: list[int] | None = None,
         temperature: float = 1.0,
         return_entropy: bool = False,
-        **multimodal_inputs: torch.Tensor | None,
+        **model_inputs: torch.Tensor | None,
     ):
         """
         Log-probabilities of the action tokens (the completion) under the current weights.
@@ -285,28 +284,34 @@ class Actor(nn.Module):
             return_output (`bool`, *optional*, defaults to `False`):
                 Also return the model output (logits, and `aux_loss` for MoE models that compute one).
             packed_seq_lens (`list[int]`, *optional*):
-                Lengths of the packed samples (requires `packing_samples=True`).
+                Lengths of the packed samples (requires `packing_samples=True`; such an actor also takes ordinary
+                padded batches, see [`rft_trl.models.utils.resolve_packing`]).
             temperature (`float`, *optional*, defaults to `1.0`):
                 The sampling temperature; log-probs are those of `softmax(logits / temperature)`.
             return_entropy (`bool`, *optional*, defaults to `False`):
                 Also return the entropy of each action's next-token distribution (same temperature).
-            multimodal_inputs:
-                Multimodal fields of all samples in order (`pixel_values`, `image_grid_thw`,
-                `pixel_values_videos`, `video_grid_thw`, `input_features`, `feature_attention_mask`, or the
-                aliases of this face); `None` values are ignored.
+            model_inputs:
+                The processor's other outputs, any name the model's `forward` takes (or an alias of this face):
+                media fields of all samples in order (`pixel_values`, `image_grid_thw`, `image_sizes`,
+                `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`), either
+                covering `sequences` or, padded, only the prompt `[B, L - num_actions]` (extended with 0 over the
+                completion). `None` values are ignored.
 
         Returns:
             `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 log-probs; or a
             tuple `(log_probs, entropy)`, `(log_probs, output)` or `(log_probs, entropy, output)` according to
             `return_entropy` and `return_output`.
         """
-        multimodal = collect_multimodal_inputs(self.modality, multimodal_inputs, self.field_aliases)
-        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask)
-        model = self.hf_model
-        model_inputs = build_forward_inputs(
-            model, sequences, None if packed_seq_lens else attention_mask, packed_seq_lens, multimodal
+        media, token_fields = self.inputs.collect(model_inputs)
+        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask, num_actions)
+        forward_inputs = self.inputs.forward_inputs(
+            sequences,
+            None if packed_seq_lens else attention_mask,
+            packed_seq_lens,
+            media,
+            token_fields,
         )
-        output = self.model(**model_inputs)
+        output = self.model(**forward_inputs)
         logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
         if return_entropy:
             # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
@@ -341,6 +346,3 @@ class Actor(nn.Module):
             `tuple[int, int]`: `(trainable, total)`.
         """
         return log_trainable_parameters(self.model)
-
-    def _is_multimodal_name(self, name: str) -> bool:
-        return name in MULTIMODAL_FIELDS or name in self.field_aliases or name == "mm_token_type_ids"

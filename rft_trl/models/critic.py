@@ -13,12 +13,10 @@ from transformers import PreTrainedModel
 from .actor import Actor
 from .packing import select_action_positions
 from .utils import (
+    ModelInputs,
     apply_lora,
-    build_forward_inputs,
-    collect_multimodal_inputs,
     enable_gradient_checkpointing,
     freeze_non_language_parameters,
-    infer_modality,
     load_pretrained_model,
     log_trainable_parameters,
     resolve_packing,
@@ -124,7 +122,9 @@ class Critic(nn.Module):
         self.backbone = apply_lora(
             backbone, lora_rank, lora_alpha, lora_dropout, target_modules, peft_config, task_type="FEATURE_EXTRACTION"
         )
-        self.modality = infer_modality(backbone.config)
+        self.inputs = ModelInputs(backbone)
+        if packing_samples:
+            self.inputs.check_packable()
         self.packing_samples = packing_samples
         parameter = next(backbone.parameters())
         self.value_head = nn.Linear(hidden_size, 1, device=parameter.device, dtype=parameter.dtype)  # [H] -> [1]
@@ -144,7 +144,7 @@ class Critic(nn.Module):
         attention_mask: torch.Tensor | None = None,
         return_output: bool = False,
         packed_seq_lens: list[int] | None = None,
-        **multimodal_inputs: torch.Tensor | None,
+        **model_inputs: torch.Tensor | None,
     ):
         """
         Values of the states in which the action tokens are taken.
@@ -161,19 +161,23 @@ class Critic(nn.Module):
                 Also return the backbone output.
             packed_seq_lens (`list[int]`, *optional*):
                 Lengths of the packed samples (requires `packing_samples=True`).
-            multimodal_inputs:
-                Multimodal fields of all samples, in order; `None` values are ignored.
+            model_inputs:
+                Media and per-token type fields, as for [`Actor.forward`]; `None` values are ignored.
 
         Returns:
             `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 values; or
             `(values, output)` with `return_output=True`.
         """
-        multimodal = collect_multimodal_inputs(self.modality, multimodal_inputs)
-        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask)
-        model_inputs = build_forward_inputs(
-            self.hf_backbone, sequences, None if packed_seq_lens else attention_mask, packed_seq_lens, multimodal
+        media, token_fields = self.inputs.collect(model_inputs)
+        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask, num_actions)
+        forward_inputs = self.inputs.forward_inputs(
+            sequences,
+            None if packed_seq_lens else attention_mask,
+            packed_seq_lens,
+            media,
+            token_fields,
         )
-        output = self.backbone(**model_inputs)
+        output = self.backbone(**forward_inputs)
         hidden, _ = select_action_positions(output.last_hidden_state, sequences, num_actions, packed_seq_lens)
         values = self.value_head(hidden).squeeze(-1).float()  # [B, A]
         return (values, output) if return_output else values

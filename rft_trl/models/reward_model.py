@@ -21,15 +21,8 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase, ProcessorMixin
 
 from ..data.media import image_bounds_from_processor, load_audio, load_image, load_video
-from ..data.multimodal import extract_multimodal_inputs
-from .utils import (
-    build_forward_inputs,
-    collect_multimodal_inputs,
-    has_sequence_classification_head,
-    infer_modality,
-    load_pretrained_model,
-    unwrap_model,
-)
+from ..data.multimodal import split_processor_output
+from .utils import ModelInputs, has_sequence_classification_head, load_pretrained_model, unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +92,14 @@ class RewardModel(nn.Module):
                 "head. Train it or load its weights before scoring.",
                 type(model).__name__,
             )
-        self.modality = infer_modality(self.backbone.config)
+        self.inputs = ModelInputs(self.backbone)
 
     def forward(
         self,
         sequences: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         return_output: bool = False,
-        **multimodal_inputs: torch.Tensor | None,
+        **model_inputs: torch.Tensor | None,
     ):
         """
         The score of each sequence, read at its last attended token.
@@ -118,16 +111,17 @@ class RewardModel(nn.Module):
                 1 on real tokens; all ones by default.
             return_output (`bool`, *optional*, defaults to `False`):
                 Also return the backbone output.
-            multimodal_inputs:
-                Multimodal fields of all samples, in order; `None` values are ignored.
+            model_inputs:
+                The processor's media and per-token type fields (any name the backbone's `forward` takes), of all
+                samples in order; `None` values are ignored.
 
         Returns:
             `torch.Tensor` of shape `[B]`, float32 scores; or `(scores, output)`.
         """
-        multimodal = collect_multimodal_inputs(self.modality, multimodal_inputs)
+        media, token_fields = self.inputs.collect(model_inputs)
         if attention_mask is None:
             attention_mask = torch.ones_like(sequences)
-        output = self.backbone(**build_forward_inputs(self.backbone, sequences, attention_mask, None, multimodal))
+        output = self.backbone(**self.inputs.forward_inputs(sequences, attention_mask, None, media, token_fields))
         positions = torch.arange(sequences.shape[1], device=sequences.device)  # [L]
         last = (positions * attention_mask.bool()).argmax(-1)  # [B], the rightmost attended token
         hidden = output.last_hidden_state[torch.arange(sequences.shape[0], device=sequences.device), last]  # [B, H]
@@ -236,7 +230,8 @@ class RewardModelFunction:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        multimodal = {name: value.to(device) for name, value in extract_multimodal_inputs(inputs).items()}
-        scores = model(inputs["input_ids"].to(device), inputs["attention_mask"].to(device), **multimodal)
+        input_ids, attention_mask, token_fields, media = split_processor_output(inputs)
+        fields = {name: value.to(device) for name, value in {**token_fields, **media}.items()}
+        scores = model(input_ids.to(device), attention_mask.to(device), **fields)
         model.train(was_training)
         return scores.tolist()

@@ -8,6 +8,7 @@ batches is decided here, once.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import re
 from collections.abc import Mapping
@@ -21,11 +22,13 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMultimodalLM,
     AutoModelForSequenceClassification,
+    GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.integrations.deepspeed import HfDeepSpeedConfig, is_deepspeed_available
 from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
     MODEL_FOR_MULTIMODAL_LM_MAPPING,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
@@ -34,22 +37,10 @@ from transformers.utils import is_flash_attn_2_available
 
 from ..core import compute_approx_kl as compute_approx_kl  # re-exported: the seed's lightrft.models.utils name
 from ..core import masked_mean as masked_mean  # re-exported: the seed's lightrft.models.utils name
-from ..data.multimodal import select_fields
-from .packing import (
-    mm_token_type_ids_from_sequences,
-    packed_position_ids,
-    packed_seq_lens_from_sample_ids,
-    pad_packed,
-    position_ids_from_attention_mask,
-    unpack_values,
-)
+from ..data.multimodal import ProcessorLayout, extend_token_fields, is_token_field
+from .packing import packed_seq_lens_from_sample_ids, pad_packed, unpack_values
 
 logger = logging.getLogger(__name__)
-
-# Models whose rotary embedding is M-RoPE: vision tokens get (temporal, height, width) positions computed by the
-# model's `get_rope_index`, text tokens get the same index on all three axes. Listed explicitly (and tested) rather
-# than detected, because a wrong guess silently scrambles the image layout.
-MROPE_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
 
 # Config fields (top level) that hold the ids of media placeholder and boundary tokens. A completion that contains one
 # of them breaks the next forward ("Image features and image tokens do not match"), so generation suppresses them.
@@ -65,27 +56,6 @@ MEDIA_TOKEN_CONFIG_FIELDS = (
     "audio_start_token_id",
     "audio_end_token_id",
 )
-
-MODALITIES = ("text", "vision", "audio")
-
-
-def infer_modality(config: PretrainedConfig) -> str:
-    """
-    The modality of a model, from its config class: `"vision"` for image-text-to-text models, `"audio"` for other
-    multimodal language models, `"text"` otherwise.
-
-    Args:
-        config (`PretrainedConfig`):
-            The model's config.
-
-    Returns:
-        `str`: one of `"text"`, `"vision"`, `"audio"`.
-    """
-    if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
-        return "vision"
-    if type(config) in MODEL_FOR_MULTIMODAL_LM_MAPPING:
-        return "audio"
-    return "text"
 
 
 def resolve_attn_implementation(use_flash_attention_2: bool) -> str:
@@ -356,156 +326,315 @@ def enable_gradient_checkpointing(model: nn.Module, gradient_checkpointing_kwarg
     unwrap_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def collect_multimodal_inputs(
-    modality: str, multimodal_inputs: Mapping[str, torch.Tensor | None], aliases: Mapping[str, str] | None = None
-) -> dict[str, torch.Tensor]:
+# Families transformers can build that rft_trl refuses, with the reason (docs/models.md lists them). Every other
+# family goes through the one generic path; those of the model matrix are verified against their own forward.
+UNSUPPORTED_MODEL_TYPES = {
+    "phi4_multimodal": (
+        "transformers marks its vision encoder's attention as causal, so an image's features change with the other "
+        "images padded beside it in a batch (log-probs moved by ~0.5 in a test); generation and training would see "
+        "different features"
+    ),
+    "gemma3n": "its vision tower needs timm's MobileNetV5 and it has not been verified against its own forward",
+    "voxtral": "its processor takes audio only through mistral_common's chat template, not processor(text, audio=...)",
+    "granite_speech": (
+        "its feature extractor needs torchaudio, and a padded clip's features were measured to differ from the clip "
+        "alone"
+    ),
+}
+
+
+def check_supported(model: PreTrainedModel) -> None:
     """
-    The multimodal keyword arguments of a call, renamed from their aliases, without `None`s, checked against the
-    fields the modality accepts.
+    Refuse a model family rft_trl knows it cannot train correctly.
 
-    Args:
-        modality (`str`):
-            `"text"`, `"vision"` or `"audio"`.
-        multimodal_inputs (`Mapping[str, torch.Tensor | None]`):
-            The keyword arguments; `None` values are dropped (callers pass every field of every modality).
-            `mm_token_type_ids` is dropped too: it is rebuilt from the full sequences.
-        aliases (`Mapping[str, str]`, *optional*):
-            Alternative names, e.g. `{"audio_values": "input_features"}`.
-
-    Returns:
-        `dict[str, torch.Tensor]`: what the model receives as keywords.
+    Raises:
+        `ValueError`: naming the family and the reason, for the families of `UNSUPPORTED_MODEL_TYPES`.
     """
-    aliases = aliases or {}
-    collected = {}
-    for name, value in multimodal_inputs.items():
-        if value is None or name == "mm_token_type_ids":
-            continue
-        name = aliases.get(name, name)
-        if name in collected:
-            raise ValueError(f"{name!r} was given twice (once under an alias).")
-        collected[name] = value
-    return select_fields(collected, modality)
+    model_types = {config.model_type for config in (model.config, model.config.get_text_config())}
+    for model_type in sorted(model_types & set(UNSUPPORTED_MODEL_TYPES)):
+        reason = UNSUPPORTED_MODEL_TYPES[model_type]
+        raise ValueError(
+            f"{type(model).__name__} ({model_type}) is not supported by rft_trl: {reason}. See docs/models.md for "
+            "the supported families."
+        )
 
 
-def build_forward_inputs(
-    model: PreTrainedModel,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    packed_seq_lens: list[int] | None,
-    multimodal_inputs: Mapping[str, torch.Tensor],
-) -> dict:
+def position_source(model: PreTrainedModel) -> GenerationMixin:
     """
-    Keyword arguments of a training forward of `model` (a causal LM or its backbone) on a padded or packed batch.
+    The model whose `_prepare_position_ids_for_generation` numbers positions for `model`: `model` itself when it
+    generates, otherwise (a backbone under a value or score head) its family's generating class instantiated on the
+    meta device, which costs no memory. Numbering positions reads only the config, never the weights.
 
-    Padded (`packed_seq_lens=None`): positions count the attended tokens, so left-padded rows see the positions
-    `generate` gave them. Packed: no attention mask; positions restart at 0 for every sample, which makes
-    transformers attend within samples only (a block-diagonal mask for sdpa/eager, the varlen kernel for
-    flash-attention). M-RoPE models get their 3D positions from their own `get_rope_index`, per sample, with the
-    modality types rebuilt from the tokens (prompt and completion); packed, the 1D text positions are prepended as a
-    fourth row, the transformers convention that marks sample boundaries.
+    Raises:
+        `ValueError`: when transformers has no generating class for the model's config.
+    """
+    if isinstance(model, GenerationMixin):
+        return model
+    config = model.config
+    mappings = (MODEL_FOR_MULTIMODAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING)
+    for mapping in mappings:
+        if type(config) in mapping:
+            with torch.device("meta"):
+                return mapping[type(config)](config)
+    raise ValueError(
+        f"{type(model).__name__} ({config.model_type}) has no generating class in transformers to number its "
+        "positions with; rft_trl cannot compute its positions for padded or packed batches."
+    )
+
+
+class ModelInputs:
+    """
+    How to call one transformers model on a padded or packed batch: which keyword inputs it takes, and its positions.
+
+    Positions are always the model's own: what its `generate` would give the same tokens
+    (`_prepare_position_ids_for_generation`: 1-D positions counting the attended tokens, or the 3-D M-RoPE
+    positions of Qwen-VL, GLM-4.xV and Omni models computed by their `get_rope_index`, with the 1-D text positions
+    as a leading fourth row). Packed samples are numbered each on its own and laid end to end, so positions restart
+    at every sample, which is how transformers keeps packed samples from attending to each other.
 
     Args:
         model (`PreTrainedModel`):
-            The (unwrapped) transformers model that will run the forward; its config decides M-RoPE.
-        sequences (`torch.LongTensor` of shape `[B, L]` or `[1, T]`):
-            Token ids.
-        attention_mask (`torch.Tensor` of shape `[B, L]`, *optional*):
-            Padded only: 1 on real tokens. `None` means no padding.
-        packed_seq_lens (`list[int]`, *optional*):
-            Packed only: the length of each sample.
-        multimodal_inputs (`Mapping[str, torch.Tensor]`):
-            Multimodal fields of all samples, in sample order.
+            The transformers model that will run the forward (not PEFT-wrapped).
+        aliases (`Mapping[str, str]`, *optional*):
+            Other names accepted for model inputs, e.g. `{"audio_values": "input_features"}`.
 
-    Returns:
-        `dict`: `input_ids`, `attention_mask`, `position_ids`, `use_cache=False` and the multimodal fields.
+    Attributes:
+        accepted (`frozenset[str]`): the named parameters of the model's `forward`.
+        token_fields (`tuple[str, ...]`): the per-token type fields among them (`mm_token_type_ids`, ...).
     """
-    if packed_seq_lens is not None:
-        if sequences.shape[0] != 1 or sequences.shape[1] != sum(packed_seq_lens):
+
+    def __init__(self, model: PreTrainedModel, aliases: Mapping[str, str] | None = None):
+        check_supported(model)
+        self.model_name = type(model).__name__
+        parameters = inspect.signature(model.forward).parameters.values()
+        variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        self.accepted = frozenset(p.name for p in parameters if p.kind not in variadic)
+        self.token_fields = tuple(sorted(name for name in self.accepted if is_token_field(name)))
+        self.aliases = dict(aliases or {})
+        self._positions = position_source(model)
+
+    def check_packable(self) -> None:
+        """
+        Refuse packed forwards for a model whose packed samples transformers cannot keep apart.
+
+        Raises:
+            `ValueError`: when the model reads `token_type_ids` (bidirectional attention over media tokens, e.g.
+            Gemma 3: transformers' packed masks place those blocks by in-sample position and mix the samples up), or
+            numbers positions in rows without a text row to mark where samples start.
+        """
+        if "token_type_ids" in self.accepted:
             raise ValueError(
-                f"Packed sequences must have shape [1, sum(packed_seq_lens)] = [1, {sum(packed_seq_lens)}], "
-                f"got {tuple(sequences.shape)}."
+                f"{self.model_name} reads token_type_ids to attend bidirectionally over media tokens, which "
+                "transformers' attention masks get wrong for packed samples; train it with packing_samples=False."
             )
-        text_positions = packed_position_ids(packed_seq_lens, device=sequences.device)  # [1, T]
-        if model.config.model_type in MROPE_MODEL_TYPES:
-            # One get_rope_index call over the samples laid out as a right-padded batch: it walks the image/video
-            # grids in sample order, which is the order of the packed multimodal fields.
-            as_batch = pad_packed(sequences, packed_seq_lens)  # [N, max_len]
-            mask = pad_packed(torch.ones_like(sequences), packed_seq_lens)  # [N, max_len]
-            rope = _mrope_position_ids(model, as_batch, mask, multimodal_inputs)  # [3, N, max_len]
-            rope = rope[:, mask.bool()].unsqueeze(1)  # [3, 1, T]
-            position_ids = torch.cat([text_positions.unsqueeze(0), rope], dim=0)  # [4, 1, T]
-        else:
-            position_ids = text_positions
-        attention_mask = None
-    else:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(sequences)
-        if attention_mask.shape != sequences.shape:
+        probe = torch.zeros(1, 2, dtype=torch.long)
+        self.packed_position_ids(probe, [1, 1], {})
+
+    def check_processor(self, layout: ProcessorLayout, processor_name: str) -> None:
+        """
+        Refuse a processor whose outputs this model does not take, naming each field and its media kind.
+
+        Args:
+            layout ([`~rft_trl.data.multimodal.ProcessorLayout`]): what the processor returns.
+            processor_name (`str`): its class name, for the message.
+
+        Raises:
+            `ValueError`: when a media or per-token field of the processor is not a keyword of the model's `forward`.
+        """
+        unfit = [
+            f"{name!r} ({kind})"
+            for kind, names in layout.fields.items()
+            for name in names
+            if name not in self.accepted
+        ]
+        unfit += [f"{name!r} (per token)" for name in layout.token_fields if name not in self.accepted]
+        if unfit:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of sequences "
-                f"{tuple(sequences.shape)}."
+                f"{processor_name} returns {', '.join(unfit)}, which {self.model_name}.forward does not take: the "
+                "processor does not fit the model. Pass the processor saved with this model."
             )
-        if model.config.model_type in MROPE_MODEL_TYPES:
-            position_ids = _mrope_position_ids(model, sequences, attention_mask, multimodal_inputs)  # [3, B, L]
+
+    def is_input(self, name: str) -> bool:
+        """Whether `name` (or the name it aliases) is a keyword input of the model."""
+        return self.aliases.get(name, name) in self.accepted
+
+    def collect(self, inputs: Mapping[str, torch.Tensor | None]) -> tuple[dict, dict]:
+        """
+        Sort keyword inputs into media fields and per-token fields, renaming aliases and dropping `None`s and
+        empty tensors.
+
+        Returns:
+            `tuple[dict, dict]`: the media fields and the per-token fields.
+
+        Raises:
+            `ValueError`: on a name the model's `forward` does not take, a name given twice (once under an alias),
+            or media given without a per-token type field the model reads (its positions or attention over the
+            media would silently be those of text).
+        """
+        media, tokens = {}, {}
+        for name, value in inputs.items():
+            # An empty media field means no media of its kind (a batch of text-only samples): left out.
+            if value is None or value.numel() == 0:
+                continue
+            name = self.aliases.get(name, name)
+            if name not in self.accepted:
+                raise ValueError(
+                    f"{self.model_name}.forward takes no {name!r}: the inputs do not fit this model (was the "
+                    "processor made for another model?)."
+                )
+            target = tokens if is_token_field(name) else media
+            if name in target:
+                raise ValueError(f"{name!r} was given twice (once under an alias).")
+            target[name] = value
+        missing = [name for name in self.token_fields if name not in tokens]
+        if media and missing:
+            raise ValueError(
+                f"{self.model_name} reads {', '.join(map(repr, missing))} along with media inputs: pass the "
+                "processor's value (a completion's tokens extended with 0); without it the media tokens would be "
+                "placed or attended to as text."
+            )
+        return media, tokens
+
+    def position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, fields: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """
+        The model's positions for a padded batch.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `[B, L]`): token ids.
+            attention_mask (`torch.Tensor` of shape `[B, L]`): 1 on real tokens.
+            fields (`Mapping[str, torch.Tensor]`): the media and per-token fields (per-token ones `[B, L]`).
+
+        Returns:
+            `torch.LongTensor` of shape `[B, L]`, or `[3 or 4, B, L]` for 3-D positions.
+        """
+        # The method generate calls to number a prompt; it reads the mask, the token types and the media grids.
+        model_kwargs = {"attention_mask": attention_mask, **fields}
+        return self._positions._prepare_position_ids_for_generation(input_ids, model_kwargs)
+
+    def packed_position_ids(
+        self, sequences: torch.Tensor, packed_seq_lens: list[int], fields: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """
+        The model's positions for packed samples, each numbered as if alone.
+
+        Returns:
+            `torch.LongTensor` of shape `[1, T]`, or `[4, 1, T]` for 3-D positions (the text row first).
+
+        Raises:
+            `ValueError`: when the model's 3-D positions have no text row to mark where samples start.
+        """
+        as_batch = pad_packed(sequences, packed_seq_lens)  # [N, max_len], right-padded
+        mask = pad_packed(torch.ones_like(sequences), packed_seq_lens)  # [N, max_len]
+        batch_fields = {
+            name: pad_packed(value, packed_seq_lens) if is_token_field(name) else value
+            for name, value in fields.items()
+        }
+        positions = self.position_ids(as_batch, mask, batch_fields)  # [N, max_len] or [R, N, max_len]
+        if positions.dim() == 3 and positions.shape[0] != 4:
+            raise ValueError(
+                f"{self.model_name} numbers positions in {positions.shape[0]} rows without a text row, so packed "
+                "samples cannot be told apart; train it with packing_samples=False."
+            )
+        return positions[..., mask.bool()].unsqueeze(-2)  # [1, T] or [4, 1, T]
+
+    def forward_inputs(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        packed_seq_lens: list[int] | None,
+        media: Mapping[str, torch.Tensor],
+        token_fields: Mapping[str, torch.Tensor],
+    ) -> dict:
+        """
+        Keyword arguments of a training forward on a padded or packed batch.
+
+        Padded: per-token fields cover the whole sequence `[B, L]`, or only the prompt (its first columns) as the
+        processor returned them, then they are extended with 0 over the completion. Packed: no attention mask
+        (positions restart per sample, and transformers attends within samples only: a block-diagonal mask for
+        sdpa/eager, the varlen kernel for flash-attention); per-token fields are `[1, T]`.
+
+        Args:
+            sequences (`torch.LongTensor` of shape `[B, L]` or `[1, T]`): token ids.
+            attention_mask (`torch.Tensor` of shape `[B, L]`, *optional*): padded only; `None` means no padding.
+            packed_seq_lens (`list[int]`, *optional*): packed only: the length of each sample.
+            media (`Mapping[str, torch.Tensor]`): media fields of all samples, in order.
+            token_fields (`Mapping[str, torch.Tensor]`): per-token fields.
+
+        Returns:
+            `dict`: `input_ids`, `attention_mask`, `position_ids`, `use_cache=False`, the per-token and media fields.
+        """
+        if packed_seq_lens is not None:
+            if sequences.shape[0] != 1 or sequences.shape[1] != sum(packed_seq_lens):
+                raise ValueError(
+                    f"Packed sequences must have shape [1, sum(packed_seq_lens)] = [1, {sum(packed_seq_lens)}], "
+                    f"got {tuple(sequences.shape)}."
+                )
+            tokens = self._full_width(token_fields, sequences, packed=True)
+            position_ids = self.packed_position_ids(sequences, packed_seq_lens, {**tokens, **media})
+            attention_mask = None
         else:
-            position_ids = position_ids_from_attention_mask(attention_mask)  # [B, L]
-    return {
-        "input_ids": sequences,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "use_cache": False,
-        **multimodal_inputs,
-    }
+            if attention_mask is None:
+                attention_mask = torch.ones_like(sequences)
+            if attention_mask.shape != sequences.shape:
+                raise ValueError(
+                    f"attention_mask {tuple(attention_mask.shape)} must have the shape of sequences "
+                    f"{tuple(sequences.shape)}."
+                )
+            tokens = self._full_width(token_fields, sequences, packed=False)
+            position_ids = self.position_ids(sequences, attention_mask, {**tokens, **media})
+        return {
+            "input_ids": sequences,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": False,
+            **tokens,
+            **media,
+        }
 
-
-def generation_inputs(model: PreTrainedModel, input_ids: torch.Tensor) -> dict:
-    """
-    Keyword inputs `generate` needs besides the ids, the mask and the multimodal fields: the per-token modality
-    types of the prompt for M-RoPE models (rebuilt from the tokens), nothing for other models.
-    """
-    if model.config.model_type not in MROPE_MODEL_TYPES:
-        return {}
-    config = model.config
-    types = mm_token_type_ids_from_sequences(input_ids, config.image_token_id, config.video_token_id)
-    return {"mm_token_type_ids": types}
-
-
-def _mrope_position_ids(
-    model: PreTrainedModel,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    multimodal_inputs: Mapping[str, torch.Tensor],
-) -> torch.Tensor:
-    config = model.config
-    mm_token_type_ids = mm_token_type_ids_from_sequences(sequences, config.image_token_id, config.video_token_id)
-    position_ids, _ = model.base_model.get_rope_index(
-        sequences,
-        mm_token_type_ids=mm_token_type_ids,
-        image_grid_thw=multimodal_inputs.get("image_grid_thw"),
-        video_grid_thw=multimodal_inputs.get("video_grid_thw"),
-        second_per_grid_ts=multimodal_inputs.get("second_per_grid_ts"),
-        attention_mask=attention_mask,
-    )
-    return position_ids  # [3, B, L]
+    @staticmethod
+    def _full_width(
+        token_fields: Mapping[str, torch.Tensor], sequences: torch.Tensor, packed: bool
+    ) -> dict[str, torch.Tensor]:
+        # Padded rows are [left padding | prompt | completion]: a field as the processor returned it for the prompt
+        # covers the first columns, and a completion's tokens are text (0).
+        batch, width = sequences.shape
+        for name, value in token_fields.items():
+            if (
+                value.dim() != 2
+                or value.shape[0] != batch
+                or value.shape[1] > width
+                or (packed and value.shape[1] != width)
+            ):
+                expected = f"[1, {width}]" if packed else f"[{batch}, {width}] or its prompt's [{batch}, <= {width}]"
+                raise ValueError(f"Per-token field {name!r} has shape {tuple(value.shape)}; expected {expected}.")
+        return extend_token_fields(token_fields, width)
 
 
 def resolve_packing(
     packing_samples: bool,
     packed_seq_lens: list[int] | None,
     attention_mask: torch.Tensor | None,
+    num_actions: int | list[int] | None = None,
 ) -> list[int] | None:
     """
     The packed sample lengths of a forward call, or `None` for a padded batch.
 
-    A model built with `packing_samples=True` takes packed batches only: `packed_seq_lens`, or, following the
-    OpenRLHF convention, an `attention_mask` numbering the samples (`[[1, 1, 2, 2, 2, ...]]`).
+    A batch is packed when `packed_seq_lens` is given, or when a model built with `packing_samples=True` gets an
+    `attention_mask` numbering the samples (`[[1, 1, 2, 2, 2, ...]]`, the OpenRLHF convention) or `num_actions` as
+    a list (one count per packed sample). Such a model also takes ordinary padded batches: a 0/1 `attention_mask`
+    with `num_actions` as an int.
     """
-    if not packing_samples:
-        if packed_seq_lens is not None:
-            raise ValueError("packed_seq_lens was given to a model built with packing_samples=False.")
-        return None
     if packed_seq_lens is not None:
+        if not packing_samples:
+            raise ValueError("packed_seq_lens was given to a model built with packing_samples=False.")
         return list(packed_seq_lens)
+    if not packing_samples:
+        return None
+    numbered = attention_mask is not None and attention_mask.shape[0] == 1 and bool((attention_mask > 1).any())
+    if not numbered and not isinstance(num_actions, (list, tuple)):
+        return None
     if attention_mask is None:
         raise ValueError("A packed forward needs packed_seq_lens or a sample-numbering attention_mask.")
     return packed_seq_lens_from_sample_ids(attention_mask)

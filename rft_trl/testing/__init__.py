@@ -7,6 +7,23 @@ from .datasets import (
     make_text_dataset,
     make_video_dataset,
 )
+from .families import (
+    TINY_MODEL_BUILDERS,
+    build_tiny_gemma3,
+    build_tiny_glm4v,
+    build_tiny_glm4v_moe,
+    build_tiny_idefics3,
+    build_tiny_internvl,
+    build_tiny_llava,
+    build_tiny_llava_onevision,
+    build_tiny_mistral3,
+    build_tiny_phi4_multimodal,
+    build_tiny_qwen2_5_omni,
+    build_tiny_qwen3_omni_moe,
+    build_tiny_qwen3_vl,
+    build_tiny_qwen3_vl_moe,
+    build_tiny_smolvlm,
+)
 from .models import (
     TINY_MODEL_KINDS,
     build_tiny_model,
@@ -14,6 +31,7 @@ from .models import (
     build_tiny_qwen2_audio,
     build_tiny_qwen2_vl,
     build_tiny_reward_model,
+    load_processing_class,
     save_tiny_model,
 )
 from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer

@@ -38,37 +38,67 @@ MEDIA_PLACEHOLDER_TOKENS = [
     "<|audio_eos|>",
 ]
 
-# Qwen-style template. Image and video parts render as the Qwen2-VL placeholders, audio parts as the Qwen2-Audio
-# ones; a plain-string content renders as text.
-CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in part %}"
-    "{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+
+def make_chat_template(
+    image: str | None = "<|vision_start|><|image_pad|><|vision_end|>",
+    video: str | None = "<|vision_start|><|video_pad|><|vision_end|>",
+    audio: str | None = "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n",
+) -> str:
+    """
+    A ChatML-style (`<|im_start|>role ... <|im_end|>`) Jinja chat template whose media parts render as a family's
+    placeholders.
+
+    The turn format is the same for every tiny family (the tokenizers are random anyway); what differs is the text
+    that stands for an image, a video or an audio clip, which the family's processor expands into its media tokens.
+
+    Args:
+        image (`str`, *optional*, defaults to the Qwen2-VL image placeholder):
+            Text of an `{"type": "image"}` part; `None` renders none (the family takes no images).
+        video (`str`, *optional*, defaults to the Qwen2-VL video placeholder):
+            Text of an `{"type": "video"}` part, or `None`.
+        audio (`str`, *optional*, defaults to the Qwen2-Audio placeholder):
+            Text of an `{"type": "audio"}` part, or `None`; `{{ audio_count.value }}` numbers the clips from 1.
+
+    Returns:
+        `str`: the template.
+    """
+    branches = ""
+    for kind, text, keys in (
+        ("image", image, "or 'image' in part or 'image_url' in part"),
+        ("video", video, "or 'video' in part"),
+        ("audio", audio, "or 'audio' in part or 'audio_url' in part"),
+    ):
+        if text is None:
+            continue
+        count = "{% set audio_count.value = audio_count.value + 1 %}" if kind == "audio" else ""
+        branches += f"{{% elif part['type'] == '{kind}' {keys} %}}{count}{text}"
+    return (
+        "{% set audio_count = namespace(value=0) %}"
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}"
+        "{{ message['content'] }}"
+        "{% else %}"
+        "{% for part in message['content'] %}"
+        f"{{% if false %}}{branches}"
+        "{% elif 'text' in part %}"
+        "{{ part['text'] }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
+# Qwen-style template: image and video parts render as the Qwen2-VL placeholders, audio parts as the Qwen2-Audio ones.
+CHAT_TEMPLATE = make_chat_template()
 
 
 def _training_corpus(seed: int, num_sentences: int) -> list[str]:
@@ -91,7 +121,15 @@ def _training_corpus(seed: int, num_sentences: int) -> list[str]:
     return corpus
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0, num_sentences: int = 400) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    vocab_size: int = 512,
+    seed: int = 0,
+    num_sentences: int = 400,
+    extra_special_tokens: list[str] | None = None,
+    chat_template: str = CHAT_TEMPLATE,
+    bos_token: str | None = None,
+    named_tokens: dict[str, str] | None = None,
+) -> PreTrainedTokenizerFast:
     """
     Train a byte-level BPE tokenizer offline and wrap it with the Qwen special tokens and chat template.
 
@@ -102,6 +140,15 @@ def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0, num_sentences: in
             Seed of the synthetic training corpus; the same seed gives the same tokenizer.
         num_sentences (`int`, *optional*, defaults to `400`):
             Number of generated sentences to train on.
+        extra_special_tokens (`list[str]`, *optional*):
+            A family's own media tokens, added after [`SPECIAL_TOKENS`] (their ids follow, in order).
+        chat_template (`str`, *optional*, defaults to [`CHAT_TEMPLATE`]):
+            The Jinja chat template, e.g. from [`make_chat_template`] with a family's placeholders.
+        bos_token (`str`, *optional*):
+            A beginning-of-sequence token (one of the special tokens) for families whose processor needs one.
+        named_tokens (`dict[str, str]`, *optional*):
+            Special tokens a family's processor reads by name (`{"image_token": "<image>", "boi_token": ...}`), which
+            become tokenizer attributes (`tokenizer.image_token`, `tokenizer.image_token_id`) and are saved with it.
 
     Returns:
         `PreTrainedTokenizerFast`: a tokenizer whose `pad_token` and `eos_token` are `<|endoftext|>` and
@@ -121,9 +168,14 @@ def build_tiny_tokenizer(vocab_size: int = 512, seed: int = 0, num_sentences: in
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS,
+        bos_token=bos_token,
+        additional_special_tokens=SPECIAL_TOKENS + [t for t in extra_special_tokens or () if t not in SPECIAL_TOKENS],
         padding_side="left",
         model_max_length=4096,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
+    if named_tokens:
+        # The constructor's dict form of extra_special_tokens would replace the special-token list above, so the
+        # names are set the way transformers itself sets them for such a dict (they are saved in the config).
+        tokenizer._set_model_specific_special_tokens(named_tokens)
     return tokenizer

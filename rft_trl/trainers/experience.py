@@ -57,11 +57,14 @@ class Experience:
         action_entropy (`torch.Tensor` of shape `(B, A)` or `list[torch.Tensor]`, *optional*):
             Entropy of the policy at the completion tokens.
         multimodal_inputs (`dict[str, torch.Tensor]`, *optional*, defaults to `{}`):
-            The prompts' multimodal fields, laid out as a processor returns them for the batch (see
-            `rft_trl.data.multimodal`); passed to the model as keywords.
-        multimodal_item_counts (`dict[str, list[int]]`, *optional*, defaults to `{}`):
-            For each media kind in `multimodal_inputs`, the number of items of each sample, e.g.
-            `{"image": [2, 0, 1]}`; what splitting the batch into samples needs.
+            The prompts' media fields, the samples' pieces concatenated (see `rft_trl.data.multimodal`); passed to
+            the model as keywords.
+        multimodal_shapes (`dict[str, list[tuple[int, ...] | None]]`, *optional*, defaults to `{}`):
+            Each sample's shape of every media field (`None` where it has none); what splitting the batch into
+            samples needs.
+        token_fields (`dict[str, torch.Tensor | list[torch.Tensor]]`, *optional*, defaults to `{}`):
+            The processor's per-token type fields (`mm_token_type_ids`, ...), laid out like `sequences` (0 on the
+            completion and the padding); passed to the model as keywords.
     """
 
     sequences: torch.Tensor | list[torch.Tensor]
@@ -75,7 +78,8 @@ class Experience:
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     action_entropy: torch.Tensor | list[torch.Tensor] | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    multimodal_item_counts: dict[str, list[int]] = field(default_factory=dict)
+    multimodal_shapes: dict[str, list[tuple[int, ...] | None]] = field(default_factory=dict)
+    token_fields: dict[str, torch.Tensor | list[torch.Tensor]] = field(default_factory=dict)
 
     @property
     def is_packed(self) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core import compute_advantages, compute_approx_kl, masked_mean
 from ..data.collator import PromptBatch, PromptCollator
-from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs, split_multimodal_inputs
+from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..rewards import RewardScorer
 from .replay_buffer_utils import BufferItem
@@ -108,8 +108,8 @@ class ExperienceMaker:
 
         Returns:
             `tuple`: the samples (`sequences`, `attention_mask`, `action_mask` `[N, A]`, `completion_ids`,
-            per-sample `multimodal_inputs`), the decoded completions, each sample's prompt, and the
-            [`RewardOutput`].
+            `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`), the decoded completions, each sample's
+            prompt, and the [`RewardOutput`].
         """
         batch = self.collator(rows)
         if len(batch) == 0:
@@ -149,10 +149,10 @@ class ExperienceMaker:
         return Rollout(items, metrics, completions, prompts, rewards_out.rewards, kl=kl_stats.get("kl"))
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
-        per_prompt = split_multimodal_inputs(batch.multimodal_inputs, batch.item_counts, num_samples=len(batch))
-        per_sample_mm = repeat_multimodal_inputs(per_prompt, n)
+        per_sample_mm = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)
         input_ids = batch.input_ids.repeat_interleave(n, dim=0)  # [N, P]
         attention_mask = batch.attention_mask.repeat_interleave(n, dim=0)  # [N, P]
+        token_fields = {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}
         prompt_len = input_ids.shape[1]
         chunk = self.args.micro_rollout_batch_size
         sequences, masks, action_masks = [], [], []
@@ -160,8 +160,9 @@ class ExperienceMaker:
             mm = concat_multimodal_inputs(per_sample_mm[start : start + chunk])
             seq, mask, action_mask = self.actor.generate(
                 input_ids[start : start + chunk].to(self.device),
-                attention_mask[start : start + chunk].to(self.device),
+                attention_mask=attention_mask[start : start + chunk].to(self.device),
                 suppress_media_tokens=self.args.suppress_media_tokens,
+                **{k: v[start : start + chunk].to(self.device) for k, v in token_fields.items()},
                 **{k: v.to(self.device) for k, v in mm.items()},
                 **sampling_kwargs,
             )
@@ -175,6 +176,10 @@ class ExperienceMaker:
             "attention_mask": _right_pad(masks, prompt_len + width, 0),  # [N, P + A]
             "action_mask": _right_pad(action_masks, width, False),  # [N, A]
             "completion_ids": sequences[:, prompt_len:],  # [N, A]
+            # A completion's tokens are text: type 0 (the generated ones never hold media, which are suppressed).
+            "token_fields": {
+                k: v.to(self.device) for k, v in extend_token_fields(token_fields, prompt_len + width).items()
+            },  # each [N, P + A]
             "multimodal_inputs": per_sample_mm,
         }
 
@@ -188,16 +193,17 @@ class ExperienceMaker:
             mm = concat_multimodal_inputs(samples["multimodal_inputs"][rows])
             mm = {k: v.to(self.device) for k, v in mm.items()}
             sequences, attention_mask = samples["sequences"][rows], samples["attention_mask"][rows]
+            tokens = {k: v[rows] for k, v in samples["token_fields"].items()}
             if self.args.packing_samples:
                 outputs.append(
-                    self._packed_forward(model, sequences, attention_mask, samples["action_mask"][rows], mm)
+                    self._packed_forward(model, sequences, attention_mask, samples["action_mask"][rows], tokens, mm)
                 )
             else:
-                outputs.append(model(sequences, width, attention_mask, **mm))
+                outputs.append(model(sequences, width, attention_mask, **tokens, **mm))
         return torch.cat(outputs)
 
     @staticmethod
-    def _packed_forward(model, sequences, attention_mask, action_mask, mm) -> torch.Tensor:
+    def _packed_forward(model, sequences, attention_mask, action_mask, token_fields, mm) -> torch.Tensor:
         """
         The rows' real tokens laid end to end (no padding computed), outputs scattered back to `[B, A]`.
 
@@ -206,9 +212,10 @@ class ExperienceMaker:
         """
         keep = attention_mask.bool()
         packed = sequences[keep][None]  # [1, T]
+        tokens = {name: value[keep][None] for name, value in token_fields.items()}  # each [1, T]
         lengths = keep.sum(-1).tolist()
         num_actions = action_mask.sum(-1).tolist()
-        values = model(packed, num_actions, None, packed_seq_lens=lengths, **mm)  # [1, sum(num_actions)]
+        values = model(packed, num_actions, None, packed_seq_lens=lengths, **tokens, **mm)  # [1, sum(num_actions)]
         out = torch.zeros(action_mask.shape, dtype=values.dtype, device=values.device)  # [B, A]
         out[action_mask.bool()] = values.flatten()
         return out
@@ -318,6 +325,7 @@ class ExperienceMaker:
                     action_mask=actions(action_mask),
                     info=info,
                     multimodal_inputs=samples["multimodal_inputs"][i],
+                    token_fields={name: value[i, tokens] for name, value in samples["token_fields"].items()},
                 )
             )
         return items

@@ -32,11 +32,12 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import AutoProcessor, PreTrainedModel, ProcessorMixin, Trainer, TrainerCallback
+from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
-from ..data.collator import PromptCollator, infer_modality
+from ..data.collator import PromptCollator
+from ..data.multimodal import ProcessorLayout, probe_processor
 from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
@@ -209,14 +210,13 @@ class _EMACallback(TrainerCallback):
             self.trainer._update_ema()
 
 
-def actor_class(modality: str) -> type[Actor]:
-    if modality == "vision":
+def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
+    """The seed's face of a policy taking `media_kinds`: `ActorVL` with images or videos, `ActorAL` with audio only."""
+    if "image" in media_kinds or "video" in media_kinds:
         return ActorVL
-    if modality == "audio":
+    if "audio" in media_kinds:
         return ActorAL
-    if modality == "text":
-        return Actor
-    raise ValueError(f"Unknown modality {modality!r}.")
+    return Actor
 
 
 class PPOTrainerVL(Trainer):
@@ -283,8 +283,10 @@ class PPOTrainerVL(Trainer):
             if not isinstance(model, str):
                 raise ValueError("Pass processing_class (the model's processor or tokenizer).")
             processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
-        modality = infer_modality(processing_class)
-        actor = self._build_actor(model, modality, args, peft_config, processing_class)
+        # What the processor takes and returns, decided once: the collator, the actor and the logs use it.
+        layout = probe_processor(processing_class)
+        actor = self._build_actor(model, layout, args, peft_config)
+        actor.inputs.check_processor(layout, type(processing_class).__name__)
         if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
             # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
             # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
@@ -309,10 +311,11 @@ class PPOTrainerVL(Trainer):
             reward_fn_label_map=args.reward_fn_label_map,
             max_reward_failure_rate=args.max_reward_failure_rate,
         )
-        self.modality = modality
+        self.media_kinds = layout.media_kinds
         self.collator = PromptCollator(
             processing_class,
             prompt_max_len=args.prompt_max_len,
+            layout=layout,
             max_skip_fraction=args.max_skipped_fraction,
         )
         self.kl_ctl = (
@@ -369,28 +372,18 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ building
 
     @staticmethod
-    def _build_actor(model, modality: str, args: RFTConfig, peft_config, processing_class) -> Actor:
+    def _build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) -> Actor:
         if isinstance(model, Actor):
-            if model.modality != modality:
-                raise ValueError(
-                    f"The actor's modality is {model.modality!r} but the processor serves {modality!r}; pass the "
-                    f"matching processing_class."
-                )
+            # Never sample the tokens media bring into a prompt, whatever the actor was built with.
+            model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
             return model
-        tokenizer = processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
-        # The processor's media tokens too (Qwen2-Audio's config names only <|AUDIO|>, not its bos/eos).
-        media_ids = [
-            tokenizer.convert_tokens_to_ids(token)
-            for token in tokenizer.all_special_tokens
-            if any(tag in token for tag in ("vision", "image", "video", "audio", "AUDIO"))
-        ]
-        return actor_class(modality)(
+        return actor_class(layout.media_kinds)(
             model,
             bf16=args.bf16,
             peft_config=peft_config,
             packing_samples=args.packing_samples,
             freeze_encoder=args.freeze_encoder,
-            media_token_ids=media_ids,
+            media_token_ids=list(layout.media_token_ids),
         )
 
     @staticmethod
@@ -417,7 +410,7 @@ class PPOTrainerVL(Trainer):
             return None
         if initial_model is not None:
             reference = (
-                initial_model if isinstance(initial_model, Actor) else actor_class(self.modality)(initial_model)
+                initial_model if isinstance(initial_model, Actor) else actor_class(self.media_kinds)(initial_model)
             )
         elif self._peft:
             # With an adapter, the base model under it *is* the reference: disable the adapter for the forward.
@@ -557,6 +550,10 @@ class PPOTrainerVL(Trainer):
         train_critic = self.critic is not None
         packed_seq_lens = experience.packed_seq_lens
         sequences = torch.cat(experience.sequences)[None] if packed_seq_lens else experience.sequences
+        token_fields = {
+            name: torch.cat(value)[None] if packed_seq_lens else value
+            for name, value in experience.token_fields.items()
+        }
         need_entropy = args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0
         out = model(
             sequences,
@@ -567,6 +564,7 @@ class PPOTrainerVL(Trainer):
             return_entropy=need_entropy,
             with_actor=train_actor,
             with_values=train_critic,
+            **token_fields,
             **experience.multimodal_inputs,
         )
         batch = self._padded_fields(experience, out)
@@ -926,7 +924,9 @@ class PPOTrainerVL(Trainer):
             datasets=[dataset_name] if dataset_name else None,
             language=language,
             license=license,
-            tags=list(dict.fromkeys([*self._tag_names, self.args.advantage_estimator, self.modality, *extra_tags])),
+            tags=list(
+                dict.fromkeys([*self._tag_names, self.args.advantage_estimator, *self.media_kinds, *extra_tags])
+            ),
         )
         ModelCard(f"---\n{card_data.to_yaml()}\n---\n{self._model_card_body(model_name, finetuned_from)}").save(
             os.path.join(output_dir, "README.md")
@@ -942,6 +942,7 @@ class PPOTrainerVL(Trainer):
         args = self.args
         title = model_name or os.path.basename(os.path.abspath(args.output_dir))
         origin = f"[{finetuned_from}](https://huggingface.co/{finetuned_from})" if finetuned_from else "a model"
+        inputs = " + ".join(["text", *self.media_kinds])
         if self._peft:
             loading = (
                 "from peft import PeftModel\n\n"
@@ -950,9 +951,9 @@ class PPOTrainerVL(Trainer):
             )
         else:
             loading = (
-                "from transformers import AutoModelForImageTextToText\n\n"
-                f'model = AutoModelForImageTextToText.from_pretrained("{self.hub_model_id or title}")'
-                if self.modality != "text"
+                "from transformers import AutoModelForMultimodalLM\n\n"
+                f'model = AutoModelForMultimodalLM.from_pretrained("{self.hub_model_id or title}")'
+                if self.media_kinds
                 else "from transformers import AutoModelForCausalLM\n\n"
                 f'model = AutoModelForCausalLM.from_pretrained("{self.hub_model_id or title}")'
             )
@@ -971,7 +972,7 @@ class PPOTrainerVL(Trainer):
         rows = "\n".join(f"| `{name}` | {value} |" for name, value in settings.items())
         return (
             f"# {title}\n\n"
-            f"{'A LoRA adapter for' if self._peft else 'A fine-tune of'} {origin} ({self.modality} input), trained "
+            f"{'A LoRA adapter for' if self._peft else 'A fine-tune of'} {origin} ({inputs} input), trained "
             f"with reinforcement learning by `rft_trl`'s `PPOTrainerVL`.\n\n"
             f"## Results\n\n"
             f"| metric | value |\n| --- | --- |\n"

@@ -1,9 +1,10 @@
 """Per-sample experience items, and the conversions between them and batched [`Experience`]s.
 
-One code path serves every modality: the per-token fields are padded or packed the same way for all, `info` holds
-per-sample tensors, and the prompts' multimodal fields (images, videos, audio clips, ...) are split and concatenated
-by `rft_trl.data.multimodal`, which alone knows their names. [`BufferItemVL`] keeps the seed's vision-language field
-names as a face over the same mechanism.
+One code path serves every modality and model family: the per-token fields (the sequence, its masks, the
+processor's token types) are padded or packed the same way for all, `info` holds per-sample values, and the prompts'
+media fields (images, videos, audio clips, ...) are concatenated and split by `rft_trl.data.multimodal`, which
+knows no field name. [`BufferItemVL`] keeps the seed's vision-language field names as a face over the same
+mechanism.
 """
 
 from __future__ import annotations
@@ -12,12 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from ..data.multimodal import (
-    concat_multimodal_inputs,
-    count_items,
-    count_items_per_sample,
-    split_multimodal_inputs,
-)
+from ..data.multimodal import concat_multimodal_inputs, multimodal_shapes, split_multimodal_inputs
 from .experience import Experience, ExperienceVL, map_tensors
 
 # Per-sample fields with a sequence (S) or action (A) dimension: left-padded when batched, listed when packed.
@@ -59,8 +55,9 @@ class BufferItem:
 
     Shapes: `sequences` and `attention_mask` `(S)`; `action_log_probs`, `base_action_log_probs`, `values`,
     `returns`, `advantages`, `action_mask` and `action_entropy` `(A)`, aligned with the last `A` tokens of
-    `sequences`. `info` maps names to this sample's statistics (tensors, usually 0-d). `multimodal_inputs` holds
-    this sample's multimodal fields (see `rft_trl.data.multimodal`), `{}` for a text-only sample.
+    `sequences`. `info` maps names to this sample's statistics (0-d tensors or Python numbers). `multimodal_inputs`
+    holds this sample's media fields (see `rft_trl.data.multimodal`), `{}` for a text-only sample; `token_fields`
+    its per-token type fields (`mm_token_type_ids`, ...), each `(S)` like `sequences`.
     """
 
     sequences: torch.Tensor
@@ -74,6 +71,7 @@ class BufferItem:
     info: dict | None
     action_entropy: torch.Tensor | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,7 +81,9 @@ class BufferItemVL:
 
     Shapes as in [`BufferItem`], plus `pixel_values` `(sum of t*h*w over the images, D)`, `image_grid_thws`
     `(n_images, 3)`, and the same for videos. `raw_images` are the images before processing. The vision fields are
-    read through [`BufferItemVL.multimodal_inputs`], so batching treats this item exactly like a [`BufferItem`].
+    read through [`BufferItemVL.multimodal_inputs`], so batching treats this item exactly like a [`BufferItem`];
+    a processor's other media fields (`image_sizes`, `second_per_grid_ts`, ...) go in `extra_multimodal_inputs`
+    and its per-token type fields in `token_fields`.
     """
 
     sequences: torch.Tensor
@@ -101,24 +101,26 @@ class BufferItemVL:
     action_mask: torch.BoolTensor | None = None
     info: dict | None = None
     action_entropy: torch.Tensor | None = None
+    extra_multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def multimodal_inputs(self) -> dict[str, torch.Tensor]:
-        """The vision fields under their processor names, e.g. `image_grid_thws` as `image_grid_thw`."""
-        return {
+        """All media fields under their processor names, e.g. `image_grid_thws` as `image_grid_thw`."""
+        named = {
             name: getattr(self, attribute)
             for attribute, name in _VL_ATTRIBUTE_FIELDS.items()
             if getattr(self, attribute) is not None
         }
+        return {**named, **self.extra_multimodal_inputs}
 
 
-def _vision_attributes(multimodal_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-    """The seed attributes of a [`BufferItemVL`] holding `multimodal_inputs`."""
+def _vision_attributes(multimodal_inputs: dict[str, torch.Tensor]) -> dict:
+    """The constructor arguments of a [`BufferItemVL`] holding `multimodal_inputs`."""
     by_name = {name: attribute for attribute, name in _VL_ATTRIBUTE_FIELDS.items()}
-    for name in multimodal_inputs:
-        if name not in by_name:
-            raise ValueError(f"BufferItemVL has no attribute for the multimodal field {name!r}; use BufferItem.")
-    return {attribute: multimodal_inputs.get(name) for attribute, name in _VL_ATTRIBUTE_FIELDS.items()}
+    attributes = {attribute: multimodal_inputs.get(name) for attribute, name in _VL_ATTRIBUTE_FIELDS.items()}
+    extra = {name: value for name, value in multimodal_inputs.items() if name not in by_name}
+    return {**attributes, "extra_multimodal_inputs": extra}
 
 
 def is_vl_experience(experience: Experience | BufferItem | BufferItemVL) -> bool:
@@ -135,8 +137,8 @@ def is_vl_experience(experience: Experience | BufferItem | BufferItemVL) -> bool
     """
     if isinstance(experience, (ExperienceVL, BufferItemVL)):
         return True
-    counts = count_items(experience.multimodal_inputs)
-    return counts["image"] + counts["video"] > 0
+    # The seed's vision field names: what its vision-language items carry.
+    return any(name in experience.multimodal_inputs for name in ("pixel_values", "pixel_values_videos"))
 
 
 def zero_pad_sequences(sequences: list[torch.Tensor], side: str = "left") -> torch.Tensor:
@@ -187,8 +189,9 @@ def remove_padding_in_sequences(items: list[BufferItem | BufferItemVL]) -> list[
     """
     Strip the padding a batch adds to its samples, returning new items (the inputs are left unchanged).
 
-    The sequence loses its leading zeros of `attention_mask` (left padding) and the trailing positions where both
-    `attention_mask` and `action_mask` are zero (right padding after the completion); the action fields lose the same
+    The sequence (and its per-token type fields) loses its leading zeros of `attention_mask` (left padding) and the
+    trailing positions where both `attention_mask` and `action_mask` are zero (right padding after the completion);
+    the action fields lose the same
     right padding and the leading zeros of `action_mask` (the left padding of a batch whose completions differ in
     length). The action fields stay aligned with the end of the sequence, and an unpadded item is returned as is.
 
@@ -216,6 +219,7 @@ def remove_padding_in_sequences(items: list[BufferItem | BufferItemVL]) -> list[
         trimmed = {
             "sequences": item.sequences[seq_left:seq_end],
             "attention_mask": item.attention_mask[seq_left:seq_end],
+            "token_fields": {name: value[seq_left:seq_end] for name, value in item.token_fields.items()},
         }
         for name in ACTION_FIELDS:
             value = getattr(item, name)
@@ -241,12 +245,14 @@ def _batch_info(infos: list[dict | None]) -> dict[str, torch.Tensor]:
         for info in infos:
             if key not in info:
                 raise ValueError(f"info[{key!r}] is missing from some items; every item needs the same info keys.")
-            if not isinstance(info[key], torch.Tensor):
+            value = info[key]
+            if isinstance(value, (bool, int, float)):
+                value = torch.tensor(value)  # LightRFT items carry Python scalars as well as tensors
+            if not isinstance(value, torch.Tensor):
                 raise ValueError(
-                    f"info[{key!r}] must be a tensor per sample, got {type(info[key]).__name__}; "
-                    "wrap it with torch.tensor."
+                    f"info[{key!r}] must be a tensor or a Python number per sample, got {type(value).__name__}."
                 )
-            values.append(info[key])
+            values.append(value)
         if len({value.shape for value in values}) > 1:
             raise ValueError(f"info[{key!r}] has different shapes across items: {sorted({v.shape for v in values})}.")
         batch[key] = torch.stack(values)
@@ -255,6 +261,20 @@ def _batch_info(infos: list[dict | None]) -> dict[str, torch.Tensor]:
         if extra:
             raise ValueError(f"info[{sorted(extra)[0]!r}] is missing from some items; every item needs the same keys.")
     return batch
+
+
+def _batch_token_fields(per_item: list[dict[str, torch.Tensor]], packing_samples: bool) -> dict:
+    names = set(per_item[0])
+    for fields_of_item in per_item:
+        if set(fields_of_item) != names:
+            raise ValueError(
+                f"Items carry different per-token fields: {sorted(names)} vs {sorted(fields_of_item)}; every item "
+                "needs the same."
+            )
+    return {
+        name: _batch_token_field(name, [fields_of_item[name] for fields_of_item in per_item], packing_samples)
+        for name in sorted(names)
+    }
 
 
 def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_samples: bool = False) -> Experience:
@@ -269,7 +289,8 @@ def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_sample
             `(B, max length)` tensors.
 
     Returns:
-        [`Experience`]: `info` values stacked over the items, multimodal fields concatenated in item order.
+        [`Experience`]: `info` values stacked over the items (Python numbers made tensors), per-token type fields
+        padded or listed like `sequences`, media fields concatenated in item order.
 
     Raises:
         `ValueError`: on an empty list, mixed item classes, a field that is `None` in only some items, or
@@ -288,9 +309,10 @@ def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_sample
         for name in TOKEN_FIELDS
     }
     batch["info"] = _batch_info([item.info for item in items])
+    batch["token_fields"] = _batch_token_fields([item.token_fields for item in items], packing_samples)
     per_sample = [item.multimodal_inputs for item in items]
     batch["multimodal_inputs"] = concat_multimodal_inputs(per_sample)
-    batch["multimodal_item_counts"] = count_items_per_sample(per_sample)
+    batch["multimodal_shapes"] = multimodal_shapes(per_sample)
     if item_class is BufferItemVL:
         raw_images = [item.raw_images for item in items]
         return ExperienceVL(**batch, raw_images=None if all(r is None for r in raw_images) else raw_images)
@@ -306,14 +328,14 @@ def split_experience_batch(experience: Experience) -> list[BufferItem | BufferIt
 
     Args:
         experience ([`Experience`]):
-            The batch; its `multimodal_item_counts` must describe its `multimodal_inputs`.
+            The batch; its `multimodal_shapes` must describe its `multimodal_inputs`.
 
     Returns:
         `list[BufferItem]` or `list[BufferItemVL]`: one item per sample, in order.
 
     Raises:
-        `ValueError`: when a field or `info` entry does not have one entry per sample, or the multimodal fields do
-        not match `multimodal_item_counts`.
+        `ValueError`: when a field or `info` entry does not have one entry per sample, or the media fields do not
+        match `multimodal_shapes`.
     """
     batch_size = experience.batch_size
     per_sample: list[dict] = [{} for _ in range(batch_size)]
@@ -328,10 +350,15 @@ def split_experience_batch(experience: Experience) -> list[BufferItem | BufferIt
             raise ValueError(f"info[{key!r}] has {len(value)} rows but the batch has {batch_size} samples.")
     for i, sample in enumerate(per_sample):
         sample["info"] = {key: value[i] for key, value in experience.info.items()}
+        sample["token_fields"] = {name: value[i] for name, value in experience.token_fields.items()}
 
-    multimodal = split_multimodal_inputs(
-        experience.multimodal_inputs, experience.multimodal_item_counts, num_samples=batch_size
-    )
+    if experience.multimodal_inputs and not experience.multimodal_shapes:
+        raise ValueError("The experience has media fields but no multimodal_shapes to split them by.")
+    multimodal = split_multimodal_inputs(experience.multimodal_inputs, experience.multimodal_shapes)
+    if not experience.multimodal_shapes:
+        multimodal = [{} for _ in range(batch_size)]
+    if len(multimodal) != batch_size:
+        raise ValueError(f"multimodal_shapes describe {len(multimodal)} samples but the batch has {batch_size}.")
     if isinstance(experience, ExperienceVL):
         raw_images = experience.raw_images or [None] * batch_size
         if len(raw_images) != batch_size:

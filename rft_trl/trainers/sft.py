@@ -32,7 +32,8 @@ def build_sft_batch(
 
     Returns:
         `dict`: `sequences` `[B, P + C]`, `attention_mask` `[B, P + C]`, `action_mask` `[B, C]` (1 on target
-        tokens, the EOS included), `multimodal_inputs`.
+        tokens, the EOS included), `multimodal_inputs` (media and per-token type fields, the latter covering the
+        prompt only: the actor extends them over the completion).
     """
     batch = collator(rows)
     if batch.skipped:
@@ -51,7 +52,7 @@ def build_sft_batch(
         "sequences": torch.cat([batch.input_ids, completion], dim=1),
         "attention_mask": torch.cat([batch.attention_mask, action_mask.long()], dim=1),
         "action_mask": action_mask,
-        "multimodal_inputs": batch.multimodal_inputs,
+        "multimodal_inputs": {**batch.token_fields, **batch.multimodal_inputs},
     }
 
 

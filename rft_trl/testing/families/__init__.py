@@ -1,0 +1,54 @@
+"""Tiny random-init models of real architectures with their real processors, built offline, one module per group.
+
+[`TINY_MODEL_BUILDERS`] maps each kind name to its builder.
+
+Every builder takes a seed, is deterministic for it, and returns `(model, processing_class)`: the model in eval mode
+(hidden size 64, two layers, so that generate, forward and backward take milliseconds on a CPU) and the family's own
+processor (or tokenizer, for the text models) around a tokenizer trained locally. `save_pretrained` on both gives a
+folder that `from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
+
+from .gemma import build_tiny_gemma3
+from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
+from .idefics import build_tiny_idefics3, build_tiny_smolvlm
+from .internvl import build_tiny_internvl
+from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
+from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
+from .phi4 import build_tiny_phi4_multimodal
+from .qwen import (
+    build_tiny_qwen2,
+    build_tiny_qwen2_audio,
+    build_tiny_qwen2_vl,
+    build_tiny_qwen3_vl,
+    build_tiny_qwen3_vl_moe,
+    build_tiny_reward_model,
+)
+
+TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
+    "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
+    "qwen2_5_vl": partial(build_tiny_qwen2_vl, version="2.5"),
+    "qwen3_vl": build_tiny_qwen3_vl,
+    "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
+    "qwen2_5_omni": build_tiny_qwen2_5_omni,
+    "qwen3_omni_moe": build_tiny_qwen3_omni_moe,
+    "qwen2_audio": build_tiny_qwen2_audio,
+    "glm4v": build_tiny_glm4v,
+    "glm4v_moe": build_tiny_glm4v_moe,
+    "gemma3": build_tiny_gemma3,
+    "llava": build_tiny_llava,
+    "llava_onevision": build_tiny_llava_onevision,
+    "internvl": build_tiny_internvl,
+    "idefics3": build_tiny_idefics3,
+    "smolvlm": build_tiny_smolvlm,
+    "mistral3": build_tiny_mistral3,
+    "phi4_multimodal": build_tiny_phi4_multimodal,
+    "qwen2": build_tiny_qwen2,
+    "qwen2_reward": build_tiny_reward_model,
+}

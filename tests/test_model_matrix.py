@@ -1,0 +1,275 @@
+"""The model conformance matrix: every family rft_trl supports, through the one code path, against its own forward.
+
+One row per tiny family of `rft_trl.testing` (real architecture, real processor, random weights). For each:
+
+- generation never emits the tokens media bring into a prompt, even when the policy prefers them;
+- the actor's padded action log-probs equal the model's own forward on each sample alone (processor called on that
+  sample, no position ids, full-vocabulary log-softmax), to 1e-5, for every media kind the processor takes and for
+  image + audio in one sample (Omni);
+- packed log-probs equal padded ones to 1e-5, or packing is refused by name at construction;
+- LoRA trains only the adapter, and with the adapter disabled the log-probs are exactly the base model's;
+- two GRPO steps through `PPOTrainerVL`, padded and packed, change the parameters and log finite metrics.
+
+A new family is a builder in `rft_trl.testing.families` and nothing else: it joins every row here.
+"""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from rft_trl import PPOTrainerVL
+from rft_trl.data import PromptCollator, probe_processor, split_processor_output
+from rft_trl.data.multimodal import extend_token_fields
+from rft_trl.models import Actor
+from rft_trl.models.packing import pack_sequences
+from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
+
+# The policy families: the reward model has no LM head, and the refused families have their own test.
+KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal")]
+COMPLETION_TOKENS = 5
+
+
+def _image(colour, size=(56, 56)):
+    pixels = np.full((size[1], size[0], 3), colour, dtype=np.uint8)
+    pixels[size[1] // 4 : size[1] // 2, size[0] // 4 : size[0] // 2] = 255 - np.array(colour, dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _video(seed):
+    return [_image((20 * t + seed, 60, 120)) for t in range(4)]
+
+
+def _clip(rate, seconds, frequency):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def _row(processor, parts: dict[str, list], question="What is shown?") -> dict:
+    """A dataset row whose prompt holds a chat part per media item, media in the plural columns."""
+    content = [{"type": kind} for kind in ("image", "video", "audio") for _ in parts.get(kind, [])]
+    row = {"prompt": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]}
+    # Every row has every media column (None when empty): datasets.Dataset.from_list takes its columns from the
+    # first row.
+    for kind, column in (("image", "images"), ("video", "videos"), ("audio", "audios")):
+        row[column] = parts.get(kind) or None
+    return row
+
+
+def batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
+    """Rows covering every media kind the processor takes: one item, none, two of different sizes, and mixes."""
+    rate = processor.feature_extractor.sampling_rate if "audio" in kinds else 16000
+    batches = []
+    if "image" in kinds:
+        two = [_image((200, 30, 30)), _image((30, 30, 200), (42, 70))]
+        batches.append([_row(processor, {"image": [two[1]]}), _row(processor, {}), _row(processor, {"image": two})])
+    if "video" in kinds:
+        batches.append([_row(processor, {"video": [_video(0)]}), _row(processor, {})])
+    if "audio" in kinds:
+        clips = [_clip(rate, 1.0, 300.0), _clip(rate, 0.5, 2400.0)]
+        batches.append([_row(processor, {"audio": clips[:1]}), _row(processor, {}), _row(processor, {"audio": clips})])
+    if "image" in kinds and "audio" in kinds:
+        mixed = {"image": [_image((30, 200, 30))], "audio": [_clip(rate, 1.0, 600.0)]}
+        batches.append([_row(processor, mixed), _row(processor, {"audio": [_clip(rate, 0.5, 300.0)]})])
+    if not kinds:
+        batches.append([_row(processor, {}, "Say red."), _row(processor, {}, "Which word follows apple?")])
+    return batches
+
+
+def alone_inputs(processor, row) -> dict:
+    """The processor on one row alone, called directly (the reference does not go through rft_trl's collator)."""
+    text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    kwargs = {}
+    if row.get("images"):
+        kwargs["images"] = [row["images"]]
+    if row.get("videos"):
+        kwargs["videos"] = row["videos"]
+    if row.get("audios"):
+        kwargs["audio"] = row["audios"]
+        kwargs["sampling_rate"] = processor.feature_extractor.sampling_rate
+    if kwargs:
+        return processor(text=[text], return_tensors="pt", **kwargs)
+    return processor(text=[text], return_tensors="pt")
+
+
+@torch.no_grad()
+def own_forward_log_probs(model, processor, row, completion) -> torch.Tensor:
+    """Log-probs of `completion` from the model's own forward on the row alone: no position ids, full softmax."""
+    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row))
+    sequence = torch.cat([ids, completion[None]], dim=1)
+    tokens = extend_token_fields(tokens, sequence.shape[1])
+    logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
+    log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
+    return log_probs[-completion.shape[0] :]
+
+
+def rollout(actor, collator, rows, **generation):
+    batch = collator(rows)
+    assert len(batch) == len(rows), batch.skipped
+    torch.manual_seed(0)
+    sequences, attention_mask, action_mask = actor.generate(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=COMPLETION_TOKENS,
+        do_sample=True,
+        **batch.token_fields,
+        **batch.multimodal_inputs,
+        **generation,
+    )
+    fields = {**extend_token_fields(batch.token_fields, sequences.shape[1]), **batch.multimodal_inputs}
+    return batch, sequences, attention_mask, action_mask, fields
+
+
+def setup(kind, **actor_kwargs):
+    model, processor = build_tiny_model(kind)
+    layout = probe_processor(processor)
+    collator = PromptCollator(processor, layout=layout)
+    actor = Actor(model, media_token_ids=list(layout.media_token_ids), **actor_kwargs)
+    return model, processor, layout, collator, actor
+
+
+# ------------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_log_probs_equal_the_models_own_forward(kind):
+    model, processor, layout, collator, actor = setup(kind)
+    for rows in batches_for(processor, layout.media_kinds):
+        batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
+        log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)
+        prompt_width = batch.input_ids.shape[1]
+        for i, row in enumerate(rows):
+            actions = int(action_mask[i].sum())
+            completion = sequences[i, prompt_width : prompt_width + actions]
+            expected = own_forward_log_probs(model, processor, row, completion)
+            torch.testing.assert_close(log_probs[i, :actions], expected, atol=1e-5, rtol=0, msg=f"{kind} row {i}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_equals_padded_or_is_refused(kind):
+    model, processor, layout, collator, padded_actor = setup(kind)
+    try:
+        packed_actor = Actor(padded_actor.model, packing_samples=True)
+    except ValueError as error:
+        # Refused by name, with the fix; never silently wrong.
+        assert type(model).__name__ in str(error) and "packing_samples=False" in str(error)
+        return
+    for rows in batches_for(processor, layout.media_kinds):
+        _, sequences, attention_mask, action_mask, fields = rollout(padded_actor, collator, rows)
+        padded = padded_actor(sequences, action_mask.shape[1], attention_mask, **fields)
+        packed, lengths = pack_sequences(sequences, attention_mask)
+        for name in collator.layout.token_fields:
+            fields[name] = pack_sequences(fields[name], attention_mask)[0]
+        num_actions = action_mask.sum(-1).tolist()
+        log_probs = packed_actor(packed, num_actions, packed_seq_lens=lengths, **fields)
+        torch.testing.assert_close(log_probs[0], padded[action_mask], atol=1e-5, rtol=0, msg=kind)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_never_emits_media_tokens(kind):
+    model, processor, layout, collator, actor = setup(kind)
+    if not layout.media_kinds:
+        assert layout.media_token_ids == ()  # a text-only family has no media tokens to emit
+        return
+    media_ids = torch.tensor(layout.media_token_ids)
+
+    def prefer_media_tokens(module, inputs, logits):
+        logits = logits.clone()
+        logits[..., media_ids] += 100.0
+        return logits
+
+    model.get_output_embeddings().register_forward_hook(prefer_media_tokens)
+    rows = batches_for(processor, layout.media_kinds)[0]
+    prompt_width = collator(rows).input_ids.shape[1]
+    unsuppressed = rollout(actor, collator, rows, suppress_media_tokens=False)[1][:, prompt_width:]
+    # Without suppression the policy emits nothing but media tokens: the check below can fail.
+    assert torch.isin(unsuppressed, media_ids).all()
+    _, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
+    assert not torch.isin(sequences[:, prompt_width:], media_ids).any()
+    # ... and the rollout can be scored (a stray placeholder would break the media/token count check).
+    assert torch.isfinite(actor(sequences, action_mask.shape[1], attention_mask, **fields)).all()
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_trains_the_adapter_only_and_disables_exactly(kind):
+    model, processor, layout, collator, base = setup(kind)
+    actor = Actor(copy.deepcopy(model), lora_rank=4, lora_alpha=8)
+    trainable = [name for name, p in actor.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name in trainable)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in actor.named_parameters():
+            if "lora_B" in name:  # B starts at 0 (the identity): make the adapter change the model
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    _, sequences, attention_mask, action_mask, fields = rollout(
+        base, collator, batches_for(processor, layout.media_kinds)[0]
+    )
+    width = action_mask.shape[1]
+    reference = base(sequences, width, attention_mask, **fields)
+    assert not torch.allclose(actor(sequences, width, attention_mask, **fields), reference)
+    with actor.model.disable_adapter():
+        torch.testing.assert_close(actor(sequences, width, attention_mask, **fields), reference, atol=1e-6, rtol=0)
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+
+def trainable_snapshot(module):
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_grpo_steps_change_the_parameters(tmp_path, kind, packing):
+    model, processor = build_tiny_model(kind)
+    layout = probe_processor(processor)
+    rows = [row for rows in batches_for(processor, layout.media_kinds) for row in rows]
+    args = tiny_config(str(tmp_path / "out"), packing_samples=packing, freeze_encoder=False)
+    try:
+        trainer = PPOTrainerVL(
+            model, [length_reward], args, train_dataset=Dataset.from_list(rows * 2), processing_class=processor
+        )
+    except ValueError as error:
+        assert packing and "packing_samples=False" in str(error)
+        return
+    before = trainable_snapshot(trainer.model)
+    trainer.train()
+    after = trainable_snapshot(trainer.model)
+    assert any(not torch.equal(before[name], after[name]) for name in before), "no trainable parameter changed"
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        for key in ("rollout/reward", "train/policy_loss", "train/clipfrac"):
+            assert math.isfinite(entry[key]), (key, entry)
+
+
+# ------------------------------------------------------------------------------------------------- refusals
+
+
+def test_refused_families_are_named_with_the_reason(tmp_path):
+    model, processor = build_tiny_model("phi4_multimodal")
+    with pytest.raises(ValueError, match=r"Phi4MultimodalForCausalLM \(phi4_multimodal\) is not supported .* causal"):
+        Actor(model)
+    with pytest.raises(ValueError, match="is not supported by rft_trl"):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path)), processing_class=processor)
+
+
+def test_a_processor_that_does_not_fit_the_model_is_refused_at_construction(tmp_path):
+    model, _ = build_tiny_model("qwen2_5_vl")
+    audio_processor = build_tiny_model("qwen2_audio")[1]
+    with pytest.raises(
+        ValueError,
+        match=r"Qwen2AudioProcessor returns 'input_features' \(audio\), 'feature_attention_mask' \(audio\), which "
+        r"Qwen2_5_VLForConditionalGeneration.forward does not take",
+    ):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path)), processing_class=audio_processor)
