@@ -63,7 +63,8 @@ def test_grpo_learns_the_colour_on_a_second_family(tmp_path):
 
 
 def test_grpo_learns_the_pitch_of_the_tone(tmp_path):
-    trainer, rewards = run(tmp_path, "pitch", max_steps=120)
+    # 200 steps: seeds 0, 1 and 2 all reached 1.0 greedy eval (seed 0 breaks out of chance latest, near step 160).
+    trainer, rewards = run(tmp_path, "pitch", max_steps=200)
     # Two pitches: chance is 1/2.
     assert rewards[0] < 0.7, rewards
     assert trainer.evaluate()["eval/reward_mean"] >= 0.9, rewards

@@ -7,6 +7,7 @@ One row per tiny family of `rft_trl.testing` (real architecture, real processor,
   sample, no position ids, full-vocabulary log-softmax), to 1e-5, for every media kind the processor takes and for
   image + audio in one sample (Omni);
 - packed log-probs equal padded ones to 1e-5, or packing is refused by name at construction;
+- the critic's values equal its value head on its backbone's own forward of each sample alone;
 - LoRA trains only the adapter, and with the adapter disabled the log-probs are exactly the base model's;
 - two GRPO steps through `PPOTrainerVL`, padded and packed, change the parameters and log finite metrics.
 
@@ -25,7 +26,7 @@ from PIL import Image
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
 from rft_trl.data.multimodal import extend_token_fields
-from rft_trl.models import Actor
+from rft_trl.models import Actor, Critic
 from rft_trl.models.packing import pack_sequences
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
 
@@ -167,6 +168,28 @@ def test_packed_equals_padded_or_is_refused(kind):
         num_actions = action_mask.sum(-1).tolist()
         log_probs = packed_actor(packed, num_actions, packed_seq_lens=lengths, **fields)
         torch.testing.assert_close(log_probs[0], padded[action_mask], atol=1e-5, rtol=0, msg=kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_critic_values_equal_its_backbones_own_forward(kind):
+    # The critic (PPO with GAE) reads its value head at the states the actions are taken in, on the same positions.
+    model, processor, layout, collator, actor = setup(kind)
+    critic = Critic(model)
+    rows = batches_for(processor, layout.media_kinds)[0]
+    batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
+    values = critic(sequences, action_mask.shape[1], attention_mask, **fields)
+    prompt_width = batch.input_ids.shape[1]
+    for i, row in enumerate(rows):
+        actions = int(action_mask[i].sum())
+        ids, _, tokens, media = split_processor_output(alone_inputs(processor, row))
+        sequence = torch.cat([ids, sequences[i : i + 1, prompt_width : prompt_width + actions]], dim=1)
+        tokens = extend_token_fields(tokens, sequence.shape[1])
+        with torch.no_grad():
+            hidden = critic.hf_backbone(
+                input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media
+            ).last_hidden_state
+            expected = critic.value_head(hidden[0, -actions - 1 : -1]).squeeze(-1)
+        torch.testing.assert_close(values[i, :actions], expected, atol=1e-5, rtol=0, msg=f"{kind} row {i}")
 
 
 # ----------------------------------------------------------------------------------------------- generation

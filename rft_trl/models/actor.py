@@ -27,7 +27,6 @@ from .utils import (
     load_pretrained_model,
     log_trainable_parameters,
     media_token_ids,
-    resolve_packing,
     unwrap_model,
 )
 
@@ -302,14 +301,8 @@ class Actor(nn.Module):
             tuple `(log_probs, entropy)`, `(log_probs, output)` or `(log_probs, entropy, output)` according to
             `return_entropy` and `return_output`.
         """
-        media, token_fields = self.inputs.collect(model_inputs)
-        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask, num_actions)
-        forward_inputs = self.inputs.forward_inputs(
-            sequences,
-            None if packed_seq_lens else attention_mask,
-            packed_seq_lens,
-            media,
-            token_fields,
+        forward_inputs, packed_seq_lens = self.inputs.for_call(
+            sequences, num_actions, attention_mask, packed_seq_lens, self.packing_samples, model_inputs
         )
         output = self.model(**forward_inputs)
         logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)

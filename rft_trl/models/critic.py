@@ -19,7 +19,6 @@ from .utils import (
     freeze_non_language_parameters,
     load_pretrained_model,
     log_trainable_parameters,
-    resolve_packing,
     unwrap_model,
 )
 
@@ -168,14 +167,8 @@ class Critic(nn.Module):
             `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 values; or
             `(values, output)` with `return_output=True`.
         """
-        media, token_fields = self.inputs.collect(model_inputs)
-        packed_seq_lens = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask, num_actions)
-        forward_inputs = self.inputs.forward_inputs(
-            sequences,
-            None if packed_seq_lens else attention_mask,
-            packed_seq_lens,
-            media,
-            token_fields,
+        forward_inputs, packed_seq_lens = self.inputs.for_call(
+            sequences, num_actions, attention_mask, packed_seq_lens, self.packing_samples, model_inputs
         )
         output = self.backbone(**forward_inputs)
         hidden, _ = select_action_positions(output.last_hidden_state, sequences, num_actions, packed_seq_lens)

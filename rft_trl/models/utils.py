@@ -539,6 +539,26 @@ class ModelInputs:
             )
         return positions[..., mask.bool()].unsqueeze(-2)  # [1, T] or [4, 1, T]
 
+    def for_call(
+        self,
+        sequences: torch.Tensor,
+        num_actions: int | list[int] | None,
+        attention_mask: torch.Tensor | None,
+        packed_seq_lens: list[int] | None,
+        packing_samples: bool,
+        inputs: Mapping[str, torch.Tensor | None],
+    ) -> tuple[dict, list[int] | None]:
+        """
+        The forward keywords of an actor's or critic's call, and the packed sample lengths (`None` when padded).
+
+        Sorts `inputs` ([`ModelInputs.collect`]), decides packed or padded ([`resolve_packing`]) and builds the
+        keywords ([`ModelInputs.forward_inputs`]).
+        """
+        media, token_fields = self.collect(inputs)
+        packed_seq_lens = resolve_packing(packing_samples, packed_seq_lens, attention_mask, num_actions)
+        mask = None if packed_seq_lens else attention_mask
+        return self.forward_inputs(sequences, mask, packed_seq_lens, media, token_fields), packed_seq_lens
+
     def forward_inputs(
         self,
         sequences: torch.Tensor,
