@@ -158,6 +158,23 @@ def test_explicit_partial_or_mid_rollout_checkpoints_are_refused(tmp_path, caplo
         make_trainer(out, max_steps=2, max_epochs=2).train(resume_from_checkpoint=str(checkpoint))
     with pytest.raises(CheckpointError, match="No complete checkpoint in"):
         make_trainer(out, max_steps=2, max_epochs=2).train(resume_from_checkpoint=True)
+    # From the command line the flag arrives as a string: "true" means the newest complete checkpoint.
+    with pytest.raises(CheckpointError, match="No complete checkpoint in"):
+        make_trainer(out, max_steps=2, max_epochs=2).train(resume_from_checkpoint="true")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        make_trainer(out, max_steps=2, max_epochs=2).train(resume_from_checkpoint=str(out / "checkpoint-9"))
+
+
+def test_a_corrupted_weights_file_is_named(tmp_path):
+    out = tmp_path / "out"
+    make_trainer(out, max_steps=1).train()
+    checkpoint = out / "checkpoint-1"
+    # Same size, garbage header: the commit marker still matches, the weights do not parse.
+    weights = checkpoint / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(b"\xff" * size)
+    with pytest.raises(CheckpointError, match=r"weights in .*checkpoint-1 cannot be read .* corrupted"):
+        make_trainer(out, max_steps=2).train(resume_from_checkpoint=True)
 
 
 def test_checkpoint_without_optimizer_state_is_refused(tmp_path):

@@ -197,5 +197,5 @@ def test_ppo_vl_trains_and_saves_the_critic_and_evaluates(example_runs):
     assert saved_args["advantage_estimator"] == "gae"
     log_history = json.loads((output_dir / "log_history.json").read_text())
     assert all(math.isfinite(entry["train/critic_loss"]) for entry in log_history if "loss" in entry)
-    eval_rewards = [entry["eval/reward_mean"] for entry in log_history if "eval/reward_mean" in entry]
+    eval_rewards = [entry["eval_reward"] for entry in log_history if "eval_reward" in entry]
     assert eval_rewards and all(0.0 <= reward <= 1.0 for reward in eval_rewards)

@@ -129,7 +129,7 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
     final_reward = [entry["rollout/reward"] for entry in trainer.state.log_history if "rollout/reward" in entry][-1]
     assert f"| final rollout reward (`rollout/reward`) | {final_reward:.4f} |" in readme
     # No eval set: the card says so rather than inventing a number.
-    assert "| final eval reward (`eval/reward_mean`, greedy) | not measured |" in readme
+    assert "| final eval reward (`eval_reward`, greedy) | not measured |" in readme
     assert 'PeftModel.from_pretrained(base_model, "user/x")' in readme
     card = ModelCard(readme)
     assert card.data.library_name == "peft"

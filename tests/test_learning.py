@@ -52,14 +52,14 @@ def test_grpo_learns_the_colour_of_the_square(tmp_path):
     trainer, rewards = run(tmp_path, "colour", max_steps=500)
     # Eight colours: chance is 1/8 after the format warm-up.
     assert rewards[0] < 0.3, rewards
-    assert trainer.evaluate()["eval/reward_mean"] >= 0.9, rewards
+    assert trainer.evaluate()["eval_reward"] >= 0.9, rewards
 
 
 def test_grpo_learns_the_colour_on_a_second_family(tmp_path):
     # Qwen3-VL: another vision tower (learned position embeddings, DeepStack) and interleaved M-RoPE; the same bar.
     trainer, rewards = run(tmp_path, "colour", tiny_model_kind="qwen3_vl", max_steps=500)
     assert rewards[0] < 0.3, rewards
-    assert trainer.evaluate()["eval/reward_mean"] >= 0.9, rewards
+    assert trainer.evaluate()["eval_reward"] >= 0.9, rewards
 
 
 def test_grpo_learns_the_pitch_of_the_tone(tmp_path):
@@ -67,7 +67,7 @@ def test_grpo_learns_the_pitch_of_the_tone(tmp_path):
     trainer, rewards = run(tmp_path, "pitch", max_steps=200)
     # Two pitches: chance is 1/2.
     assert rewards[0] < 0.7, rewards
-    assert trainer.evaluate()["eval/reward_mean"] >= 0.9, rewards
+    assert trainer.evaluate()["eval_reward"] >= 0.9, rewards
 
 
 def test_ppo_with_critic_learns_the_colour_and_explains_value(tmp_path):
@@ -75,6 +75,6 @@ def test_ppo_with_critic_learns_the_colour_and_explains_value(tmp_path):
         tmp_path, "colour", max_steps=500, advantage_estimator="gae", critic_learning_rate=3e-3, lambd=1.0
     )
     assert rewards[0] < 0.3, rewards
-    assert trainer.evaluate()["eval/reward_mean"] >= 0.9, rewards
+    assert trainer.evaluate()["eval_reward"] >= 0.9, rewards
     late = [e["train/explained_variance"] for e in trainer.state.log_history if "train/explained_variance" in e][-5:]
     assert sum(late) / len(late) > 0, late

@@ -506,3 +506,16 @@ def test_failures_are_logged(caplog):
     with caplog.at_level("WARNING", logger="rft_trl.rewards.combine"):
         RewardScorer(FailsOnSample())(["p"] * 3, ["ok", "bad", "ok"])
     assert "reward function 'FailsOnSample' failed on 1 of 3 samples" in caplog.text
+
+
+def test_numpy_scores_are_accepted_like_tensors_and_lists():
+    import numpy as np
+
+    def as_array(prompts, completions, **columns):
+        return np.array([0.5, 1.5], dtype=np.float32)
+
+    def as_numpy_scalars(prompts, completions, **columns):
+        return [np.float64(2.0), np.array(3.0)]
+
+    out = RewardScorer([as_array, as_numpy_scalars], reward_weights=[1.0, 1.0])(["p0", "p1"], ["c0", "c1"])
+    assert out.valid.all() and out.rewards.tolist() == [2.5, 4.5]

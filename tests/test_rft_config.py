@@ -89,6 +89,17 @@ def test_micro_train_batch_size_is_per_device_train_batch_size():
         ({"buffer_limit": 3}, "buffer_limit=3 would drop samples of the current rollout"),
         ({"ptx_coef": -1.0}, "must be >= 0"),
         ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
+        # Ranges, checked when the config is built and named by the alias the user may have used.
+        ({"num_generations": 0}, r"n_samples_per_prompt \(num_generations\) must be >= 1, got 0"),
+        ({"max_completion_length": 0}, r"generate_max_len \(max_completion_length\) must be >= 1, got 0"),
+        ({"learning_rate": -1e-5}, "learning_rate must be >= 0.0, got -1e-05"),
+        ({"temperature": 0.0}, r"temperature must be > 0.0, got 0.0 \(for greedy decoding use do_sample=False"),
+        ({"beta": -1.0}, r"init_kl_coef \(beta\) must be >= 0.0, got -1.0"),
+        ({"epsilon": -0.1}, r"eps_clip \(epsilon\) must be >= 0.0"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+        ({"top_k": -1}, "top_k must be >= 0"),
+        ({"lambd": 1.5}, r"gamma and lambd must be in \[0, 1\]"),
+        ({"max_prompt_length": 0}, r"prompt_max_len \(max_prompt_length\) must be >= 1"),
     ],
 )
 def test_invalid_values_raise_with_a_fix(kwargs, message):

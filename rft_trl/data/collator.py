@@ -102,6 +102,8 @@ class PromptBatch:
             reward contract); `None` where a row lacks it.
         skipped (`list[SkippedRow]`):
             The rows of this call that were dropped, with their reasons.
+        kept (`list[int]`):
+            The position, among the rows of this call, of each kept row.
     """
 
     input_ids: torch.Tensor
@@ -112,6 +114,7 @@ class PromptBatch:
     prompt_texts: list[str]
     columns: dict[str, list[Any]]
     skipped: list[SkippedRow] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -216,6 +219,7 @@ class PromptCollator:
         self.rows_skipped = 0
         self._skip_counts: Counter[str] = Counter()
         self._repair_counts: Counter[str] = Counter()
+        self._repairs_logged: set[str] = set()
 
     def _configure_media(self) -> None:
         """The bounds to load each media kind the processor takes into."""
@@ -268,8 +272,9 @@ class PromptCollator:
             `KeyError`: when a row has no `prompt` key (a dataset schema error, never skipped).
         """
         kept: list[tuple[Mapping[str, Any], _Row]] = []
+        kept_positions: list[int] = []
         skipped: list[SkippedRow] = []
-        for row in rows:
+        for position, row in enumerate(rows):
             if "prompt" not in row:
                 raise KeyError(f"Dataset rows need a 'prompt' column; this row has {sorted(row)}.")
             index = self.rows_seen
@@ -280,10 +285,27 @@ class PromptCollator:
             except _Reject as rejection:
                 skipped.append(self._skip(row, index, rejection))
                 continue
+            self._log_new_repairs(row, index, repairs)
             self._repair_counts.update(repairs)
             kept.append((row, prepared))
+            kept_positions.append(position)
         self._check_skip_limit(skipped)
-        return self._assemble(kept, skipped)
+        batch = self._assemble(kept, skipped)
+        batch.kept = kept_positions
+        return batch
+
+    def _log_new_repairs(self, row: Mapping[str, Any], index: int, repairs: list[str]) -> None:
+        # Every repair is counted (data/repaired/<code>); the first of each kind is also logged, naming the row.
+        for code in dict.fromkeys(repairs):
+            if code not in self._repairs_logged:
+                self._repairs_logged.add(code)
+                _, description = self._describe(row, index)
+                logger.warning(
+                    "%s: media repaired (%s). Later repairs of this kind are counted in data/repaired/%s.",
+                    description,
+                    code,
+                    code,
+                )
 
     def _describe(self, row: Mapping[str, Any], index: int) -> tuple[Any, str]:
         row_id = row.get(self.id_column)

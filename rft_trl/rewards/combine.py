@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import BatchRewardError, RewardFailureError
@@ -433,14 +434,18 @@ def _as_score_list(result: Any) -> list | None:
     """The scores as a list, or `None` when the function returned something that is not a list of scores."""
     if isinstance(result, (list, tuple)):
         return list(result)
-    if isinstance(result, torch.Tensor) and result.dim() == 1:
+    if isinstance(result, (torch.Tensor, np.ndarray)) and result.ndim == 1:
         return result.tolist()
     return None
 
 
 def _check_score(raw: Any) -> tuple[float, str | None]:
     """The score as a float (NaN when invalid) and what is wrong with it, if anything."""
-    if isinstance(raw, torch.Tensor) and raw.numel() == 1:
+    # Numpy scalars and one-element tensors or arrays are plain numbers.
+    one_element = (isinstance(raw, torch.Tensor) and raw.numel() == 1) or (
+        isinstance(raw, np.ndarray) and raw.size == 1
+    )
+    if one_element or isinstance(raw, np.generic):
         raw = raw.item()
     if raw is None:
         return math.nan, "returned None"

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, load_sharded_checkpoint, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 if TYPE_CHECKING:
     from torch import nn
@@ -161,11 +162,21 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     """
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "false"):
+        # From a command line (`--resume_from_checkpoint true`), TrainingArguments keeps the flag as a string.
+        resume_from_checkpoint = resume_from_checkpoint.lower() == "true"
+        if not resume_from_checkpoint:
+            return None
     if resume_from_checkpoint is True:
         checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
             raise CheckpointError(f"No complete checkpoint in {output_dir} to resume from.")
         return checkpoint
+    if not os.path.isdir(resume_from_checkpoint):
+        raise CheckpointError(
+            f"resume_from_checkpoint={resume_from_checkpoint!r} does not exist (or is not a directory). Pass the path "
+            "of a checkpoint-N directory, or True for the newest complete checkpoint of output_dir."
+        )
     if not is_complete_checkpoint(resume_from_checkpoint):
         raise CheckpointError(
             f"{resume_from_checkpoint} is not a complete checkpoint (no valid {COMPLETE_MARKER}, or a listed file is "
@@ -388,8 +399,45 @@ def load_rft_state(
     with open(os.path.join(checkpoint, RFT_STATE_NAME)) as f:
         state = json.load(f)
     ema_path = os.path.join(checkpoint, EMA_NAME)
-    ema = load_file(ema_path, device=str(device)) if os.path.isfile(ema_path) else None
+    ema = read_safetensors(ema_path, device=str(device)) if os.path.isfile(ema_path) else None
     return state, ema
+
+
+def read_safetensors(path: str, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`, with a message naming the file when it cannot be read."""
+    try:
+        return load_file(path, device=device)
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(
+            f"{path} cannot be read ({type(error).__name__}: {error}). The checkpoint may be corrupted: resume from "
+            "an earlier one."
+        ) from error
+
+
+def load_saved_weights(checkpoint: str, hf_model: nn.Module) -> None:
+    """
+    Load the weights `save_pretrained` wrote into `checkpoint` into the in-memory `hf_model`, exactly and strictly.
+
+    transformers saves weights in the checkpoint format of the family (for Qwen2.5-VL, `model.visual.*` is saved as
+    `visual.*`; MoE experts may be split or fused), which differs from the in-memory names, so a plain
+    `load_state_dict` of the file fails or, worse, loads nothing. The family's own `from_pretrained` applies its
+    conversions; its state dict then has the in-memory names and shapes, and is loaded with `strict=True`.
+
+    Args:
+        checkpoint (`str`): a directory written by `save_pretrained` (safetensors, one file or sharded).
+        hf_model (`nn.Module`): the transformers model to load into, in place.
+    """
+    parameter = next(hf_model.parameters())
+    try:
+        saved = type(hf_model).from_pretrained(
+            checkpoint, dtype=parameter.dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise CheckpointError(
+            f"The weights in {checkpoint} cannot be read ({type(error).__name__}: {error}). The files may be "
+            "corrupted: resume from an earlier checkpoint."
+        ) from error
+    hf_model.load_state_dict(saved.state_dict(), strict=True)
 
 
 def load_checkpoint_weights(
@@ -405,10 +453,8 @@ def load_checkpoint_weights(
         peft_model (`nn.Module`, *optional*): the actor's PEFT model; receives `adapter_model.safetensors`.
     """
     if peft_model is not None:
-        set_peft_model_state_dict(peft_model, load_file(os.path.join(checkpoint, "adapter_model.safetensors")))
-    elif os.path.isfile(os.path.join(checkpoint, "model.safetensors.index.json")):
-        load_sharded_checkpoint(hf_model, checkpoint, strict=True, prefer_safe=True)
+        set_peft_model_state_dict(peft_model, read_safetensors(os.path.join(checkpoint, "adapter_model.safetensors")))
     else:
-        hf_model.load_state_dict(load_file(os.path.join(checkpoint, "model.safetensors")))
+        load_saved_weights(checkpoint, hf_model)
     if critic is not None:
-        critic.load_state_dict(load_file(os.path.join(checkpoint, "critic", "model.safetensors")))
+        critic.load_state_dict(read_safetensors(os.path.join(checkpoint, "critic", "model.safetensors")))

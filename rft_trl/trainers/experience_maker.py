@@ -108,14 +108,15 @@ class ExperienceMaker:
 
         Returns:
             `tuple`: the samples (`sequences`, `attention_mask`, `action_mask` `[N, A]`, `completion_ids`,
-            `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`), the decoded completions, each sample's
-            prompt, and the [`RewardOutput`].
+            `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`, and `kept_rows`: the position in `rows` of
+            each kept prompt), the decoded completions, each sample's prompt, and the [`RewardOutput`].
         """
         batch = self.collator(rows)
         if len(batch) == 0:
             reasons = sorted({skipped.reason for skipped in batch.skipped})
             raise ValueError(f"Every prompt of this batch was rejected as bad input ({', '.join(reasons)}).")
         samples = self._generate(batch, n, sampling_kwargs)
+        samples["kept_rows"] = batch.kept
         completions = self.tokenizer.batch_decode(
             torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id),
             skip_special_tokens=True,
@@ -135,7 +136,8 @@ class ExperienceMaker:
         samples, completions, prompts, rewards_out = self.generate_and_score(
             rows, self.args.n_samples_per_prompt, self.args.sampling_kwargs()
         )
-        metrics = {name: float(count) for name, count in self.collator.pop_skip_counts().items()}
+        counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
+        metrics = {name: float(count) for name, count in counts.items()}
         scored = self._score(samples)
         advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
         trained = rewards_out.valid.to(samples["action_mask"].device)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -128,6 +129,48 @@ class PromptRows:
     def __contains__(self, key: str) -> bool:
         # transformers.Trainer looks for "labels" in a batch to count loss tokens; rows have none.
         return False
+
+
+# The dataset index a row carries through evaluation, so that Accelerate's padding repeats are counted once.
+ROW_INDEX = "__rft_trl_row_index__"
+
+
+class IndexedRows(torch.utils.data.Dataset):
+    """A dataset's rows, each with its index under [`ROW_INDEX`] (removed again before the rows are used)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], ROW_INDEX: index}
+
+
+def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
+    """
+    Evaluation metrics from `(row index, reward, valid, completion length, {function: score})` records of all
+    processes, each row counted once (the first record of an index).
+    """
+    unique = list({record[0]: record for record in reversed(records)}.values())
+    rewards = torch.tensor([r[1] for r in unique if r[2]], dtype=torch.float64)
+    lengths = torch.tensor([r[3] for r in unique], dtype=torch.float64)
+    metrics = {
+        f"{prefix}_reward": rewards.mean().item() if rewards.numel() else float("nan"),
+        f"{prefix}_reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        f"{prefix}_completions/mean_length": lengths.mean().item() if lengths.numel() else float("nan"),
+        f"{prefix}_reward_failures": float(sum(not r[2] for r in unique)),
+        f"{prefix}_num_samples": float(len(unique)),
+    }
+    for name in dict.fromkeys(name for record in unique for name in record[4]):
+        # A function's scores where it scored (NaN where it failed or did not apply).
+        scores = torch.tensor([r[4][name] for r in unique if name in r[4]], dtype=torch.float64)
+        scores = scores[scores.isfinite()]
+        if scores.numel():
+            metrics[f"{prefix}_rewards/{name}/mean"] = scores.mean().item()
+            metrics[f"{prefix}_rewards/{name}/std"] = scores.std().item() if scores.numel() > 1 else 0.0
+    return metrics
 
 
 class PolicyAndValue(nn.Module):
@@ -329,7 +372,7 @@ class PPOTrainerVL(Trainer):
         self._ptx_position = 0
         self._ema_model = ema_model
         self._ema_state: dict[str, torch.Tensor] | None = None
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> [value, weight] per micro-batch
         self._rollout_metrics: dict[str, float] = {}
         self._micro_batches: list = []
         self.replay_buffer = NaiveReplayBuffer(
@@ -535,7 +578,7 @@ class PPOTrainerVL(Trainer):
         for metrics in per_rank:
             for name, value in metrics.items():
                 merged[name].append(value)
-        counts = ("data/skipped", "rollout/reward_failures", "rollout/num_samples")
+        counts = ("data/skipped", "data/repaired", "rollout/reward_failures", "rollout/num_samples")
         return {
             name: sum(values) if name.startswith(counts) else sum(values) / len(values)
             for name, values in merged.items()
@@ -605,6 +648,7 @@ class PPOTrainerVL(Trainer):
         if args.advantage_clip is not None:
             advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
         entropy_mask = None
+        tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
         if "new_entropy" in batch:
             entropy_mask = high_entropy_mask(batch["new_entropy"].detach(), mask, args.high_entropy_token_ratio)
         loss, metrics = policy_loss(
@@ -622,22 +666,22 @@ class PPOTrainerVL(Trainer):
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
         )
         for name, value in metrics.items():
-            self._metrics[f"train/{name}"].append(torch.as_tensor(value).detach())
-        self._metrics["train/policy_loss"].append(loss.detach())
+            self._record(f"train/{name}", value, tokens)
+        self._record("train/policy_loss", loss, tokens)
         if batch["base_action_log_probs"] is not None:
             kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
             kl_mean = masked_mean(kl, mask)
-            self._metrics["train/kl"].append(kl_mean.detach())
+            self._record("train/kl", kl_mean, tokens)
             if args.use_kl_loss:
                 loss = loss + self.kl_ctl.value * kl_mean
         if args.ptx_coef > 0:
             ptx = sft_loss(self.actor, self._next_ptx_batch())
-            self._metrics["train/ptx_loss"].append(ptx.detach())
+            self._record("train/ptx_loss", ptx)
             loss = loss + args.ptx_coef * ptx
         if args.aux_loss_coef > 0 and out["output"].aux_loss is not None:
             loss = loss + args.aux_loss_coef * out["output"].aux_loss
         if "new_entropy" in batch:
-            self._metrics["train/entropy"].append(masked_mean(batch["new_entropy"], mask).detach())
+            self._record("train/entropy", masked_mean(batch["new_entropy"], mask), tokens)
         return loss
 
     def _next_ptx_batch(self) -> dict[str, Any]:
@@ -652,12 +696,13 @@ class PPOTrainerVL(Trainer):
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
+        tokens = mask.sum()
         loss, metrics = value_loss(
             batch["new_values"], batch["values"], batch["returns"], mask, value_clip=self.args.value_clip
         )
         for name, value in metrics.items():
-            self._metrics[f"train/{name}"].append(torch.as_tensor(value).detach())
-        self._metrics["train/critic_loss"].append(loss.detach())
+            self._record(f"train/{name}", value, tokens)
+        self._record("train/critic_loss", loss, tokens)
         return loss
 
     def _update_ema(self) -> None:
@@ -677,19 +722,43 @@ class PPOTrainerVL(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training-step log, not the eval or end-of-training summary
-            # Metrics stay tensors during the step; one read here instead of a host sync per micro-batch.
-            names = [name for name, values in self._metrics.items() if values]
-            means = [
-                torch.stack([v.float().to(self.accelerator.device) for v in self._metrics[n]]).mean() for n in names
-            ]
-            averaged = dict(zip(names, torch.stack(means).tolist())) if names else {}
-            logs = {**logs, **averaged, **self._rollout_metrics}
+            logs = {**logs, **self._aggregate_metrics(), **self._rollout_metrics}
             logs["train/kl_coef"] = self.kl_ctl.value
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
-            self._metrics.clear()
             if self._completions_table and self.args.log_completions:
                 self._log_completions_table()
         super().log(logs, start_time)
+
+    def _record(self, name: str, value, weight: torch.Tensor | None = None) -> None:
+        """Keep a micro-batch's metric, with the number of tokens it was computed over (1 when it is not a mean)."""
+        value = torch.as_tensor(value).detach().float()
+        weight = torch.ones_like(value) if weight is None else weight.detach().float().to(value.device)
+        self._metrics[name].append(torch.stack([value, weight]))
+
+    def _aggregate_metrics(self) -> dict[str, float]:
+        """
+        The logging interval's metrics over its micro-batches: `*_max` the largest, `*_min` the smallest, any other
+        the token-weighted mean. Micro-batches without a token in the loss (every sample excluded, e.g. the fillers of
+        a rollout whose bad rows were skipped) count for nothing, and a metric none of them had is not logged.
+
+        Metrics stay tensors during the step; this is the one host read, instead of one per micro-batch.
+        """
+        names = [name for name, entries in self._metrics.items() if entries]
+        if not names:
+            return {}
+        reduced = []
+        for name in names:
+            values, weights = torch.stack([entry.to(self.accelerator.device) for entry in self._metrics[name]]).T
+            present = weights > 0
+            if name.endswith("_max"):
+                value = torch.where(present, values, -math.inf).max()
+            elif name.endswith("_min"):
+                value = torch.where(present, values, math.inf).min()
+            else:
+                value = (torch.where(present, values, 0.0) * weights).sum() / weights.sum().clamp(min=1e-12)
+            reduced.append(torch.stack([value, weights.sum()]))
+        self._metrics.clear()
+        return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}
 
     def _log_completions_table(self) -> None:
         if "wandb" in self.args.report_to and self.accelerator.is_main_process:
@@ -705,46 +774,46 @@ class PPOTrainerVL(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """
-        Greedy-decode one completion per eval prompt, score it, and log `eval/reward_mean` and friends.
+        Greedy-decode one completion per eval prompt, score it, and log the rewards under TRL's names.
+
+        Every eval row is counted once: with several processes, Accelerate pads the last batch with repeated rows,
+        which are dropped by their dataset index before any statistic.
 
         Returns:
-            `dict[str, float]`: `eval/reward_mean`, `eval/reward_std`, `eval/response_length_mean`,
-            `eval/reward_metrics/<name>`, `eval/reward_failures`, `eval/num_samples`.
+            `dict[str, float]`: with `prefix = metric_key_prefix` (`"eval"`, as `Trainer.evaluate`):
+            `{prefix}_reward` and `{prefix}_reward_std` (the combined reward over the samples it is defined for),
+            `{prefix}_rewards/<name>/mean` and `/std` per reward function, `{prefix}_completions/mean_length`,
+            `{prefix}_reward_failures` and `{prefix}_num_samples`. `metric_for_best_model="reward"` reads
+            `{prefix}_reward`.
         """
-        dataloader = self.get_eval_dataloader(eval_dataset)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):  # a name of a dict of eval sets, as Trainer.evaluate takes it
+            dataset = self.eval_dataset[dataset]
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, subset in dataset.items():
+                metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        dataloader = super().get_eval_dataloader(IndexedRows(dataset))
         was_training = self.model.training
         self.model.eval()
         greedy = {**self.args.sampling_kwargs(), "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        rewards, valid, lengths, components = [], [], [], defaultdict(list)
+        records = []
         for batch in dataloader:
-            rows = batch.rows
-            samples, _, _, out = self.experience_maker.generate_and_score(rows, 1, greedy)
-            rewards.append(out.rewards)
-            valid.append(out.valid)
-            lengths.append(samples["action_mask"].sum(-1).float().cpu())
-            for name, scores in out.components.items():
-                components[name].append(scores)
-        self.collator.pop_skip_counts()
+            indices = [row.pop(ROW_INDEX) for row in batch.rows]
+            samples, _, _, out = self.experience_maker.generate_and_score(batch.rows, 1, greedy)
+            lengths = samples["action_mask"].sum(-1).tolist()
+            for i, row in enumerate(samples["kept_rows"]):
+                components = {name: float(scores[i]) for name, scores in out.components.items()}
+                records.append((indices[row], float(out.rewards[i]), bool(out.valid[i]), lengths[i], components))
+        data_counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
         if was_training:
             self.model.train()
-        gather = self.accelerator.gather_for_metrics
-        device = self.accelerator.device
-        rewards = gather(torch.cat(rewards).to(device)).cpu()
-        valid = gather(torch.cat(valid).to(device)).cpu()
-        lengths = gather(torch.cat(lengths).to(device)).cpu()
-        kept = rewards[valid]
-        metrics = {
-            f"{metric_key_prefix}/reward_mean": kept.mean().item() if kept.numel() else float("nan"),
-            f"{metric_key_prefix}/reward_std": kept.std().item() if kept.numel() > 1 else 0.0,
-            f"{metric_key_prefix}/response_length_mean": lengths.mean().item(),
-            f"{metric_key_prefix}/reward_failures": float((~valid).sum()),
-            f"{metric_key_prefix}/num_samples": float(valid.numel()),
-        }
-        for name, parts in components.items():
-            scores = gather(torch.cat(parts).to(device)).cpu()
-            scores = scores[valid & scores.isfinite()]
-            if scores.numel():
-                metrics[f"{metric_key_prefix}/reward_metrics/{name}"] = scores.mean().item()
+        metrics = eval_metrics(gather_object(records), metric_key_prefix)
+        for counts in gather_object([data_counts]):  # rows skipped or repaired, summed over the processes
+            for name, count in counts.items():
+                key = f"{metric_key_prefix}_{name}"
+                metrics[key] = metrics.get(key, 0.0) + float(count)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -825,6 +894,17 @@ class PPOTrainerVL(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # `train` has already checked the checkpoint and restored the RFT state; the Trainer calls this for weights.
         self._load_model_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        # Overridden (private Trainer hook): the Trainer loads the checkpoint's file as a state dict of the module it
+        # trains, but ours holds the actor in its family's saved format (and the critic and adapter apart), which
+        # only our loader maps back. DeepSpeed keeps its own engine checkpoints: the Trainer's way is right there.
+        if self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info(
+            "Loading the best model from %s (score %s).", self.state.best_model_checkpoint, self.state.best_metric
+        )
+        self._load_model_weights(self.state.best_model_checkpoint)
 
     def _load_model_weights(self, checkpoint: str) -> None:
         load_checkpoint_weights(checkpoint, self.actor.hf_model, self.critic, self.actor.model if self._peft else None)
@@ -977,7 +1057,7 @@ class PPOTrainerVL(Trainer):
             f"## Results\n\n"
             f"| metric | value |\n| --- | --- |\n"
             f"| final rollout reward (`rollout/reward`) | {last('rollout/reward')} |\n"
-            f"| final eval reward (`eval/reward_mean`, greedy) | {last('eval/reward_mean')} |\n\n"
+            f"| final eval reward (`eval_reward`, greedy) | {last('eval_reward')} |\n\n"
             f"![Mean reward per optimizer step]({REWARD_CURVE_NAME})\n\n"
             f"## Training settings\n\n| setting | value |\n| --- | --- |\n{rows}\n\n"
             f"## Loading\n\n```python\n{loading}\n```\n"

@@ -282,6 +282,7 @@ class RFTConfig(TrainingArguments):
 
     def __post_init__(self):
         self._resolve_aliases()
+        self._check_ranges()
         if self.micro_train_batch_size is None:
             self.micro_train_batch_size = self.per_device_train_batch_size
         elif self.per_device_train_batch_size not in (8, self.micro_train_batch_size):
@@ -338,6 +339,52 @@ class RFTConfig(TrainingArguments):
             self.advantage_estimator = mapped
             self.scale_rewards = scale
         self.advantage_estimator = self.advantage_estimator or "group_norm"
+
+    def _check_ranges(self) -> None:
+        """
+        Refuse out-of-range values when the config is built, naming the setting (and its alias) and the range, rather
+        than letting them fail later inside transformers or torch.
+        """
+        aliases = {ours: theirs for ours, theirs, _ in ALIASES}
+
+        def named(field_name: str) -> str:
+            return f"{field_name} ({aliases[field_name]})" if field_name in aliases else field_name
+
+        # (field, lowest allowed, whether the lowest is excluded)
+        ranges = [
+            ("n_samples_per_prompt", 1, False),
+            ("generate_max_len", 1, False),
+            ("prompt_max_len", 1, False),
+            ("max_epochs", 1, False),
+            ("learning_rate", 0.0, False),
+            ("temperature", 0.0, True),
+            ("init_kl_coef", 0.0, False),
+            ("eps_clip", 0.0, False),
+            ("top_k", 0, False),
+            ("gamma", 0.0, False),
+            ("lambd", 0.0, False),
+            ("critic_learning_rate", 0.0, False),
+            ("value_clip", 0.0, True),
+            ("advantage_clip", 0.0, True),
+            ("rollout_batch_size", 1, False),
+            ("micro_rollout_batch_size", 1, False),
+        ]
+        for field_name, lowest, strict in ranges:
+            value = getattr(self, field_name)
+            if value is None:
+                continue
+            if value < lowest or (strict and value == lowest):
+                bound = f"> {lowest}" if strict else f">= {lowest}"
+                hint = (
+                    " (for greedy decoding use do_sample=False in generation_kwargs)"
+                    if field_name == "temperature"
+                    else ""
+                )
+                raise ValueError(f"{named(field_name)} must be {bound}, got {value}{hint}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.gamma > 1.0 or self.lambd > 1.0:
+            raise ValueError(f"gamma and lambd must be in [0, 1], got gamma={self.gamma}, lambd={self.lambd}.")
 
     def _resolve_rollout_size(self) -> None:
         if self.rollout_batch_size is None:
