@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 from ..core.advantages import ADVANTAGE_ESTIMATORS
@@ -28,6 +31,8 @@ TRL_SCALE_REWARDS = {"group": "group_norm", "none": "dr_grpo"}
 
 # (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
 # and a contradictory pair is rejected; the default applies when neither is given.
+logger = logging.getLogger(__name__)
+
 ALIASES: tuple[tuple[str, str, Any], ...] = (
     ("n_samples_per_prompt", "num_generations", 8),
     ("generate_max_len", "max_completion_length", 64),
@@ -294,6 +299,7 @@ class RFTConfig(TrainingArguments):
         self.per_device_train_batch_size = self.micro_train_batch_size
         if self.disable_ds_ckpt:
             self.save_only_model = True
+        self._adapt_to_a_cpu_launch()
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")
@@ -339,6 +345,30 @@ class RFTConfig(TrainingArguments):
             self.advantage_estimator = mapped
             self.scale_rewards = scale
         self.advantage_estimator = self.advantage_estimator or "group_norm"
+
+    def _adapt_to_a_cpu_launch(self) -> None:
+        """
+        Make a multi-process launch on a machine without an accelerator run as one job, as launched.
+
+        Without this, `accelerate launch` of the shipped CPU configs starts processes that each train alone (plain
+        DDP needs `use_cpu` to join the processes with gloo), or DeepSpeed runs two ranks while Accelerate counts
+        one (its process group must be gloo), failing minutes later on DeepSpeed's batch-size check.
+        """
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size < 2 or torch.accelerator.is_available():
+            return
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            if self.use_cpu:
+                raise ValueError(
+                    "DeepSpeed on the CPU needs use_cpu=False: with use_cpu Accelerate never selects DeepSpeed and "
+                    "would silently train with plain DDP instead."
+                )
+            if self.ddp_backend is None:
+                logger.warning("%d DeepSpeed processes without an accelerator: joining them with gloo.", world_size)
+                self.ddp_backend = "gloo"
+        elif not self.use_cpu:
+            logger.warning("%d processes without an accelerator: training on the CPU with gloo (use_cpu).", world_size)
+            self.use_cpu = True
 
     def _check_ranges(self) -> None:
         """

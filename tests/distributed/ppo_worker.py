@@ -49,13 +49,7 @@ class WorkerArguments:
     fault_step: int = field(default=2, metadata={"help": "The optimizer step (1-based) `nan_loss` poisons."})
     max_steps: int = field(default=2, metadata={"help": "Optimizer steps."})
     num_rows: int = field(default=16, metadata={"help": "Dataset rows."})
-    use_cpu: bool = field(
-        default=True,
-        metadata={"help": "RFTConfig.use_cpu; False under DeepSpeed, which Accelerate never selects with use_cpu."},
-    )
-    ddp_backend: str | None = field(
-        default=None, metadata={"help": "RFTConfig.ddp_backend: `gloo` for DeepSpeed on the CPU."}
-    )
+    eval_rows: int = field(default=0, metadata={"help": "Eval rows to evaluate after training (0: none)."})
 
     def __post_init__(self):
         if self.fault not in FAULTS:
@@ -77,8 +71,6 @@ def make_args(worker: WorkerArguments) -> RFTConfig:
         init_kl_coef=0.05,
         kl_target=0.01,
         kl_horizon=10,
-        use_cpu=worker.use_cpu,
-        ddp_backend=worker.ddp_backend,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -151,7 +143,8 @@ def main() -> None:
 
     def length_reward(prompts, completions, id, **columns):
         """Shorter is better (dense, so every group has spread); records which prompts this rank scored."""
-        seen_ids.append(list(id))
+        if min(id) < 1000:
+            seen_ids.append(list(id))
         if worker.fault == "reward_error" and rank == worker.fault_rank:
             raise RuntimeError(f"{INJECTED_MESSAGE} {rank}")
         return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
@@ -168,6 +161,12 @@ def main() -> None:
     initial_digest = parameter_digest(trainer.model)
     trainer.train()
 
+    eval_metrics = {}
+    if worker.eval_rows:
+        # Ids from 1000: their reward calls are not training rollouts and are not recorded in seen_ids.
+        eval_set = make_colour_dataset(worker.eval_rows, seed=1)
+        eval_set = eval_set.add_column("id", [1000 + i for i in range(worker.eval_rows)])
+        eval_metrics = trainer.evaluate(eval_set)
     zero_stage = None
     if trainer.accelerator.distributed_type == DistributedType.DEEPSPEED:
         zero_stage = trainer.model_wrapped.zero_optimization_stage()
@@ -187,6 +186,7 @@ def main() -> None:
         "sha256": parameter_digest(trainer.model),
         "kl_coef": trainer.kl_ctl.value,
         "log_history": trainer.state.log_history,
+        "eval": eval_metrics,
     }
     with open(os.path.join(worker.output_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)

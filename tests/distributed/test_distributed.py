@@ -2,12 +2,13 @@
 Two-process PPOTrainerVL runs on the CPU (gloo), launched as real processes with `accelerate launch --config_file`.
 
 Each test starts `tests/distributed/ppo_worker.py` on two ranks (the tiny Qwen2.5-VL, 2 prompts x 2 samples per rank
-and rollout, 2 optimizer steps) and checks what every rank wrote. The equivalent commands:
+and rollout, 2 optimizer steps) and checks what every rank wrote. The commands are the shipped configs launched as
+their comments say, with no environment variable or flag beyond them:
 
-    ACCELERATE_USE_CPU=true accelerate launch --config_file accelerate_configs/cpu_multi_process.yaml \
+    accelerate launch --config_file accelerate_configs/cpu_multi_process.yaml \
         tests/distributed/ppo_worker.py --output_dir OUT [--fault reward_error|corrupt_image|nan_loss]
-    DS_ACCELERATOR=cpu accelerate launch --config_file accelerate_configs/deepspeed_zero2_cpu.yaml \
-        tests/distributed/ppo_worker.py --output_dir OUT --use_cpu false --ddp_backend gloo
+    accelerate launch --config_file accelerate_configs/deepspeed_zero2_cpu.yaml \
+        tests/distributed/ppo_worker.py --output_dir OUT
 
 Every launch is bounded by a timeout that kills the whole process group: a hang fails the test instead of the CI job.
 """
@@ -143,7 +144,7 @@ def assert_prompts_sharded(records: list[dict], skipped_calls: dict[tuple[int, i
 
 
 def test_ddp_two_processes_identical_parameters_and_sharded_prompts(tmp_path):
-    returncode, output = launch(DDP_CONFIG, tmp_path, env={"ACCELERATE_USE_CPU": "true"}, timeout=DDP_TIMEOUT_S)
+    returncode, output = launch(DDP_CONFIG, tmp_path, "--eval_rows", "5", env={}, timeout=DDP_TIMEOUT_S)
     assert returncode == 0, output[-4000:]
     records = read_ranks(tmp_path)
     assert {record["distributed_type"] for record in records} == {"DistributedType.MULTI_CPU"}
@@ -152,20 +153,15 @@ def test_ddp_two_processes_identical_parameters_and_sharded_prompts(tmp_path):
     # Rank 0 logs one entry per optimizer step, with the rollout's samples counted over both ranks (2 x 4).
     steps = [entry for entry in records[0]["log_history"] if "loss" in entry]
     assert [entry["rollout/num_samples"] for entry in steps] == [8.0, 8.0]
+    # 5 eval rows on 2 processes: Accelerate pads the last batch with repeats, each row still counts once, and
+    # both processes report the same metrics.
+    assert records[0]["eval"]["eval_num_samples"] == records[1]["eval"]["eval_num_samples"] == 5.0
+    assert records[0]["eval"] == records[1]["eval"]
 
 
 def test_zero2_two_processes_identical_parameters(tmp_path):
     assert importlib.util.find_spec("deepspeed") is not None, "install deepspeed (the dev extra) for this test"
-    returncode, output = launch(
-        ZERO2_CONFIG,
-        tmp_path,
-        "--use_cpu",
-        "false",
-        "--ddp_backend",
-        "gloo",
-        env={"DS_ACCELERATOR": "cpu"},
-        timeout=ZERO2_TIMEOUT_S,
-    )
+    returncode, output = launch(ZERO2_CONFIG, tmp_path, env={}, timeout=ZERO2_TIMEOUT_S)
     assert returncode == 0, output[-4000:]
     records = read_ranks(tmp_path)
     # Accelerate falls back to plain DDP when told use_cpu: make sure DeepSpeed really ran, at stage 2.
@@ -183,7 +179,7 @@ def test_exception_on_one_rank_ends_every_rank(tmp_path):
         "reward_error",
         "--fault_rank",
         "1",
-        env={"ACCELERATE_USE_CPU": "true"},
+        env={},
         timeout=DDP_TIMEOUT_S,
     )
     # Rank 1's reward function raises in the first rollout while rank 0 goes on into the rollout-metrics gather: the
@@ -202,7 +198,7 @@ def test_bad_media_on_one_rank_is_skipped_there_and_counted_over_ranks(tmp_path)
         "corrupt_image",
         "--fault_rank",
         "1",
-        env={"ACCELERATE_USE_CPU": "true"},
+        env={},
         timeout=DDP_TIMEOUT_S,
     )
     assert returncode == 0, output[-4000:]
@@ -230,7 +226,7 @@ def test_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
         "1",
         "--fault_step",
         "2",
-        env={"ACCELERATE_USE_CPU": "true"},
+        env={},
         timeout=DDP_TIMEOUT_S,
     )
     assert returncode == 0, output[-4000:]
