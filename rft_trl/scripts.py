@@ -10,10 +10,13 @@ import json
 import logging
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from datasets import Dataset, load_dataset
 from transformers import AutoProcessor
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 from trl import ModelConfig, get_peft_config
 
 from .data.collator import PromptCollator
@@ -131,6 +134,25 @@ def format_warmup(
     )
 
 
+@contextmanager
+def whole_model(training_args: RFTConfig) -> Iterator[None]:
+    """
+    Build the built-in tiny model whole even under ZeRO-3, for its format warm-up, which runs outside DeepSpeed.
+
+    With ZeRO-3 configured, transformers shards every model built while the config is registered (each rank then
+    holds a piece of each weight, and a plain forward fails); the trainer's DeepSpeed engine shards the whole model
+    when it starts.
+    """
+    if training_args.deepspeed_plugin is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        training_args.deepspeed_plugin.set_deepspeed_weakref()
+
+
 def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> PPOTrainerVL:
     """Build the model and data, optionally warm up, train, save, and plot the reward curve."""
     train_dataset, eval_dataset = load_data(script_args, training_args.seed)
@@ -138,11 +160,12 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         if script_args.dataset_name not in TASKS:
             raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
         kind, answers = TASKS[script_args.dataset_name]
-        model, processing_class = build_tiny_model(
-            script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed
-        )
-        if script_args.format_warmup_steps > 0:
-            format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
+        with whole_model(training_args):
+            model, processing_class = build_tiny_model(
+                script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed
+            )
+            if script_args.format_warmup_steps > 0:
+                format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path
         processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)

@@ -1,4 +1,4 @@
-"""Full fine-tuning resumes exactly for every family of the model matrix, in a new process.
+"""Full fine-tuning resumes exactly for every family of the model matrix, and LoRA too, in a new process.
 
 Each family trains 2 steps uninterrupted, and 1 step + a checkpoint + 1 step resumed in another process; the final
 weights (vision/audio towers included: nothing is frozen) and optimizer states must be bit-identical. The families'
@@ -18,6 +18,8 @@ from test_model_matrix import KINDS
 from test_resume import assert_equal_nested, load_pickled_state, run_forked
 
 REPO = Path(__file__).resolve().parents[1]
+# Every family in full fine-tuning, and LoRA on one family (the adapter is what is saved and resumed).
+RUNS = [*KINDS, "qwen2_5_vl+lora"]
 
 SCRIPT = textwrap.dedent(
     """
@@ -26,6 +28,7 @@ SCRIPT = textwrap.dedent(
 
     import torch
     from datasets import Dataset
+    from peft import LoraConfig
     from transformers import TrainerCallback
 
     sys.path.insert(0, {tests!r})
@@ -45,7 +48,8 @@ SCRIPT = textwrap.dedent(
                 if state.global_step == stop_after:
                     control.should_training_stop = True
 
-        model, processor = build_tiny_model(kind)
+        family, _, variant = kind.partition("+")
+        model, processor = build_tiny_model(family)
         rows = batches_for(processor, probe_processor(processor).media_kinds)[0]
         args = RFTConfig(
             output_dir=output_dir,
@@ -72,6 +76,7 @@ SCRIPT = textwrap.dedent(
             train_dataset=Dataset.from_list((rows * 2)[:4]),
             processing_class=processor,
             callbacks=[StopAfter()],
+            peft_config=LoraConfig(r=4, lora_alpha=8) if variant == "lora" else None,
         )
         trainer.train(resume_from_checkpoint=True if resume else None)
 
@@ -102,22 +107,23 @@ def test_full_fine_tuning_resumes_exactly_for_every_family(tmp_path):
             """
         )
     )
-    runs = [(str(root / kind), stop) for kind in KINDS for root, stop in ((uninterrupted, 0), (interrupted, 1))]
+    runs = [(str(root / kind), stop) for kind in RUNS for root, stop in ((uninterrupted, 0), (interrupted, 1))]
     run_forked(wrapper, runs)
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
-        [sys.executable, str(script), str(interrupted), *KINDS], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(script), str(interrupted), *RUNS], env=env, capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    for kind in KINDS:
+    for kind in RUNS:
         a, b = uninterrupted / kind / "checkpoint-2", interrupted / kind / "checkpoint-2"
-        weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+        weights = "adapter_model.safetensors" if kind.endswith("+lora") else "model.safetensors"
+        weights_a, weights_b = load_file(a / weights), load_file(b / weights)
         assert_equal_nested(weights_a, weights_b, f"{kind} weights")
         optimizer_a, optimizer_b = load_pickled_state(a / "optimizer.pt"), load_pickled_state(b / "optimizer.pt")
         assert_equal_nested(optimizer_a, optimizer_b, f"{kind} optimizer")
         # The comparison can fail: the second step changed the weights, the towers included.
-        first = load_file(interrupted / kind / "checkpoint-1" / "model.safetensors")
+        first = load_file(interrupted / kind / "checkpoint-1" / weights)
         changed = [name for name in first if not torch.equal(first[name], weights_b[name])]
         assert changed, kind

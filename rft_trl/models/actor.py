@@ -178,6 +178,11 @@ class Actor(nn.Module):
             self.inputs.check_packable()
 
     @property
+    def config(self):
+        """The transformers model's config (what DeepSpeed and TRL helpers read off a model)."""
+        return self.hf_model.config
+
+    @property
     def hf_model(self) -> PreTrainedModel:
         """The transformers model (under the PEFT wrapper, if any)."""
         return unwrap_model(self.model)

@@ -34,7 +34,9 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Sampler
 from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.models.utils import prepare_deepspeed
 
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
@@ -395,7 +397,8 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
-        self._reference_fn = self._build_reference(initial_model)
+        self._check_deepspeed_saving()
+        self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
         if args.enable_ema:
             self.add_callback(_EMACallback(self))
         self.experience_maker = ExperienceMaker(
@@ -448,7 +451,7 @@ class PPOTrainerVL(Trainer):
             freeze_encoder=args.freeze_encoder,
         )
 
-    def _build_reference(self, initial_model: nn.Module | None) -> Callable | None:
+    def _build_reference(self, initial_model: nn.Module | None, model_path: str | None) -> Callable | None:
         if self.args.init_kl_coef == 0 and initial_model is None:
             return None
         if initial_model is not None:
@@ -462,12 +465,44 @@ class PPOTrainerVL(Trainer):
                     return self.actor(*args, **kwargs)
 
             return adapter_disabled
+        elif self._zero3_partitioned(self.actor):
+            # A ZeRO-3 partitioned actor cannot be copied (each rank holds a shard): load the reference again.
+            if model_path is None:
+                raise ValueError(
+                    "Under ZeRO-3 the KL reference is loaded from the policy's checkpoint, but the policy was given "
+                    "as an already partitioned model object: pass the model as a path, or pass initial_model."
+                )
+            reference = actor_class(self.media_kinds)(model_path, bf16=self.args.bf16)
         else:
             reference = copy.deepcopy(self.actor)
         reference.requires_grad_(False)
         reference.eval()
+        if self.is_deepspeed_enabled:
+            # TRL's way: an inference engine of the same ZeRO stage (3: sharded like the policy; below: whole), whose
+            # hooks gather the shards for the reference forward.
+            self._reference_engine = prepare_deepspeed(reference, self.accelerator)
         self._reference = reference.to(self.accelerator.device)
         return self._reference
+
+    @staticmethod
+    def _zero3_partitioned(module: nn.Module) -> bool:
+        if not is_deepspeed_zero3_enabled():
+            return False
+        from deepspeed.runtime.zero.utils import is_zero_param
+
+        return any(is_zero_param(parameter) for parameter in module.parameters())
+
+    def _check_deepspeed_saving(self) -> None:
+        """Refuse ZeRO-3 without 16-bit gathering on save: `save_model` would write no loadable weights."""
+        if not self.is_deepspeed_enabled or not is_deepspeed_zero3_enabled():
+            return
+        zero = self.accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        if not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+            raise ValueError(
+                "ZeRO-3 without gathering the weights on save writes no model.safetensors that from_pretrained can "
+                "load: set `zero3_save_16bit_model: true` in the accelerate config (DeepSpeed's "
+                "stage3_gather_16bit_weights_on_model_save)."
+            )
 
     def create_optimizer(self, model=None):
         """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
@@ -945,8 +980,10 @@ class PPOTrainerVL(Trainer):
         """The Trainer's scheduler; the optimizer is final by now, so both are wrapped to skip non-finite steps."""
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if self.is_deepspeed_enabled:
-            # DeepSpeed steps inside `backward`, before the gradient norm reaches `_get_grad_norm`: there the guard
-            # counts non-finite steps and aborts, and only DeepSpeed's fp16 loss scaler skips overflowing steps.
+            # DeepSpeed steps inside `backward`, before the gradient norm reaches `_get_grad_norm`: there DeepSpeed
+            # itself skips a step whose global gradient norm is not finite (its ZeRO optimizers check it, on every
+            # rank alike), Accelerate then holds the scheduler back, and the guard counts the skip and aborts after
+            # max_consecutive_nonfinite_steps (tests/distributed: the NaN test under ZeRO-2).
             return scheduler
         self.optimizer, self.lr_scheduler = guard_optimizer_and_scheduler(
             self.optimizer, scheduler, self._nonfinite_guard
