@@ -166,5 +166,10 @@ def test_trl_steps_per_generation_sizes_the_rollout():
     # TRL: 4 completions per micro-batch x 4 steps per generation = 16 completions = 2 prompts x 8.
     args = config(per_device_train_batch_size=4, steps_per_generation=4, num_generations=8)
     assert args.rollout_batch_size == 2 and args.micro_steps_per_rollout == 4
-    with pytest.raises(ValueError, match="rollout_batch_size and steps_per_generation both size the rollout"):
+    with pytest.raises(ValueError, match="rollout_batch_size and steps_per_generation all size the rollout"):
         config(per_device_train_batch_size=4, steps_per_generation=4, rollout_batch_size=2)
+    # TRL's generation_batch_size counts completions over all processes (one here): 32 = 4 prompts x 8.
+    args = config(per_device_train_batch_size=4, generation_batch_size=32, num_generations=8)
+    assert args.rollout_batch_size == 4 and args.micro_steps_per_rollout == 8
+    with pytest.raises(ValueError, match="generation_batch_size=12 must be a multiple of processes"):
+        config(per_device_train_batch_size=4, generation_batch_size=12, num_generations=8)

@@ -107,6 +107,7 @@ def policy_loss(
     entropy_mask: torch.Tensor | None = None,
     loss_agg_mode: str = "token-mean",
     norm_length: int | None = None,
+    ratio_cap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """
     Clipped policy-gradient loss: PPO and its variants, per token, then aggregated.
@@ -154,6 +155,9 @@ def policy_loss(
             One of `LOSS_AGG_MODES` (see [`aggregate_loss`]).
         norm_length (`int`, *optional*):
             Constant of `"seq-mean-token-sum-norm"`.
+        ratio_cap (`float`, *optional*):
+            Two-sided clipping (TRL's `delta`, from INTELLECT-2): the ratio of the unclipped term is capped at this
+            value (> 1 + `eps_clip_high`); `None` disables it.
 
     Returns:
         `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the scalar loss and metrics over the `mask` tokens:
@@ -189,7 +193,10 @@ def policy_loss(
         ratio = log_ratio.exp()
     else:
         ratio = log_ratio.exp()
-        surrogate = ratio * advantages
+        # Two-sided clipping (TRL's `delta`): the unclipped term's ratio is capped as well, which bounds the loss of
+        # a token with a negative advantage whose ratio has grown large.
+        capped = ratio if ratio_cap is None else ratio.clamp(max=ratio_cap)
+        surrogate = capped * advantages
         clipped_surrogate = ratio.clamp(1 - eps_clip_low, 1 + eps_clip_high) * advantages
         loss_mat = -torch.min(surrogate, clipped_surrogate)
         clipped = clipped_surrogate < surrogate

@@ -166,6 +166,9 @@ class PromptCollator:
         audio_too_long (`str`, *optional*, defaults to `"truncate"`):
             Audio longer than the feature extractor's window (`n_samples`): `"truncate"` keeps the start and counts a
             repair, `"reject"` skips the row with reason `"audio_too_long"`.
+        chat_template_kwargs (`dict`, *optional*):
+            Extra keyword arguments of `apply_chat_template` (TRL's `chat_template_kwargs`, e.g.
+            `{"enable_thinking": False}`).
 
     Attributes:
         media_kinds (`tuple[str, ...]`): the media kinds the processor takes; a row may hold any mix of them.
@@ -185,6 +188,7 @@ class PromptCollator:
         min_rows_for_skip_fraction: int = 32,
         id_column: str = "id",
         audio_too_long: str = "truncate",
+        chat_template_kwargs: dict | None = None,
     ):
         if on_bad_sample not in ("skip", "raise"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}.")
@@ -211,6 +215,7 @@ class PromptCollator:
         self.min_rows_for_skip_fraction = min_rows_for_skip_fraction
         self.id_column = id_column
         self.audio_too_long = audio_too_long
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._configure_media()
 
         self.processor_calls = 0
@@ -422,7 +427,10 @@ class PromptCollator:
                     f"prompt has {placeholders[kind]} {kind} part(s) but the row has {counts[kind]} {kind}(s)",
                 )
         # The template already holds every special token; letting the tokenizer add a BOS would double it.
-        return self.processing_class.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), False
+        text = self.processing_class.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
+        return text, False
 
     @staticmethod
     def _count_placeholders(messages: list[Any]) -> Counter[str]:

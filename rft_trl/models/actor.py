@@ -128,6 +128,8 @@ class Actor(nn.Module):
         media_token_ids (`list[int]`, *optional*):
             Token ids never to generate besides those the config declares (image/video/audio placeholders, vision
             start/end), e.g. a processor's audio begin/end tokens.
+        model_init_kwargs (`dict`, *optional*):
+            More `from_pretrained` arguments when `pretrain_or_model` is a path (TRL's `model_init_kwargs`).
 
     Example:
 
@@ -157,6 +159,7 @@ class Actor(nn.Module):
         trust_remote_code: bool = False,
         freeze_encoder: bool = True,
         media_token_ids: list[int] | None = None,
+        model_init_kwargs: dict | None = None,
     ):
         super().__init__()
         model = load_pretrained_model(
@@ -167,6 +170,7 @@ class Actor(nn.Module):
             ds_config=ds_config,
             device_map=device_map,
             trust_remote_code=trust_remote_code,
+            init_kwargs=model_init_kwargs,
         )
         if freeze_encoder and not isinstance(model, PeftModel):
             freeze_non_language_parameters(model)

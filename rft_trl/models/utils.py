@@ -82,6 +82,7 @@ def load_pretrained_model(
     device_map: dict | str | None = None,
     trust_remote_code: bool = False,
     num_labels: int = 1,
+    init_kwargs: dict | None = None,
 ) -> PreTrainedModel:
     """
     Load a checkpoint with the right auto class, or prepare a model that is already built.
@@ -108,6 +109,9 @@ def load_pretrained_model(
             Passed to `from_pretrained`.
         num_labels (`int`, *optional*, defaults to `1`):
             Number of outputs of a sequence-classification head.
+        init_kwargs (`dict`, *optional*):
+            More `from_pretrained` keyword arguments (TRL's `model_init_kwargs`), over the ones above; `dtype` may be
+            a name (`"bfloat16"`) or `"auto"`. Paths only.
 
     Returns:
         `PreTrainedModel`: the model.
@@ -116,6 +120,11 @@ def load_pretrained_model(
         raise ValueError(f"Unknown head {head!r}; use 'causal_lm', 'sequence_classification' or 'backbone'.")
     attn_implementation = resolve_attn_implementation(use_flash_attention_2)
     if isinstance(pretrain_or_model, nn.Module):
+        if init_kwargs:
+            raise ValueError(
+                "model_init_kwargs apply when the model is given as a path; this model is already built. Build it "
+                "with those arguments yourself, or pass its path."
+            )
         model = pretrain_or_model
         if use_flash_attention_2:
             model.set_attn_implementation(attn_implementation)
@@ -137,15 +146,18 @@ def load_pretrained_model(
     else:
         auto_class = AutoModelForCausalLM
     extra = {"num_labels": num_labels} if head == "sequence_classification" else {}
-    model = auto_class.from_pretrained(
-        pretrain_or_model,
-        dtype=torch.bfloat16 if bf16 else torch.float32,
-        attn_implementation=attn_implementation,
-        device_map=device_map,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+    kwargs = {
+        "dtype": torch.bfloat16 if bf16 else torch.float32,
+        "attn_implementation": attn_implementation,
+        "device_map": device_map,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
         **extra,
-    )
+        **(init_kwargs or {}),
+    }
+    if isinstance(kwargs["dtype"], str) and kwargs["dtype"] != "auto":
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"])  # TRL's model_init_kwargs name dtypes as strings
+    model = auto_class.from_pretrained(pretrain_or_model, **kwargs)
     del zero3_loading
     return model
 

@@ -45,6 +45,8 @@ class Rollout:
         completions (`list[str]`): decoded completions, for logging.
         prompts (`list`): the prompt of each sample.
         rewards (`torch.Tensor` of shape `[N]`): combined rewards, NaN where excluded.
+        kl (`float`, *optional*): the rollout policy's mean KL to the reference.
+        images (`list`, *optional*): each sample's images (its row's `image` or `images`), for logging.
     """
 
     items: list[BufferItem]
@@ -53,6 +55,7 @@ class Rollout:
     prompts: list
     rewards: torch.Tensor
     kl: float | None = None
+    images: list | None = None
 
 
 def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
@@ -117,6 +120,11 @@ class ExperienceMaker:
             raise ValueError(f"Every prompt of this batch was rejected as bad input ({', '.join(reasons)}).")
         samples = self._generate(batch, n, sampling_kwargs)
         samples["kept_rows"] = batch.kept
+        single = batch.columns.get("image") or [None] * len(batch)
+        several = batch.columns.get("images") or [None] * len(batch)
+        if any(value is not None for value in [*single, *several]):
+            per_row = [[one] if one is not None else list(many or []) for one, many in zip(single, several)]
+            samples["images"] = [images for images in per_row for _ in range(n)]  # for the completions table
         completions = self.tokenizer.batch_decode(
             torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id),
             skip_special_tokens=True,
@@ -148,7 +156,15 @@ class ExperienceMaker:
         metrics.update(self._metrics(samples, rewards_out, kl_stats))
         if scored["values"] is not None:
             metrics.update(self._value_metrics(scored["values"], returns, samples["action_mask"], rewards_out.valid))
-        return Rollout(items, metrics, completions, prompts, rewards_out.rewards, kl=kl_stats.get("kl"))
+        return Rollout(
+            items,
+            metrics,
+            completions,
+            prompts,
+            rewards_out.rewards,
+            kl=kl_stats.get("kl"),
+            images=samples.get("images"),
+        )
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
         per_sample_mm = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)

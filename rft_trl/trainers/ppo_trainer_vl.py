@@ -36,15 +36,18 @@ from torch.utils.data import Sampler
 from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl.models.utils import prepare_deepspeed
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.utils import disable_dropout_in_model
 
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
+from ..data.media import load_image
 from ..data.multimodal import ProcessorLayout, probe_processor
 from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
+from ..models.utils import unwrap_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from .checkpointing import (
@@ -152,8 +155,8 @@ class IndexedRows(torch.utils.data.Dataset):
 
 def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
     """
-    Evaluation metrics from `(row index, reward, valid, completion length, {function: score})` records of all
-    processes, each row counted once (the first record of an index).
+    Evaluation metrics from `(key, reward, valid, completion length, {function: score})` records of all processes,
+    each key (a row index, and the sample number when several completions are sampled per row) counted once.
     """
     unique = list({record[0]: record for record in reversed(records)}.values())
     rewards = torch.tensor([r[1] for r in unique if r[2]], dtype=torch.float64)
@@ -193,6 +196,11 @@ class PolicyAndValue(nn.Module):
         self.actor.gradient_checkpointing_disable()
         if self.critic is not None:
             self.critic.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the actor recomputes activations in backward (TRL's generation context reads it)."""
+        return self.actor.hf_model.is_gradient_checkpointing
 
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
@@ -325,9 +333,7 @@ class PPOTrainerVL(Trainer):
     ):
         args = args or RFTConfig("outputs")
         if processing_class is None:
-            if not isinstance(model, str):
-                raise ValueError("Pass processing_class (the model's processor or tokenizer).")
-            processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
+            processing_class = self._load_processing_class(model, args)
         # What the processor takes and returns, decided once: the collator, the actor and the logs use it.
         layout = probe_processor(processing_class)
         actor = self._build_actor(model, layout, args, peft_config)
@@ -362,6 +368,7 @@ class PPOTrainerVL(Trainer):
             prompt_max_len=args.prompt_max_len,
             layout=layout,
             max_skip_fraction=args.max_skipped_fraction,
+            chat_template_kwargs=args.chat_template_kwargs,
         )
         self.kl_ctl = (
             AdaptiveKLController(args.init_kl_coef, args.kl_target, args.kl_horizon)
@@ -397,6 +404,7 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        self._aux_loss_coef = self._resolve_aux_loss_coef()
         self._check_deepspeed_saving()
         self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
         if args.enable_ema:
@@ -418,19 +426,43 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ building
 
     @staticmethod
+    def _load_processing_class(model, args: RFTConfig):
+        """The processor (or tokenizer) saved with the model: from its path, or from the path a model object was
+        loaded from (as TRL does)."""
+        if isinstance(model, str):
+            source = model
+        else:
+            hf_model = model.hf_model if isinstance(model, Actor) else unwrap_model(model)
+            source = hf_model.config._name_or_path
+            if not source:
+                raise ValueError(
+                    f"{type(hf_model).__name__} was not loaded from a path, so its processor cannot be found: pass "
+                    "processing_class (the model's processor or tokenizer)."
+                )
+        return AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+
+    @staticmethod
     def _build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) -> Actor:
         if isinstance(model, Actor):
+            if args.model_init_kwargs:
+                raise ValueError("model_init_kwargs apply when the model is given as a path; this actor is built.")
             # Never sample the tokens media bring into a prompt, whatever the actor was built with.
             model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
-            return model
-        return actor_class(layout.media_kinds)(
-            model,
-            bf16=args.bf16,
-            peft_config=peft_config,
-            packing_samples=args.packing_samples,
-            freeze_encoder=args.freeze_encoder,
-            media_token_ids=list(layout.media_token_ids),
-        )
+            actor = model
+        else:
+            actor = actor_class(layout.media_kinds)(
+                model,
+                bf16=args.bf16,
+                peft_config=peft_config,
+                packing_samples=args.packing_samples,
+                freeze_encoder=args.freeze_encoder,
+                media_token_ids=list(layout.media_token_ids),
+                trust_remote_code=args.trust_remote_code,
+                model_init_kwargs=args.model_init_kwargs,
+            )
+        if args.disable_dropout:
+            disable_dropout_in_model(actor)
+        return actor
 
     @staticmethod
     def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
@@ -477,12 +509,37 @@ class PPOTrainerVL(Trainer):
             reference = copy.deepcopy(self.actor)
         reference.requires_grad_(False)
         reference.eval()
+        if self.args.disable_dropout:
+            disable_dropout_in_model(reference)
         if self.is_deepspeed_enabled:
             # TRL's way: an inference engine of the same ZeRO stage (3: sharded like the policy; below: whole), whose
             # hooks gather the shards for the reference forward.
             self._reference_engine = prepare_deepspeed(reference, self.accelerator)
         self._reference = reference.to(self.accelerator.device)
         return self._reference
+
+    def _resolve_aux_loss_coef(self) -> float:
+        """
+        The weight of an MoE router's load-balancing loss: TRL's `router_aux_loss_coef`, else the seed's
+        `aux_loss_coef`, else (TRL's default) the model config's own coefficient, 0 when it declares none.
+        """
+        text_config = self.actor.hf_model.config.get_text_config()
+        if self.args.router_aux_loss_coef is not None:
+            if self.args.aux_loss_coef and self.args.aux_loss_coef != self.args.router_aux_loss_coef:
+                raise ValueError(
+                    f"router_aux_loss_coef={self.args.router_aux_loss_coef} contradicts its seed name aux_loss_coef="
+                    f"{self.args.aux_loss_coef}; set only one."
+                )
+            coef = self.args.router_aux_loss_coef
+            if coef and "output_router_logits" not in text_config.to_dict():
+                raise ValueError(
+                    f"router_aux_loss_coef={coef}, but {type(self.actor.hf_model).__name__} returns no router logits "
+                    "(not a mixture of experts): there is no auxiliary loss to weight."
+                )
+            return coef
+        if self.args.aux_loss_coef:
+            return self.args.aux_loss_coef
+        return text_config.to_dict().get("router_aux_loss_coef", 0.0) or 0.0
 
     @staticmethod
     def _zero3_partitioned(module: nn.Module) -> bool:
@@ -560,7 +617,12 @@ class PPOTrainerVL(Trainer):
     def _start_rollout(self, rows: list[dict]) -> None:
         model_was_training = self.model.training
         self.model.eval()
-        rollout = self.experience_maker.make_experience(rows)
+        # Under ZeRO-3, the weights are gathered once for the whole rollout (TRL's way) unless
+        # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward.
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+        ):
+            rollout = self.experience_maker.make_experience(rows)
         if model_was_training:
             self.model.train()
         self._micro_batches = self._plan_micro_batches(rollout)
@@ -573,6 +635,9 @@ class PPOTrainerVL(Trainer):
                 {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
                 for p, c, r in zip(rollout.prompts, rollout.completions, rollout.rewards.tolist())
             ]
+            if self.args.log_multimodal and rollout.images is not None:
+                for row, images in zip(self._completions_table, rollout.images):
+                    row["images"] = images
 
     def _plan_micro_batches(self, rollout: Rollout) -> list:
         """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
@@ -632,7 +697,9 @@ class PPOTrainerVL(Trainer):
             name: torch.cat(value)[None] if packed_seq_lens else value
             for name, value in experience.token_fields.items()
         }
-        need_entropy = args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0
+        need_entropy = (
+            args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0
+        ) or args.entropy_coef > 0
         out = model(
             sequences,
             experience.num_actions,
@@ -684,7 +751,7 @@ class PPOTrainerVL(Trainer):
             advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
         entropy_mask = None
         tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
-        if "new_entropy" in batch:
+        if args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0:
             entropy_mask = high_entropy_mask(batch["new_entropy"].detach(), mask, args.high_entropy_token_ratio)
         loss, metrics = policy_loss(
             log_probs,
@@ -699,24 +766,33 @@ class PPOTrainerVL(Trainer):
             entropy_mask=entropy_mask,
             loss_agg_mode=args.loss_agg_mode,
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
+            ratio_cap=args.delta,
         )
         for name, value in metrics.items():
             self._record(f"train/{name}", value, tokens)
         self._record("train/policy_loss", loss, tokens)
         if batch["base_action_log_probs"] is not None:
             kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
-            kl_mean = masked_mean(kl, mask)
-            self._record("train/kl", kl_mean, tokens)
+            self._record("train/kl", masked_mean(kl, mask), tokens)
             if args.use_kl_loss:
-                loss = loss + self.kl_ctl.value * kl_mean
+                if args.use_bias_correction_kl:
+                    # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio
+                    # makes its gradient the unbiased gradient of the current policy's KL (TRL's default).
+                    kl = kl * torch.where(mask, log_probs - old_log_probs, 0).exp()
+                loss = loss + self.kl_ctl.value * masked_mean(kl, mask)
         if args.ptx_coef > 0:
             ptx = sft_loss(self.actor, self._next_ptx_batch())
             self._record("train/ptx_loss", ptx)
             loss = loss + args.ptx_coef * ptx
-        if args.aux_loss_coef > 0 and out["output"].aux_loss is not None:
-            loss = loss + args.aux_loss_coef * out["output"].aux_loss
+        if self._aux_loss_coef and out["output"].aux_loss is not None:
+            loss = loss + self._aux_loss_coef * out["output"].aux_loss
         if "new_entropy" in batch:
-            self._record("train/entropy", masked_mean(batch["new_entropy"], mask), tokens)
+            entropy = batch["new_entropy"]
+            self._record("train/entropy", masked_mean(entropy, mask), tokens)
+            if args.entropy_coef:
+                # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
+                acting = mask if entropy_mask is None else mask & entropy_mask
+                loss = loss - args.entropy_coef * masked_mean(entropy, acting)
         return loss
 
     def _next_ptx_batch(self) -> dict[str, Any]:
@@ -800,7 +876,12 @@ class PPOTrainerVL(Trainer):
             import wandb
 
             if wandb.run is not None:
-                rows = self._completions_table
+                rows = [
+                    {**row, "images": [wandb.Image(load_image(image)) for image in row["images"]]}
+                    if "images" in row
+                    else row
+                    for row in self._completions_table
+                ]
                 table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
                 wandb.log({"completions": table})
         self._completions_table = []
@@ -832,15 +913,24 @@ class PPOTrainerVL(Trainer):
         dataloader = super().get_eval_dataloader(IndexedRows(dataset))
         was_training = self.model.training
         self.model.eval()
-        greedy = {**self.args.sampling_kwargs(), "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        # One greedy completion per prompt by default; TRL's num_generations_eval samples that many instead.
+        samples_per_prompt = self.args.num_generations_eval or 1
+        sampling = self.args.sampling_kwargs()
+        if self.args.num_generations_eval is None:
+            sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         records = []
         for batch in dataloader:
             indices = [row.pop(ROW_INDEX) for row in batch.rows]
-            samples, _, _, out = self.experience_maker.generate_and_score(batch.rows, 1, greedy)
+            with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            ):
+                samples, _, _, out = self.experience_maker.generate_and_score(batch.rows, samples_per_prompt, sampling)
             lengths = samples["action_mask"].sum(-1).tolist()
-            for i, row in enumerate(samples["kept_rows"]):
+            for i, length in enumerate(lengths):
+                row = samples["kept_rows"][i // samples_per_prompt]
+                key = (indices[row], i % samples_per_prompt)
                 components = {name: float(scores[i]) for name, scores in out.components.items()}
-                records.append((indices[row], float(out.rewards[i]), bool(out.valid[i]), lengths[i], components))
+                records.append((key, float(out.rewards[i]), bool(out.valid[i]), length, components))
         data_counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
         if was_training:
             self.model.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,13 +27,62 @@ TRL_LOSS_TYPES = {
     "dr_grpo": "seq-mean-token-sum-norm",
 }
 
+# GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
+UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
+    "use_vllm": "rollouts are generated with transformers' generate; vLLM rollouts are not implemented yet",
+    "cast_lm_head_to_fp32": "logits are computed in the model's dtype; an fp32 LM head is not implemented yet",
+    "sync_ref_model": "TR-DPO reference synchronisation is not implemented yet",
+    "use_adaptive_entropy": "adaptive entropy control is not implemented yet (a constant entropy_coef is)",
+    "max_tool_calling_iterations": "tool calling is not supported",
+    "off_policy_mask_threshold": "off-policy sequence masking is not implemented yet",
+    "num_completions_to_print": "completions are not printed to the console yet (log_completions logs a table)",
+    "log_unique_prompts": "the completions table logs every prompt",
+    "log_completions_hub_repo": "completions are not uploaded to the Hub",
+    "use_transformers_continuous_batching": "transformers' continuous batching is not supported",
+    "transformers_continuous_batching_config": "transformers' continuous batching is not supported",
+    "use_transformers_paged": "transformers' continuous batching is not supported",
+    "multi_objective_aggregation": "only 'sum_then_normalize' (weighted sum of the rewards, then advantages)",
+}
+
+# GRPOConfig options that act only together with another setting (as in TRL): set alone they would do nothing.
+DEPENDENT_TRL_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "vllm_mode",
+            "vllm_model_impl",
+            "vllm_enable_sleep_mode",
+            "vllm_structured_outputs_regex",
+            "vllm_server_base_url",
+            "vllm_server_host",
+            "vllm_server_port",
+            "vllm_server_timeout",
+            "vllm_group_port",
+            "vllm_gpu_memory_utilization",
+            "vllm_max_model_length",
+            "vllm_tensor_parallel_size",
+            "vllm_importance_sampling_correction",
+            "vllm_importance_sampling_mode",
+            "vllm_importance_sampling_clip_max",
+            "vllm_importance_sampling_clip_min",
+            "vllm_importance_sampling_cap",
+        ],
+        "use_vllm=True",
+    ),
+    **dict.fromkeys(["sapo_temperature_neg", "sapo_temperature_pos"], "loss_type='sapo'"),
+    **dict.fromkeys(["vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"], "loss_type='vespo'"),
+    **dict.fromkeys(["ref_model_mixup_alpha", "ref_model_sync_steps"], "sync_ref_model=True"),
+    **dict.fromkeys(
+        ["entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target"], "use_adaptive_entropy=True"
+    ),
+}
+
 # TRL GRPOConfig `scale_rewards` -> our `advantage_estimator`.
 TRL_SCALE_REWARDS = {"group": "group_norm", "none": "dr_grpo"}
 
-# (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
-# and a contradictory pair is rejected; the default applies when neither is given.
 logger = logging.getLogger(__name__)
 
+# (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
+# and a contradictory pair is rejected; the default applies when neither is given.
 ALIASES: tuple[tuple[str, str, Any], ...] = (
     ("n_samples_per_prompt", "num_generations", 8),
     ("generate_max_len", "max_completion_length", 64),
@@ -183,6 +233,9 @@ class RFTConfig(TrainingArguments):
     _VALID_DICT_FIELDS = [
         *TrainingArguments._VALID_DICT_FIELDS,
         "generation_kwargs",
+        "model_init_kwargs",
+        "chat_template_kwargs",
+        "transformers_continuous_batching_config",
         "reward_fn_label_map",
         "reward_recipe",
     ]
@@ -285,8 +338,96 @@ class RFTConfig(TrainingArguments):
     disable_ds_ckpt: bool = field(default=False, metadata={"help": "Skip optimizer/DeepSpeed state in checkpoints."})
     log_completions: bool = field(default=False, metadata={"help": "Log a table of sample completions."})
 
+    # TRL GRPOConfig options (trl 1.16 names and defaults). Those rft_trl does not implement are accepted at their
+    # default only (UNSUPPORTED_TRL_OPTIONS); those that only act together with another option are refused alone
+    # (DEPENDENT_TRL_OPTIONS). docs/config_mapping.md lists every one.
+    model_init_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "from_pretrained kwargs when the model is given as a path."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow models and processors with custom code."})
+    router_aux_loss_coef: float | None = field(
+        default=None, metadata={"help": "TRL: weight of the MoE load-balancing loss (default: the model config's)."}
+    )
+    disable_dropout: bool = field(default=False, metadata={"help": "Set every dropout of policy and reference to 0."})
+    cast_lm_head_to_fp32: bool = field(default=False, metadata={"help": "Not supported: compute logits in fp32."})
+    num_generations_eval: int | None = field(
+        default=None, metadata={"help": "Sampled completions per eval prompt (default: one greedy completion)."}
+    )
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "ZeRO-3: gather the policy's weights once per rollout for generation."}
+    )
+    pad_to_multiple_of: int | str | None = field(
+        default="auto", metadata={"help": "Not supported beyond 'auto'/None: pad ids to a multiple."}
+    )
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "TRL: completions per rollout over all processes; sizes the rollout."}
+    )
+    min_p: float | None = field(default=None, metadata={"help": "Min-p sampling threshold."})
+    chat_template_kwargs: dict | None = field(
+        default=None, metadata={"help": "Extra keyword arguments of apply_chat_template (e.g. enable_thinking)."}
+    )
+    cache_implementation: str | None = field(default=None, metadata={"help": "generate()'s cache implementation."})
+    use_vllm: bool = field(default=False, metadata={"help": "Not supported yet: vLLM rollouts."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "vLLM mode (with use_vllm)."})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation (with use_vllm)."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "vLLM sleep mode (with use_vllm)."})
+    vllm_structured_outputs_regex: str | None = field(default=None, metadata={"help": "With use_vllm."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "vLLM server URL (with use_vllm)."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host (with use_vllm)."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port (with use_vllm)."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "vLLM server timeout (with use_vllm)."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "vLLM weight-sync port (with use_vllm)."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM memory share (with use_vllm)."})
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context (with use_vllm)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (with use_vllm)."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "Rollout/train mismatch correction (with use_vllm)."}
+    )
+    vllm_importance_sampling_mode: str = field(default="sequence_mask", metadata={"help": "With use_vllm."})
+    vllm_importance_sampling_clip_max: float = field(default=3.0, metadata={"help": "With use_vllm."})
+    vllm_importance_sampling_clip_min: float | None = field(default=None, metadata={"help": "With use_vllm."})
+    vllm_importance_sampling_cap: float | None = field(default=None, metadata={"help": "Deprecated TRL alias."})
+    delta: float | None = field(
+        default=None, metadata={"help": "Two-sided clipping: cap the unclipped ratio at delta (> 1 + epsilon)."}
+    )
+    sapo_temperature_neg: float = field(default=1.05, metadata={"help": "SAPO loss only (not supported)."})
+    sapo_temperature_pos: float = field(default=1.0, metadata={"help": "SAPO loss only (not supported)."})
+    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO loss only (not supported)."})
+    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO loss only (not supported)."})
+    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO loss only (not supported)."})
+    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO loss only (not supported)."})
+    multi_objective_aggregation: str = field(
+        default="sum_then_normalize", metadata={"help": "Only 'sum_then_normalize' (weighted sum, then advantages)."}
+    )
+    sync_ref_model: bool = field(default=False, metadata={"help": "Not supported yet: TR-DPO reference sync."})
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "With sync_ref_model."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "With sync_ref_model."})
+    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus: loss - entropy_coef * mean entropy."})
+    use_adaptive_entropy: bool = field(default=False, metadata={"help": "Not supported yet: adaptive entropy."})
+    entropy_coef_min: float = field(default=0.0, metadata={"help": "With use_adaptive_entropy."})
+    entropy_coef_max: float = field(default=1.0, metadata={"help": "With use_adaptive_entropy."})
+    entropy_coef_delta: float = field(default=0.005, metadata={"help": "With use_adaptive_entropy."})
+    entropy_target: float = field(default=0.2, metadata={"help": "With use_adaptive_entropy."})
+    max_tool_calling_iterations: int | None = field(default=None, metadata={"help": "Not supported: tool calling."})
+    off_policy_mask_threshold: float | None = field(
+        default=None, metadata={"help": "Not supported yet: off-policy sequence masking."}
+    )
+    use_bias_correction_kl: bool = field(
+        default=True, metadata={"help": "Multiply the KL loss by the importance ratio (unbiased reverse-KL gradient)."}
+    )
+    log_multimodal: bool = field(default=True, metadata={"help": "Add the samples' images to the completions table."})
+    num_completions_to_print: int | None = field(
+        default=None, metadata={"help": "Not supported yet: print completions to the console."}
+    )
+    log_unique_prompts: bool = field(default=False, metadata={"help": "Not supported."})
+    log_completions_hub_repo: str | None = field(default=None, metadata={"help": "Not supported."})
+    use_transformers_continuous_batching: bool = field(default=False, metadata={"help": "Not supported."})
+    transformers_continuous_batching_config: dict | None = field(default=None, metadata={"help": "Not supported."})
+    use_transformers_paged: bool = field(default=False, metadata={"help": "Not supported (deprecated in TRL)."})
+
     def __post_init__(self):
         self._resolve_aliases()
+        self._check_trl_options()
         self._check_ranges()
         if self.micro_train_batch_size is None:
             self.micro_train_batch_size = self.per_device_train_batch_size
@@ -345,6 +486,44 @@ class RFTConfig(TrainingArguments):
             self.advantage_estimator = mapped
             self.scale_rewards = scale
         self.advantage_estimator = self.advantage_estimator or "group_norm"
+
+    def _check_trl_options(self) -> None:
+        """Refuse the GRPOConfig options rft_trl does not implement, and those that would act on nothing."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if isinstance(self.pad_to_multiple_of, str):
+            if self.pad_to_multiple_of.lower() not in ("auto", "none", "null"):
+                self.pad_to_multiple_of = int(self.pad_to_multiple_of)  # from the command line
+            else:
+                # TRL's "auto" pads only on AWS Neuron, which rft_trl does not run on.
+                self.pad_to_multiple_of = None
+        if self.pad_to_multiple_of is not None:
+            raise ValueError(
+                f"pad_to_multiple_of={self.pad_to_multiple_of} is not supported: rft_trl pads each rollout to its "
+                "longest prompt and completion. Leave it unset."
+            )
+        for name, reason in UNSUPPORTED_TRL_OPTIONS.items():
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by PPOTrainerVL: {reason}.")
+        enabled = {
+            "use_vllm=True": self.use_vllm,
+            "loss_type='sapo'": self.loss_type == "sapo",
+            "loss_type='vespo'": self.loss_type == "vespo",
+            "sync_ref_model=True": self.sync_ref_model,
+            "use_adaptive_entropy=True": self.use_adaptive_entropy,
+        }
+        for name, needs in DEPENDENT_TRL_OPTIONS.items():
+            if getattr(self, name) != defaults[name] and not enabled[needs]:
+                raise ValueError(f"{name}={getattr(self, name)!r} only acts with {needs}, which is not set.")
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            raise ValueError(f"model_init_kwargs must be a dict, got {type(self.model_init_kwargs).__name__}.")
+        if self.delta is not None and self.delta <= 1.0:
+            raise ValueError(f"delta={self.delta} caps the importance ratio from above: it must be > 1.")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
+        if self.num_generations_eval is not None and self.num_generations_eval < 1:
+            raise ValueError(f"num_generations_eval must be >= 1, got {self.num_generations_eval}.")
+        if self.entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0 (a bonus for entropy), got {self.entropy_coef}.")
 
     def _adapt_to_a_cpu_launch(self) -> None:
         """
@@ -417,6 +596,25 @@ class RFTConfig(TrainingArguments):
             raise ValueError(f"gamma and lambd must be in [0, 1], got gamma={self.gamma}, lambd={self.lambd}.")
 
     def _resolve_rollout_size(self) -> None:
+        sizers = [
+            name
+            for name in ("rollout_batch_size", "steps_per_generation", "generation_batch_size")
+            if getattr(self, name) is not None
+        ]
+        if len(sizers) > 1:
+            raise ValueError(
+                f"{' and '.join(sizers)} all size the rollout; set only one (rollout_batch_size prompts per process = "
+                "per_device_train_batch_size * steps_per_generation / n_samples_per_prompt = generation_batch_size / "
+                "(processes * n_samples_per_prompt))."
+            )
+        if self.generation_batch_size is not None:
+            # TRL: completions per rollout over all processes; rft_trl sizes it per process.
+            if self.generation_batch_size % (self.world_size * self.n_samples_per_prompt):
+                raise ValueError(
+                    f"generation_batch_size={self.generation_batch_size} must be a multiple of processes "
+                    f"({self.world_size}) * n_samples_per_prompt ({self.n_samples_per_prompt})."
+                )
+            self.rollout_batch_size = self.generation_batch_size // (self.world_size * self.n_samples_per_prompt)
         if self.rollout_batch_size is None:
             # TRL: a generation batch is per_device_train_batch_size * steps_per_generation completions, with
             # steps_per_generation defaulting to gradient_accumulation_steps.
@@ -429,11 +627,6 @@ class RFTConfig(TrainingArguments):
                     f"per rollout) or make the product a multiple."
                 )
             self.rollout_batch_size = completions // self.n_samples_per_prompt
-        elif self.steps_per_generation is not None:
-            raise ValueError(
-                "rollout_batch_size and steps_per_generation both size the rollout; set only one (rollout_batch_size "
-                "= per_device_train_batch_size * steps_per_generation / n_samples_per_prompt)."
-            )
         per_rollout = self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs
         per_step = self.micro_train_batch_size * self.gradient_accumulation_steps
         if per_rollout % per_step:
@@ -505,4 +698,8 @@ class RFTConfig(TrainingArguments):
             "repetition_penalty": self.repetition_penalty,
             "max_new_tokens": self.generate_max_len,
         }
+        if self.min_p is not None:
+            kwargs["min_p"] = self.min_p
+        if self.cache_implementation is not None:
+            kwargs["cache_implementation"] = self.cache_implementation
         return {**kwargs, **(self.generation_kwargs or {})}

@@ -1,0 +1,308 @@
+"""TRL's GRPOConfig options in RFTConfig: every one exists with TRL's default, and each is either implemented (and
+tested here) or refused with the reason; none is accepted and ignored."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.core import policy_loss
+from rft_trl.data import PromptCollator
+from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, save_tiny_model, tiny_config
+from rft_trl.trainers.rft_config import DEPENDENT_TRL_OPTIONS, UNSUPPORTED_TRL_OPTIONS
+
+# Options this test file shows to act (each has a test below), and those the rest of the suite covers.
+IMPLEMENTED_HERE = {
+    "model_init_kwargs",
+    "trust_remote_code",
+    "router_aux_loss_coef",
+    "disable_dropout",
+    "num_generations_eval",
+    "ds3_gather_for_generation",  # the ZeRO-3 tests run with its default (gathered once per rollout)
+    "pad_to_multiple_of",
+    "generation_batch_size",  # tests/test_rft_config.py::test_trl_steps_per_generation_sizes_the_rollout
+    "min_p",
+    "chat_template_kwargs",
+    "cache_implementation",
+    "delta",
+    "entropy_coef",
+    "use_bias_correction_kl",
+    "log_multimodal",
+}
+# GRPOConfig fields that RFTConfig had before (aliases and shared concepts, tested in tests/test_rft_config.py).
+SHARED = {
+    "num_generations",
+    "max_completion_length",
+    "max_prompt_length",
+    "beta",
+    "epsilon",
+    "epsilon_high",
+    "num_iterations",
+    "loss_type",
+    "scale_rewards",
+    "top_entropy_quantile",
+    "steps_per_generation",
+    "shuffle_dataset",
+    "mask_truncated_completions",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "generation_kwargs",
+    "importance_sampling_level",
+    "reward_weights",
+    "log_completions",
+}
+
+
+def trl_only_fields():
+    from transformers import TrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {f.name: f for f in dataclasses.fields(GRPOConfig) if f.name not in base}
+
+
+def test_every_grpo_config_field_exists_with_trls_default_and_is_classified():
+    ours = {f.name: f for f in dataclasses.fields(RFTConfig)}
+    for name, trl_field in trl_only_fields().items():
+        assert name in ours, f"RFTConfig lacks GRPOConfig.{name}"
+        if name not in SHARED:
+            trl_default = (
+                trl_field.default if trl_field.default is not dataclasses.MISSING else trl_field.default_factory()
+            )
+            assert ours[name].default == trl_default, (name, ours[name].default, trl_default)
+        classified = (
+            name in SHARED
+            or name in IMPLEMENTED_HERE
+            or name in UNSUPPORTED_TRL_OPTIONS
+            or name in DEPENDENT_TRL_OPTIONS
+        )
+        assert classified, f"GRPOConfig.{name} is neither implemented, refused nor dependent: classify it"
+
+
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_TRL_OPTIONS))
+def test_unsupported_options_are_refused_with_the_reason(tmp_path, name):
+    default = {f.name: f.default for f in dataclasses.fields(RFTConfig)}[name]
+    value = {bool: not default, type(None): 3, str: "normalize_then_sum"}.get(type(default), 3)
+    if name == "transformers_continuous_batching_config":
+        value = {"max_batch_tokens": 64}
+    with pytest.raises(
+        ValueError, match=f"{name}=.* is not supported by PPOTrainerVL: {UNSUPPORTED_TRL_OPTIONS[name][:20]}"
+    ):
+        tiny_config(str(tmp_path), **{name: value})
+
+
+def test_dependent_options_alone_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"vllm_mode='server' only acts with use_vllm=True"):
+        tiny_config(str(tmp_path), vllm_mode="server")
+    with pytest.raises(ValueError, match="entropy_target=0.5 only acts with use_adaptive_entropy=True"):
+        tiny_config(str(tmp_path), entropy_target=0.5)
+    with pytest.raises(ValueError, match="pad_to_multiple_of=8 is not supported"):
+        tiny_config(str(tmp_path), pad_to_multiple_of=8)
+    assert tiny_config(str(tmp_path), pad_to_multiple_of="auto").pad_to_multiple_of is None
+    with pytest.raises(ValueError, match="delta=1.0 caps the importance ratio"):
+        tiny_config(str(tmp_path), delta=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def test_model_init_kwargs_and_trust_remote_code_reach_loading(tmp_path, monkeypatch):
+    path = save_tiny_model("qwen2_5_vl", str(tmp_path / "model"))
+    from rft_trl.models import utils as model_utils
+
+    calls = []
+    real = model_utils.AutoModelForMultimodalLM
+
+    class Spy:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            calls.append(kwargs)
+            return real.from_pretrained(name, **{**kwargs, "trust_remote_code": False})
+
+    monkeypatch.setattr(model_utils, "AutoModelForMultimodalLM", Spy)
+    args = tiny_config(str(tmp_path / "out"), model_init_kwargs={"dtype": "bfloat16"}, trust_remote_code=True)
+    processor = build_tiny_model("qwen2_5_vl")[1]
+    trainer = PPOTrainerVL(
+        path, [length_reward], args, train_dataset=make_colour_dataset(4), processing_class=processor
+    )
+    assert calls[0]["dtype"] == torch.bfloat16 and calls[0]["trust_remote_code"] is True
+    assert next(trainer.actor.parameters()).dtype == torch.bfloat16
+    # A built model takes no loading arguments (as in TRL).
+    model, _ = build_tiny_model("qwen2_5_vl")
+    with pytest.raises(ValueError, match="model_init_kwargs apply when the model is given as a path"):
+        PPOTrainerVL(model, [length_reward], args, train_dataset=make_colour_dataset(4), processing_class=processor)
+
+
+def test_processing_class_is_loaded_from_the_models_path(tmp_path):
+    path = save_tiny_model("qwen2_5_vl", str(tmp_path / "model"))
+    from transformers import AutoModelForMultimodalLM
+
+    model = AutoModelForMultimodalLM.from_pretrained(path)  # an object, no processing_class: TRL loads it by name
+    trainer = PPOTrainerVL(
+        model, [length_reward], tiny_config(str(tmp_path / "out")), train_dataset=make_colour_dataset(4)
+    )
+    assert type(trainer.processing_class).__name__ == "Qwen2VLProcessor"
+    built, _ = build_tiny_model("qwen2_5_vl")
+    with pytest.raises(ValueError, match="was not loaded from a path"):
+        PPOTrainerVL(built, [length_reward], tiny_config(str(tmp_path / "out")), train_dataset=make_colour_dataset(4))
+
+
+def test_disable_dropout_zeroes_every_dropout_of_policy_and_reference(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    # The tiny model's attention dropout is functional; a Dropout module stands for the ones real models have.
+    model.model.language_model.layers[0].extra_dropout = torch.nn.Dropout(0.1)
+    args = tiny_config(str(tmp_path), disable_dropout=True, beta=0.1)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_colour_dataset(4), processing_class=processor
+    )
+    dropouts = [
+        m for net in (trainer.actor, trainer._reference) for m in net.modules() if isinstance(m, torch.nn.Dropout)
+    ]
+    assert dropouts and all(m.p == 0 for m in dropouts)
+
+
+# ------------------------------------------------------------------------------------------------- rollouts
+
+
+def test_sampling_options_reach_generate(tmp_path):
+    args = tiny_config(str(tmp_path), min_p=0.05, cache_implementation="dynamic")
+    kwargs = args.sampling_kwargs()
+    assert kwargs["min_p"] == 0.05 and kwargs["cache_implementation"] == "dynamic"
+    assert "min_p" not in tiny_config(str(tmp_path)).sampling_kwargs()
+
+
+def test_chat_template_kwargs_reach_the_template():
+    _, processor = build_tiny_model("qwen2_5_vl")
+    processor.chat_template = processor.chat_template.replace(
+        "<|im_start|>assistant\n",
+        "<|im_start|>assistant\n{% if enable_thinking is false %}<think></think>{% endif %}",
+    )
+    rows = [{"prompt": [{"role": "user", "content": "Say red."}]}]
+    plain = PromptCollator(processor)(rows).prompt_texts[0]
+    thinking_off = PromptCollator(processor, chat_template_kwargs={"enable_thinking": False})(rows).prompt_texts[0]
+    assert thinking_off == plain + "<think></think>"
+
+
+def test_num_generations_eval_samples_that_many_per_prompt(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    args = tiny_config(str(tmp_path), num_generations_eval=3)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_colour_dataset(4), processing_class=processor
+    )
+    metrics = trainer.evaluate(make_colour_dataset(2, seed=1))
+    assert metrics["eval_num_samples"] == 6.0 and math.isfinite(metrics["eval_reward"])
+
+
+def test_log_multimodal_puts_the_samples_images_in_the_completions_table(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    args = tiny_config(str(tmp_path), log_completions=True, max_steps=1)
+    dataset = make_colour_dataset(4)
+    trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
+    trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
+    table = trainer._completions_table
+    assert len(table) == 4 and all(len(row["images"]) == 1 for row in table)
+    args = tiny_config(str(tmp_path), log_completions=True, log_multimodal=False, max_steps=1)
+    trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
+    trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
+    assert "images" not in trainer._completions_table[0]
+
+
+# ------------------------------------------------------------------------------------------------------ loss
+
+
+def test_delta_caps_the_unclipped_ratio():
+    # ratio = e^1 = 2.718 with advantage -1: the surrogates are -2.718 (unclipped) and -1.2 (clipped at 1 + 0.2);
+    # PPO takes -min(...) = 2.718. With delta = 1.5 the unclipped ratio is capped at 1.5: loss = max(1.5, 1.2) = 1.5.
+    log_probs, old = torch.tensor([[1.0]]), torch.tensor([[0.0]])
+    advantages = torch.tensor([[-1.0]])
+    plain, _ = policy_loss(log_probs, old, advantages, eps_clip_low=0.2)
+    capped, _ = policy_loss(log_probs, old, advantages, eps_clip_low=0.2, ratio_cap=1.5)
+    assert plain.item() == pytest.approx(math.e) and capped.item() == pytest.approx(1.5)
+
+
+def _one_micro_batch(trainer, **overrides):
+    """A synthetic micro-batch: 2 samples of 3 action tokens, log-probs that moved away from the rollout's."""
+    new = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, -0.7]], requires_grad=True)
+    batch = {
+        "new_log_probs": new,
+        "action_log_probs": torch.tensor([[-1.2, -0.4, -2.1], [-0.3, -1.0, -0.9]]),
+        "base_action_log_probs": torch.tensor([[-0.9, -0.6, -1.8], [-0.5, -1.1, -0.6]]),
+        "advantages": torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]),
+        "new_entropy": torch.tensor([[0.5, 1.0, 1.5], [2.0, 0.1, 0.3]]),
+        **overrides,
+    }
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    return batch, mask
+
+
+def test_entropy_bonus_and_bias_corrected_kl_match_a_hand_computation(tmp_path):
+    model, processor = build_tiny_model("qwen2")
+    base = dict(beta=0.1, max_steps=1)
+    trainers = {
+        key: PPOTrainerVL(
+            build_tiny_model("qwen2")[0],
+            [length_reward],
+            tiny_config(str(tmp_path / key), **base, **overrides),
+            train_dataset=Dataset.from_list([{"prompt": "x"}] * 4),
+            processing_class=processor,
+        )
+        for key, overrides in {
+            "plain": {"use_bias_correction_kl": False},
+            "corrected": {"use_bias_correction_kl": True},
+            "entropy": {"use_bias_correction_kl": False, "entropy_coef": 0.25},
+        }.items()
+    }
+    out = {"output": type("Output", (), {"aux_loss": None})()}
+    losses = {}
+    for key, trainer in trainers.items():
+        batch, mask = _one_micro_batch(trainer)
+        losses[key] = trainer.training_step_actor(batch, mask, out).item()
+    batch, _ = _one_micro_batch(None)
+    new, old, ref = batch["new_log_probs"].detach(), batch["action_log_probs"], batch["base_action_log_probs"]
+    k3 = torch.exp(ref - new) - (ref - new) - 1  # the k3 estimator, per token
+    ratio = torch.exp(new - old)
+    # Only the KL term differs between "plain" and "corrected": beta * (mean(k3 * ratio) - mean(k3)).
+    assert losses["corrected"] - losses["plain"] == pytest.approx(
+        0.1 * ((k3 * ratio).mean() - k3.mean()).item(), abs=1e-6
+    )
+    # The entropy bonus: - entropy_coef * mean entropy over the loss tokens.
+    mean_entropy = batch["new_entropy"].mean().item()
+    assert losses["entropy"] - losses["plain"] == pytest.approx(-0.25 * mean_entropy, abs=1e-6)
+
+
+def test_router_aux_loss_coefficient_resolution(tmp_path):
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    _, tokenizer = build_tiny_model("qwen2")
+    config = Qwen2MoeConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        num_experts=4, num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.02,
+    )  # fmt: skip
+
+    def trainer(**overrides):
+        return PPOTrainerVL(
+            Qwen2MoeForCausalLM(config),
+            [length_reward],
+            tiny_config(str(tmp_path), **overrides),
+            train_dataset=Dataset.from_list([{"prompt": "x"}] * 4),
+            processing_class=tokenizer,
+        )
+
+    assert trainer()._aux_loss_coef == 0.02  # TRL's default: the model config's coefficient
+    assert trainer(router_aux_loss_coef=0.5)._aux_loss_coef == 0.5
+    assert trainer(aux_loss_coef=0.3)._aux_loss_coef == 0.3  # the seed's name
+    text_model, _ = build_tiny_model("qwen2")
+    with pytest.raises(ValueError, match="returns no router logits"):
+        PPOTrainerVL(
+            text_model,
+            [length_reward],
+            tiny_config(str(tmp_path), router_aux_loss_coef=0.5),
+            train_dataset=Dataset.from_list([{"prompt": "x"}] * 4),
+            processing_class=tokenizer,
+        )
