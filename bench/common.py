@@ -177,6 +177,7 @@ def build_ours(
         loss_agg_mode="token-mean",
         init_kl_coef=setup.beta,
         packing_samples=setup.packing,
+        bf16=False,  # TRL's default is bf16 autocast (on CPU too); both sides compute in float32 here
         gradient_checkpointing=setup.gradient_checkpointing,
         learning_rate=1e-5,
         max_steps=setup.steps,

@@ -355,10 +355,10 @@ def test_multimodal_fields_are_checked_per_modality_and_aliases_work():
 
 def test_freeze_encoder_freezes_towers_only():
     vl_model, _ = build_tiny_model("qwen2_vl")
-    frozen = {name for name, p in ActorVL(vl_model).named_parameters() if not p.requires_grad}
+    frozen = {name for name, p in ActorVL(vl_model, freeze_encoder=True).named_parameters() if not p.requires_grad}
     assert frozen and all(".visual." in name for name in frozen)
-    assert all(p.requires_grad for p in ActorVL(build_tiny_model("qwen2_vl")[0], freeze_encoder=False).parameters())
-    audio = ActorAL(build_tiny_model("qwen2_audio")[0])
+    assert all(p.requires_grad for p in ActorVL(build_tiny_model("qwen2_vl")[0]).parameters())  # the default
+    audio = ActorAL(build_tiny_model("qwen2_audio")[0], freeze_encoder=True)
     frozen = {name.split(".")[2] for name, p in audio.named_parameters() if not p.requires_grad}
     assert frozen == {"audio_tower", "multi_modal_projector"}
     trainable, total = audio.print_trainable_parameters()

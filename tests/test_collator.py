@@ -310,6 +310,25 @@ def test_media_rows_for_a_text_model_are_never_kept_without_their_media(tokenize
     assert "row has 1 image(s)" in batch.skipped[0].detail
 
 
+def test_chat_prompt_with_string_content_gets_its_media_parts_as_in_trl(vl_processor):
+    # TRL's prepare_multimodal_messages: the first user turn with string content gets the image parts before its
+    # text; the system turn before it and the turns after it are left as they are.
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Which is brighter?"},
+        {"role": "assistant", "content": "Show me."},
+        {"role": "user", "content": "Here."},
+    ]
+    batch = PromptCollator(vl_processor)([{"prompt": prompt, "images": [_image(), _image(GREEN)]}])
+    structured = [
+        prompt[0],
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, _text("Which is brighter?")]},
+        *prompt[2:],
+    ]
+    assert batch.prompt_texts == [_rendered(vl_processor, structured)]
+    assert batch.prompts == [prompt]  # the reward functions see the row's own prompt
+
+
 # ------------------------------------------------------------------------------------------------- validation
 
 

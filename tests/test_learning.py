@@ -25,6 +25,7 @@ def run(tmp_path, dataset_name, tiny_model_kind=None, **overrides):
         learning_rate=1e-3,
         lr_scheduler_type="constant",
         beta=0.1,
+        use_bias_correction_kl=False,  # as the demo: see TINY_DEMO_DEFAULTS in rft_trl/scripts.py
         freeze_encoder=False,
         eval_strategy="no",
         per_device_eval_batch_size=64,
@@ -32,6 +33,8 @@ def run(tmp_path, dataset_name, tiny_model_kind=None, **overrides):
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
         disable_tqdm=True,
         seed=0,
     )

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import logging
+import math
 import random
 import socket
 import threading
@@ -410,9 +411,11 @@ def test_malformed_answers_are_rejected_without_retry(serve, body, message):
     assert len(server.requests) == 1 and fake_time.sleeps == []
 
 
-def test_nan_null_and_inf_mark_only_those_samples_failed(serve):
+def test_nan_and_inf_mark_samples_failed_and_null_means_not_applicable(serve):
     server = serve([reply(200, '{"rewards": [NaN, 0.5, null, Infinity, -2]}')])
-    assert client(server.url)(["p"] * 5, list("abcde")) == [None, 0.5, None, None, -2.0]
+    scores = client(server.url)(["p"] * 5, list("abcde"))
+    assert math.isnan(scores[0]) and math.isnan(scores[3])
+    assert scores[1:3] == [0.5, None] and scores[4] == -2.0
 
 
 def test_nan_through_the_scorer_excludes_the_sample_instead_of_scoring_zero(serve):
@@ -421,7 +424,19 @@ def test_nan_through_the_scorer_excludes_the_sample_instead_of_scoring_zero(serv
     assert output.valid.tolist() == [True, False, True]
     torch.testing.assert_close(output.rewards, torch.tensor([0.5, float("nan"), 0.25]), equal_nan=True)
     assert output.failures == {"remote": 1}
-    assert output.first_failure.message == "returned None"
+    assert output.first_failure.message == "returned nan"
+
+
+def constant_reward(prompts, completions, **columns):
+    return [0.5] * len(completions)
+
+
+def test_null_through_the_scorer_abstains_instead_of_failing(serve):
+    server = serve([reply(200, '{"rewards": [0.5, null, 0.25]}')])
+    output = RewardScorer([client(server.url), constant_reward])(["p"] * 3, ["a", "b", "c"])
+    # The remote scorer does not apply to sample 1: its reward is the other function's alone.
+    assert output.valid.tolist() == [True, True, True] and output.failures["remote"] == 0
+    torch.testing.assert_close(output.rewards, torch.tensor([1.0, 0.5, 0.75]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -487,3 +502,13 @@ def test_invalid_configuration(kwargs, message):
     kwargs = {"url": "http://127.0.0.1:1/score", **kwargs}
     with pytest.raises(ValueError, match=message):
         RemoteRewardModel(**kwargs)
+
+
+def test_trainer_keyword_arguments_are_not_sent(serve):
+    server = serve([score(lambda p: [0.0] * len(p["completions"]))])
+    remote = client(server.url)
+    scores = remote(
+        ["p"], ["c"], answer=["x"], trainer_state=object(), log_extra=print, log_metric=print, completion_ids=[[1, 2]]
+    )
+    assert scores == [0.0]
+    assert list(json.loads(server.requests[0][1])["columns"]) == ["answer"]

@@ -1,5 +1,6 @@
 """Rule rewards and RewardScorer: combination, recipes, and failures that must never become a reward of 0."""
 
+import asyncio
 import functools
 import math
 import random
@@ -150,7 +151,7 @@ class RecordingReward:
         self.scores_by_completion = scores_by_completion
         self.calls = []
 
-    def __call__(self, prompts, completions, **columns):
+    def __call__(self, prompts, completions, trainer_state, log_extra, log_metric, **columns):
         self.calls.append({"prompts": prompts, "completions": completions, **columns})
         return [self.scores_by_completion[c] for c in completions]
 
@@ -168,6 +169,7 @@ def test_weighted_sum_matches_hand_computation():
     assert output.first_failure is None
     assert output.metrics() == {
         "rollout/reward_failures": 0.0,
+        "rollout/reward_abstained": 0.0,
         "rollout/reward_failures/length_reward": 0.0,
         "rollout/reward_failures/constant_reward": 0.0,
         "rollout/reward_metrics/length_reward": pytest.approx(4.0 / 3.0),
@@ -193,7 +195,7 @@ def test_weighted_sum_matches_naive_loop_on_random_scores():
 def test_columns_arrive_as_aligned_keyword_lists():
     seen = {}
 
-    def spy(prompts, completions, answer, image, **columns):
+    def spy(prompts, completions, answer, image, trainer_state, log_extra, log_metric, **columns):
         seen.update(prompts=prompts, completions=completions, answer=answer, image=image, **columns)
         return [1.0] * len(completions)
 
@@ -292,18 +294,60 @@ def test_invalid_configuration(kwargs, error, message):
         RewardScorer(**kwargs)
 
 
-def test_async_reward_function_is_rejected():
+def test_async_reward_functions_are_awaited():
     async def slow_reward(prompts, completions, **columns):
-        return [0.0] * len(completions)
+        await asyncio.sleep(0)
+        return [float(len(c)) for c in completions]
 
     class AsyncModel:
         async def __call__(self, prompts, completions, **columns):
-            return [0.0] * len(completions)
+            await asyncio.sleep(0)
+            return [0.5] * len(completions)
 
-    with pytest.raises(TypeError, match="'slow_reward' is async"):
-        RewardScorer(slow_reward)
-    with pytest.raises(TypeError, match="'AsyncModel' is async"):
-        RewardScorer(AsyncModel())
+    scorer = RewardScorer([slow_reward, AsyncModel()])
+    output = scorer(["p"] * 2, ["ab", "abcd"])
+    torch.testing.assert_close(output.rewards, torch.tensor([2.5, 4.5]))
+    assert scorer.names == ["slow_reward", "AsyncModel"]
+
+
+def test_async_reward_works_inside_a_running_event_loop():
+    async def slow_reward(prompts, completions, **columns):
+        return [1.0] * len(completions)
+
+    async def caller():  # e.g. a notebook cell: a loop is already running in this thread
+        return RewardScorer(slow_reward)(["p"], ["c"])
+
+    assert asyncio.run(caller()).rewards.tolist() == [1.0]
+
+
+def test_none_means_not_applicable_not_failure():
+    def math_only(prompts, completions, kind, **columns):
+        return [1.0 if k == "math" else None for k in kind]
+
+    def code_only(prompts, completions, kind, **columns):
+        return [0.25 if k == "code" else None for k in kind]
+
+    output = RewardScorer([math_only, code_only], reward_weights=[2.0, 4.0])(
+        ["p"] * 3, ["a", "b", "c"], kind=["math", "code", "poem"]
+    )
+    # Each sample's reward sums the functions that applied: 2 * 1.0, 4 * 0.25; "poem" matched none.
+    assert output.valid.tolist() == [True, True, False]
+    torch.testing.assert_close(output.rewards[:2], torch.tensor([2.0, 1.0]))
+    assert output.rewards[2].isnan()
+    assert output.failures == {"math_only": 0, "code_only": 0} and output.first_failure is None
+    metrics = output.metrics()
+    assert metrics["rollout/reward_failures"] == 0.0 and metrics["rollout/reward_abstained"] == 1.0
+    assert metrics["rollout/reward_metrics/math_only"] == 1.0  # over the samples it scored only
+
+
+def test_all_none_batch_is_counted_not_a_failure(caplog):
+    def never_applies(prompts, completions, **columns):
+        return [None] * len(completions)
+
+    with caplog.at_level("WARNING", logger="rft_trl.rewards.combine"):
+        output = RewardScorer(never_applies, max_reward_failure_rate=0.0)(["p"] * 2, ["a", "b"])
+    assert not output.valid.any() and output.num_excluded == 0 and output.num_abstained == 2
+    assert "every reward function returned None for 2 of 2 samples" in caplog.text
 
 
 def test_length_mismatch_is_an_error():
@@ -317,7 +361,11 @@ def test_length_mismatch_is_an_error():
 def test_empty_batch():
     output = RewardScorer(length_reward)([], [])
     assert output.rewards.shape == (0,) and output.valid.shape == (0,)
-    assert output.metrics() == {"rollout/reward_failures": 0.0, "rollout/reward_failures/length_reward": 0.0}
+    assert output.metrics() == {
+        "rollout/reward_failures": 0.0,
+        "rollout/reward_abstained": 0.0,
+        "rollout/reward_failures/length_reward": 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,6 +408,70 @@ def test_recipe_needs_label_column_and_known_labels():
     # LightRFT scores an unknown label 1.0 with a printed warning; here it is an error.
     with pytest.raises(ValueError, match=r"labels 'b', 'c' have no reward_recipe entry; known labels: \[\"'a'\"\]"):
         scorer(["p"] * 3, ["c"] * 3, label=["b", "a", "c"])
+
+
+def test_trainer_state_log_extra_and_log_metric_follow_trl():
+    state = object()
+    seen_states = []
+
+    def judge(prompts, completions, trainer_state, log_extra, log_metric, **columns):
+        seen_states.append(trainer_state)
+        log_extra("judge_len", [len(c) for c in completions])
+        log_metric("judge/calls", 1.0)
+        return [0.5] * len(completions)
+
+    def accuracy(prompts, completions, trainer_state, log_extra, log_metric, **columns):
+        seen_states.append(trainer_state)
+        log_metric("judge/calls", 3.0)
+        return [1.0] * len(completions)
+
+    scorer = RewardScorer(
+        [judge, accuracy], reward_recipe={"open": [("judge", 1.0)], "vqa": [("accuracy", 1.0), ("judge", 1.0)]}
+    )
+    output = scorer(["p"] * 3, ["a", "bbb", "cc"], trainer_state=state, label=["vqa", "open", "open"])
+    assert seen_states == [state, state]
+    # The judge scored all three samples; accuracy only sample 0 and logged no column: its values stay aligned.
+    assert output.extra_columns == {"judge_len": [1, 3, 2]}
+    assert output.logged_metrics == {"judge/calls": 2.0}  # the mean of the values logged this batch
+    assert output.metrics()["judge/calls"] == 2.0
+
+
+def test_log_extra_is_aligned_to_the_samples_of_a_subset_call():
+    def accuracy(prompts, completions, log_extra, **columns):
+        log_extra("seen", completions)
+        return [1.0] * len(completions)
+
+    scorer = RewardScorer(
+        [accuracy, length_reward], reward_recipe={"vqa": [("accuracy", 1.0)], "open": [("length_reward", 1.0)]}
+    )
+    output = scorer(["p"] * 3, ["a", "b", "c"], label=["open", "vqa", "vqa"])
+    assert output.extra_columns == {"seen": [None, "b", "c"]}
+
+
+def test_a_call_that_raised_logs_nothing():
+    def fragile(prompts, completions, log_extra, log_metric, **columns):
+        log_metric("attempts", 1.0)
+        log_extra("text", completions)
+        if len(completions) > 1:
+            raise RuntimeError("batch too large")  # retried sample by sample, which succeeds
+        return [1.0]
+
+    output = RewardScorer(fragile)(["p"] * 2, ["a", "b"])
+    assert output.valid.all()
+    assert output.extra_columns == {"text": ["a", "b"]}
+    assert output.logged_metrics == {"attempts": 1.0}
+
+
+def test_log_extra_with_the_wrong_length_fails_that_call():
+    def sloppy(prompts, completions, log_extra, **columns):
+        log_extra("x", [1, 2, 3])
+        return [1.0] * len(completions)
+
+    output = RewardScorer(sloppy, max_reward_failure_rate=1.0)(["p"] * 2, ["a", "b"])
+    assert not output.valid.any() and output.extra_columns == {}
+    assert output.first_failure.message == (
+        "log_extra('x', values) got 3 values for the 1 samples this call scores; log one value per sample"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,7 +518,6 @@ def test_raising_function_is_retried_per_sample():
 @pytest.mark.parametrize(
     ("bad_score", "message"),
     [
-        (None, "returned None"),
         (math.nan, "returned nan"),
         (math.inf, "returned inf"),
         (-math.inf, "returned -inf"),

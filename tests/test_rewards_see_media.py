@@ -119,7 +119,7 @@ def test_the_remote_reward_model_gets_every_image_intact(tmp_path, monkeypatch):
                 rewards = [float(len(sample)) for sample in payload["columns"]["images"]]
             except AssertionError as error:  # reported by the test, not swallowed by the server thread
                 errors.append(error)
-                rewards = [None] * len(payload["completions"])
+                rewards = [float("nan")] * len(payload["completions"])  # a failed score, counted
             body = json.dumps({"rewards": rewards}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

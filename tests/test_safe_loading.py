@@ -166,6 +166,8 @@ def make_trainer(output_dir, max_steps) -> PPOTrainerVL:
         max_steps=max_steps,
         generate_max_len=4,
         use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
         save_strategy="steps",
         save_steps=1,
         report_to="none",

@@ -82,8 +82,8 @@ def test_failed_rewards_exclude_samples_not_zero_them(tmp_path):
     model, tokenizer = build_tiny_model("qwen2")
 
     def flaky(prompts, completions, **columns):
-        # Sample 1 fails (None); every other sample scores 1.
-        return [None if i == 1 else 1.0 for i in range(len(completions))]
+        # Sample 1 fails (NaN); every other sample scores 1.
+        return [math.nan if i == 1 else 1.0 for i in range(len(completions))]
 
     args = make_args(tmp_path, n_samples_per_prompt=2, rollout_batch_size=2, max_reward_failure_rate=0.5)
     trainer = PPOTrainerVL(

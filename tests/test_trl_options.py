@@ -33,6 +33,8 @@ IMPLEMENTED_HERE = {
     "use_bias_correction_kl",
     "log_multimodal",
 }
+# Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
+# log_extra and log_metric keyword arguments.
 # GRPOConfig fields that RFTConfig had before (aliases and shared concepts, tested in tests/test_rft_config.py).
 SHARED = {
     "num_generations",
@@ -210,6 +212,33 @@ def test_log_multimodal_puts_the_samples_images_in_the_completions_table(tmp_pat
     trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
     trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
     assert "images" not in trainer._completions_table[0]
+
+
+def test_reward_functions_get_trls_keyword_arguments(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    tokenizer = processor.tokenizer
+    seen = []
+
+    def judge(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, **columns):
+        texts = [completion[0]["content"] for completion in completions]  # conversational prompts
+        assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids] == texts
+        lengths = [len(ids) for ids in completion_ids]
+        seen.append((trainer_state.global_step, sum(lengths) / len(lengths)))
+        log_extra("num_tokens", lengths)
+        log_metric("judge/mean_tokens", sum(lengths) / len(lengths))
+        return [float(n) for n in lengths]
+
+    args = tiny_config(str(tmp_path), log_completions=True, max_steps=2)
+    dataset = make_colour_dataset(8)
+    trainer = PPOTrainerVL(model, [judge], args, train_dataset=dataset, processing_class=processor)
+    trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
+    table = trainer._completions_table
+    assert [row["num_tokens"] for row in table] == [row["reward"] for row in table]
+    seen.clear()
+    trainer.train()
+    assert [step for step, _ in seen] == [0, 1]  # the TrainerState of the step each rollout was made for
+    logged = [entry["judge/mean_tokens"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == pytest.approx([mean for _, mean in seen])
 
 
 # ------------------------------------------------------------------------------------------------------ loss

@@ -420,6 +420,9 @@ class PromptCollator:
         elif not isinstance(prompt, list) or not prompt:
             raise _Reject("bad_prompt", f"prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
         placeholders = self._count_placeholders(prompt)
+        if not placeholders and any(counts.values()):
+            prompt = _with_media_parts(prompt, counts)
+            placeholders = self._count_placeholders(prompt)
         for kind in MEDIA_KINDS:
             if placeholders[kind] != counts[kind]:
                 raise _Reject(
@@ -491,3 +494,17 @@ class PromptCollator:
         for name, empty in self.layout.empty_rows.items():
             media_fields.setdefault(name, empty)
         return input_ids[0], {name: value[0] for name, value in token_fields.items()}, media_fields
+
+
+def _with_media_parts(messages: list[Mapping[str, Any]], counts: dict[str, int]) -> list[Mapping[str, Any]]:
+    """
+    TRL's convention for a chat prompt without media parts whose row has media: the first user message with plain
+    string content gets one part per media item before its text (as `trl.data_utils.prepare_multimodal_messages`
+    does for images). The prompt is returned unchanged when it has no such message.
+    """
+    for index, message in enumerate(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            parts = [{"type": kind} for kind in MEDIA_KINDS for _ in range(counts[kind])]
+            content = [*parts, {"type": "text", "text": message["content"]}]
+            return [*messages[:index], {**message, "content": content}, *messages[index + 1 :]]
+    return messages

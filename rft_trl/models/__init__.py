@@ -5,7 +5,7 @@ from .actor_al import ActorAL
 from .actor_vl import ActorVL
 from .critic import Critic
 from .loss import GPTLMLoss, PolicyLoss, ValueLoss
-from .reward_model import RewardModel, RewardModelFunction
+from .reward_model import RewardModel, RewardModelFunction, SequenceClassificationReward
 from .utils import ModelInputs, compute_approx_kl, masked_mean, unpacking_samples
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "PolicyLoss",
     "RewardModel",
     "RewardModelFunction",
+    "SequenceClassificationReward",
     "ValueLoss",
     "ModelInputs",
     "compute_approx_kl",

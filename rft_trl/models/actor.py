@@ -122,7 +122,7 @@ class Actor(nn.Module):
             A complete PEFT config, used instead of the `lora_*` arguments.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Passed to `from_pretrained`.
-        freeze_encoder (`bool`, *optional*, defaults to `True`):
+        freeze_encoder (`bool`, *optional*, defaults to `False`):
             In full fine-tuning, freeze every parameter outside the language model and its head (vision/audio
             tower and projector). With LoRA only the adapters train anyway.
         media_token_ids (`list[int]`, *optional*):
@@ -157,7 +157,7 @@ class Actor(nn.Module):
         packing_samples: bool = False,
         peft_config: PeftConfig | None = None,
         trust_remote_code: bool = False,
-        freeze_encoder: bool = True,
+        freeze_encoder: bool = False,
         media_token_ids: list[int] | None = None,
         model_init_kwargs: dict | None = None,
     ):

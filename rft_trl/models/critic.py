@@ -86,7 +86,7 @@ class Critic(nn.Module):
             A complete PEFT config, used instead of the `lora_*` arguments.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Passed to `from_pretrained`.
-        freeze_encoder (`bool`, *optional*, defaults to `True`):
+        freeze_encoder (`bool`, *optional*, defaults to `False`):
             In full fine-tuning, freeze the vision or audio tower and its projector.
     """
 
@@ -104,7 +104,7 @@ class Critic(nn.Module):
         packing_samples: bool = False,
         peft_config: PeftConfig | None = None,
         trust_remote_code: bool = False,
-        freeze_encoder: bool = True,
+        freeze_encoder: bool = False,
     ):
         super().__init__()
         backbone = backbone_of(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedTokenizerBase, ProcessorMixin
+from trl.data_utils import apply_chat_template
 
 from ..data.media import image_bounds_from_processor, load_audio, load_image, load_video
 from ..data.multimodal import split_processor_output
@@ -26,7 +27,10 @@ from .utils import ModelInputs, has_sequence_classification_head, load_pretraine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RewardModel", "RewardModelFunction"]
+# The dataset columns the reward model reads (with a processor); every other column is ignored.
+_MEDIA_COLUMNS = ("image", "images", "video", "audio")
+
+__all__ = ["RewardModel", "RewardModelFunction", "SequenceClassificationReward"]
 
 
 class RewardModel(nn.Module):
@@ -183,7 +187,8 @@ class RewardModelFunction:
         for start in range(0, len(prompts), self.batch_size):
             rows = range(start, min(start + self.batch_size, len(prompts)))
             texts = [self._render(prompts[i], completions[i]) for i in rows]
-            inputs = self._process(texts, {name: [values[i] for i in rows] for name, values in columns.items()})
+            media = {name: [columns[name][i] for i in rows] for name in _MEDIA_COLUMNS if name in columns}
+            inputs = self._process(texts, media)
             scores.extend(self._score(inputs))
         return scores
 
@@ -198,7 +203,7 @@ class RewardModelFunction:
 
     def _process(self, texts: list[str], columns: dict[str, list]) -> dict:
         if not isinstance(self.processing_class, ProcessorMixin):
-            media = [name for name in ("image", "images", "video", "audio") if name in columns]
+            media = [name for name in _MEDIA_COLUMNS if name in columns]
             if any(value is not None for name in media for value in columns[name]):
                 raise ValueError(f"Media columns {media} need a processor, not a tokenizer.")
             return dict(self.processing_class(texts, return_tensors="pt", padding=True, add_special_tokens=False))
@@ -235,3 +240,77 @@ class RewardModelFunction:
         scores = model(input_ids.to(device), attention_mask.to(device), **fields)
         model.train(was_training)
         return scores.tolist()
+
+
+class SequenceClassificationReward:
+    """
+    A Hugging Face sequence-classification model with one label behind the reward-function contract, scored as TRL's
+    `GRPOTrainer` scores a reward model: each prompt and completion become one text (conversations through the
+    tokenizer's chat template, with TRL's `apply_chat_template`; plain strings concatenated), right-padded and
+    tokenized without special tokens, and the reward is the model's own logit (`logits[:, 0]`).
+
+    This is what `reward_funcs` entries that are a model id, a local path or a sequence-classification model become
+    in [`PPOTrainerVL`]; it reads only the texts (use [`RewardModelFunction`] to score with the samples' media).
+
+    Args:
+        model (`PreTrainedModel`): a `*ForSequenceClassification` model with `num_labels=1`; scored in eval mode,
+            without gradients, on the device of its parameters.
+        processing_class (`PreTrainedTokenizerBase`): its tokenizer; the model's `pad_token_id` is set to the
+            tokenizer's (to the EOS token when it has none), as the model reads the last token before padding.
+        chat_template_kwargs (`dict`, *optional*): extra keyword arguments of the chat template.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processing_class: PreTrainedTokenizerBase,
+        chat_template_kwargs: dict | None = None,
+    ):
+        num_labels = getattr(model.config, "num_labels", None)
+        if num_labels != 1:
+            raise ValueError(
+                f"{type(model).__name__} has num_labels={num_labels}; a reward model needs one (load it with "
+                "AutoModelForSequenceClassification.from_pretrained(..., num_labels=1))"
+            )
+        if processing_class.pad_token_id is None:
+            processing_class.pad_token = processing_class.eos_token
+        model.config.get_text_config().pad_token_id = processing_class.pad_token_id
+        model.requires_grad_(False)
+        self.model = model
+        self.processing_class = processing_class
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        # TRL's name for a reward model: the last part of the id it was loaded from.
+        self.__name__ = (getattr(model.config, "_name_or_path", "") or type(model).__name__).rstrip("/").split("/")[-1]
+
+    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float]:
+        """
+        Score every `(prompt, completion)` pair.
+
+        Args:
+            prompts (`list[str]` or `list[list[dict]]`): prompts, as strings or chat messages.
+            completions (`list[str]` or `list[list[dict]]`): completions, as strings or chat messages.
+            columns: the other dataset columns; not read.
+
+        Returns:
+            `list[float]`: one score per sample.
+        """
+        if len(prompts) != len(completions):
+            raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completions.")
+        if not prompts:
+            return []
+        if isinstance(prompts[0], list):
+            template_kwargs = self.chat_template_kwargs
+            conversations = [{"messages": list(p) + list(c)} for p, c in zip(prompts, completions)]
+            texts = [apply_chat_template(x, self.processing_class, **template_kwargs)["text"] for x in conversations]
+        else:
+            texts = [p + c for p, c in zip(prompts, completions)]
+        inputs = self.processing_class(
+            text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+        )
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            logits = self.model(**inputs.to(device)).logits[:, 0]
+        self.model.train(was_training)
+        return logits.float().tolist()

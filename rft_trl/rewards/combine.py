@@ -1,6 +1,6 @@
 """Score a batch with several reward functions, combine the scores, and keep failures from becoming rewards.
 
-A failed reward (the function raised, returned ``None``, NaN or Inf, or the wrong number of scores) excludes its
+A failed reward (the function raised, returned NaN, Inf or a non-number, or the wrong number of scores) excludes its
 sample from the update instead of scoring it 0: a 0 would read as "wrong answer" and push the policy away from
 what may have been a good completion. [`RewardOutput`] carries the NaN-marked rewards, a validity mask and the
 failure counts; when too many samples fail, [`RewardFailureError`] stops the run with the first traceback.
@@ -8,18 +8,21 @@ failure counts; when too many samples fail, [`RewardFailureError`] stops the run
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import concurrent.futures
 import inspect
 import logging
 import math
 import numbers
 import traceback
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from trl.trainer.utils import get_callable_name
 
 from .errors import BatchRewardError, RewardFailureError
 from .remote import RemoteRewardModel
@@ -71,9 +74,16 @@ class RewardOutput:
         valid (`torch.BoolTensor` of shape `(N,)`): `False` where a reward function with a non-zero weight failed
             for the sample; such samples must be left out of advantages and losses.
         components (`dict[str, torch.FloatTensor]`): each reward function's raw (unweighted) scores, shape `(N,)`,
-            NaN where it failed or, with a `reward_recipe`, where the sample's label does not use it.
+            NaN where it failed, returned None (not applicable) or, with a `reward_recipe`, where the sample's label
+            does not use it.
         failures (`dict[str, int]`): per reward function, the number of samples it failed on.
         first_failure (`RewardFailure` or `None`): the first failure met in this batch.
+        abstained (`torch.BoolTensor` of shape `(N,)`, *optional*): samples every function returned None for; they
+            are excluded too (`valid=False`) but are not failures.
+        extra_columns (`dict[str, list]`): columns the functions logged with ``log_extra``, N values each (`None`
+            for the samples a column was not logged for), for the completions table.
+        logged_metrics (`dict[str, float]`): scalars the functions logged with ``log_metric``, each the mean of the
+            values logged for this batch.
     """
 
     rewards: torch.Tensor
@@ -81,11 +91,19 @@ class RewardOutput:
     components: dict[str, torch.Tensor]
     failures: dict[str, int]
     first_failure: RewardFailure | None
+    abstained: torch.Tensor | None = None
+    extra_columns: dict[str, list] = field(default_factory=dict)
+    logged_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_abstained(self) -> int:
+        """The number of samples no reward function applied to (all returned None)."""
+        return 0 if self.abstained is None else int(self.abstained.sum())
 
     @property
     def num_excluded(self) -> int:
         """The number of samples excluded because of a failed reward."""
-        return int((~self.valid).sum())
+        return int((~self.valid).sum()) - self.num_abstained
 
     def metrics(self) -> dict[str, float]:
         """
@@ -93,31 +111,33 @@ class RewardOutput:
 
         Returns:
             `dict[str, float]`: ``rollout/reward_failures`` (excluded samples), ``rollout/reward_failures/<name>``
-            (samples each function failed on) and ``rollout/reward_metrics/<name>`` (each function's mean raw
-            score over the valid samples it scored; absent when there is none).
+            (samples each function failed on), ``rollout/reward_abstained`` (samples no function applied to),
+            ``rollout/reward_metrics/<name>`` (each function's mean raw score over the valid samples it scored;
+            absent when there is none) and, under their own names, the metrics logged with ``log_metric``.
         """
-        metrics = {"rollout/reward_failures": float(self.num_excluded)}
+        metrics = {
+            "rollout/reward_failures": float(self.num_excluded),
+            "rollout/reward_abstained": float(self.num_abstained),
+        }
         for name, count in self.failures.items():
             metrics[f"rollout/reward_failures/{name}"] = float(count)
         for name, scores in self.components.items():
             kept = scores[self.valid & scores.isfinite()]
             if kept.numel() > 0:
                 metrics[f"rollout/reward_metrics/{name}"] = kept.mean().item()
+        metrics.update(self.logged_metrics)
         return metrics
 
 
 def reward_func_name(reward_func: Callable) -> str:
     """
-    The name a reward function is logged and referred to by: ``"remote"`` for a [`RemoteRewardModel`], the
-    function's ``__name__`` (seen through ``functools.partial``), else the class name of a callable object.
+    The name a reward function is logged and referred to by: ``"remote"`` for a [`RemoteRewardModel`], else TRL's
+    name: its ``__name__`` (seen through ``functools.partial``; reward-model wrappers set one), else the class name
+    of a callable object.
     """
     if isinstance(reward_func, RemoteRewardModel):
         return "remote"
-    if isinstance(reward_func, functools.partial):
-        return reward_func_name(reward_func.func)
-    if inspect.isfunction(reward_func) or inspect.ismethod(reward_func) or inspect.isbuiltin(reward_func):
-        return reward_func.__name__
-    return type(reward_func).__name__
+    return get_callable_name(reward_func)
 
 
 class RewardScorer:
@@ -133,10 +153,14 @@ class RewardScorer:
     sample's ``label`` column selects which functions score it and with what weights, as LightRFT's
     ``reward_recipe`` does; a function is then only called on the samples whose recipe uses it.
 
+    ``None`` means "this function does not apply to this sample" (TRL's contract): the sample's reward is the
+    weighted sum of the functions that did score it, and a sample no function scored is excluded and counted
+    (``rollout/reward_abstained``), with a warning. Async functions are run to completion.
+
     Failures never turn into rewards. A function that raises on the batch is called again sample by sample, so
-    one bad sample fails alone (unless it raised [`BatchRewardError`]); a ``None``, NaN or Inf score fails that
-    sample; a wrong number of scores fails the whole batch for that function. A sample is excluded
-    (``valid=False``, reward NaN) when any function with a non-zero weight failed on it.
+    one bad sample fails alone (unless it raised [`BatchRewardError`]); a NaN or Inf score fails that sample; a
+    wrong number of scores fails the whole batch for that function. A sample is excluded (``valid=False``, reward
+    NaN) when any function with a non-zero weight failed on it.
 
     Args:
         reward_funcs (`Callable`, `str` or `list` of them): the reward functions.
@@ -178,14 +202,23 @@ class RewardScorer:
             raise ValueError(f"max_reward_failure_rate must be in [0, 1], got {max_reward_failure_rate}")
         self.max_reward_failure_rate = max_reward_failure_rate
 
-    def __call__(self, prompts: Sequence, completions: Sequence, **columns: Sequence) -> RewardOutput:
+    def __call__(
+        self, prompts: Sequence, completions: Sequence, trainer_state: Any = None, **columns: Sequence
+    ) -> RewardOutput:
         """
         Score a batch.
+
+        Each reward function is called as TRL calls it: ``f(prompts=..., completions=..., **columns,
+        trainer_state=..., log_extra=..., log_metric=...)``, with ``log_extra(column, values)`` adding a column
+        (one value per sample it was given) to the completions table and ``log_metric(name, value)`` logging a
+        scalar. What a call logs is kept only if the call succeeds.
 
         Args:
             prompts (`list`): N prompts, strings or chat-message lists.
             completions (`list`): N completions, strings or chat-message lists.
-            **columns (`list`): the other dataset columns, N values each.
+            trainer_state (`transformers.TrainerState`, *optional*): passed to every function as is, for reward
+                shaping by training progress.
+            **columns (`list`): the other dataset columns (and ``completion_ids``), N values each.
 
         Returns:
             [`RewardOutput`]: rewards, validity, per-function scores and failures.
@@ -202,12 +235,13 @@ class RewardScorer:
         scores = torch.full((num_samples, num_funcs), float("nan"))  # [N, C]
         failed = torch.zeros((num_samples, num_funcs), dtype=torch.bool)  # [N, C]
         first_failure = None
+        logs = _RewardLogs(num_samples, trainer_state)
         for index, (name, func) in enumerate(zip(self.names, self.reward_funcs)):
             sample_indices = used[:, index].nonzero().flatten().tolist()
             if not sample_indices:
                 continue
             values, failed_indices, failure = _score_component(
-                name, func, sample_indices, prompts, completions, columns
+                name, func, sample_indices, prompts, completions, columns, logs
             )
             scores[sample_indices, index] = torch.tensor(values, dtype=scores.dtype)
             failed[failed_indices, index] = True
@@ -222,14 +256,27 @@ class RewardScorer:
                 )
 
         weighted = used & (weights != 0)  # [N, C]
-        valid = ~(failed & weighted).any(dim=1)  # [N]
-        combined = torch.where(weighted, scores * weights, 0.0).sum(dim=1)  # [N]
+        scored = weighted & ~failed & ~scores.isnan()  # [N, C]: None (not applicable) leaves a NaN, not a failure
+        failed_sample = (failed & weighted).any(dim=1)  # [N]
+        abstained = ~failed_sample & ~scored.any(dim=1) & weighted.any(dim=1)  # [N]: no function applied
+        valid = ~failed_sample & ~abstained  # [N]
+        combined = torch.where(scored, scores * weights, 0.0).sum(dim=1)  # [N]
+        if abstained.any():
+            logger.warning(
+                "every reward function returned None for %d of %d samples: they are excluded from the loss "
+                "(rollout/reward_abstained); check that each sample is handled by some reward function",
+                int(abstained.sum()),
+                num_samples,
+            )
         output = RewardOutput(
             rewards=torch.where(valid, combined, float("nan")),
             valid=valid,
             components={name: scores[:, index] for index, name in enumerate(self.names)},
             failures={name: int(failed[:, index].sum()) for index, name in enumerate(self.names)},
             first_failure=first_failure,
+            abstained=abstained,
+            extra_columns=logs.columns,
+            logged_metrics={name: sum(values) / len(values) for name, values in logs.metrics.items()},
         )
         self._check_failure_rate(output, num_samples)
         return output
@@ -278,17 +325,28 @@ def _resolve_reward_func(reward_func: Callable | str) -> Callable:
         if reward_func.startswith(("http://", "https://")):
             return RemoteRewardModel(reward_func)
         raise ValueError(
-            f"reward function {reward_func!r} is a string but not an http(s) URL; load a reward model and pass a "
-            "callable wrapper instead"
+            f"reward function {reward_func!r} is a string but not an http(s) URL; PPOTrainerVL loads a model id or "
+            "path as a sequence-classification reward model, RewardScorer takes callables and URLs only"
         )
     if not callable(reward_func):
         raise TypeError(f"reward function {reward_func!r} is not callable")
     call = reward_func if inspect.isroutine(reward_func) else type(reward_func).__call__
     if inspect.iscoroutinefunction(call):
-        raise TypeError(
-            f"reward function '{reward_func_name(reward_func)}' is async; only sync functions are supported"
-        )
+        return _SyncFromAsync(reward_func)
     return reward_func
+
+
+class _SyncFromAsync:
+    """An async reward function called synchronously: its coroutine runs to completion in an event loop of its own
+    (in a worker thread, so that it also works where a loop is already running, e.g. in a notebook)."""
+
+    def __init__(self, func: Callable):
+        self.func = func
+        self.__name__ = reward_func_name(func)
+
+    def __call__(self, *args, **kwargs):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self.func(*args, **kwargs)).result()
 
 
 def _component_names(reward_funcs: list[Callable], label_map: Mapping[str, int] | None) -> list[str]:
@@ -358,6 +416,48 @@ def _take(values: Sequence, indices: list[int]) -> list:
     return [values[i] for i in indices]
 
 
+class _RewardLogs:
+    """What reward functions log through ``log_extra`` and ``log_metric`` over one batch.
+
+    [`hooks`] gives one call its keyword arguments; what that call logs lands in [`columns`] and [`metrics`] only
+    when [`commit`] is called for it, so that a call that raised (and is then retried sample by sample) logs nothing.
+    """
+
+    def __init__(self, num_samples: int, trainer_state: Any) -> None:
+        self.num_samples = num_samples
+        self.trainer_state = trainer_state
+        self.columns: dict[str, list] = {}
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+
+    def hooks(self, indices: list[int]) -> tuple[dict[str, Any], Callable[[], None]]:
+        """The call's ``trainer_state``, ``log_extra`` and ``log_metric`` keyword arguments, and its commit."""
+        pending_columns: list[tuple[str, list]] = []
+        pending_metrics: list[tuple[str, float]] = []
+
+        def log_extra(column: str, values: Sequence) -> None:
+            values = list(values)
+            if len(values) != len(indices):
+                raise ValueError(
+                    f"log_extra('{column}', values) got {len(values)} values for the {len(indices)} samples this "
+                    "call scores; log one value per sample"
+                )
+            pending_columns.append((column, values))
+
+        def log_metric(name: str, value: float) -> None:
+            pending_metrics.append((name, float(value)))
+
+        def commit() -> None:
+            for column, values in pending_columns:
+                target = self.columns.setdefault(column, [None] * self.num_samples)
+                for sample, value in zip(indices, values):
+                    target[sample] = value
+            for name, value in pending_metrics:
+                self.metrics[name].append(value)
+
+        kwargs = {"trainer_state": self.trainer_state, "log_extra": log_extra, "log_metric": log_metric}
+        return kwargs, commit
+
+
 def _score_component(
     name: str,
     func: Callable,
@@ -365,6 +465,7 @@ def _score_component(
     prompts: Sequence,
     completions: Sequence,
     columns: Mapping[str, Sequence],
+    logs: _RewardLogs,
 ) -> tuple[list[float], list[int], RewardFailure | None]:
     """
     Run one reward function on the samples at `sample_indices`.
@@ -375,7 +476,10 @@ def _score_component(
 
     def call(indices: list[int]) -> Any:
         selected = {key: _take(values, indices) for key, values in columns.items()}
-        return func(prompts=_take(prompts, indices), completions=_take(completions, indices), **selected)
+        hooks, commit = logs.hooks(indices)
+        result = func(prompts=_take(prompts, indices), completions=_take(completions, indices), **selected, **hooks)
+        commit()
+        return result
 
     try:
         result = call(sample_indices)
@@ -448,7 +552,7 @@ def _check_score(raw: Any) -> tuple[float, str | None]:
     if one_element or isinstance(raw, np.generic):
         raw = raw.item()
     if raw is None:
-        return math.nan, "returned None"
+        return math.nan, None  # not applicable to this sample (TRL's contract), not a failure
     if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
         shown = repr(raw)[:_REPR_LIMIT]
         return math.nan, f"returned {shown} ({type(raw).__name__}); expected a float or None"

@@ -11,8 +11,10 @@ and in order, and the payload grows linearly with their number:
   C-order bytes>}``;
 - lists (several images per sample, video frames) and dicts are encoded item by item.
 
-A score of ``null``, NaN or Inf marks that one sample failed: the client returns ``None`` for it, which the
-[`RewardScorer`] excludes from the update. Any other malformed answer rejects the whole request.
+A score of ``null`` means the scorer does not apply to that sample: the client returns ``None``, TRL's "not
+applicable", which the [`RewardScorer`] leaves out of that sample's reward. NaN or Inf marks that one sample failed:
+the client returns NaN, which excludes the sample from the update. Any other malformed answer rejects the whole
+request.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from PIL import Image
 from .errors import RemoteRewardError, RemoteRewardUnavailableError
 
 logger = logging.getLogger(__name__)
+
+# Keyword arguments the trainer passes to every reward function that are not dataset columns: never in the payload.
+_NOT_SENT = frozenset({"trainer_state", "log_extra", "log_metric", "completion_ids"})
 
 # Response bodies are quoted in error messages up to this many characters.
 _BODY_EXCERPT_CHARS = 300
@@ -120,7 +125,7 @@ class RemoteRewardModel:
             f"max_retries={self.max_retries}, batch_size={self.batch_size}, headers={sorted(self._headers)})"
         )
 
-    def __call__(self, prompts: Sequence, completions: Sequence, **columns: Sequence) -> list[float | None]:
+    def __call__(self, prompts: Sequence, completions: Sequence, **columns: Any) -> list[float | None]:
         """
         Score a batch.
 
@@ -128,11 +133,14 @@ class RemoteRewardModel:
             prompts (`list`): N prompts, strings or chat-message lists.
             completions (`list`): N completions, strings or chat-message lists.
             **columns (`list`): the other dataset columns, N values each; media are encoded as described in the
-                module docstring.
+                module docstring. The trainer's own keyword arguments (``trainer_state``, ``log_extra``,
+                ``log_metric``, ``completion_ids``) are not sent.
 
         Returns:
-            `list[float | None]`: N scores; `None` where the server returned ``null``, NaN or Inf.
+            `list[float | None]`: N scores; `None` where the server returned ``null`` (not applicable), NaN where it
+            returned NaN or Inf (a failed sample).
         """
+        columns = {key: values for key, values in columns.items() if key not in _NOT_SENT}
         num_samples = len(completions)
         if len(prompts) != num_samples or any(len(values) != num_samples for values in columns.values()):
             raise ValueError(f"prompts and every column must have {num_samples} values, one per completion")
@@ -280,7 +288,7 @@ def _parse_rewards(response: requests.Response, num_samples: int, shown_url: str
         elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise RemoteRewardError(f"{prefix} a non-numeric reward {_excerpt(repr(value))} at index {index}")
         else:
-            parsed.append(float(value) if math.isfinite(value) else None)
+            parsed.append(float(value) if math.isfinite(value) else math.nan)
     return parsed
 
 

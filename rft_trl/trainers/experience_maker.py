@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ class Rollout:
         rewards (`torch.Tensor` of shape `[N]`): combined rewards, NaN where excluded.
         kl (`float`, *optional*): the rollout policy's mean KL to the reference.
         images (`list`, *optional*): each sample's images (its row's `image` or `images`), for logging.
+        extra_columns (`dict[str, list]`): the columns reward functions logged with ``log_extra``, for logging.
     """
 
     items: list[BufferItem]
@@ -56,6 +57,7 @@ class Rollout:
     rewards: torch.Tensor
     kl: float | None = None
     images: list | None = None
+    extra_columns: dict[str, list] = field(default_factory=dict)
 
 
 def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
@@ -103,6 +105,8 @@ class ExperienceMaker:
         self.pad_token_id = tokenizer.pad_token_id
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
+        # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
+        self.trainer_state = None
 
     @torch.no_grad()
     def generate_and_score(self, rows: list[dict], n: int, sampling_kwargs: dict) -> tuple[dict, list[str], list, Any]:
@@ -131,12 +135,17 @@ class ExperienceMaker:
         )
         prompts = [p for p in batch.prompts for _ in range(n)]
         columns = {name: [v for v in values for _ in range(n)] for name, values in batch.columns.items()}
+        # TRL passes each completion's token ids (without padding) too; like TRL's, it shadows a column of that name.
+        columns["completion_ids"] = [
+            ids[mask].tolist() for ids, mask in zip(samples["completion_ids"], samples["action_mask"])
+        ]
         # TRL's contract: conversational prompts get conversational completions, plain prompts plain strings.
         scored = [
             [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
             for prompt, text in zip(prompts, completions)
         ]
-        return samples, completions, prompts, self.reward_scorer(prompts, scored, **columns)
+        rewards = self.reward_scorer(prompts, scored, trainer_state=self.trainer_state, **columns)
+        return samples, completions, prompts, rewards
 
     @torch.no_grad()
     def make_experience(self, rows: list[dict]) -> Rollout:
@@ -164,6 +173,7 @@ class ExperienceMaker:
             rewards_out.rewards,
             kl=kl_stats.get("kl"),
             images=samples.get("images"),
+            extra_columns=rewards_out.extra_columns,
         )
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:

@@ -33,7 +33,15 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import Sampler
-from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+)
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
@@ -47,6 +55,7 @@ from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
+from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import unwrap_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
@@ -284,7 +293,9 @@ class PPOTrainerVL(Trainer):
             The policy: a checkpoint path, a transformers model or an actor. Its processor decides the modality.
         reward_funcs (`Callable`, `str` or `list` of them, *optional*):
             Reward functions with TRL's contract `f(prompts, completions, **columns) -> list[float | None]`,
-            reward-model wrappers with that `__call__`, or `http(s)://` URLs of remote reward models.
+            reward-model wrappers with that `__call__`, `http(s)://` URLs of remote reward models, or (as in TRL)
+            sequence-classification reward models: a model id or path, or the loaded model, scored on the texts
+            with their `reward_processing_classes` ([`SequenceClassificationReward`]).
         args ([`RFTConfig`], *optional*):
             Configuration; defaults to `RFTConfig("outputs")`.
         train_dataset, eval_dataset (`datasets.Dataset`, *optional*):
@@ -310,6 +321,9 @@ class PPOTrainerVL(Trainer):
             Receives the moving average of the actor's weights when `enable_ema` is set.
         ptx_dataset (`datasets.Dataset`, *optional*):
             Rows with `prompt` and `completion` for the supervised ptx loss (`ptx_coef > 0`).
+        reward_processing_classes (`PreTrainedTokenizerBase` or `list`, *optional*):
+            TRL's: the tokenizers of the reward models in `reward_funcs` (one per function, `None` for the others; a
+            single one for a single function); loaded from each model's path when not given.
     """
 
     _tag_names = ["rft_trl", "ppo", "grpo"]
@@ -330,6 +344,7 @@ class PPOTrainerVL(Trainer):
         initial_model: nn.Module | None = None,
         ema_model: nn.Module | None = None,
         ptx_dataset: Dataset | None = None,
+        reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
     ):
         args = args or RFTConfig("outputs")
         if processing_class is None:
@@ -354,9 +369,20 @@ class PPOTrainerVL(Trainer):
         if args.remote_rm_url:
             funcs.append(args.remote_rm_url)
         if not funcs:
-            raise ValueError("Pass reward_funcs (or reward_model / remote_rm_url): RL needs a reward.")
+            raise ValueError(
+                "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), or the "
+                "seed's reward_model / remote_rm_url."
+            )
+        self.reward_funcs, self.reward_processing_classes = self._load_reward_models(
+            funcs, reward_processing_classes, args
+        )
         self.reward_scorer = RewardScorer(
-            funcs,
+            [
+                SequenceClassificationReward(func, tokenizer, args.chat_template_kwargs)
+                if isinstance(func, PreTrainedModel)
+                else func
+                for func, tokenizer in zip(self.reward_funcs, self.reward_processing_classes)
+            ],
             reward_weights=args.reward_weights,
             reward_recipe=args.reward_recipe,
             reward_fn_label_map=args.reward_fn_label_map,
@@ -404,6 +430,7 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        self._place_reward_models()
         self._aux_loss_coef = self._resolve_aux_loss_coef()
         self._check_deepspeed_saving()
         self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
@@ -423,6 +450,11 @@ class PPOTrainerVL(Trainer):
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
 
+    @property
+    def reward_func_names(self) -> list[str]:
+        """The reward functions' names, as in the metrics (TRL's attribute)."""
+        return list(self.reward_scorer.names)
+
     # ------------------------------------------------------------------------------------------------ building
 
     @staticmethod
@@ -440,6 +472,55 @@ class PPOTrainerVL(Trainer):
                     "processing_class (the model's processor or tokenizer)."
                 )
         return AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+
+    @staticmethod
+    def _load_reward_models(
+        funcs: list, reward_processing_classes: Any, args: RFTConfig
+    ) -> tuple[list, list[PreTrainedTokenizerBase | None]]:
+        """
+        TRL's reward models: an entry that is a model id or local path (not an http(s) URL) is loaded with
+        `AutoModelForSequenceClassification.from_pretrained(..., num_labels=1, **model_init_kwargs)`; each model gets
+        its tokenizer from `reward_processing_classes` (one per reward function, or a single one for a single
+        function) or from the model's own path.
+
+        Returns:
+            `tuple`: the reward functions with the models loaded, and one tokenizer per function (`None` for those
+            that are not models).
+        """
+        funcs = list(funcs)
+        for index, func in enumerate(funcs):
+            if isinstance(func, str) and not func.startswith(("http://", "https://")):
+                init_kwargs = dict(args.model_init_kwargs or {})
+                init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+                funcs[index] = AutoModelForSequenceClassification.from_pretrained(func, num_labels=1, **init_kwargs)
+        if reward_processing_classes is None:
+            tokenizers = [None] * len(funcs)
+        elif isinstance(reward_processing_classes, (list, tuple)):
+            tokenizers = list(reward_processing_classes)
+        else:
+            tokenizers = [reward_processing_classes]
+        if len(tokenizers) != len(funcs):
+            raise ValueError(
+                f"The number of reward processing classes ({len(tokenizers)}) must match the number of reward "
+                f"functions ({len(funcs)}): one per function (None for the functions that are not models)."
+            )
+        for index, (func, tokenizer) in enumerate(zip(funcs, tokenizers)):
+            if isinstance(func, PreTrainedModel):
+                if tokenizer is None:
+                    source = func.config._name_or_path
+                    if not source:
+                        raise ValueError(
+                            f"reward model {index} ({type(func).__name__}) was not loaded from a path, so its "
+                            "tokenizer cannot be found: pass it in reward_processing_classes."
+                        )
+                    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
+                tokenizers[index] = tokenizer
+            elif tokenizer is not None:
+                raise ValueError(
+                    f"reward_processing_classes[{index}] is given, but reward function {index} is not a "
+                    "sequence-classification model, which alone uses one: pass None at that position."
+                )
+        return funcs, tokenizers
 
     @staticmethod
     def _build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) -> Actor:
@@ -517,6 +598,22 @@ class PPOTrainerVL(Trainer):
             self._reference_engine = prepare_deepspeed(reference, self.accelerator)
         self._reference = reference.to(self.accelerator.device)
         return self._reference
+
+    def _place_reward_models(self) -> None:
+        """Put the sequence-classification reward models where they run, as TRL does: a DeepSpeed inference engine
+        of the training's ZeRO stage, else the accelerator's device, in eval mode."""
+        for func in self.reward_scorer.reward_funcs:
+            if isinstance(func, SequenceClassificationReward):
+                if self.is_deepspeed_enabled:
+                    func.model = prepare_deepspeed(func.model, self.accelerator)
+                else:
+                    func.model = self.accelerator.prepare_model(
+                        func.model, evaluation_mode=True, device_placement=True
+                    )
+        self.reward_funcs = [
+            func.model if isinstance(func, SequenceClassificationReward) else original
+            for func, original in zip(self.reward_scorer.reward_funcs, self.reward_funcs)
+        ]
 
     def _resolve_aux_loss_coef(self) -> float:
         """
@@ -617,6 +714,7 @@ class PPOTrainerVL(Trainer):
     def _start_rollout(self, rows: list[dict]) -> None:
         model_was_training = self.model.training
         self.model.eval()
+        self.experience_maker.trainer_state = self.state
         # Under ZeRO-3, the weights are gathered once for the whole rollout (TRL's way) unless
         # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward.
         with unwrap_model_for_generation(
@@ -638,6 +736,9 @@ class PPOTrainerVL(Trainer):
             if self.args.log_multimodal and rollout.images is not None:
                 for row, images in zip(self._completions_table, rollout.images):
                     row["images"] = images
+            for column, values in rollout.extra_columns.items():
+                for row, value in zip(self._completions_table, values):
+                    row[column] = value
 
     def _plan_micro_batches(self, rollout: Rollout) -> list:
         """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
@@ -678,7 +779,13 @@ class PPOTrainerVL(Trainer):
         for metrics in per_rank:
             for name, value in metrics.items():
                 merged[name].append(value)
-        counts = ("data/skipped", "data/repaired", "rollout/reward_failures", "rollout/num_samples")
+        counts = (
+            "data/skipped",
+            "data/repaired",
+            "rollout/reward_failures",
+            "rollout/reward_abstained",
+            "rollout/num_samples",
+        )
         return {
             name: sum(values) if name.startswith(counts) else sum(values) / len(values)
             for name, values in merged.items()
@@ -919,6 +1026,7 @@ class PPOTrainerVL(Trainer):
         if self.args.num_generations_eval is None:
             sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         records = []
+        self.experience_maker.trainer_state = self.state
         for batch in dataloader:
             indices = [row.pop(ROW_INDEX) for row in batch.rows]
             with unwrap_model_for_generation(

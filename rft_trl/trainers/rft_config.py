@@ -85,7 +85,7 @@ logger = logging.getLogger(__name__)
 # and a contradictory pair is rejected; the default applies when neither is given.
 ALIASES: tuple[tuple[str, str, Any], ...] = (
     ("n_samples_per_prompt", "num_generations", 8),
-    ("generate_max_len", "max_completion_length", 64),
+    ("generate_max_len", "max_completion_length", 512),
     ("prompt_max_len", "max_prompt_length", 512),
     ("init_kl_coef", "beta", 0.0),
     ("eps_clip", "epsilon", 0.2),
@@ -137,8 +137,8 @@ class RFTConfig(TrainingArguments):
             Sequences per training micro-batch; the same as `per_device_train_batch_size`, which it overrides.
         prompt_max_len (`int`, *optional*, defaults to `512`):
             Longest prompt in tokens after media expansion; longer prompts are rejected. Alias: `max_prompt_length`.
-        generate_max_len (`int`, *optional*, defaults to `64`):
-            Longest completion in tokens. Alias: `max_completion_length`.
+        generate_max_len (`int`, *optional*, defaults to `512`):
+            Longest completion in tokens. Alias: `max_completion_length` (TRL's default).
         temperature, top_p, top_k, repetition_penalty (*optional*):
             Sampling settings, as in `transformers.GenerationConfig`.
         generation_kwargs (`dict`, *optional*):
@@ -199,9 +199,9 @@ class RFTConfig(TrainingArguments):
             Weight of the MoE router auxiliary loss when the model returns one.
         packing_samples (`bool`, *optional*, defaults to `False`):
             Pack sequences without padding in every forward of a step (rollout scoring and update).
-        freeze_encoder (`bool`, *optional*, defaults to `True`):
+        freeze_encoder (`bool`, *optional*, defaults to `False`):
             In full fine-tuning, keep the vision/audio tower and its projector frozen and train the language model
-            only (LoRA adapts the language model only either way).
+            only; by default the whole model trains, as in TRL (LoRA adapts the language model only either way).
 
         > Rewards
 
@@ -240,8 +240,15 @@ class RFTConfig(TrainingArguments):
         "reward_recipe",
     ]
 
-    # Overridden TrainingArguments defaults: RL needs the raw columns, logs every step, and keeps the model's dtype.
-    logging_steps: float = field(default=1, metadata={"help": "Log every this many optimizer steps."})
+    # Overridden TrainingArguments defaults, TRL GRPOConfig's: RL needs the raw columns; log every 10 steps,
+    # checkpoint activations, and train in bf16 unless fp16 is set.
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Recompute activations in backward (TRL's default) to save memory."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "Train in bfloat16; unset: True unless fp16 is set (TRL's default)."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: reward functions receive the dataset's extra columns."}
     )
@@ -321,7 +328,9 @@ class RFTConfig(TrainingArguments):
     ptx_coef: float = field(default=0.0, metadata={"help": "Weight of the supervised ptx loss."})
     aux_loss_coef: float = field(default=0.0, metadata={"help": "Weight of the MoE auxiliary loss."})
     packing_samples: bool = field(default=False, metadata={"help": "Pack sequences without padding."})
-    freeze_encoder: bool = field(default=True, metadata={"help": "Freeze the vision/audio tower (full fine-tuning)."})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Freeze the vision/audio tower in full fine-tuning (TRL trains it)."}
+    )
 
     # Rewards
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward functions."})
@@ -441,6 +450,8 @@ class RFTConfig(TrainingArguments):
         if self.disable_ds_ckpt:
             self.save_only_model = True
         self._adapt_to_a_cpu_launch()
+        if self.bf16 is None:
+            self.bf16 = not self.fp16  # TRL's default
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")

@@ -71,6 +71,8 @@ def make_args(worker: WorkerArguments) -> RFTConfig:
         init_kl_coef=0.05,
         kl_target=0.01,
         kl_horizon=10,
+        bf16=False,
+        gradient_checkpointing=False,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
