@@ -7,12 +7,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("rollout/reward", "train rollouts"), ("eval_reward", "eval (greedy)"))
+CURVES = (("reward", "train rollouts"), ("eval_reward", "eval (greedy)"))
 
 
 def plot_reward_curve(log_history: list[dict], path: str) -> str:
     """
-    Plot `rollout/reward` (and `eval_reward` when present) against the optimizer step.
+    Plot `reward` (and `eval_reward` when present) against the optimizer step.
 
     Args:
         log_history (`list[dict]`): `trainer.state.log_history`.

@@ -324,3 +324,15 @@ def test_high_entropy_mask_by_hand():
     assert torch.equal(ties, torch.tensor([[True, True], [False, False]]))
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 0"):
         high_entropy_mask(entropy, mask, 0)
+
+
+def test_trl_clip_ratios_by_hand():
+    # Ratios around a [0.8, 1.2] trust region, one token each. TRL counts a token as low-clipped when its ratio is
+    # below 1 - eps with a negative advantage, high-clipped when above 1 + eps with a positive one.
+    ratio = torch.tensor([[0.5, 0.5, 1.5, 1.5, 1.0, 0.7]])
+    advantages = torch.tensor([[-1.0, 1.0, 1.0, -1.0, 1.0, -2.0]])
+    mask = torch.tensor([[True, True, True, True, True, False]])  # the last token is padding
+    _, metrics = policy_loss(ratio.log(), torch.zeros_like(ratio), advantages, mask)
+    assert metrics["clip_ratio/low_mean"].item() == pytest.approx(1 / 5)
+    assert metrics["clip_ratio/high_mean"].item() == pytest.approx(1 / 5)
+    assert metrics["clip_ratio/region_mean"].item() == pytest.approx(2 / 5)

@@ -81,7 +81,7 @@ def check_run_outputs(output_dir: Path, expected_files: set[str]) -> dict:
     assert expected_files | {"log_history.json", "reward_curve.png", "training_args.json"} <= files, files
     assert (output_dir / "reward_curve.png").read_bytes().startswith(b"\x89PNG")
     log_history = json.loads((output_dir / "log_history.json").read_text())
-    rewards = [entry["rollout/reward"] for entry in log_history if "loss" in entry]
+    rewards = [entry["reward"] for entry in log_history if "loss" in entry]
     assert len(rewards) == 2 and all(math.isfinite(r) for r in rewards), log_history
     return json.loads((output_dir / "training_args.json").read_text())
 

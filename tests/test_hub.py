@@ -126,8 +126,8 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
 
     readme = files["README.md"].decode()
     assert "![Mean reward per optimizer step](reward_curve.png)" in readme
-    final_reward = [entry["rollout/reward"] for entry in trainer.state.log_history if "rollout/reward" in entry][-1]
-    assert f"| final rollout reward (`rollout/reward`) | {final_reward:.4f} |" in readme
+    final_reward = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry][-1]
+    assert f"| final rollout reward (`reward`) | {final_reward:.4f} |" in readme
     # No eval set: the card says so rather than inventing a number.
     assert "| final eval reward (`eval_reward`, greedy) | not measured |" in readme
     assert 'PeftModel.from_pretrained(base_model, "user/x")' in readme

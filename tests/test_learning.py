@@ -47,7 +47,7 @@ def run(tmp_path, dataset_name, tiny_model_kind=None, **overrides):
         tiny_model_kind=tiny_model_kind,
     )
     trainer = main(script_args, RFTConfig(**settings), ModelConfig())
-    rewards = [entry["rollout/reward"] for entry in trainer.state.log_history if "rollout/reward" in entry]
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     return trainer, rewards
 
 

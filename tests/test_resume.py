@@ -182,7 +182,7 @@ def test_resume_in_a_new_process_is_exact(tmp_path):
 
     # The state compared above did change during the run, so the equalities can fail.
     assert rft_a["micro_step"] == 12 and rft_a["kl_controller"]["value"] != 0.1
-    assert logs_a[2]["rollout/reward"] != logs_a[3]["rollout/reward"]
+    assert logs_a[2]["reward"] != logs_a[3]["reward"]
     ema, model = load_file(os.path.join(a, "ema.safetensors")), load_file(os.path.join(a, "model.safetensors"))
     # EMA names are the actor's (`model.` + the transformers name); beta 0.5 keeps them apart from the weights.
     shared = [name for name in ema if name.removeprefix("model.") in model]

@@ -172,8 +172,10 @@ def test_weighted_sum_matches_hand_computation():
         "rollout/reward_abstained": 0.0,
         "rollout/reward_failures/length_reward": 0.0,
         "rollout/reward_failures/constant_reward": 0.0,
-        "rollout/reward_metrics/length_reward": pytest.approx(4.0 / 3.0),
-        "rollout/reward_metrics/constant_reward": 0.5,
+        "rewards/length_reward/mean": pytest.approx(4.0 / 3.0),
+        "rewards/length_reward/std": pytest.approx(1.5275252),
+        "rewards/constant_reward/mean": 0.5,
+        "rewards/constant_reward/std": 0.0,
     }
 
 
@@ -337,7 +339,7 @@ def test_none_means_not_applicable_not_failure():
     assert output.failures == {"math_only": 0, "code_only": 0} and output.first_failure is None
     metrics = output.metrics()
     assert metrics["rollout/reward_failures"] == 0.0 and metrics["rollout/reward_abstained"] == 1.0
-    assert metrics["rollout/reward_metrics/math_only"] == 1.0  # over the samples it scored only
+    assert metrics["rewards/math_only/mean"] == 1.0  # over the samples it scored only
 
 
 def test_all_none_batch_is_counted_not_a_failure(caplog):
@@ -393,7 +395,7 @@ def test_recipe_selects_functions_and_weights_per_label():
     torch.testing.assert_close(output.components["accuracy"], torch.tensor([1.0, math.nan, 0.0]), equal_nan=True)
     assert output.failures == {"accuracy": 0, "judge": 0}
     assert output.valid.all()
-    assert output.metrics()["rollout/reward_metrics/accuracy"] == 0.5
+    assert output.metrics()["rewards/accuracy/mean"] == 0.5
 
 
 def test_recipe_accepts_non_string_labels():
@@ -512,7 +514,7 @@ def test_raising_function_is_retried_per_sample():
     metrics = output.metrics()
     assert metrics["rollout/reward_failures"] == 1.0
     assert metrics["rollout/reward_failures/FailsOnSample"] == 1.0
-    assert metrics["rollout/reward_metrics/FailsOnSample"] == 1.0  # mean over the three valid samples
+    assert metrics["rewards/FailsOnSample/mean"] == 1.0  # mean over the three valid samples
 
 
 @pytest.mark.parametrize(

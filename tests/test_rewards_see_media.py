@@ -71,7 +71,7 @@ def test_a_reward_function_receives_its_own_samples_images(tmp_path):
             assert isinstance(received, Image.Image)
             np.testing.assert_array_equal(pixels(received), pixels(original))
     # Each reward is its sample's image count: 2 or 3, never a silent 0.
-    assert {entry["rollout/reward"] for entry in trainer.state.log_history if "loss" in entry} <= {2.0, 2.5, 3.0}
+    assert {entry["reward"] for entry in trainer.state.log_history if "loss" in entry} <= {2.0, 2.5, 3.0}
 
 
 def test_the_reward_model_wrapper_scores_with_the_samples_images(tmp_path):

@@ -12,7 +12,15 @@ from trl import GRPOConfig
 from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.core import policy_loss
 from rft_trl.data import PromptCollator
-from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, save_tiny_model, tiny_config
+from rft_trl.testing import (
+    build_tiny_model,
+    length_reward,
+    make_colour_dataset,
+    make_task_dataset,
+    save_tiny_model,
+    tiny_config,
+)
+from rft_trl.trainers.ppo_trainer_vl import merge_rollout_metrics
 from rft_trl.trainers.rft_config import DEPENDENT_TRL_OPTIONS, UNSUPPORTED_TRL_OPTIONS
 
 # Options this test file shows to act (each has a test below), and those the rest of the suite covers.
@@ -239,6 +247,82 @@ def test_reward_functions_get_trls_keyword_arguments(tmp_path):
     assert [step for step, _ in seen] == [0, 1]  # the TrainerState of the step each rollout was made for
     logged = [entry["judge/mean_tokens"] for entry in trainer.state.log_history if "loss" in entry]
     assert logged == pytest.approx([mean for _, mean in seen])
+
+
+def test_metrics_carry_trls_names_and_values(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), generate_max_len=3, beta=0.1, max_steps=2, temperature=1.5)
+    dataset = make_task_dataset("text", 8)
+    trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=tokenizer)
+    rollout = trainer.experience_maker.make_experience([dict(dataset[i]) for i in range(2)])
+    # By hand from the samples: lengths, and truncation (no EOS within max_completion_length).
+    eos = trainer.experience_maker.eos_token_id
+    lengths, ended = [], []
+    for item in rollout.items:
+        completion = item.sequences[-item.action_mask.shape[0] :][item.action_mask]
+        lengths.append(len(completion))
+        ended.append(completion[-1].item() == eos)
+    terminated = [n for n, done in zip(lengths, ended) if done] or [0]
+    metrics = rollout.metrics
+    assert metrics["completions/mean_length"] == pytest.approx(sum(lengths) / len(lengths))
+    assert (metrics["completions/min_length"], metrics["completions/max_length"]) == (min(lengths), max(lengths))
+    assert metrics["completions/clipped_ratio"] == pytest.approx(1 - sum(ended) / len(ended))
+    assert metrics["completions/mean_terminated_length"] == pytest.approx(sum(terminated) / len(terminated))
+    assert metrics["completions/max_terminated_length"] == max(terminated)
+    rewards = rollout.rewards  # length_reward alone, weight 1
+    assert metrics["reward"] == pytest.approx(rewards.mean().item())
+    assert metrics["reward_std"] == pytest.approx(rewards.std().item())
+    assert metrics["rewards/length_reward/mean"] == pytest.approx(rewards.mean().item())
+    groups = rewards.view(-1, args.num_generations)
+    assert metrics["frac_reward_zero_std"] == pytest.approx((groups.std(-1) == 0).float().mean().item())
+
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    trl_names = {
+        "reward", "reward_std", "frac_reward_zero_std", "rewards/length_reward/mean", "rewards/length_reward/std",
+        "completions/mean_length", "completions/clipped_ratio", "kl", "entropy", "clip_ratio/low_mean",
+        "clip_ratio/low_min", "clip_ratio/high_mean", "clip_ratio/high_max", "clip_ratio/region_mean",
+    }  # fmt: skip
+    assert trl_names <= set(logged), trl_names - set(logged)
+    assert logged["kl"] > 0 and logged["entropy"] > 0
+
+
+def test_merge_rollout_metrics_by_hand():
+    merged = merge_rollout_metrics(
+        [
+            {"reward": 1.0, "completions/min_length": 3, "completions/max_length": 5, "rollout/num_samples": 8},
+            {"reward": 0.0, "completions/min_length": 2, "completions/max_length": 7, "rollout/num_samples": 8,
+             "data/skipped/missing_file": 1.0},
+        ]
+    )  # fmt: skip
+    assert merged == {
+        "reward": 0.5,
+        "completions/min_length": 2,
+        "completions/max_length": 7,
+        "rollout/num_samples": 16,
+        "data/skipped/missing_file": 1.0,
+    }
+
+
+def test_rollout_metrics_are_averaged_over_the_logging_interval(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), max_steps=4, logging_steps=2, temperature=1.5)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 16), processing_class=tokenizer
+    )
+    made = []
+    make_experience = trainer.experience_maker.make_experience
+
+    def recording(rows):
+        rollout = make_experience(rows)
+        made.append(rollout.metrics["reward"])
+        return rollout
+
+    trainer.experience_maker.make_experience = recording
+    trainer.train()
+    logged = [entry["reward"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(made) == 4 and made[0] != made[1]
+    assert logged == pytest.approx([(made[0] + made[1]) / 2, (made[2] + made[3]) / 2])
 
 
 # ------------------------------------------------------------------------------------------------------ loss

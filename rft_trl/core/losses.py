@@ -220,6 +220,14 @@ def policy_loss(
             "ratio_min": torch.where(mask, ratio, math.inf).min(),
             "entropy_mask_frac": masked_mean(loss_mask.float(), mask),
         }
+        # TRL's clip ratios: tokens whose ratio left the trust region on the side that stops their gradient.
+        low = (ratio < 1 - eps_clip_low) & (advantages < 0)
+        high = (ratio > 1 + eps_clip_high) & (advantages > 0)
+        metrics["clip_ratio/low_mean"] = masked_mean(low.float(), mask)
+        metrics["clip_ratio/low_min"] = metrics["clip_ratio/low_mean"]
+        metrics["clip_ratio/high_mean"] = masked_mean(high.float(), mask)
+        metrics["clip_ratio/high_max"] = metrics["clip_ratio/high_mean"]
+        metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
     return loss, metrics
 
 

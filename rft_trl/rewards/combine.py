@@ -112,8 +112,9 @@ class RewardOutput:
         Returns:
             `dict[str, float]`: ``rollout/reward_failures`` (excluded samples), ``rollout/reward_failures/<name>``
             (samples each function failed on), ``rollout/reward_abstained`` (samples no function applied to),
-            ``rollout/reward_metrics/<name>`` (each function's mean raw score over the valid samples it scored;
-            absent when there is none) and, under their own names, the metrics logged with ``log_metric``.
+            ``rewards/<name>/mean`` and ``rewards/<name>/std`` (TRL's names: each function's raw scores over the
+            valid samples it scored; absent when there is none) and, under their own names, the metrics logged
+            with ``log_metric``.
         """
         metrics = {
             "rollout/reward_failures": float(self.num_excluded),
@@ -124,7 +125,8 @@ class RewardOutput:
         for name, scores in self.components.items():
             kept = scores[self.valid & scores.isfinite()]
             if kept.numel() > 0:
-                metrics[f"rollout/reward_metrics/{name}"] = kept.mean().item()
+                metrics[f"rewards/{name}/mean"] = kept.mean().item()
+                metrics[f"rewards/{name}/std"] = kept.std().item() if kept.numel() > 1 else 0.0
         metrics.update(self.logged_metrics)
         return metrics
 

@@ -16,6 +16,7 @@ A rollout takes the rows of `rollout_batch_size` prompts and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,24 +374,37 @@ class ExperienceMaker:
         return metrics
 
     def _metrics(self, samples: dict, rewards_out, kl_stats: dict) -> dict[str, float]:
+        """The rollout's statistics under TRL's names (`reward`, `completions/*`, `frac_reward_zero_std`), with our
+        `rollout/num_samples` and `rollout/kl` (the rollout policy's KL to the reference)."""
         valid = rewards_out.valid
         rewards = rewards_out.rewards[valid]
         lengths = samples["action_mask"].sum(-1).float()  # [N], on the device
-        # One host read for both length statistics (the rewards live on the host already).
-        mean_length, clipped = torch.stack(
-            [lengths.mean(), (lengths >= self.args.generate_max_len).float().mean()]
+        truncated = self._truncated(samples)  # [N]: no EOS within generate_max_len (TRL's clipped completions)
+        terminated = torch.where(truncated, float("nan"), lengths)  # [N]
+        # One host read for all length statistics (the rewards live on the host already).
+        stats = torch.stack(
+            [
+                lengths.mean(),
+                lengths.min(),
+                lengths.max(),
+                truncated.float().mean(),
+                terminated.nanmean(),
+                terminated.nan_to_num(float("inf")).min(),
+                terminated.nan_to_num(float("-inf")).max(),
+            ]
         ).tolist()
-        metrics = {
-            "rollout/reward": rewards.mean().item() if rewards.numel() else float("nan"),
-            "rollout/reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-            "rollout/response_length": mean_length,
-            "rollout/clipped_ratio": clipped,
-            "rollout/num_samples": float(valid.numel()),
-        }
+        # TRL logs 0 for the terminated lengths when every completion was cut off.
+        stats[4:] = [value if math.isfinite(value) else 0.0 for value in stats[4:]]
+        names = ["mean_length", "min_length", "max_length", "clipped_ratio"]
+        names += ["mean_terminated_length", "min_terminated_length", "max_terminated_length"]
+        metrics = {f"completions/{name}": value for name, value in zip(names, stats)}
+        metrics["reward"] = rewards.mean().item() if rewards.numel() else float("nan")
+        metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
+        metrics["rollout/num_samples"] = float(valid.numel())
         # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
         groups = rewards_out.rewards.view(-1, self.args.n_samples_per_prompt)
         spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)
-        metrics["rollout/zero_std_fraction"] = (spread == 0).float().mean().item()
+        metrics["frac_reward_zero_std"] = (spread == 0).float().mean().item()
         if kl_stats:
             metrics["rollout/kl"] = kl_stats["kl"]
         return metrics

@@ -162,6 +162,39 @@ class IndexedRows(torch.utils.data.Dataset):
         return {**self.dataset[index], ROW_INDEX: index}
 
 
+# Rollout metrics that count things: summed when rollouts (or processes) are merged.
+_COUNT_METRICS = (
+    "data/skipped",
+    "data/repaired",
+    "rollout/reward_failures",
+    "rollout/reward_abstained",
+    "rollout/num_samples",
+)
+
+
+def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, float]:
+    """
+    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`)
+    and maxima (`max_*`, `*_max`) kept, the rest averaged over the rollouts that report them.
+    """
+    merged: dict[str, list[float]] = defaultdict(list)
+    for metrics in per_rollout:
+        for name, value in metrics.items():
+            merged[name].append(value)
+    result = {}
+    for name, values in merged.items():
+        last = name.rsplit("/", 1)[-1]
+        if name.startswith(_COUNT_METRICS):
+            result[name] = sum(values)
+        elif last.startswith("min_") or last.endswith("_min"):
+            result[name] = min(values)
+        elif last.startswith("max_") or last.endswith("_max"):
+            result[name] = max(values)
+        else:
+            result[name] = sum(values) / len(values)
+    return result
+
+
 def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
     """
     Evaluation metrics from `(key, reward, valid, completion length, {function: score})` records of all processes,
@@ -409,6 +442,8 @@ class PPOTrainerVL(Trainer):
         self._ema_state: dict[str, torch.Tensor] | None = None
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> [value, weight] per micro-batch
         self._rollout_metrics: dict[str, float] = {}
+        # The rollouts since the last training log, merged into it (TRL averages over the logging interval).
+        self._interval_rollout_metrics: list[dict[str, float]] = []
         self._micro_batches: list = []
         self.replay_buffer = NaiveReplayBuffer(
             args.micro_train_batch_size, args.buffer_limit, args.buffer_cpu_offload, args.packing_samples
@@ -725,6 +760,7 @@ class PPOTrainerVL(Trainer):
             self.model.train()
         self._micro_batches = self._plan_micro_batches(rollout)
         self._rollout_metrics = self._gather_rollout_metrics(rollout)
+        self._interval_rollout_metrics.append(self._rollout_metrics)
         if rollout.kl is not None:
             # The KL and sample count over all processes, so that every process moves the coefficient alike.
             self.kl_ctl.update(self._rollout_metrics["rollout/kl"], int(self._rollout_metrics["rollout/num_samples"]))
@@ -771,25 +807,10 @@ class PPOTrainerVL(Trainer):
         return topped_up
 
     def _gather_rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        """Rollout metrics over all processes: counts summed, the rest averaged over the processes reporting them."""
+        """Rollout metrics over all processes, merged by [`merge_rollout_metrics`]."""
         if self.accelerator.num_processes == 1:
             return dict(rollout.metrics)
-        per_rank = gather_object([rollout.metrics])
-        merged: dict[str, list[float]] = defaultdict(list)
-        for metrics in per_rank:
-            for name, value in metrics.items():
-                merged[name].append(value)
-        counts = (
-            "data/skipped",
-            "data/repaired",
-            "rollout/reward_failures",
-            "rollout/reward_abstained",
-            "rollout/num_samples",
-        )
-        return {
-            name: sum(values) if name.startswith(counts) else sum(values) / len(values)
-            for name, values in merged.items()
-        }
+        return merge_rollout_metrics(gather_object([rollout.metrics]))
 
     # ------------------------------------------------------------------------------------------------ update
 
@@ -804,16 +825,13 @@ class PPOTrainerVL(Trainer):
             name: torch.cat(value)[None] if packed_seq_lens else value
             for name, value in experience.token_fields.items()
         }
-        need_entropy = (
-            args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0
-        ) or args.entropy_coef > 0
         out = model(
             sequences,
             experience.num_actions,
             attention_mask=None if packed_seq_lens else experience.attention_mask,
             packed_seq_lens=packed_seq_lens,
             temperature=args.temperature,
-            return_entropy=need_entropy,
+            return_entropy=True,  # logged as TRL's `entropy`; computed in the same pass as the log-probs
             with_actor=train_actor,
             with_values=train_critic,
             **token_fields,
@@ -876,11 +894,12 @@ class PPOTrainerVL(Trainer):
             ratio_cap=args.delta,
         )
         for name, value in metrics.items():
-            self._record(f"train/{name}", value, tokens)
+            # TRL's clip ratios keep their names; ours go under train/.
+            self._record(name if name.startswith("clip_ratio/") else f"train/{name}", value, tokens)
         self._record("train/policy_loss", loss, tokens)
         if batch["base_action_log_probs"] is not None:
             kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
-            self._record("train/kl", masked_mean(kl, mask), tokens)
+            self._record("kl", masked_mean(kl, mask), tokens)
             if args.use_kl_loss:
                 if args.use_bias_correction_kl:
                     # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio
@@ -895,7 +914,7 @@ class PPOTrainerVL(Trainer):
             loss = loss + self._aux_loss_coef * out["output"].aux_loss
         if "new_entropy" in batch:
             entropy = batch["new_entropy"]
-            self._record("train/entropy", masked_mean(entropy, mask), tokens)
+            self._record("entropy", masked_mean(entropy, mask), tokens)
             if args.entropy_coef:
                 # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
                 acting = mask if entropy_mask is None else mask & entropy_mask
@@ -940,7 +959,10 @@ class PPOTrainerVL(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training-step log, not the eval or end-of-training summary
-            logs = {**logs, **self._aggregate_metrics(), **self._rollout_metrics}
+            # Within one rollout's optimizer steps, each log repeats that rollout's statistics.
+            rollouts = self._interval_rollout_metrics or [self._rollout_metrics]
+            logs = {**logs, **self._aggregate_metrics(), **merge_rollout_metrics(rollouts)}
+            self._interval_rollout_metrics = []
             logs["train/kl_coef"] = self.kl_ctl.value
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
             if self._completions_table and self.args.log_completions:
@@ -1291,7 +1313,7 @@ class PPOTrainerVL(Trainer):
             f"with reinforcement learning by `rft_trl`'s `PPOTrainerVL`.\n\n"
             f"## Results\n\n"
             f"| metric | value |\n| --- | --- |\n"
-            f"| final rollout reward (`rollout/reward`) | {last('rollout/reward')} |\n"
+            f"| final rollout reward (`reward`) | {last('reward')} |\n"
             f"| final eval reward (`eval_reward`, greedy) | {last('eval_reward')} |\n\n"
             f"![Mean reward per optimizer step]({REWARD_CURVE_NAME})\n\n"
             f"## Training settings\n\n| setting | value |\n| --- | --- |\n{rows}\n\n"

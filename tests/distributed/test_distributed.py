@@ -278,7 +278,7 @@ def test_zero3_runs_the_builtin_example_with_a_kl_reference_and_saves_a_loadable
     steps = example_steps(tmp_path)
     # Both ranks' samples in each rollout, and the KL to the (sharded) reference measured each step.
     assert [entry["rollout/num_samples"] for entry in steps] == [8.0, 8.0]
-    assert all(math.isfinite(entry["train/kl"]) for entry in steps)
+    assert all(math.isfinite(entry["kl"]) for entry in steps)
     # The weights were gathered on save: from_pretrained loads them, trained (the format warm-up and RL moved them).
     saved = AutoModelForMultimodalLM.from_pretrained(tmp_path)
     initial = build_tiny_model("qwen2_5_vl")[0].state_dict()
@@ -328,7 +328,7 @@ def test_zero3_trains_lora_and_a_saved_model_with_a_kl_reference(tmp_path):
     assert returncode == 0, output[-4000:]
     steps = example_steps(saved)
     assert [entry["rollout/num_samples"] for entry in steps] == [8.0, 8.0]
-    assert all(math.isfinite(entry["train/kl"]) for entry in steps)
+    assert all(math.isfinite(entry["kl"]) for entry in steps)
 
 
 def test_zero3_without_gathering_weights_on_save_is_refused(tmp_path):
