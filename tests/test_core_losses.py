@@ -336,3 +336,18 @@ def test_trl_clip_ratios_by_hand():
     assert metrics["clip_ratio/low_mean"].item() == pytest.approx(1 / 5)
     assert metrics["clip_ratio/high_mean"].item() == pytest.approx(1 / 5)
     assert metrics["clip_ratio/region_mean"].item() == pytest.approx(2 / 5)
+
+
+def test_sequence_weight_drops_a_sequence_but_keeps_the_normaliser():
+    log_ratio = torch.tensor([[0.1, -0.2, 0.0], [0.3, 0.1, -0.1]])
+    advantages = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    full, _ = policy_loss(log_ratio, torch.zeros_like(log_ratio), advantages, mask, loss_agg_mode="token-mean")
+    kept, _ = policy_loss(
+        log_ratio, torch.zeros_like(log_ratio), advantages, mask, sequence_weight=torch.tensor([[1.0], [0.0]])
+    )
+    # Token-mean over all 5 valid tokens, with the second sequence's 3 tokens contributing 0.
+    ratio = log_ratio.exp()
+    first = -torch.min(ratio[0, :2], ratio[0, :2].clamp(0.8, 1.2)).sum()
+    assert kept.item() == pytest.approx(first.item() / 5, abs=1e-6)
+    assert full.item() != pytest.approx(kept.item())

@@ -349,7 +349,8 @@ def test_all_none_batch_is_counted_not_a_failure(caplog):
     with caplog.at_level("WARNING", logger="rft_trl.rewards.combine"):
         output = RewardScorer(never_applies, max_reward_failure_rate=0.0)(["p"] * 2, ["a", "b"])
     assert not output.valid.any() and output.num_excluded == 0 and output.num_abstained == 2
-    assert "every reward function returned None for 2 of 2 samples" in caplog.text
+    assert "All reward functions returned None for the following kwargs:" in caplog.text  # TRL's wording
+    assert "{'prompt': 'p', 'completion': 'a'}" in caplog.text and "2 of 2 samples had no reward" in caplog.text
 
 
 def test_length_mismatch_is_an_error():

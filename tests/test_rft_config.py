@@ -173,3 +173,11 @@ def test_trl_steps_per_generation_sizes_the_rollout():
     assert args.rollout_batch_size == 4 and args.micro_steps_per_rollout == 8
     with pytest.raises(ValueError, match="generation_batch_size=12 must be a multiple of processes"):
         config(per_device_train_batch_size=4, generation_batch_size=12, num_generations=8)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_sequence_level_ratios_with_a_token_summed_loss_warn(loss_type, caplog):
+    with caplog.at_level("WARNING", logger="rft_trl.trainers.rft_config"):
+        config(importance_sampling_level="sequence", loss_type=loss_type)
+    warned = "weights each sequence by its completion length" in caplog.text
+    assert warned == (loss_type != "grpo")

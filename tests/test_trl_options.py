@@ -4,6 +4,7 @@ tested here) or refused with the reason; none is accepted and ignored."""
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
@@ -40,6 +41,7 @@ IMPLEMENTED_HERE = {
     "entropy_coef",
     "use_bias_correction_kl",
     "log_multimodal",
+    "off_policy_mask_threshold",
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.
@@ -67,6 +69,14 @@ SHARED = {
     "reward_weights",
     "log_completions",
 }
+
+
+def make_text_trainer(tmp_path, **overrides):
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), **overrides)
+    return PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+    )
 
 
 def trl_only_fields():
@@ -323,6 +333,80 @@ def test_rollout_metrics_are_averaged_over_the_logging_interval(tmp_path):
     logged = [entry["reward"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(made) == 4 and made[0] != made[1]
     assert logged == pytest.approx([(made[0] + made[1]) / 2, (made[2] + made[3]) / 2])
+
+
+def test_entropy_bonus_is_the_gap_between_trls_policy_loss_and_the_loss(tmp_path):
+    # TRL's policy_loss is the loss before the entropy bonus, so (policy_loss - loss) / entropy = entropy_coef on a
+    # step of one micro-batch.
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), max_steps=2, entropy_coef=0.5, beta=0.1)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert (entry["policy_loss"] - entry["loss"]) / entry["entropy"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_trls_trainer_attributes_and_required_dataset(tmp_path):
+    model, tokenizer = build_tiny_model("qwen3_vl_moe")
+    args = tiny_config(str(tmp_path))
+    with pytest.raises(ValueError, match="`train_dataset` is required"):
+        PPOTrainerVL(model, [length_reward], args, processing_class=tokenizer)
+    dataset = make_colour_dataset(4)
+    model.config.get_text_config().output_router_logits = True
+    trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.aux_loss_enabled is True
+    text_model, text_tokenizer = build_tiny_model("qwen2")
+    dataset = make_task_dataset("text", 4)
+    trainer = PPOTrainerVL(text_model, [length_reward], args, train_dataset=dataset, processing_class=text_tokenizer)
+    assert trainer.aux_loss_enabled is False
+    assert trainer.reward_func_names == ["length_reward"]
+
+
+def test_high_entropy_mask_cuts_at_the_quantile_of_the_valid_tokens(tmp_path):
+    trainer = make_text_trainer(tmp_path)
+    entropies = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.7, 0.8, 0.9, 1.0, 1.1, 1.2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    valid = entropies[mask.bool()].numpy()
+    for threshold in (0.0, 0.5, 0.8, 1.0):
+        cutoff = float(np.quantile(valid, threshold))  # numpy's linear interpolation, as torch.quantile's
+        expected = (entropies >= cutoff) & mask.bool()
+        assert torch.equal(trainer.get_high_entropy_mask(entropies, mask, threshold), expected)
+    assert not trainer.get_high_entropy_mask(entropies, torch.zeros_like(mask), 0.5).any()
+    # top_entropy_quantile=0.2 keeps the top 20%: 2 of the 10 valid tokens here.
+    assert int(trainer.get_high_entropy_mask(entropies, mask, 1 - 0.2).sum()) == 2
+
+
+def test_off_policy_mask_drops_only_divergent_negative_sequences():
+    current = torch.zeros(4, 3)
+    sampled = torch.tensor([[0.5, 0.5, 9.0], [0.5, 0.5, 0.5], [0.1, 0.1, 0.1], [float("nan"), 0.9, 0.9]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]])
+    advantages = torch.tensor([[-1.0], [1.0], [-1.0], [-1.0]])
+    keep = PPOTrainerVL.get_off_policy_mask(advantages, current, sampled, mask, off_policy_threshold=0.3)
+    # Row 0: mean 0.5 over its 2 valid tokens (the 9.0 is padding) with A < 0 -> dropped; row 1: A > 0 -> kept;
+    # row 2: mean 0.1 -> kept; row 3: the NaN counts as 0, mean 0.6 -> dropped.
+    assert keep.tolist() == [[0], [1], [1], [0]]
+    per_token = advantages.expand(4, 3).clone()
+    per_token[:, 2] = 0.0  # padding carries no advantage
+    assert torch.equal(PPOTrainerVL.get_off_policy_mask(per_token, current, sampled, mask, 0.3), keep)
+
+
+def test_off_policy_mask_threshold_is_applied_in_training(tmp_path, monkeypatch):
+    calls = []
+    original = PPOTrainerVL.get_off_policy_mask
+
+    def recording(*args, **kwargs):
+        keep = original(*args, **kwargs)
+        calls.append((args[-1], keep))
+        return keep
+
+    monkeypatch.setattr(PPOTrainerVL, "get_off_policy_mask", staticmethod(recording))
+    trainer = make_text_trainer(tmp_path, off_policy_mask_threshold=0.25, num_iterations=2, max_steps=2)
+    trainer.train()
+    assert calls and all(threshold == 0.25 for threshold, _ in calls)
 
 
 # ------------------------------------------------------------------------------------------------------ loss

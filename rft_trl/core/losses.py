@@ -108,6 +108,7 @@ def policy_loss(
     loss_agg_mode: str = "token-mean",
     norm_length: int | None = None,
     ratio_cap: float | None = None,
+    sequence_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """
     Clipped policy-gradient loss: PPO and its variants, per token, then aggregated.
@@ -158,6 +159,9 @@ def policy_loss(
         ratio_cap (`float`, *optional*):
             Two-sided clipping (TRL's `delta`, from INTELLECT-2): the ratio of the unclipped term is capped at this
             value (> 1 + `eps_clip_high`); `None` disables it.
+        sequence_weight (`torch.Tensor` of shape `[B, 1]`, *optional*):
+            Multiplies each sequence's token losses before aggregation, leaving the normaliser unchanged (TRL's
+            off-policy sequence mask: 0 drops a sequence's contribution).
 
     Returns:
         `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the scalar loss and metrics over the `mask` tokens:
@@ -207,6 +211,8 @@ def policy_loss(
             loss_mat = torch.where(dual_clipped, cap, loss_mat)
 
     loss_mask = mask if entropy_mask is None else mask & entropy_mask.bool()
+    if sequence_weight is not None:
+        loss_mat = loss_mat * sequence_weight.to(loss_mat.dtype)
     loss = aggregate_loss(loss_mat, loss_mask, loss_agg_mode, norm_length)
 
     with torch.no_grad():

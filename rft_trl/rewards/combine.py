@@ -264,9 +264,14 @@ class RewardScorer:
         valid = ~failed_sample & ~abstained  # [N]
         combined = torch.where(scored, scores * weights, 0.0).sum(dim=1)  # [N]
         if abstained.any():
+            first = int(abstained.nonzero()[0, 0])
+            shown = {"prompt": prompts[first], "completion": completions[first]}
+            shown.update({key: values[first] for key, values in columns.items()})
             logger.warning(
-                "every reward function returned None for %d of %d samples: they are excluded from the loss "
-                "(rollout/reward_abstained); check that each sample is handled by some reward function",
+                "All reward functions returned None for the following kwargs:\n%s\n%d of %d samples had no reward "
+                "and are excluded from the loss (rollout/reward_abstained). Please ensure that at least one reward "
+                "function returns a valid reward for every sample.",
+                _shorten(repr(shown), 1000),
                 int(abstained.sum()),
                 num_samples,
             )
@@ -572,3 +577,7 @@ def _failure_from_exception(name: str, sample_index: int | None, error: BaseExce
         message=str(error),
         traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
     )
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"

@@ -47,7 +47,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model
 
-from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
+from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
 from ..data.media import load_image
 from ..data.multimodal import ProcessorLayout, probe_processor
@@ -386,6 +386,8 @@ class PPOTrainerVL(Trainer):
         layout = probe_processor(processing_class)
         actor = self._build_actor(model, layout, args, peft_config)
         actor.inputs.check_processor(layout, type(processing_class).__name__)
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
         if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
             # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
             # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
@@ -465,6 +467,8 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        # TRL's attribute: whether the policy returns a router load-balancing loss (mixture-of-experts models).
+        self.aux_loss_enabled = bool(getattr(actor.hf_model.config.get_text_config(), "output_router_logits", False))
         self._place_reward_models()
         self._aux_loss_coef = self._resolve_aux_loss_coef()
         self._check_deepspeed_saving()
@@ -877,7 +881,12 @@ class PPOTrainerVL(Trainer):
         entropy_mask = None
         tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
         if args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0:
-            entropy_mask = high_entropy_mask(batch["new_entropy"].detach(), mask, args.high_entropy_token_ratio)
+            entropy_mask = self.get_high_entropy_mask(batch["new_entropy"], mask, 1 - args.high_entropy_token_ratio)
+        sequence_weight = None
+        if args.off_policy_mask_threshold is not None:
+            sequence_weight = self.get_off_policy_mask(
+                advantages, log_probs, old_log_probs, mask, args.off_policy_mask_threshold
+            )
         loss, metrics = policy_loss(
             log_probs,
             old_log_probs,
@@ -892,6 +901,7 @@ class PPOTrainerVL(Trainer):
             loss_agg_mode=args.loss_agg_mode,
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
             ratio_cap=args.delta,
+            sequence_weight=sequence_weight,
         )
         for name, value in metrics.items():
             # TRL's clip ratios keep their names; ours go under train/.
@@ -912,6 +922,8 @@ class PPOTrainerVL(Trainer):
             loss = loss + args.ptx_coef * ptx
         if self._aux_loss_coef and out["output"].aux_loss is not None:
             loss = loss + self._aux_loss_coef * out["output"].aux_loss
+        # TRL's `policy_loss`: the actor's loss before the entropy bonus (KL included); ours is train/policy_loss.
+        self._record("policy_loss", loss, tokens)
         if "new_entropy" in batch:
             entropy = batch["new_entropy"]
             self._record("entropy", masked_mean(entropy, mask), tokens)
@@ -920,6 +932,65 @@ class PPOTrainerVL(Trainer):
                 acting = mask if entropy_mask is None else mask & entropy_mask
                 loss = loss - args.entropy_coef * masked_mean(entropy, acting)
         return loss
+
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """
+        TRL's top-entropy token selection: the valid tokens whose entropy is at least the `threshold` quantile of
+        the valid tokens' entropies over all processes (so every process cuts at the same entropy).
+
+        Args:
+            entropies (`torch.Tensor` of shape `[B, A]`): per-token entropies.
+            mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
+            threshold (`float`): the quantile, in `[0, 1]`; `1 - top_entropy_quantile` keeps that top fraction.
+
+        Returns:
+            `torch.BoolTensor` of shape `[B, A]`, inside `mask`; all `False` when no process has a valid token.
+        """
+        mask = mask.bool()
+        local = entropies.detach()[mask].float()
+        # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
+        padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=float("-inf"))
+        gathered = self.accelerator.gather(padded)
+        gathered = gathered[torch.isfinite(gathered)]
+        if gathered.numel() == 0:
+            return torch.zeros_like(mask)
+        cutoff = torch.quantile(gathered, threshold)
+        return (entropies.detach() >= cutoff) & mask
+
+    @staticmethod
+    @torch.no_grad()
+    def get_off_policy_mask(
+        advantages: torch.Tensor,
+        per_token_logps: torch.Tensor,
+        sampling_per_token_logps: torch.Tensor,
+        mask: torch.Tensor,
+        off_policy_threshold: float,
+    ) -> torch.Tensor:
+        """
+        TRL's off-policy sequence mask (DeepSeek-V3.2): a sequence with a negative advantage is dropped when the
+        mean over its tokens of ``log pi_sampling - log pi_current`` exceeds `off_policy_threshold`.
+
+        Args:
+            advantages (`torch.Tensor` of shape `[B, 1]` or `[B, A]`): advantages; per token, a sequence's sign is
+                that of its mean over the valid tokens.
+            per_token_logps (`torch.Tensor` of shape `[B, A]`): the current policy's log-probs.
+            sampling_per_token_logps (`torch.Tensor` of shape `[B, A]`): the log-probs the tokens were sampled with;
+                NaN (unscorable) tokens count as no divergence.
+            mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
+            off_policy_threshold (`float`): the largest mean divergence a negative-advantage sequence may have.
+
+        Returns:
+            `torch.Tensor` of shape `[B, 1]`, `mask`'s dtype: 1 to keep the sequence, 0 to drop it.
+        """
+        weight = mask.to(per_token_logps.dtype)
+        divergence = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0) * weight
+        mean_divergence = divergence.sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
+        if advantages.shape[-1] == 1:
+            sequence_advantage = advantages
+        else:
+            sequence_advantage = (advantages * weight).sum(-1, keepdim=True)  # [B, 1], the sign of the mean
+        keep = (sequence_advantage >= 0) | (mean_divergence <= off_policy_threshold)
+        return keep.to(mask.dtype)
 
     def _next_ptx_batch(self) -> dict[str, Any]:
         """The next `micro_train_batch_size` rows of `ptx_dataset`, cycling through a seeded order."""

@@ -34,7 +34,6 @@ UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
     "sync_ref_model": "TR-DPO reference synchronisation is not implemented yet",
     "use_adaptive_entropy": "adaptive entropy control is not implemented yet (a constant entropy_coef is)",
     "max_tool_calling_iterations": "tool calling is not supported",
-    "off_policy_mask_threshold": "off-policy sequence masking is not implemented yet",
     "num_completions_to_print": "completions are not printed to the console yet (log_completions logs a table)",
     "log_unique_prompts": "the completions table logs every prompt",
     "log_completions_hub_repo": "completions are not uploaded to the Hub",
@@ -419,7 +418,8 @@ class RFTConfig(TrainingArguments):
     entropy_target: float = field(default=0.2, metadata={"help": "With use_adaptive_entropy."})
     max_tool_calling_iterations: int | None = field(default=None, metadata={"help": "Not supported: tool calling."})
     off_policy_mask_threshold: float | None = field(
-        default=None, metadata={"help": "Not supported yet: off-policy sequence masking."}
+        default=None,
+        metadata={"help": "Drop negative-advantage sequences whose mean log-ratio to the sampler exceeds this."},
     )
     use_bias_correction_kl: bool = field(
         default=True, metadata={"help": "Multiply the KL loss by the importance ratio (unbiased reverse-KL gradient)."}
@@ -478,6 +478,14 @@ class RFTConfig(TrainingArguments):
                 )
             self.loss_agg_mode = mapped
         self.loss_agg_mode = self.loss_agg_mode or "token-mean"
+        if self.importance_sampling_level == "sequence" and self.loss_agg_mode != "seq-mean-token-mean":
+            shown = f"loss_type={self.loss_type!r}" if self.loss_type else f"loss_agg_mode={self.loss_agg_mode!r}"
+            logger.warning(
+                "With importance_sampling_level='sequence', %s sums per-token contributions, which effectively "
+                "weights each sequence by its completion length instead of optimizing the per-sequence objective. "
+                "For the GSPO paper's setup, use loss_type='grpo' (loss_agg_mode='seq-mean-token-mean').",
+                shown,
+            )
 
         if self.scale_rewards is not None:
             scale = {True: "group", False: "none", "true": "group", "false": "none"}.get(
