@@ -351,3 +351,57 @@ def test_sequence_weight_drops_a_sequence_but_keeps_the_normaliser():
     first = -torch.min(ratio[0, :2], ratio[0, :2].clamp(0.8, 1.2)).sum()
     assert kept.item() == pytest.approx(first.item() / 5, abs=1e-6)
     assert full.item() != pytest.approx(kept.item())
+
+
+def _one_token(log_prob, old_log_prob, advantage, **kwargs):
+    log_probs = torch.tensor([[log_prob]], dtype=torch.float64, requires_grad=True)
+    loss, metrics = policy_loss(
+        log_probs, torch.tensor([[old_log_prob]], dtype=torch.float64), torch.tensor([[advantage]]), **kwargs
+    )
+    loss.backward()
+    return loss.item(), log_probs.grad.item(), metrics
+
+
+@pytest.mark.parametrize(("log_ratio", "advantage"), [(0.5, 1.0), (-0.3, -2.0), (2.0, 0.5)])
+def test_cispo_by_hand(log_ratio, advantage):
+    log_prob, cap = -1.2, 1.5
+    loss, grad, metrics = _one_token(log_prob, log_prob - log_ratio, advantage, surrogate="cispo", eps_clip_high=cap)
+    weight = min(math.exp(log_ratio), cap)  # the clipped importance weight, detached
+    assert loss == pytest.approx(-weight * advantage * log_prob)
+    assert grad == pytest.approx(-weight * advantage)  # never 0: CISPO keeps every token's gradient
+    assert metrics["clipfrac"].item() == float(math.exp(log_ratio) > cap)
+
+
+@pytest.mark.parametrize(("log_ratio", "advantage"), [(0.4, 1.0), (-0.3, -2.0), (0.0, 0.7)])
+def test_sapo_by_hand(log_ratio, advantage):
+    tau = 1.0 if advantage > 0 else 1.05
+    loss, grad, _ = _one_token(-0.7, -0.7 - log_ratio, advantage, surrogate="sapo", sapo_temperatures=(1.0, 1.05))
+    r = math.exp(log_ratio)
+    gate = 1 / (1 + math.exp(-tau * (r - 1)))
+    assert loss == pytest.approx(-gate * 4 / tau * advantage)
+    # d/dlog pi of sigmoid(tau (r - 1)) * 4 / tau = 4 sigma (1 - sigma) r; on-policy the gradient is -A, as PPO's.
+    assert grad == pytest.approx(-advantage * 4 * gate * (1 - gate) * r)
+
+
+def test_vespo_by_hand():
+    log_probs = torch.tensor([[-0.5, -1.0, -2.0], [-0.3, -0.4, -9.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-0.6, -0.8, -2.0], [-0.3, -0.1, 0.0]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    loss, _ = policy_loss(
+        log_probs, old, advantages, mask, surrogate="vespo", loss_agg_mode="token-mean", vespo_gamma=(2, 3, 3, 2)
+    )
+    expected = 0.0
+    for row, (k, lam) in enumerate([(2, 3), (3, 2)]):
+        tokens = int(mask[row].sum())
+        log_w = sum(log_probs[row, t].item() - old[row, t].item() for t in range(tokens))
+        phi = math.exp(lam + k * log_w - lam * math.exp(log_w))
+        expected += sum(-phi * advantages[row, 0].item() * log_probs[row, t].item() for t in range(tokens))
+    assert loss.item() == pytest.approx(expected / 5)
+
+
+def test_other_surrogates_refuse_the_clip_options():
+    with pytest.raises(ValueError, match="has its own clipping"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), surrogate="sapo", dual_clip=3.0)
+    with pytest.raises(ValueError, match="Unknown surrogate 'ppo'"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), surrogate="ppo")

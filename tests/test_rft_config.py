@@ -43,10 +43,12 @@ def test_trl_scale_rewards_maps_to_estimator(scale, estimator):
 
 
 def test_unsupported_trl_values_are_rejected_with_the_fix():
-    with pytest.raises(ValueError, match="scale_rewards='batch' is not supported"):
-        config(scale_rewards="batch")
-    with pytest.raises(ValueError, match="loss_type='cispo' is not supported"):
-        config(loss_type="cispo")
+    with pytest.raises(ValueError, match="scale_rewards='row' is not supported"):
+        config(scale_rewards="row")
+    with pytest.raises(ValueError, match="loss_type='ppo' is not supported"):
+        config(loss_type="ppo")
+    with pytest.raises(ValueError, match=r"loss_type='sapo' has its own clipping; delta=3.0 only apply"):
+        config(loss_type="sapo", delta=3.0)
     with pytest.raises(ValueError, match="contradicts"):
         config(scale_rewards="group", advantage_estimator="rloo")
 

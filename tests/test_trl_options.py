@@ -409,6 +409,30 @@ def test_off_policy_mask_threshold_is_applied_in_training(tmp_path, monkeypatch)
     assert calls and all(threshold == 0.25 for threshold, _ in calls)
 
 
+@pytest.mark.parametrize("loss_type", ["luspo", "cispo", "sapo", "vespo"])
+def test_every_trl_loss_type_trains(tmp_path, loss_type):
+    kwargs = {"epsilon_high": 5.0} if loss_type == "cispo" else {}
+    trainer = make_text_trainer(tmp_path, loss_type=loss_type, max_steps=2, learning_rate=0.05, **kwargs)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(math.isfinite(entry["loss"]) for entry in logs)
+    assert any(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters() if name in before)
+
+
+def test_scale_rewards_batch_divides_by_the_batch_std(tmp_path):
+    trainer = make_text_trainer(tmp_path, scale_rewards="batch", temperature=1.5)
+    rows = [dict(trainer.train_dataset[i]) for i in range(2)]
+    rollout = trainer.experience_maker.make_experience(rows)
+    rewards = rollout.rewards.double()
+    n = trainer.args.num_generations
+    group_means = rewards.view(-1, n).mean(-1).repeat_interleave(n)
+    expected = (rewards - group_means) / (rewards.std() + 1e-6)
+    got = torch.stack([item.advantages[item.action_mask][0] for item in rollout.items]).double()
+    assert rewards.std() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------------ loss
 
 

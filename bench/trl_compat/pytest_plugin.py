@@ -8,6 +8,8 @@ Loaded before TRL's `conftest.py` and before the test module is imported, it:
   load the `save_to_disk` folders the harness wrote (streaming gives an `IterableDataset` of the same rows); every
   other id goes to the real `load_dataset`. The test module's `from datasets import load_dataset` runs after this,
   so it binds the wrapper;
+- with `--swap`, forces `use_cpu=True` on rft_trl's config on a machine without an accelerator, as TRL's
+  `conftest.py` does for TRL's configs (see [`force_use_cpu_for_swapped_config`]);
 - defines the `is_<package>_available` helpers that TRL's test helpers import from `trl.import_utils` but the
   installed trl no longer has (named by the harness), each as "the package is importable";
 - appends one JSON line per test phase (setup, call, teardown) to the record file, as each phase ends, so that a run
@@ -73,13 +75,44 @@ def _backfill_import_utils(names: list[str]) -> None:
 _backfill_import_utils(BACKFILL)
 
 
+@pytest.fixture(autouse=True)
+def force_use_cpu_for_swapped_config(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    TRL's `conftest.py` forces `use_cpu=True` on TRL's configs when there is no accelerator (their `bf16=True` default
+    raises otherwise); with `--swap` the test module's `GRPOConfig` is rft_trl's `RFTConfig`, which that fixture does
+    not reach. This gives it the same treatment, so the swap is judged on the trainer, not on TRL's CPU test setup.
+    """
+    from transformers.testing_utils import torch_device
+    from trl.trainer.base_config import _BaseConfig
+
+    config_class = vars(request.module).get("GRPOConfig")
+    if config_class is None or issubclass(config_class, _BaseConfig):
+        return
+    if torch_device is not None and torch_device != "cpu":
+        return
+    original_post_init = config_class.__post_init__
+
+    def post_init_on_cpu(self):
+        self.use_cpu = True
+        original_post_init(self)
+
+    monkeypatch.setattr(config_class, "__post_init__", post_init_on_cpu)
+
+
 def _write(event: dict) -> None:
     with RECORD.open("a") as handle:
         handle.write(json.dumps(event) + "\n")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    _write({"event": "collected", "nodeids": [item.nodeid for item in session.items]})
+    rft_trl = importlib.util.find_spec("rft_trl")
+    _write(
+        {
+            "event": "collected",
+            "nodeids": [item.nodeid for item in session.items],
+            "rft_trl": rft_trl.origin if rft_trl is not None else None,
+        }
+    )
 
 
 def _detail(call: pytest.CallInfo) -> str:

@@ -15,13 +15,15 @@ Steps:
    reused across runs while the builders' source is unchanged: tiny models in a Hugging Face hub cache
    (`HF_HUB_CACHE`), the `zen` datasets as `save_to_disk` folders served by the plugin (`pytest_plugin.py`).
 3. Run pytest on the copy in one process, offline (`HF_HUB_OFFLINE=1`), with a per-test timeout, `--junitxml`
-   beside `--out`, and the plugin recording each test's outcome as it finishes.
+   beside `--out`, and the plugin recording each test's outcome as it finishes. rft_trl is imported from a copy of
+   the package taken when the run starts, so edits to the working tree during a run do not leak into it.
 4. Write `--out`: per test id the outcome (passed / failed / error / skipped / not run) and a one-line reason
    (exception type and the first line of its message, or the skip or xfail reason), with the run's context (TRL
    commit, versions, stand-ins built, Hub-id-shaped strings without a stand-in), then print the counts.
 
-A run cut short (timeout of the whole run, Ctrl-C) still writes `--out` from the tests that finished; the collected
-tests that did not run are counted as "not run".
+A run cut short (Ctrl-C, or SIGTERM from a `timeout` on the whole run) still writes `--out` from the tests that
+finished; the collected tests that did not run are counted as "not run", and the exit status is 1. A complete run
+exits 0 whatever the tests' outcomes: the counts are the result.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,6 +90,38 @@ def trl_commit(checkout: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+def rft_trl_revision() -> str:
+    """The commit of the rft_trl working tree, with `+dirty` when its `rft_trl/` has uncommitted changes."""
+    import rft_trl
+
+    package = Path(rft_trl.__file__).resolve().parent
+    git = ["git", "-C", str(package.parent)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", str(package)], capture_output=True, text=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def snapshot_rft_trl(run_dir: Path) -> tuple[Path, str]:
+    """
+    Copy the rft_trl package into the run directory, for the tests to import instead of the working tree: the run
+    then tests one version of rft_trl even when someone edits the working tree while it goes on.
+
+    Returns:
+        `tuple[Path, str]`: the folder to put on `PYTHONPATH` (it holds `rft_trl/`) and a digest of the copied source.
+    """
+    import rft_trl
+
+    source = Path(rft_trl.__file__).resolve().parent
+    folder = run_dir / "rft_trl_snapshot"
+    shutil.copytree(source, folder / "rft_trl", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha1()
+    for path in sorted((folder / "rft_trl").rglob("*.py")):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return folder, digest.hexdigest()
+
+
 def relative_imports(path: Path) -> set[str]:
     """The sibling modules `path` imports with `from .name import ...`."""
     tree = ast.parse(path.read_text())
@@ -111,7 +146,7 @@ def copy_tests(tests_dir: Path, run_tests: Path) -> list[str]:
             continue
         source = tests_dir / name
         if not source.is_file():
-            raise FileNotFoundError(f"{source} is imported by the test file but missing from the checkout.")
+            raise FileNotFoundError(f"{source} (the test file or a helper it imports) is missing from the checkout.")
         shutil.copy2(source, run_tests / name)
         copied.append(name)
         pending.extend(f"{module}.py" for module in relative_imports(source) if module)
@@ -230,8 +265,13 @@ def pytest_ini(checkout: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_pytest(run_dir: Path, args: argparse.Namespace, manifest: dict, backfill: list[str], record: Path) -> int:
-    """Run pytest on the copied test file in one process, offline; its output goes to the console and a log."""
+def run_pytest(
+    run_dir: Path, args: argparse.Namespace, manifest: dict, backfill: list[str], record: Path, rft_trl_path: Path
+) -> int:
+    """
+    Run pytest on the copied test file in one process, offline, importing rft_trl from `rft_trl_path`; its output
+    goes to the console and a log.
+    """
     junit = args.out.with_suffix(".junit.xml")
     log = args.out.with_suffix(".log")
     (run_dir / "pytest.ini").write_text(pytest_ini(args.trl_checkout))
@@ -267,7 +307,8 @@ def run_pytest(run_dir: Path, args: argparse.Namespace, manifest: dict, backfill
         "HF_HOME": str(run_dir / "hf_home"),
         "TOKENIZERS_PARALLELISM": "false",
         "WANDB_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(run_dir), os.environ.get("PYTHONPATH")])),
+        # Ahead of the editable install's finder, which only answers what sys.path does not.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(run_dir), str(rft_trl_path), os.environ.get("PYTHONPATH")])),
         "TRL_COMPAT_DATASETS": manifest["datasets_dir"],
         "TRL_COMPAT_BACKFILL": ",".join(backfill),
         "TRL_COMPAT_RECORD": str(record),
@@ -288,7 +329,7 @@ def run_pytest(run_dir: Path, args: argparse.Namespace, manifest: dict, backfill
             return process.wait()
 
 
-def reduce_record(record: Path) -> tuple[list[str], dict[str, dict]]:
+def reduce_record(record: Path) -> tuple[list[str], dict[str, dict], str | None]:
     """
     Fold the plugin's per-phase events into one result per test.
 
@@ -296,15 +337,15 @@ def reduce_record(record: Path) -> tuple[list[str], dict[str, dict]]:
     `skipped`, with the reason `xfail: ...` for an expected failure; a test collected but never reported is `not run`.
 
     Returns:
-        `tuple[list[str], dict[str, dict]]`: the collected test ids and, per id, `outcome`, `reason`, `detail` (the
-        first lines of a failure's message) and `duration`.
+        `tuple[list[str], dict[str, dict], str | None]`: the collected test ids; per id, `outcome`, `reason`,
+        `detail` (the first lines of a failure's message) and `duration`; and the file rft_trl was imported from.
     """
-    collected, results = [], {}
+    collected, results, rft_trl_origin = [], {}, None
     if record.is_file():
         for line in record.read_text().splitlines():
             event = json.loads(line)
             if event["event"] == "collected":
-                collected = event["nodeids"]
+                collected, rft_trl_origin = event["nodeids"], event["rft_trl"]
                 continue
             result = results.setdefault(
                 event["nodeid"], {"outcome": "passed", "reason": "", "detail": "", "duration": 0.0}
@@ -319,26 +360,34 @@ def reduce_record(record: Path) -> tuple[list[str], dict[str, dict]]:
                 result["outcome"], result["reason"] = "skipped", event["reason"]
     for nodeid in collected:
         results.setdefault(nodeid, {"outcome": "not run", "reason": "", "detail": "", "duration": 0.0})
-    return collected, results
+    return collected, results, rft_trl_origin
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> int:
+    # A `timeout` or `kill` on the whole run then ends pytest the way Ctrl-C does, and --out is still written.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = parse_args()
     args.out = args.out.resolve()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tests_dir = args.trl_checkout.resolve() / "tests"
     run_dir = Path(tempfile.mkdtemp(prefix="trl_compat_"))
     started = time.time()
+    revision = rft_trl_revision()
     try:
         copied = copy_tests(tests_dir, run_dir / "tests")
         test_file = run_dir / "tests" / TEST_FILE
         swapped = swap_import(test_file) if args.swap else None
         shutil.copy2(HERE / "pytest_plugin.py", run_dir / f"{PLUGIN_NAME}.py")
+        rft_trl_path, source_digest = snapshot_rft_trl(run_dir)
         manifest = build_stand_ins(args.cache.resolve(), standins.scan_hub_ids(test_file))
         backfill = missing_import_utils(run_dir / "tests")
         record = run_dir / "record.jsonl"
-        returncode = run_pytest(run_dir, args, manifest, backfill, record)
-        collected, results = reduce_record(record)
+        returncode = run_pytest(run_dir, args, manifest, backfill, record, rft_trl_path)
+        collected, results, rft_trl_origin = reduce_record(record)
     finally:
         if not args.keep_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -346,6 +395,9 @@ def main() -> int:
     summary = {"collected": len(collected), **{outcome: counts.get(outcome, 0) for outcome in OUTCOMES}}
     output = {
         "trl_commit": trl_commit(args.trl_checkout),
+        "rft_trl_revision": revision,
+        "rft_trl_source_digest": source_digest,
+        "rft_trl_imported_from": rft_trl_origin,
         "swap": args.swap,
         "import_replaced": swapped,
         "import_used": SWAP_IMPORT if args.swap else None,
@@ -368,7 +420,9 @@ def main() -> int:
         + ", ".join(f"{summary[outcome]} {outcome}" for outcome in OUTCOMES)
         + f" -> {args.out}"
     )
-    return 0
+    # pytest exits 0 (all passed) or 1 (some failed) after a complete run; anything else (interrupted, internal or
+    # usage error, nothing collected) means the counts are not a full run's.
+    return 0 if returncode in (0, 1) else 1
 
 
 if __name__ == "__main__":

@@ -170,12 +170,17 @@ def group_centered_scores(scores: torch.Tensor, group_size: int, valid: torch.Te
 
 
 def group_norm_scores(
-    scores: torch.Tensor, group_size: int, valid: torch.Tensor | None = None, eps: float = 1e-6
+    scores: torch.Tensor,
+    group_size: int,
+    valid: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    std: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """
     GRPO's ``(r - mean_g) / (std_g + eps)`` with the unbiased standard deviation of the valid scores of each group.
 
-    A group whose valid scores are all equal (or with a single valid member) gets advantage 0.
+    A group whose valid scores are all equal (or with a single valid member) gets advantage 0. With `std` given
+    (TRL's ``scale_rewards="batch"``: the standard deviation of the whole batch), every group is divided by it.
 
     Args:
         scores (`torch.Tensor` of shape `[B]`):
@@ -186,13 +191,16 @@ def group_norm_scores(
             Samples to use; invalid ones are left out of the statistics and get 0.
         eps (`float`, *optional*, defaults to `1e-6`):
             Added to the standard deviation.
+        std (`torch.Tensor` or `float`, *optional*):
+            One standard deviation for every group instead of each group's own.
 
     Returns:
         `torch.Tensor` of shape `[B]`.
     """
     grouped, valid, _ = _grouped(scores, group_size, valid)
     mean = masked_mean(grouped, valid, dim=-1).unsqueeze(-1)  # [G, 1]
-    std = masked_var(grouped, valid, dim=-1).sqrt().unsqueeze(-1)  # [G, 1]
+    if std is None:
+        std = masked_var(grouped, valid, dim=-1).sqrt().unsqueeze(-1)  # [G, 1]
     return torch.where(valid, (grouped - mean) / (std + eps), 0).view(-1)
 
 
@@ -364,6 +372,7 @@ def compute_advantages(
     lambd: float = 0.95,
     valid: torch.Tensor | None = None,
     eps: float = 1e-6,
+    reward_std: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Token-level advantages and returns from sequence scores, by the named estimator.
@@ -400,6 +409,9 @@ def compute_advantages(
             returns are 0.
         eps (`float`, *optional*, defaults to `1e-6`):
             Added to standard deviations (`"group_norm"` and the whitening of the `reinforce++` variants).
+        reward_std (`torch.Tensor` or `float`, *optional*):
+            `"group_norm"` only: divide by this one standard deviation (the batch's, TRL's
+            `scale_rewards="batch"`) instead of each group's.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: advantages and returns, each `[B, A]`, 0 outside `action_mask` and on
@@ -415,8 +427,10 @@ def compute_advantages(
         )
     valid = _check_valid(valid, scores.shape[0], scores.device)
 
+    if reward_std is not None and estimator != "group_norm":
+        raise ValueError(f"reward_std applies to 'group_norm' only, not {estimator!r}.")
     if estimator == "group_norm":
-        scores = group_norm_scores(scores, group_size, valid, eps)
+        scores = group_norm_scores(scores, group_size, valid, eps, reward_std)
     elif estimator in ("dr_grpo", "reinforce++-baseline"):
         scores = group_centered_scores(scores, group_size, valid)
     elif estimator == "rloo":

@@ -25,6 +25,8 @@ __all__ = [
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+# The per-token objective of `policy_loss` (TRL's loss types that are not only an aggregation).
+POLICY_SURROGATES = ("clip", "cispo", "sapo", "vespo")
 IGNORE_INDEX = -100
 
 
@@ -109,6 +111,9 @@ def policy_loss(
     norm_length: int | None = None,
     ratio_cap: float | None = None,
     sequence_weight: torch.Tensor | None = None,
+    surrogate: str = "clip",
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
+    vespo_gamma: tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """
     Clipped policy-gradient loss: PPO and its variants, per token, then aggregated.
@@ -129,6 +134,14 @@ def policy_loss(
       ``-A grad log pi`` inside the bound and 0 beyond it. LightRFT writes the same objective on
       ``log_probs`` (``-A * clip(log_probs, ..., old_log_probs + log(1 +/- eps))``); the two differ by the constant
       ``-A * old_log_probs``, so the gradients are equal and this value is 0 on-policy.
+    - ``surrogate="cispo"`` (MiniMax-M1, https://arxiv.org/abs/2506.13585): ``-sg[min(r, eps_clip_high)] A log pi``:
+      the importance weight is clipped (at the absolute value ``eps_clip_high``, TRL's ``epsilon_high``) and
+      detached, so every token keeps a gradient.
+    - ``surrogate="sapo"`` (https://arxiv.org/abs/2511.20347): ``-sigmoid(tau (r - 1)) * 4 / tau * A``, a soft
+      trust region with ``tau = sapo_temperatures[0]`` for ``A > 0`` and ``[1]`` otherwise.
+    - ``surrogate="vespo"`` (https://arxiv.org/abs/2602.10693): ``-sg[phi(w)] A log pi`` with the sequence ratio
+      ``w = exp(sum_t log r_t)`` and ``phi(w) = exp(lam + k log w - lam w)`` (``phi(1) = 1``), where
+      ``(k, lam) = vespo_gamma[:2]`` for ``A >= 0`` and ``vespo_gamma[2:]`` otherwise.
 
     Args:
         log_probs (`torch.Tensor` of shape `[B, A]`):
@@ -162,6 +175,12 @@ def policy_loss(
         sequence_weight (`torch.Tensor` of shape `[B, 1]`, *optional*):
             Multiplies each sequence's token losses before aggregation, leaving the normaliser unchanged (TRL's
             off-policy sequence mask: 0 drops a sequence's contribution).
+        surrogate (`str`, *optional*, defaults to `"clip"`):
+            One of `POLICY_SURROGATES`: the clipped ratio objective above, or CISPO, SAPO, VESPO.
+        sapo_temperatures (`tuple[float, float]`, *optional*, defaults to `(1.0, 1.05)`):
+            SAPO's temperatures for positive and non-positive advantages.
+        vespo_gamma (`tuple[float, float, float, float]`, *optional*, defaults to `(2.0, 3.0, 3.0, 2.0)`):
+            VESPO's `(k_pos, lambda_pos, k_neg, lambda_neg)`.
 
     Returns:
         `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the scalar loss and metrics over the `mask` tokens:
@@ -187,7 +206,19 @@ def policy_loss(
         log_ratio = log_probs - log_probs.detach() + seq_log_ratio.detach()
         log_ratio = torch.where(mask, log_ratio, 0)
 
-    if use_cpg_loss:
+    if surrogate not in POLICY_SURROGATES:
+        raise ValueError(f"Unknown surrogate {surrogate!r}; expected one of {POLICY_SURROGATES}.")
+    if surrogate != "clip" and (use_cpg_loss or dual_clip is not None or ratio_cap is not None):
+        raise ValueError(
+            f"surrogate={surrogate!r} has its own clipping: use_cpg_loss, dual_clip and ratio_cap apply to 'clip'."
+        )
+    if surrogate != "clip":
+        ratio = log_ratio.exp()
+        loss_mat, clipped = _other_surrogate(
+            surrogate, ratio, log_probs, old_log_probs, advantages, mask, eps_clip_high, sapo_temperatures, vespo_gamma
+        )
+        dual_clipped = torch.zeros_like(clipped)
+    elif use_cpg_loss:
         upper, lower = math.log1p(eps_clip_high), math.log1p(-eps_clip_low)
         positive = advantages > 0
         clipped_log_ratio = torch.where(positive, log_ratio.clamp(max=upper), log_ratio.clamp(min=lower))
@@ -235,6 +266,39 @@ def policy_loss(
         metrics["clip_ratio/high_max"] = metrics["clip_ratio/high_mean"]
         metrics["clip_ratio/region_mean"] = masked_mean((low | high).float(), mask)
     return loss, metrics
+
+
+def _other_surrogate(
+    surrogate: str,
+    ratio: torch.Tensor,
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cap: float,
+    sapo_temperatures: tuple[float, float],
+    vespo_gamma: tuple[float, float, float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-token loss `[B, A]` of CISPO, SAPO or VESPO, and where its clipping acts (see [`policy_loss`])."""
+    advantages = advantages.expand_as(ratio)
+    if surrogate == "cispo":
+        loss_mat = -ratio.clamp(max=cap).detach() * advantages * log_probs
+        return loss_mat, ratio > cap
+    if surrogate == "sapo":
+        positive_tau, negative_tau = sapo_temperatures
+        tau = torch.where(advantages > 0, positive_tau, negative_tau)
+        return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * advantages, torch.zeros_like(mask)
+    k_pos, lambda_pos, k_neg, lambda_neg = vespo_gamma
+    with torch.no_grad():
+        # The sequence's log ratio, summed over its tokens, in log space (w can be astronomically far from 1).
+        token_log_ratio = torch.where(mask, (log_probs - old_log_probs).clamp(-20.0, 20.0), 0)
+        log_w = token_log_ratio.sum(-1, keepdim=True).clamp(math.log(1e-8), 20.0)  # [B, 1]
+        sequence_advantage = torch.where(mask, advantages, 0).sum(-1, keepdim=True)  # [B, 1], its sign
+        nonnegative = sequence_advantage >= 0
+        k = torch.where(nonnegative, k_pos, k_neg)
+        lam = torch.where(nonnegative, lambda_pos, lambda_neg).clamp(min=1e-4)
+        phi = (lam + k * log_w - lam * log_w.exp()).exp().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # [B, 1]
+    return -phi * advantages * log_probs, torch.zeros_like(mask)
 
 
 def value_loss(

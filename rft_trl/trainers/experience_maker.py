@@ -108,6 +108,8 @@ class ExperienceMaker:
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
         self.trainer_state = None
+        # Set by the trainer: sums a tensor over all processes (the identity on one process).
+        self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
 
     @torch.no_grad()
     def generate_and_score(self, rows: list[dict], n: int, sampling_kwargs: dict) -> tuple[dict, list[str], list, Any]:
@@ -295,8 +297,18 @@ class ExperienceMaker:
             gamma=self.args.gamma,
             lambd=self.args.lambd,
             valid=valid.to(action_mask.device),
+            reward_std=self._batch_reward_std(rewards, valid) if self.args.scale_rewards == "batch" else None,
         )
         return advantages, returns, stats
+
+    def _batch_reward_std(self, rewards: torch.Tensor, valid: torch.Tensor) -> float:
+        """The unbiased standard deviation of the valid rewards over all processes (TRL's `scale_rewards="batch"`)."""
+        kept = rewards[valid.to(rewards.device)].double()
+        local = torch.stack([kept.sum(), kept.square().sum(), torch.tensor(float(kept.numel()), dtype=torch.float64)])
+        total, squares, count = self.reduce_sum(local.to(self.device)).tolist()
+        if count < 2:
+            return 0.0
+        return math.sqrt(max((squares - total * total / count) / (count - 1), 0.0))
 
     def _truncated(self, samples: dict) -> torch.Tensor:
         """`[N]` bool: completions that reached `generate_max_len` without an EOS (cut off, not finished)."""

@@ -488,6 +488,7 @@ class PPOTrainerVL(Trainer):
         # One optimizer step per rollout means every micro-batch sees the weights that generated it: the update's
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
+        self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
 
     @property
     def reward_func_names(self) -> list[str]:
@@ -902,6 +903,9 @@ class PPOTrainerVL(Trainer):
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
             ratio_cap=args.delta,
             sequence_weight=sequence_weight,
+            surrogate=args.policy_surrogate,
+            sapo_temperatures=(args.sapo_temperature_pos, args.sapo_temperature_neg),
+            vespo_gamma=(args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg),
         )
         for name, value in metrics.items():
             # TRL's clip ratios keep their names; ours go under train/.

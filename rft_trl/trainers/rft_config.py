@@ -25,7 +25,13 @@ TRL_LOSS_TYPES = {
     "bnpo": "token-mean",
     "dapo": "token-mean",
     "dr_grpo": "seq-mean-token-sum-norm",
+    "luspo": "seq-mean-token-sum",
+    "cispo": "token-mean",
+    "sapo": "seq-mean-token-mean",
+    "vespo": "token-mean",
 }
+# TRL loss types whose per-token objective is not the clipped ratio (`rft_trl.core.policy_loss`'s `surrogate`).
+TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
 
 # GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
 UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
@@ -76,7 +82,7 @@ DEPENDENT_TRL_OPTIONS: dict[str, str] = {
 }
 
 # TRL GRPOConfig `scale_rewards` -> our `advantage_estimator`.
-TRL_SCALE_REWARDS = {"group": "group_norm", "none": "dr_grpo"}
+TRL_SCALE_REWARDS = {"group": "group_norm", "batch": "group_norm", "none": "dr_grpo"}
 
 logger = logging.getLogger(__name__)
 
@@ -398,12 +404,12 @@ class RFTConfig(TrainingArguments):
     delta: float | None = field(
         default=None, metadata={"help": "Two-sided clipping: cap the unclipped ratio at delta (> 1 + epsilon)."}
     )
-    sapo_temperature_neg: float = field(default=1.05, metadata={"help": "SAPO loss only (not supported)."})
-    sapo_temperature_pos: float = field(default=1.0, metadata={"help": "SAPO loss only (not supported)."})
-    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO loss only (not supported)."})
-    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO loss only (not supported)."})
-    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO loss only (not supported)."})
-    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO loss only (not supported)."})
+    sapo_temperature_neg: float = field(default=1.05, metadata={"help": "SAPO loss only (loss_type='sapo')."})
+    sapo_temperature_pos: float = field(default=1.0, metadata={"help": "SAPO loss only (loss_type='sapo')."})
+    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
+    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
+    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
+    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
     multi_objective_aggregation: str = field(
         default="sum_then_normalize", metadata={"help": "Only 'sum_then_normalize' (weighted sum, then advantages)."}
     )
@@ -478,7 +484,20 @@ class RFTConfig(TrainingArguments):
                 )
             self.loss_agg_mode = mapped
         self.loss_agg_mode = self.loss_agg_mode or "token-mean"
-        if self.importance_sampling_level == "sequence" and self.loss_agg_mode != "seq-mean-token-mean":
+        if self.policy_surrogate != "clip":
+            extras = {"delta": self.delta, "dual_clip": self.dual_clip, "use_cpg_loss": self.use_cpg_loss or None}
+            given = [f"{name}={value!r}" for name, value in extras.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"loss_type={self.loss_type!r} has its own clipping; {', '.join(given)} only apply to the clipped "
+                    "ratio objective (loss_type 'grpo', 'bnpo', 'dapo', 'dr_grpo' or 'luspo')."
+                )
+        token_summed = self.loss_agg_mode in ("token-mean", "seq-mean-token-sum-norm")
+        if self.importance_sampling_level == "sequence" and self.loss_type == "vespo":
+            logger.warning(
+                "VESPO computes sequence-level importance weights itself: leave importance_sampling_level='token'."
+            )
+        elif self.importance_sampling_level == "sequence" and token_summed:
             shown = f"loss_type={self.loss_type!r}" if self.loss_type else f"loss_agg_mode={self.loss_agg_mode!r}"
             logger.warning(
                 "With importance_sampling_level='sequence', %s sums per-token contributions, which effectively "
@@ -493,8 +512,8 @@ class RFTConfig(TrainingArguments):
             )
             if scale not in TRL_SCALE_REWARDS:
                 raise ValueError(
-                    f"scale_rewards={self.scale_rewards!r} is not supported; use 'group' or 'none' (or pick an "
-                    f"advantage_estimator directly)."
+                    f"scale_rewards={self.scale_rewards!r} is not supported; use 'group', 'batch' or 'none' (or pick "
+                    "an advantage_estimator directly)."
                 )
             mapped = TRL_SCALE_REWARDS[scale]
             if self.advantage_estimator is not None and self.advantage_estimator != mapped:
@@ -706,6 +725,11 @@ class RFTConfig(TrainingArguments):
     def micro_steps_per_rollout(self) -> int:
         """Training micro-batches replayed from one rollout: epochs x sequences / micro-batch size."""
         return self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs // self.micro_train_batch_size
+
+    @property
+    def policy_surrogate(self) -> str:
+        """The per-token policy objective `loss_type` selects: `"clip"` (PPO's), `"cispo"`, `"sapo"` or `"vespo"`."""
+        return TRL_LOSS_SURROGATES.get(self.loss_type, "clip")
 
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for `generate`: the sampling fields, then `generation_kwargs` on top."""
