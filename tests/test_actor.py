@@ -524,11 +524,12 @@ def test_loading_arguments_reach_from_pretrained(tmp_path, monkeypatch):
             return real.from_pretrained(name, **kwargs)
 
     monkeypatch.setattr(model_utils, "AutoModelForMultimodalLM", SpyAutoClass)
-    ActorVL(path, bf16=True, device_map={"": "cpu"}, trust_remote_code=True)
+    actor = ActorVL(path, bf16=True, device_map={"": "cpu"}, trust_remote_code=True)
+    # No attn_implementation: transformers picks the family's default (sdpa here; eager where a family lacks sdpa).
+    assert actor.hf_model.config._attn_implementation == "sdpa"
     assert calls == [
         {
             "dtype": torch.bfloat16,
-            "attn_implementation": "sdpa",
             "device_map": {"": "cpu"},
             "trust_remote_code": True,
             "use_safetensors": True,

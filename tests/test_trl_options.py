@@ -13,6 +13,7 @@ from trl import GRPOConfig
 from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.core import policy_loss
 from rft_trl.data import PromptCollator
+from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import (
     build_tiny_model,
     length_reward,
@@ -22,6 +23,8 @@ from rft_trl.testing import (
     tiny_config,
 )
 from rft_trl.trainers.ppo_trainer_vl import merge_rollout_metrics
+from rft_trl.trainers.replay_buffer import NaiveReplayBuffer
+from rft_trl.trainers.replay_buffer_utils import remove_padding_in_sequences, split_experience_batch
 from rft_trl.trainers.rft_config import DEPENDENT_TRL_OPTIONS, UNSUPPORTED_TRL_OPTIONS
 
 # Options this test file shows to act (each has a test below), and those the rest of the suite covers.
@@ -42,6 +45,10 @@ IMPLEMENTED_HERE = {
     "use_bias_correction_kl",
     "log_multimodal",
     "off_policy_mask_threshold",
+    "multi_objective_aggregation",
+    "sync_ref_model",  # tests/test_trl_surface.py
+    "use_adaptive_entropy",  # tests/test_trl_surface.py
+    "cast_lm_head_to_fp32",  # tests/test_trl_surface.py
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.
@@ -121,9 +128,10 @@ def test_dependent_options_alone_are_refused(tmp_path):
         tiny_config(str(tmp_path), vllm_mode="server")
     with pytest.raises(ValueError, match="entropy_target=0.5 only acts with use_adaptive_entropy=True"):
         tiny_config(str(tmp_path), entropy_target=0.5)
-    with pytest.raises(ValueError, match="pad_to_multiple_of=8 is not supported"):
-        tiny_config(str(tmp_path), pad_to_multiple_of=8)
+    with pytest.raises(ValueError, match="packing_samples=True has no padding to size"):
+        tiny_config(str(tmp_path), pad_to_multiple_of=8, packing_samples=True)
     assert tiny_config(str(tmp_path), pad_to_multiple_of="auto").pad_to_multiple_of is None
+    assert tiny_config(str(tmp_path), pad_to_multiple_of="8").pad_to_multiple_of == 8
     with pytest.raises(ValueError, match="delta=1.0 caps the importance ratio"):
         tiny_config(str(tmp_path), delta=1.0)
 
@@ -431,6 +439,91 @@ def test_scale_rewards_batch_divides_by_the_batch_std(tmp_path):
     got = torch.stack([item.advantages[item.action_mask][0] for item in rollout.items]).double()
     assert rewards.std() > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pad_to_multiple_of_widens_the_update_batches_without_changing_log_probs(tmp_path):
+    model, processor = build_tiny_model("qwen2_5_vl")
+    args = tiny_config(
+        str(tmp_path), pad_to_multiple_of=16, per_device_train_batch_size=4, gradient_accumulation_steps=1
+    )
+    dataset = make_colour_dataset(4)
+    trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
+    trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
+    padded = trainer._micro_batches[0]
+    plain = NaiveReplayBuffer(4).collate_fn(remove_padding_in_sequences(split_experience_batch(padded)))
+    assert padded.sequences.shape[1] % 16 == 0 and padded.sequences.shape[1] > plain.sequences.shape[1]
+    for experience in (padded, plain):
+        assert experience.attention_mask.shape == experience.sequences.shape
+    with torch.no_grad():
+        log_probs = [
+            trainer.actor(
+                e.sequences,
+                e.action_mask.shape[1],
+                attention_mask=e.attention_mask,
+                **e.token_fields,
+                **e.multimodal_inputs,
+            )
+            for e in (padded, plain)
+        ]
+    torch.testing.assert_close(log_probs[0], log_probs[1], rtol=0, atol=1e-5)
+    trainer.train()
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_normalize_then_sum_matches_trls_formula(tmp_path):
+    """GDPO by hand, with numpy: per function (x - group mean) / (group std + 1e-4), weighted sum, then the same over
+    the whole batch; a function returning None for a sample adds nothing to that sample's sum."""
+    seen = {}
+
+    def chars(completions, **kwargs):
+        scores = [float(len(completion_text(c))) for c in completions]
+        seen.setdefault("chars", []).extend(scores)
+        return scores
+
+    def vowels_or_none(completions, **kwargs):
+        seen["vowels"] = [
+            None if i % 3 == 0 else float(sum(ch in "aeiou" for ch in completion_text(c)))
+            for i, c in enumerate(completions)
+        ]
+        return seen["vowels"]
+
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(
+        str(tmp_path),
+        multi_objective_aggregation="normalize_then_sum",
+        reward_weights=[0.7, 0.3],
+        n_samples_per_prompt=3,
+        rollout_batch_size=2,
+        per_device_train_batch_size=3,
+        generate_max_len=8,
+        temperature=1.5,
+    )
+    dataset = make_task_dataset("text", 8)
+    trainer = PPOTrainerVL(model, [chars, vowels_or_none], args, train_dataset=dataset, processing_class=tokenizer)
+    rollout = trainer.experience_maker.make_experience([dict(dataset[i]) for i in range(2)])
+
+    total = np.zeros(6)
+    for values, weight in ((seen["chars"], 0.7), (seen["vowels"], 0.3)):
+        for group in (range(0, 3), range(3, 6)):
+            scored = [i for i in group if values[i] is not None]
+            column = np.array([values[i] for i in scored])
+            std = column.std(ddof=1) if len(scored) > 1 else 0.0
+            for i, x in zip(scored, column):
+                total[i] += weight * (x - column.mean()) / (std + 1e-4)
+    expected = (total - total.mean()) / (total.std(ddof=1) + 1e-4)
+    got = [item.advantages[item.action_mask][0].item() for item in rollout.items]
+    assert np.abs(total).max() > 0.1
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    # The logged reward stays the weighted sum of the raw rewards (TRL's).
+    raw = [0.7 * c + 0.3 * (v or 0.0) for c, v in zip(seen["chars"], seen["vowels"])]
+    assert rollout.metrics["reward"] == pytest.approx(np.mean(raw), rel=1e-5)
+
+
+def test_normalize_then_sum_needs_a_group_estimator():
+    with pytest.raises(ValueError, match="normalize_then_sum.*advantage_estimator='rloo'"):
+        RFTConfig("out", multi_objective_aggregation="normalize_then_sum", advantage_estimator="rloo", use_cpu=True)
+    with pytest.raises(ValueError, match="is not one of 'sum_then_normalize', 'normalize_then_sum'"):
+        RFTConfig("out", multi_objective_aggregation="mean", use_cpu=True)
 
 
 # ------------------------------------------------------------------------------------------------------ loss

@@ -10,6 +10,7 @@ from .advantages import (
     masked_mean,
     masked_var,
     masked_whiten,
+    normalize_then_sum_scores,
     rloo_scores,
     scores_to_token_rewards,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "entropy_from_logits",
     "group_centered_scores",
     "group_norm_scores",
+    "normalize_then_sum_scores",
     "high_entropy_mask",
     "lm_loss",
     "log_probs_and_entropy_from_hidden",

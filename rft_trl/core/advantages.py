@@ -149,6 +149,40 @@ def _grouped(scores: torch.Tensor, group_size: int, valid: torch.Tensor | None):
     return grouped, valid, count
 
 
+def normalize_then_sum_scores(
+    components: torch.Tensor, weights: torch.Tensor, group_size: int, eps: float = 1e-4
+) -> torch.Tensor:
+    """
+    TRL's ``multi_objective_aggregation="normalize_then_sum"`` (GDPO), first step: each reward function's scores
+    normalised within each group, ``(x - mean_g) / (std_g + eps)`` (unbiased std, over the samples the function
+    scored; 0 for a group of one), then weighted and summed. The result still needs the batch normalisation.
+
+    Args:
+        components (`torch.Tensor` of shape `[B, K]`):
+            The raw scores of the `K` reward functions, NaN where a function did not score a sample (it returned None
+            or failed): such entries are left out of the statistics and add nothing to the sum.
+        weights (`torch.Tensor` of shape `[K]`):
+            The reward weights.
+        group_size (`int`):
+            Completions per prompt; groups are contiguous rows.
+        eps (`float`, *optional*, defaults to `1e-4`, TRL's):
+            Added to each standard deviation.
+
+    Returns:
+        `torch.Tensor` of shape `[B]`.
+    """
+    if components.dim() != 2 or components.shape[0] % group_size:
+        raise ValueError(f"components must be [B, K] with B a multiple of group_size, got {tuple(components.shape)}.")
+    grouped = components.view(-1, group_size, components.shape[1])  # [G, k, K]
+    scored = ~grouped.isnan()
+    count = scored.sum(1, keepdim=True)  # [G, 1, K]
+    mean = grouped.nan_to_num(0.0).sum(1, keepdim=True) / count.clamp(min=1)
+    squares = ((grouped - mean).nan_to_num(0.0) ** 2).sum(1, keepdim=True)
+    std = (squares / (count - 1).clamp(min=1)).sqrt() * (count > 1)
+    normalised = ((grouped - mean) / (std + eps)).view_as(components)  # NaN where not scored
+    return (normalised * weights.to(components)).nan_to_num(0.0).sum(-1)
+
+
 def group_centered_scores(scores: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """
     ``r - mean_g``: each score minus the mean of the valid scores of its group (Dr. GRPO, REINFORCE++-baseline).
@@ -373,6 +407,7 @@ def compute_advantages(
     valid: torch.Tensor | None = None,
     eps: float = 1e-6,
     reward_std: torch.Tensor | float | None = None,
+    baselined: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Token-level advantages and returns from sequence scores, by the named estimator.
@@ -412,6 +447,9 @@ def compute_advantages(
         reward_std (`torch.Tensor` or `float`, *optional*):
             `"group_norm"` only: divide by this one standard deviation (the batch's, TRL's
             `scale_rewards="batch"`) instead of each group's.
+        baselined (`bool`, *optional*, defaults to `False`):
+            The scores are already baselined and scaled (TRL's `normalize_then_sum`): step (1) is skipped. For the
+            group estimators (`group_norm`, `dr_grpo`) only.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: advantages and returns, each `[B, A]`, 0 outside `action_mask` and on
@@ -429,7 +467,11 @@ def compute_advantages(
 
     if reward_std is not None and estimator != "group_norm":
         raise ValueError(f"reward_std applies to 'group_norm' only, not {estimator!r}.")
-    if estimator == "group_norm":
+    if baselined and estimator not in ("group_norm", "dr_grpo"):
+        raise ValueError(f"baselined scores replace a group baseline: 'group_norm' or 'dr_grpo', not {estimator!r}.")
+    if baselined:
+        scores = torch.where(valid, scores, torch.zeros_like(scores))
+    elif estimator == "group_norm":
         scores = group_norm_scores(scores, group_size, valid, eps, reward_std)
     elif estimator in ("dr_grpo", "reinforce++-baseline"):
         scores = group_centered_scores(scores, group_size, valid)

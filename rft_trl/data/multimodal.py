@@ -313,7 +313,13 @@ def _probe_media(kind: str, processing_class: ProcessorMixin) -> Any:
     if kind == "image":
         return Image.new("RGB", (64, 64), (120, 30, 200))
     if kind == "video":
-        return [Image.new("RGB", (64, 64), (10 * t, 30, 200)) for t in range(4)]
+        # At least as many frames as a frame-sampling video processor takes (Gemma 4 samples 32 by default).
+        video_processor = processing_class.video_processor
+        sampled = (
+            getattr(video_processor, "num_frames", None) if getattr(video_processor, "do_sample_frames", 0) else 0
+        )
+        frames = max(4, int(sampled or 0))
+        return [Image.new("RGB", (64, 64), (min(10 * t, 255), 30, 200)) for t in range(frames)]
     rate = processing_class.feature_extractor.sampling_rate
     return np.sin(np.linspace(0, 800 * np.pi, rate)).astype(np.float32)  # 1 s of a tone
 

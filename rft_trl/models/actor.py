@@ -274,6 +274,7 @@ class Actor(nn.Module):
         packed_seq_lens: list[int] | None = None,
         temperature: float = 1.0,
         return_entropy: bool = False,
+        wrapped_model: nn.Module | None = None,
         **model_inputs: torch.Tensor | None,
     ):
         """
@@ -298,6 +299,9 @@ class Actor(nn.Module):
                 The sampling temperature; log-probs are those of `softmax(logits / temperature)`.
             return_entropy (`bool`, *optional*, defaults to `False`):
                 Also return the entropy of each action's next-token distribution (same temperature).
+            wrapped_model (`nn.Module`, *optional*):
+                A distributed wrapper of `self.model` (DDP, a DeepSpeed engine) to run the forward through, so that
+                its gradient hooks see the call; `self.model` by default.
             model_inputs:
                 The processor's other outputs, any name the model's `forward` takes (or an alias of this face):
                 media fields of all samples in order (`pixel_values`, `image_grid_thw`, `image_sizes`,
@@ -313,7 +317,7 @@ class Actor(nn.Module):
         forward_inputs, packed_seq_lens = self.inputs.for_call(
             sequences, num_actions, attention_mask, packed_seq_lens, self.packing_samples, model_inputs
         )
-        output = self.model(**forward_inputs)
+        output = (self.model if wrapped_model is None else wrapped_model)(**forward_inputs)
         logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
         if return_entropy:
             # One pass over the logits for both (and one logits-sized gradient if both are differentiated).

@@ -8,6 +8,7 @@ batches is decided here, once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import re
@@ -58,19 +59,20 @@ MEDIA_TOKEN_CONFIG_FIELDS = (
 )
 
 
-def resolve_attn_implementation(use_flash_attention_2: bool) -> str:
+def resolve_attn_implementation(use_flash_attention_2: bool) -> str | None:
     """
-    `"flash_attention_2"` when asked for and importable, else `"sdpa"` (with a warning when it was asked for).
+    `"flash_attention_2"` when asked for and importable; otherwise `None`, transformers' default for the family
+    (sdpa where the family supports it, eager where not, e.g. GPT-OSS), with a warning when flash was asked for.
     """
     if not use_flash_attention_2:
-        return "sdpa"
+        return None
     if is_flash_attn_2_available():
         return "flash_attention_2"
     logger.warning(
-        "use_flash_attention_2=True but flash-attn is not installed (or no CUDA device is visible); using sdpa "
-        "attention instead. Install it with `pip install rft_trl[flash-attn]`."
+        "use_flash_attention_2=True but flash-attn is not installed (or no CUDA device is visible); using the "
+        "model's default attention (sdpa where supported) instead. Install it with `pip install rft_trl[flash-attn]`."
     )
-    return "sdpa"
+    return None
 
 
 def load_pretrained_model(
@@ -98,7 +100,8 @@ def load_pretrained_model(
             `"backbone"`: the model without any head (`AutoModel`), e.g. `Qwen2VLModel`; the checkpoint may hold
             any head, which is left out.
         use_flash_attention_2 (`bool`, *optional*, defaults to `False`):
-            Use flash-attention 2 when installed; otherwise sdpa with a warning.
+            Use flash-attention 2 when installed; otherwise (with a warning when asked for) the family's default
+            attention (sdpa where supported).
         bf16 (`bool`, *optional*, defaults to `False`):
             Load (or cast) the weights in bfloat16; float32 otherwise.
         ds_config (`dict`, *optional*):
@@ -126,7 +129,7 @@ def load_pretrained_model(
                 "with those arguments yourself, or pass its path."
             )
         model = pretrain_or_model
-        if use_flash_attention_2:
+        if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         return model.to(torch.bfloat16) if bf16 else model
 
@@ -148,7 +151,7 @@ def load_pretrained_model(
     extra = {"num_labels": num_labels} if head == "sequence_classification" else {}
     kwargs = {
         "dtype": torch.bfloat16 if bf16 else torch.float32,
-        "attn_implementation": attn_implementation,
+        **({"attn_implementation": attn_implementation} if attn_implementation is not None else {}),
         "device_map": device_map,
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,
@@ -336,6 +339,46 @@ def enable_gradient_checkpointing(model: nn.Module, gradient_checkpointing_kwarg
         # get none: make the embedding output require grad.
         unwrap_model(model).enable_input_require_grads()
     unwrap_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _floating_inputs_to_fp32(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _output_to_dtype(dtype: torch.dtype, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.to(dtype)
+
+
+def cast_lm_head_to_fp32(model: PreTrainedModel) -> None:
+    """
+    TRL's `cast_lm_head_to_fp32`: the output embedding is made float32 and fed float32 hidden states, so the logits
+    are computed in float32 whatever the model's dtype. With tied embeddings the input embedding (the same weight)
+    keeps returning the model's dtype. Done with module hooks, so a `copy.deepcopy` of the model (the reference)
+    computes with its own head.
+
+    Raises:
+        `ValueError`: when the head carries a PEFT adapter (TRL refuses it too) or the model has no output embedding.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"cast_lm_head_to_fp32: {type(model).__name__} has no output embedding (LM head) to cast.")
+    if isinstance(head, BaseTunerLayer):
+        raise ValueError(
+            "`cast_lm_head_to_fp32=True` is not supported when the lm_head carries a PEFT adapter (e.g. "
+            "`target_modules` includes `lm_head`). Remove `lm_head` from the adapter's target modules, or set "
+            "`cast_lm_head_to_fp32=False`."
+        )
+    if head.weight.dtype == torch.float32 and head._forward_pre_hooks:
+        return  # already cast (a reference copied from a cast policy)
+    dtype = head.weight.dtype
+    embedding = model.get_input_embeddings()
+    tied = embedding is not None and embedding.weight is head.weight
+    head.float()
+    head.register_forward_pre_hook(_floating_inputs_to_fp32)
+    if tied and dtype != torch.float32:
+        embedding.register_forward_hook(functools.partial(_output_to_dtype, dtype))
 
 
 # Families transformers can build that rft_trl refuses, with the reason (docs/models.md lists them). Every other

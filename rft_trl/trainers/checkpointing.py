@@ -53,6 +53,8 @@ COMPLETE_MARKER = "checkpoint_complete.json"
 STAGING_PREFIX = "tmp-"
 RFT_STATE_NAME = "rft_state.json"
 EMA_NAME = "ema.safetensors"
+# The KL reference's weights, saved when they change during training (`sync_ref_model`).
+REFERENCE_NAME = "reference.safetensors"
 KILL_AT_SAVE_ENV = "RFT_TRL_KILL_AT_SAVE"
 # Where a save can be cut short, in order; `during_rotation` is after an old checkpoint was renamed aside.
 SAVE_POINTS = ("before_weights", "after_weights", "before_marker", "before_rename", "during_rotation")

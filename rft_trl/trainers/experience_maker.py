@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import compute_advantages, compute_approx_kl, masked_mean
+from ..core import compute_advantages, compute_approx_kl, masked_mean, normalize_then_sum_scores
 from ..data.collator import PromptBatch, PromptCollator
 from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from ..models.actor import Actor
@@ -153,19 +153,30 @@ class ExperienceMaker:
     @torch.no_grad()
     def make_experience(self, rows: list[dict]) -> Rollout:
         """Generate, score and advantage one rollout of `rows` (one dataset row per prompt)."""
-        samples, completions, prompts, rewards_out = self.generate_and_score(
-            rows, self.args.n_samples_per_prompt, self.args.sampling_kwargs()
-        )
+        n = self.args.n_samples_per_prompt
+        samples, completions, prompts, rewards_out = self.generate_and_score(rows, n, self.args.sampling_kwargs())
         counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
-        metrics = {name: float(count) for name, count in counts.items()}
+        rollout = self.experience_from(samples, completions, prompts, rewards_out, n)
+        rollout.metrics.update({name: float(count) for name, count in counts.items()})
+        return rollout
+
+    @torch.no_grad()
+    def experience_from(self, samples: dict, completions: list[str], prompts: list, rewards_out, n: int) -> Rollout:
+        """
+        Score and advantage generated samples ([`generate_and_score`]'s outputs, `n` consecutive samples per
+        prompt): the second half of [`make_experience`], also used on evaluation completions.
+        """
+        metrics = {}
         scored = self._score(samples)
-        advantages, returns, kl_stats = self._advantages(samples, scored, rewards_out.rewards, rewards_out.valid)
+        advantages, returns, kl_stats = self._advantages(
+            samples, scored, rewards_out.rewards, rewards_out.valid, n, rewards_out.components
+        )
         trained = rewards_out.valid.to(samples["action_mask"].device)
         if self.args.mask_truncated_completions:
             trained = trained & ~self._truncated(samples)
         items = self._items(samples, scored, advantages, returns, rewards_out, trained)
         metrics.update(rewards_out.metrics())
-        metrics.update(self._metrics(samples, rewards_out, kl_stats))
+        metrics.update(self._metrics(samples, rewards_out, kl_stats, n))
         if scored["values"] is not None:
             metrics.update(self._value_metrics(scored["values"], returns, samples["action_mask"], rewards_out.valid))
         return Rollout(
@@ -267,7 +278,13 @@ class ExperienceMaker:
         return scored
 
     def _advantages(
-        self, samples: dict, scored: dict, rewards: torch.Tensor, valid: torch.Tensor
+        self,
+        samples: dict,
+        scored: dict,
+        rewards: torch.Tensor,
+        valid: torch.Tensor,
+        group_size: int,
+        components: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         action_mask = samples["action_mask"]
         base, old = scored["base_log_probs"], scored["old_log_probs"]
@@ -285,11 +302,14 @@ class ExperienceMaker:
             )
             kl = compute_approx_kl(policy, base, action_mask, kl_estimator=self.args.kl_estimator)  # [N, A]
             stats["kl"] = masked_mean(kl, action_mask & valid[:, None].to(action_mask.device)).item()
+        baselined = self.args.multi_objective_aggregation == "normalize_then_sum"
+        if baselined:
+            rewards = self._normalize_then_sum(components, valid, group_size)
         advantages, returns = compute_advantages(
             self.args.advantage_estimator,
             rewards.to(action_mask.device).nan_to_num(0.0),
             action_mask,
-            group_size=self.args.n_samples_per_prompt,
+            group_size=group_size,
             values=scored["values"] if self.args.advantage_estimator == "gae" else None,
             # PPO-style: the KL to the reference is a per-token reward penalty; GRPO-style it is a loss term.
             kl=None if self.args.use_kl_loss else kl,
@@ -297,9 +317,26 @@ class ExperienceMaker:
             gamma=self.args.gamma,
             lambd=self.args.lambd,
             valid=valid.to(action_mask.device),
-            reward_std=self._batch_reward_std(rewards, valid) if self.args.scale_rewards == "batch" else None,
+            reward_std=self._batch_reward_std(rewards, valid)
+            if self.args.scale_rewards == "batch" and not baselined
+            else None,
+            baselined=baselined,
         )
         return advantages, returns, stats
+
+    def _normalize_then_sum(self, components: dict[str, torch.Tensor], valid: torch.Tensor, group_size: int):
+        """
+        TRL's `normalize_then_sum` (GDPO): each function's rewards normalised per group, weighted and summed, then
+        normalised over the whole batch (all processes): the samples' advantages.
+        """
+        weights = torch.tensor(self.reward_scorer.reward_weights, dtype=torch.float64)
+        summed = normalize_then_sum_scores(torch.stack(list(components.values()), -1).double(), weights, group_size)
+        kept = summed[valid.to(summed.device)]
+        local = torch.stack([kept.sum(), kept.square().sum(), torch.tensor(float(kept.numel()), dtype=torch.float64)])
+        total, squares, count = self.reduce_sum(local.to(self.device)).tolist()
+        mean = total / max(count, 1.0)
+        std = math.sqrt(max((squares - total * mean) / (count - 1), 0.0)) if count > 1 else 0.0
+        return ((summed - mean) / (std + 1e-4)).float()
 
     def _batch_reward_std(self, rewards: torch.Tensor, valid: torch.Tensor) -> float:
         """The unbiased standard deviation of the valid rewards over all processes (TRL's `scale_rewards="batch"`)."""
@@ -385,7 +422,7 @@ class ExperienceMaker:
             metrics["train/explained_variance"] = (1 - (returns - values).var() / variance).item()
         return metrics
 
-    def _metrics(self, samples: dict, rewards_out, kl_stats: dict) -> dict[str, float]:
+    def _metrics(self, samples: dict, rewards_out, kl_stats: dict, group_size: int) -> dict[str, float]:
         """The rollout's statistics under TRL's names (`reward`, `completions/*`, `frac_reward_zero_std`), with our
         `rollout/num_samples` and `rollout/kl` (the rollout policy's KL to the reference)."""
         valid = rewards_out.valid
@@ -414,7 +451,7 @@ class ExperienceMaker:
         metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
         metrics["rollout/num_samples"] = float(valid.numel())
         # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
-        groups = rewards_out.rewards.view(-1, self.args.n_samples_per_prompt)
+        groups = rewards_out.rewards.view(-1, group_size)
         spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)
         metrics["frac_reward_zero_std"] = (spread == 0).float().mean().item()
         if kl_stats:

@@ -32,7 +32,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import (
     AutoModelForSequenceClassification,
     AutoProcessor,
@@ -56,13 +56,16 @@ from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
 from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import unwrap_model
+from ..models.utils import cast_lm_head_to_fp32, unwrap_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from .checkpointing import (
+    REFERENCE_NAME,
+    CheckpointError,
     check_resumable,
     load_checkpoint_weights,
     load_rft_state,
+    read_safetensors,
     remove_partial_checkpoints,
     resolve_resume_checkpoint,
     rotate_checkpoints,
@@ -71,8 +74,8 @@ from .checkpointing import (
     write_trainer_checkpoint,
 )
 from .experience_maker import ExperienceMaker, Rollout
-from .guards import NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
-from .kl_controller import AdaptiveKLController, FixedKLController
+from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
+from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
 from .sft import build_sft_batch, sft_loss
@@ -145,6 +148,40 @@ class PromptRows:
         return False
 
 
+def is_stream(dataset) -> bool:
+    """Whether `dataset` is iterable-only (a streaming `datasets.IterableDataset` or a torch `IterableDataset`)."""
+    return isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset))
+
+
+class RolloutStream(torch.utils.data.IterableDataset):
+    """
+    A streaming training set cut into rollouts, as [`RolloutSampler`] cuts a map-style one: blocks of `block_size`
+    consecutive rows (a last, incomplete block is dropped), each block yielded `repeats` times. Accelerate gives each
+    process its `block_size / num_processes` rows of every block.
+    """
+
+    def __init__(self, dataset, block_size: int, repeats: int):
+        self.dataset, self.block_size, self.repeats = dataset, block_size, repeats
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):  # reshuffles a shuffled `datasets` stream
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        block, blocks = [], 0
+        for row in self.dataset:
+            block.append(row)
+            if len(block) == self.block_size:
+                for _ in range(self.repeats):
+                    yield from block
+                block, blocks = [], blocks + 1
+        if blocks == 0:
+            raise ValueError(
+                f"The streaming dataset ended after {len(block)} rows, fewer than one rollout needs "
+                f"({self.block_size} prompts over all processes): lower rollout_batch_size or add rows."
+            )
+
+
 # The dataset index a row carries through evaluation, so that Accelerate's padding repeats are counted once.
 ROW_INDEX = "__rft_trl_row_index__"
 
@@ -160,6 +197,17 @@ class IndexedRows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {**self.dataset[index], ROW_INDEX: index}
+
+
+class IndexedStream(torch.utils.data.IterableDataset):
+    """A streaming dataset's rows, each with its position in the stream under [`ROW_INDEX`]."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        for index, row in enumerate(self.dataset):
+            yield {**row, ROW_INDEX: index}
 
 
 # Rollout metrics that count things: summed when rollouts (or processes) are merged.
@@ -221,7 +269,10 @@ def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
 
 
 class PolicyAndValue(nn.Module):
-    """The actor and (optionally) the critic as one module, so one `accelerator.prepare` carries both."""
+    """
+    The actor and the critic as one module, so one `accelerator.prepare` carries both: `trainer.model` when a critic
+    trains (as TRL's `PPOTrainer` wraps policy and value); without one, `trainer.model` is the policy itself.
+    """
 
     def __init__(self, actor: Actor, critic: nn.Module | None = None):
         super().__init__()
@@ -314,6 +365,43 @@ def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
     return Actor
 
 
+# Private `transformers.Trainer` methods PPOTrainerVL overrides or calls, and what relies on each. They are checked
+# when a trainer is built: if a transformers release renames or removes one, training would silently lose that
+# guarantee, so the trainer refuses to start instead.
+TRAINER_HOOKS = {
+    "_prepare_inputs": "rollouts (each micro-batch is generated and scored here)",
+    "_get_train_sampler": "rollout-shaped batches of prompts",
+    "_get_dataloader": "the train and eval dataloaders",
+    "_get_grad_norm": "the non-finite step guard (it decides there, before optimizer.step)",
+    "_save": "saving the actor in Hugging Face format",
+    "_save_checkpoint": "crash-safe checkpoints",
+    "_save_optimizer_and_scheduler": "crash-safe checkpoints (the optimizer state)",
+    "_save_scaler": "crash-safe checkpoints (the grad scaler)",
+    "_save_rng_state": "crash-safe checkpoints and exact resume (the RNG states)",
+    "_load_from_checkpoint": "exact resume (the actor, adapter and critic weights)",
+    "_load_best_model": "load_best_model_at_end",
+    "_get_output_dir": "crash-safe checkpoints (the run directory)",
+}
+
+
+def check_trainer_hooks(trainer_class: type = Trainer) -> None:
+    """
+    Raise when a private `Trainer` method rft_trl relies on ([`TRAINER_HOOKS`]) is missing from `trainer_class`.
+
+    Raises:
+        `RuntimeError`: naming the method, what depends on it and the installed transformers version.
+    """
+    import transformers
+
+    missing = [name for name in TRAINER_HOOKS if not callable(getattr(trainer_class, name, None))]
+    if missing:
+        uses = "; ".join(f"{name} ({TRAINER_HOOKS[name]})" for name in missing)
+        raise RuntimeError(
+            f"transformers {transformers.__version__}'s Trainer lacks methods PPOTrainerVL builds on: {uses}. "
+            "Install the transformers version rft_trl pins (see pyproject.toml)."
+        )
+
+
 class PPOTrainerVL(Trainer):
     """
     Reinforcement fine-tuning trainer for any modality: GRPO-style group estimators or PPO with a critic (GAE).
@@ -380,6 +468,7 @@ class PPOTrainerVL(Trainer):
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
     ):
         args = args or RFTConfig("outputs")
+        check_trainer_hooks()
         if processing_class is None:
             processing_class = self._load_processing_class(model, args)
         # What the processor takes and returns, decided once: the collator, the actor and the logs use it.
@@ -388,6 +477,7 @@ class PPOTrainerVL(Trainer):
         actor.inputs.check_processor(layout, type(processing_class).__name__)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
+        self._check_streams(train_dataset, eval_dataset, args)
         if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
             # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
             # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
@@ -436,6 +526,14 @@ class PPOTrainerVL(Trainer):
             if args.kl_target
             else FixedKLController(args.init_kl_coef)
         )
+        self.entropy_controller = EntropyController(
+            args.entropy_coef,
+            adaptive=args.use_adaptive_entropy,
+            target=args.entropy_target,
+            delta=args.entropy_coef_delta,
+            minimum=args.entropy_coef_min,
+            maximum=args.entropy_coef_max,
+        )
         if args.ptx_coef > 0 and ptx_dataset is None:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (rows with `prompt` and `completion`).")
         self.ptx_dataset = ptx_dataset
@@ -448,16 +546,22 @@ class PPOTrainerVL(Trainer):
         self._interval_rollout_metrics: list[dict[str, float]] = []
         self._micro_batches: list = []
         self.replay_buffer = NaiveReplayBuffer(
-            args.micro_train_batch_size, args.buffer_limit, args.buffer_cpu_offload, args.packing_samples
+            args.micro_train_batch_size,
+            args.buffer_limit,
+            args.buffer_cpu_offload,
+            args.packing_samples,
+            pad_to_multiple_of=args.pad_to_multiple_of,
         )
         self._step = 0
         self._nonfinite_guard = NonFiniteGuard(args.max_consecutive_nonfinite_steps)
         self._peft = isinstance(actor.model, PeftModel)
         self._reference = initial_model
         self._completions_table: list[dict] = []
+        self._completions_table_logged = True
 
         super().__init__(
-            model=PolicyAndValue(actor, critic),
+            # As in TRL: the policy the user gave (or built from the path, or wrapped by PEFT) is `trainer.model`.
+            model=actor.model if critic is None else PolicyAndValue(actor, critic),
             args=args,
             data_collator=PromptRows,
             train_dataset=train_dataset,
@@ -467,12 +571,23 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        # The loss is a mean over the micro-batch's tokens or samples (`loss_type`), never a sum for the Trainer to
+        # divide by a token count: the Trainer scales it for gradient accumulation (TRL sets the same).
+        self.model_accepts_loss_kwargs = False
         # TRL's attribute: whether the policy returns a router load-balancing loss (mixture-of-experts models).
         self.aux_loss_enabled = bool(getattr(actor.hf_model.config.get_text_config(), "output_router_logits", False))
         self._place_reward_models()
         self._aux_loss_coef = self._resolve_aux_loss_coef()
         self._check_deepspeed_saving()
         self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
+        # TRL's attribute: the reference policy's transformers model (None without a separate reference model).
+        self.ref_model = self._reference.hf_model if isinstance(self._reference, Actor) else None
+        if args.sync_ref_model:
+            # Imported here: trl.trainer.callbacks imports the optional integrations (wandb...).
+            from trl.trainer.callbacks import SyncRefModelCallback
+
+            self._check_sync_ref_model()
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         if args.enable_ema:
             self.add_callback(_EMACallback(self))
         self.experience_maker = ExperienceMaker(
@@ -496,6 +611,26 @@ class PPOTrainerVL(Trainer):
         return list(self.reward_scorer.names)
 
     # ------------------------------------------------------------------------------------------------ building
+
+    @staticmethod
+    def _check_streams(train_dataset, eval_dataset, args: RFTConfig) -> None:
+        """TRL's rules for streaming (iterable) datasets: no batch dispatching; one loader worker for training."""
+        eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+        if not (is_stream(train_dataset) or any(is_stream(d) for d in eval_sets)):
+            return
+        if args.accelerator_config.dispatch_batches:
+            raise ValueError(
+                "Iterable datasets require `dispatch_batches=False`: every process reads its own share of the stream "
+                "(batches are raw prompt rows, which Accelerate cannot dispatch). Drop dispatch_batches from "
+                "accelerator_config."
+            )
+        if is_stream(train_dataset) and args.dataloader_num_workers > 0:
+            # Each worker would read the whole stream, repeating prompts and splitting rollouts across workers.
+            logger.warning(
+                "dataloader_num_workers=%d set to 0: a streaming training set is read by one loader process.",
+                args.dataloader_num_workers,
+            )
+            args.dataloader_num_workers = 0
 
     @staticmethod
     def _load_processing_class(model, args: RFTConfig):
@@ -583,6 +718,10 @@ class PPOTrainerVL(Trainer):
             )
         if args.disable_dropout:
             disable_dropout_in_model(actor)
+        if args.cast_lm_head_to_fp32:
+            if is_deepspeed_zero3_enabled():
+                raise ValueError("cast_lm_head_to_fp32=True is not supported under ZeRO-3 (a partitioned LM head).")
+            cast_lm_head_to_fp32(actor.hf_model)
         return actor
 
     @staticmethod
@@ -628,6 +767,8 @@ class PPOTrainerVL(Trainer):
             reference = actor_class(self.media_kinds)(model_path, bf16=self.args.bf16)
         else:
             reference = copy.deepcopy(self.actor)
+        if self.args.cast_lm_head_to_fp32:
+            cast_lm_head_to_fp32(reference.hf_model)  # a no-op on a copy of the (cast) policy
         reference.requires_grad_(False)
         reference.eval()
         if self.args.disable_dropout:
@@ -638,6 +779,29 @@ class PPOTrainerVL(Trainer):
             self._reference_engine = prepare_deepspeed(reference, self.accelerator)
         self._reference = reference.to(self.accelerator.device)
         return self._reference
+
+    def _check_sync_ref_model(self) -> None:
+        """TRL's conditions for `sync_ref_model`, and ours (the reference must be a model of its own, saved whole)."""
+        if self.args.init_kl_coef == 0.0:
+            raise ValueError(
+                "You passed `sync_ref_model=True` while `beta=0.0`: the reference model is not used, so there is "
+                "nothing to synchronize. Set `sync_ref_model=False`, or a non-zero `beta`."
+            )
+        if self._peft:
+            raise ValueError(
+                "`sync_ref_model=True` with a PEFT model is not supported: the reference is the base model under the "
+                "adapter, not a model of its own to mix weights into. Use full fine-tuning, or sync_ref_model=False."
+            )
+        if self.critic is not None:
+            raise ValueError(
+                "`sync_ref_model=True` with a critic is not supported: the trained module holds the critic's weights "
+                "too, which have no counterpart in the reference."
+            )
+        if is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "`sync_ref_model=True` under ZeRO-3 is not supported: the synced reference is saved whole in each "
+                "checkpoint (for an exact resume), which a partitioned reference cannot be."
+            )
 
     def _place_reward_models(self) -> None:
         """Put the sequence-classification reward models where they run, as TRL does: a DeepSpeed inference engine
@@ -702,6 +866,8 @@ class PPOTrainerVL(Trainer):
         """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
         if self.optimizer is not None or self.critic is None:
             return super().create_optimizer(model)
+        # Not super() with a critic: the parent builds one group per decay setting at `learning_rate`, and the critic
+        # needs its own `critic_learning_rate`; the parent's decay rule and optimizer class are reused below.
         decay = set(self.get_decay_parameter_names(self.model))
         critic_lr = self.args.critic_learning_rate or self.args.learning_rate
         groups = []
@@ -719,6 +885,8 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ data
 
     def _get_train_sampler(self, train_dataset=None) -> Sampler:
+        # Not super(): the parent's random sampler draws single rows; a rollout needs blocks of prompts, each block
+        # served once per micro-step of the rollout (see RolloutSampler).
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return RolloutSampler(
             len(dataset),
@@ -729,13 +897,12 @@ class PPOTrainerVL(Trainer):
         )
 
     def get_train_dataloader(self):
-        if isinstance(self.train_dataset, IterableDataset):
-            raise ValueError(
-                "PPOTrainerVL trains on map-style datasets; for a streaming dataset, take the rows you need first "
-                "(e.g. Dataset.from_list(list(streaming.take(n))))."
-            )
+        dataset = self.train_dataset
+        if is_stream(dataset):
+            block = self.args.rollout_batch_size * self.accelerator.num_processes
+            dataset = RolloutStream(dataset, block, self.args.micro_steps_per_rollout)
         return self._get_dataloader(
-            dataset=self.train_dataset,
+            dataset=dataset,
             description="Training",
             batch_size=self.args.rollout_batch_size,
             sampler_fn=self._get_train_sampler,
@@ -745,6 +912,8 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ rollout
 
     def _prepare_inputs(self, rows: PromptRows) -> Any:
+        # Not super(): the parent only moves tensors to the device; here the batch is raw prompt rows, turned into a
+        # rollout once per rollout and served one training micro-batch per call (already on the device).
         if self._step % self.args.micro_steps_per_rollout == 0 or not self._micro_batches:
             self._start_rollout(rows.rows)
         micro_batch = self._micro_batches[self._step % self.args.micro_steps_per_rollout]
@@ -769,17 +938,35 @@ class PPOTrainerVL(Trainer):
         if rollout.kl is not None:
             # The KL and sample count over all processes, so that every process moves the coefficient alike.
             self.kl_ctl.update(self._rollout_metrics["rollout/kl"], int(self._rollout_metrics["rollout/num_samples"]))
-        if self.args.log_completions:
-            self._completions_table = [
-                {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
-                for p, c, r in zip(rollout.prompts, rollout.completions, rollout.rewards.tolist())
-            ]
-            if self.args.log_multimodal and rollout.images is not None:
-                for row, images in zip(self._completions_table, rollout.images):
-                    row["images"] = images
-            for column, values in rollout.extra_columns.items():
-                for row, value in zip(self._completions_table, values):
-                    row[column] = value
+        # The last rollout's completions, for the table `log_completions` logs (and TRL's `_logs` view of them).
+        self._completions_table = [
+            {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
+            for p, c, r in zip(rollout.prompts, rollout.completions, rollout.rewards.tolist())
+        ]
+        if self.args.log_multimodal and rollout.images is not None:
+            for row, images in zip(self._completions_table, rollout.images):
+                row["images"] = images
+        for column, values in rollout.extra_columns.items():
+            for row, value in zip(self._completions_table, values):
+                row[column] = value
+        self._completions_table_logged = False
+
+    @property
+    def _logs(self) -> dict[str, Any]:
+        """
+        TRL's private view of the last rollout's completions: `prompt`, `completion`, `images` (with
+        `log_multimodal`) and `extra` (the columns reward functions logged with `log_extra`).
+        """
+        table = self._completions_table
+        extra = [
+            name for name in (table[0] if table else {}) if name not in ("step", "prompt", "completion", "reward")
+        ]
+        return {
+            "prompt": [row["prompt"] for row in table],
+            "completion": [row["completion"] for row in table],
+            "images": [row["images"] for row in table if "images" in row],
+            "extra": {name: [row[name] for row in table] for name in extra if name != "images"},
+        }
 
     def _plan_micro_batches(self, rollout: Rollout) -> list:
         """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
@@ -820,6 +1007,8 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ update
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Not super(): the parent's loss is the model's own (labels -> cross-entropy); this is the RL objective on an
+        # experience micro-batch. The forward still runs through `model` (the DDP/DeepSpeed wrapper).
         experience = inputs
         args = self.args
         train_actor = self.state.global_step >= args.freezing_actor_steps
@@ -830,18 +1019,36 @@ class PPOTrainerVL(Trainer):
             name: torch.cat(value)[None] if packed_seq_lens else value
             for name, value in experience.token_fields.items()
         }
-        out = model(
-            sequences,
-            experience.num_actions,
-            attention_mask=None if packed_seq_lens else experience.attention_mask,
-            packed_seq_lens=packed_seq_lens,
-            temperature=args.temperature,
-            return_entropy=True,  # logged as TRL's `entropy`; computed in the same pass as the log-probs
-            with_actor=train_actor,
-            with_values=train_critic,
+        common = {
+            "attention_mask": None if packed_seq_lens else experience.attention_mask,
+            "packed_seq_lens": packed_seq_lens,
             **token_fields,
             **experience.multimodal_inputs,
-        )
+        }
+        if self.critic is not None:
+            out = model(
+                sequences,
+                experience.num_actions,
+                temperature=args.temperature,
+                return_entropy=True,  # logged as TRL's `entropy`; computed in the same pass as the log-probs
+                with_actor=train_actor,
+                with_values=train_critic,
+                **common,
+            )
+        elif train_actor:
+            # `model` wraps the policy itself (DDP, DeepSpeed): the actor runs its forward through the wrapper.
+            log_probs, entropy, output = self.actor(
+                sequences,
+                experience.num_actions,
+                temperature=args.temperature,
+                return_entropy=True,
+                return_output=True,
+                wrapped_model=model,
+                **common,
+            )
+            out = {"log_probs": log_probs, "entropy": entropy, "output": output}
+        else:
+            out = {}
         batch = self._padded_fields(experience, out)
         mask = batch["action_mask"] & (experience.info["valid"] > 0)[:, None]  # [B, A]
         loss = torch.zeros((), device=sequences.device)
@@ -931,11 +1138,20 @@ class PPOTrainerVL(Trainer):
         if "new_entropy" in batch:
             entropy = batch["new_entropy"]
             self._record("entropy", masked_mean(entropy, mask), tokens)
-            if args.entropy_coef:
+            if self.entropy_controller.enabled:
                 # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
                 acting = mask if entropy_mask is None else mask & entropy_mask
-                loss = loss - args.entropy_coef * masked_mean(entropy, acting)
+                loss = loss - self.entropy_controller.applied() * masked_mean(entropy, acting)
+                if self.model.training:  # not during evaluation's loss
+                    self.entropy_controller.observe(torch.where(acting, entropy, 0.0).sum(), acting.sum())
+                    if self.accelerator.sync_gradients:
+                        self.entropy_controller.step(lambda t: self.accelerator.reduce(t, reduction="sum"))
         return loss
+
+    @property
+    def entropy_coef(self) -> float:
+        """The entropy-bonus coefficient now (TRL's attribute; it moves with `use_adaptive_entropy`)."""
+        return self.entropy_controller.value
 
     def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
         """
@@ -1033,14 +1249,19 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training-step log, not the eval or end-of-training summary
+        training_step = "loss" in logs
+        # As TRL: statistics not logged yet (the steps after the last logging step) join the next training log, the
+        # end-of-training summary included; evaluation logs carry their own.
+        pending = self._interval_rollout_metrics and not any(key.startswith("eval_") for key in logs)
+        if training_step or pending:
             # Within one rollout's optimizer steps, each log repeats that rollout's statistics.
             rollouts = self._interval_rollout_metrics or [self._rollout_metrics]
             logs = {**logs, **self._aggregate_metrics(), **merge_rollout_metrics(rollouts)}
             self._interval_rollout_metrics = []
             logs["train/kl_coef"] = self.kl_ctl.value
+            logs["entropy_coef"] = self.entropy_coef  # TRL's name
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
-            if self._completions_table and self.args.log_completions:
+            if not self._completions_table_logged and self.args.log_completions:
                 self._log_completions_table()
         super().log(logs, start_time)
 
@@ -1088,7 +1309,7 @@ class PPOTrainerVL(Trainer):
                 ]
                 table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
                 wandb.log({"completions": table})
-        self._completions_table = []
+        self._completions_table_logged = True
 
     # ------------------------------------------------------------------------------------------------ evaluation
 
@@ -1106,6 +1327,9 @@ class PPOTrainerVL(Trainer):
             `{prefix}_reward_failures` and `{prefix}_num_samples`. `metric_for_best_model="reward"` reads
             `{prefix}_reward`.
         """
+        # Not super(): the parent's loop runs `prediction_step` on tensors; evaluation here generates completions and
+        # scores them. It keeps the parent's contract: the eval dataloader, `{prefix}_*` metrics, `log`, and the
+        # `on_evaluate` callbacks.
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, str):  # a name of a dict of eval sets, as Trainer.evaluate takes it
             dataset = self.eval_dataset[dataset]
@@ -1114,7 +1338,7 @@ class PPOTrainerVL(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        dataloader = super().get_eval_dataloader(IndexedRows(dataset))
+        dataloader = self.get_eval_dataloader(dataset)
         was_training = self.model.training
         self.model.eval()
         # One greedy completion per prompt by default; TRL's num_generations_eval samples that many instead.
@@ -1122,14 +1346,24 @@ class PPOTrainerVL(Trainer):
         sampling = self.args.sampling_kwargs()
         if self.args.num_generations_eval is None:
             sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        records = []
+        records, losses = [], []
+        # The loss needs a baseline: RLOO's leave-one-out has none for a single sample per prompt.
+        with_loss = not (self.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
         self.experience_maker.trainer_state = self.state
         for batch in dataloader:
             indices = [row.pop(ROW_INDEX) for row in batch.rows]
             with unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ):
-                samples, _, _, out = self.experience_maker.generate_and_score(batch.rows, samples_per_prompt, sampling)
+                samples, completions, prompts, out = self.experience_maker.generate_and_score(
+                    batch.rows, samples_per_prompt, sampling
+                )
+                if with_loss:
+                    rollout = self.experience_maker.experience_from(
+                        samples, completions, prompts, out, samples_per_prompt
+                    )
+            if with_loss:
+                losses.extend(self._loss_without_update(rollout))
             lengths = samples["action_mask"].sum(-1).tolist()
             for i, length in enumerate(lengths):
                 row = samples["kept_rows"][i // samples_per_prompt]
@@ -1140,6 +1374,9 @@ class PPOTrainerVL(Trainer):
         if was_training:
             self.model.train()
         metrics = eval_metrics(gather_object(records), metric_key_prefix)
+        losses = gather_object(losses)
+        if losses:
+            metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
         for counts in gather_object([data_counts]):  # rows skipped or repaired, summed over the processes
             for name, count in counts.items():
                 key = f"{metric_key_prefix}_{name}"
@@ -1148,17 +1385,62 @@ class PPOTrainerVL(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """
+        The eval rows, each with its dataset index (so that rows Accelerate repeats to even out the processes' last
+        batches count once). A streaming eval set is read by one loader process, for this loader only (TRL's rule).
+        """
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Evaluation needs an eval_dataset: pass one to the trainer or to evaluate().")
+        if not is_stream(dataset):
+            return super().get_eval_dataloader(IndexedRows(dataset))
+        if self.args.accelerator_config.dispatch_batches:
+            raise ValueError("Iterable datasets require `dispatch_batches=False`; drop it from accelerator_config.")
+        workers = self.args.dataloader_num_workers
+        self.args.dataloader_num_workers = 0
+        try:
+            return super().get_eval_dataloader(IndexedStream(dataset))
+        finally:
+            self.args.dataloader_num_workers = workers
+
+    @torch.no_grad()
+    def _loss_without_update(self, rollout: Rollout) -> list[float]:
+        """The training loss of each micro-batch of `rollout`, without a gradient or an update (TRL's `eval_loss`)."""
+        buffer = NaiveReplayBuffer(
+            self.args.micro_train_batch_size,
+            packing_samples=self.args.packing_samples,
+            pad_to_multiple_of=self.args.pad_to_multiple_of,
+        )
+        size = buffer.sample_batch_size
+        # The loss records training metrics as it goes: keep them out of the training logs.
+        training_metrics, self._metrics = self._metrics, defaultdict(list)
+        try:
+            losses = []
+            for start in range(0, len(rollout.items), size):
+                batch = buffer.collate_fn(rollout.items[start : start + size]).to_device(self.accelerator.device)
+                losses.append(self.compute_loss(self.model_wrapped, batch).item())
+        finally:
+            self._metrics = training_metrics
+        return losses
+
     # ------------------------------------------------------------------------------------------------ saving
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the actor in Hugging Face format (the LoRA adapter alone under PEFT), its processor, the critic."""
+        # Not super(): the parent saves `trainer.model`'s state dict whole; with a critic that is the PolicyAndValue
+        # wrapper, which from_pretrained cannot load, so the actor and the critic are written apart.
         # Every process calls this; one writes (gathering a sharded state dict, if any, happened before).
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         actor_state = critic_state = None
-        if state_dict is not None:
+        if state_dict is not None and self.critic is None:
+            actor_state = state_dict  # `trainer.model` is the policy itself
+        elif state_dict is not None:
             actor_state = {k[len("actor.model.") :]: v for k, v in state_dict.items() if k.startswith("actor.model.")}
             critic_state = {k[len("critic.") :]: v for k, v in state_dict.items() if k.startswith("critic.")}
         self.actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
@@ -1177,6 +1459,9 @@ class PPOTrainerVL(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write `checkpoint-N` crash-safely: staged, committed by an atomic rename once complete, then rotated."""
+        # Not super(): the parent writes straight into `checkpoint-N` (a crash leaves a partial checkpoint that
+        # resuming would pick up) and rotates old checkpoints before the new one is complete. The same files are
+        # written by the parent's own writers (`write_trainer_checkpoint`), into a staging directory.
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
@@ -1193,6 +1478,9 @@ class PPOTrainerVL(Trainer):
             write_trainer_checkpoint(self, staging, run_dir, trial, save_optimizer)
             if self.args.should_save:
                 save_rft_state(staging, self._rft_state(), self._ema_state)
+                if self.args.sync_ref_model:  # the reference has moved away from the initial policy: keep it
+                    reference = {k: v.detach().contiguous().cpu() for k, v in self.ref_model.state_dict().items()}
+                    save_file(reference, os.path.join(staging, REFERENCE_NAME))
         if self.args.push_to_hub:
             self._push_from_checkpoint(final)
         if self.args.should_save:
@@ -1204,6 +1492,7 @@ class PPOTrainerVL(Trainer):
             "micro_step": self._step,
             "ptx_position": self._ptx_position,
             "kl_controller": self.kl_ctl.state_dict(),
+            "entropy_controller": self.entropy_controller.state_dict(),
             "nonfinite": self._nonfinite_guard.state_dict(),
         }
 
@@ -1212,16 +1501,28 @@ class PPOTrainerVL(Trainer):
         self._step = state["micro_step"]
         self._ptx_position = state["ptx_position"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
+        if "entropy_controller" in state:  # checkpoints written before the entropy controller have none
+            self.entropy_controller.load_state_dict(state["entropy_controller"])
         self._nonfinite_guard.load_state_dict(state["nonfinite"])
         # The checkpoint ends a rollout: the next micro-step generates a fresh one.
         self._micro_batches = []
         self._ema_state = ema
+        if self.args.sync_ref_model:
+            path = os.path.join(checkpoint, REFERENCE_NAME)
+            if not os.path.isfile(path):
+                raise CheckpointError(
+                    f"{checkpoint} has no {REFERENCE_NAME}: it was not written with sync_ref_model=True, so the "
+                    "synced reference cannot be restored. Resume with the settings it was trained with."
+                )
+            self.ref_model.load_state_dict(read_safetensors(path, str(self.accelerator.device)), strict=True)
         if ema is not None and self._ema_model is not None:
             target = dict(self._ema_model.named_parameters())
             for name, value in ema.items():
                 target[name].data.copy_(value)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Not super(): the parent loads one state dict into `trainer.model`; a checkpoint here holds the actor in its
+        # family's saved format, the adapter and the critic apart, which `load_checkpoint_weights` maps back.
         # `train` has already checked the checkpoint and restored the RFT state; the Trainer calls this for weights.
         self._load_model_weights(resume_from_checkpoint)
 
@@ -1294,6 +1595,14 @@ class PPOTrainerVL(Trainer):
         # Called once per optimizer step, right before `optimizer.step()`: the guard decides here, identically on
         # every process, whether the wrapped optimizer and scheduler skip this step.
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if not self.is_deepspeed_enabled and not isinstance(self.optimizer, GuardedOptimizer):
+            # create_scheduler wraps the optimizer once Accelerate has prepared it; a Trainer that creates the
+            # scheduler earlier would leave the guard deciding with nothing to skip.
+            raise RuntimeError(
+                "The non-finite step guard is not in place: the optimizer was not wrapped when the scheduler was "
+                f"created ({type(self.optimizer).__name__}). This transformers version orders them differently from "
+                "the one rft_trl pins; install that one."
+            )
         self._nonfinite_guard.decide(grad_norm, self.accelerator.reduce, step=self.state.global_step + 1)
         return grad_norm
 

@@ -36,15 +36,23 @@ class NaiveReplayBuffer:
             Move appended experience to the CPU, so the accelerator's memory only holds the batch being trained on.
         packing_samples (`bool`, *optional*, defaults to `False`):
             Collate batches as lists of unpadded samples instead of left-padded tensors.
+        pad_to_multiple_of (`int`, *optional*):
+            Padded batches' width is made a multiple of this (see [`make_experience_batch`]).
     """
 
     def __init__(
-        self, sample_batch_size: int, limit: int = 0, cpu_offload: bool = True, packing_samples: bool = False
+        self,
+        sample_batch_size: int,
+        limit: int = 0,
+        cpu_offload: bool = True,
+        packing_samples: bool = False,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         self.sample_batch_size = sample_batch_size
         self.limit = limit
         self.cpu_offload = cpu_offload
         self.packing_samples = packing_samples
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.items: list[BufferItem | BufferItemVL] = []
 
     @torch.no_grad()
@@ -75,7 +83,9 @@ class NaiveReplayBuffer:
 
     def collate_fn(self, batch: list[BufferItem | BufferItemVL]) -> Experience:
         """Collate items into an [`Experience`], packed or padded as the buffer was configured."""
-        return make_experience_batch(batch, packing_samples=self.packing_samples)
+        return make_experience_batch(
+            batch, packing_samples=self.packing_samples, pad_to_multiple_of=self.pad_to_multiple_of
+        )
 
     @torch.no_grad()
     def normalize(

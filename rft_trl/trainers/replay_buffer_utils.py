@@ -277,7 +277,9 @@ def _batch_token_fields(per_item: list[dict[str, torch.Tensor]], packing_samples
     }
 
 
-def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_samples: bool = False) -> Experience:
+def make_experience_batch(
+    items: list[BufferItem | BufferItemVL], packing_samples: bool = False, pad_to_multiple_of: int | None = None
+) -> Experience:
     """
     Collate items into one batched [`Experience`] (an [`ExperienceVL`] for [`BufferItemVL`] items).
 
@@ -287,6 +289,10 @@ def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_sample
         packing_samples (`bool`, *optional*, defaults to `False`):
             `True` keeps the per-token fields as lists of unpadded tensors; `False` left-pads them with zeros into
             `(B, max length)` tensors.
+        pad_to_multiple_of (`int`, *optional*):
+            Padded batches only: left-pad the sequence-wide fields (`sequences`, `attention_mask`, per-token type
+            fields) further, to a width that is a multiple of this (TRL's `pad_to_multiple_of`). The model numbers
+            positions from the attended tokens, so the log-probs do not change.
 
     Returns:
         [`Experience`]: `info` values stacked over the items (Python numbers made tensors), per-token type fields
@@ -310,6 +316,15 @@ def make_experience_batch(items: list[BufferItem | BufferItemVL], packing_sample
     }
     batch["info"] = _batch_info([item.info for item in items])
     batch["token_fields"] = _batch_token_fields([item.token_fields for item in items], packing_samples)
+    if pad_to_multiple_of and not packing_samples:
+        extra = -batch["sequences"].shape[1] % pad_to_multiple_of
+        if extra:
+            for name in ("sequences", "attention_mask"):
+                if batch[name] is not None:
+                    batch[name] = torch.nn.functional.pad(batch[name], (extra, 0))
+            batch["token_fields"] = {
+                name: torch.nn.functional.pad(value, (extra, 0)) for name, value in batch["token_fields"].items()
+            }
     per_sample = [item.multimodal_inputs for item in items]
     batch["multimodal_inputs"] = concat_multimodal_inputs(per_sample)
     batch["multimodal_shapes"] = multimodal_shapes(per_sample)

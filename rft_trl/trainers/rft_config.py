@@ -36,9 +36,6 @@ TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
 # GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
 UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
     "use_vllm": "rollouts are generated with transformers' generate; vLLM rollouts are not implemented yet",
-    "cast_lm_head_to_fp32": "logits are computed in the model's dtype; an fp32 LM head is not implemented yet",
-    "sync_ref_model": "TR-DPO reference synchronisation is not implemented yet",
-    "use_adaptive_entropy": "adaptive entropy control is not implemented yet (a constant entropy_coef is)",
     "max_tool_calling_iterations": "tool calling is not supported",
     "num_completions_to_print": "completions are not printed to the console yet (log_completions logs a table)",
     "log_unique_prompts": "the completions table logs every prompt",
@@ -46,7 +43,6 @@ UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
     "use_transformers_continuous_batching": "transformers' continuous batching is not supported",
     "transformers_continuous_batching_config": "transformers' continuous batching is not supported",
     "use_transformers_paged": "transformers' continuous batching is not supported",
-    "multi_objective_aggregation": "only 'sum_then_normalize' (weighted sum of the rewards, then advantages)",
 }
 
 # GRPOConfig options that act only together with another setting (as in TRL): set alone they would do nothing.
@@ -363,7 +359,10 @@ class RFTConfig(TrainingArguments):
         default=None, metadata={"help": "TRL: weight of the MoE load-balancing loss (default: the model config's)."}
     )
     disable_dropout: bool = field(default=False, metadata={"help": "Set every dropout of policy and reference to 0."})
-    cast_lm_head_to_fp32: bool = field(default=False, metadata={"help": "Not supported: compute logits in fp32."})
+    cast_lm_head_to_fp32: bool = field(
+        default=False,
+        metadata={"help": "Compute the logits in float32: the LM head (policy and reference) cast to fp32 (TRL's)."},
+    )
     num_generations_eval: int | None = field(
         default=None, metadata={"help": "Sampled completions per eval prompt (default: one greedy completion)."}
     )
@@ -371,7 +370,11 @@ class RFTConfig(TrainingArguments):
         default=True, metadata={"help": "ZeRO-3: gather the policy's weights once per rollout for generation."}
     )
     pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Not supported beyond 'auto'/None: pad ids to a multiple."}
+        default="auto",
+        metadata={
+            "help": "Pad the update's batches (prompt + completion width) to a multiple of this; 'auto'/None: no "
+            "padding beyond the longest sequence (TRL's 'auto' pads only on AWS Neuron)."
+        },
     )
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "TRL: completions per rollout over all processes; sizes the rollout."}
@@ -411,17 +414,35 @@ class RFTConfig(TrainingArguments):
     vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
     vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO loss only (loss_type='vespo')."})
     multi_objective_aggregation: str = field(
-        default="sum_then_normalize", metadata={"help": "Only 'sum_then_normalize' (weighted sum, then advantages)."}
+        default="sum_then_normalize",
+        metadata={
+            "help": "How several reward functions make one advantage (TRL): 'sum_then_normalize' (weighted sum, then "
+            "the estimator) or 'normalize_then_sum' (GDPO: each function normalised per group, weighted sum, then "
+            "normalised over the batch; group estimators only)."
+        },
     )
-    sync_ref_model: bool = field(default=False, metadata={"help": "Not supported yet: TR-DPO reference sync."})
-    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "With sync_ref_model."})
-    ref_model_sync_steps: int = field(default=512, metadata={"help": "With sync_ref_model."})
+    sync_ref_model: bool = field(
+        default=False,
+        metadata={
+            "help": "TR-DPO: every ref_model_sync_steps optimizer steps, reference = alpha * policy + (1 - alpha) * "
+            "reference (TRL's SyncRefModelCallback). Needs beta > 0 and a full (not PEFT) policy."
+        },
+    )
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "With sync_ref_model: the alpha above."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "With sync_ref_model: steps between syncs."})
     entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus: loss - entropy_coef * mean entropy."})
-    use_adaptive_entropy: bool = field(default=False, metadata={"help": "Not supported yet: adaptive entropy."})
-    entropy_coef_min: float = field(default=0.0, metadata={"help": "With use_adaptive_entropy."})
-    entropy_coef_max: float = field(default=1.0, metadata={"help": "With use_adaptive_entropy."})
-    entropy_coef_delta: float = field(default=0.005, metadata={"help": "With use_adaptive_entropy."})
-    entropy_target: float = field(default=0.2, metadata={"help": "With use_adaptive_entropy."})
+    use_adaptive_entropy: bool = field(
+        default=False,
+        metadata={
+            "help": "Adapt entropy_coef after each optimizer step: + entropy_coef_delta when the mean token entropy "
+            "was <= entropy_target, - entropy_coef_delta otherwise (within entropy_coef_min/max); the bonus acts "
+            "only while the entropy is <= entropy_target (TRL's)."
+        },
+    )
+    entropy_coef_min: float = field(default=0.0, metadata={"help": "With use_adaptive_entropy: the lower bound."})
+    entropy_coef_max: float = field(default=1.0, metadata={"help": "With use_adaptive_entropy: the upper bound."})
+    entropy_coef_delta: float = field(default=0.005, metadata={"help": "With use_adaptive_entropy: the step."})
+    entropy_target: float = field(default=0.2, metadata={"help": "With use_adaptive_entropy: the target entropy."})
     max_tool_calling_iterations: int | None = field(default=None, metadata={"help": "Not supported: tool calling."})
     off_policy_mask_threshold: float | None = field(
         default=None,
@@ -459,6 +480,10 @@ class RFTConfig(TrainingArguments):
         if self.bf16 is None:
             self.bf16 = not self.fp16  # TRL's default
         super().__post_init__()
+        if self.accelerator_config.dispatch_batches is None:
+            # Batches are raw prompt rows, which Accelerate cannot broadcast: every process reads its own share (the
+            # default for map-style sets, and what a streaming set needs).
+            self.accelerator_config.dispatch_batches = False
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")
         self._resolve_rollout_size()
@@ -535,10 +560,12 @@ class RFTConfig(TrainingArguments):
                 # TRL's "auto" pads only on AWS Neuron, which rft_trl does not run on.
                 self.pad_to_multiple_of = None
         if self.pad_to_multiple_of is not None:
-            raise ValueError(
-                f"pad_to_multiple_of={self.pad_to_multiple_of} is not supported: rft_trl pads each rollout to its "
-                "longest prompt and completion. Leave it unset."
-            )
+            if self.pad_to_multiple_of < 1:
+                raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
+            if self.packing_samples:
+                raise ValueError(
+                    "pad_to_multiple_of pads padded batches; packing_samples=True has no padding to size."
+                )
         for name, reason in UNSUPPORTED_TRL_OPTIONS.items():
             if getattr(self, name) != defaults[name]:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported by PPOTrainerVL: {reason}.")
@@ -691,6 +718,18 @@ class RFTConfig(TrainingArguments):
                 raise ValueError(
                     f"advantage_estimator={self.advantage_estimator!r} compares samples of a group: set "
                     f"n_samples_per_prompt >= 2 (got {self.n_samples_per_prompt})."
+                )
+        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+            raise ValueError(
+                f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not one of "
+                "'sum_then_normalize', 'normalize_then_sum'."
+            )
+        if self.multi_objective_aggregation == "normalize_then_sum":
+            if self.advantage_estimator not in ("group_norm", "dr_grpo") or self.reward_recipe is not None:
+                raise ValueError(
+                    "multi_objective_aggregation='normalize_then_sum' computes GRPO advantages from each reward "
+                    "function's group-normalised scores: it needs advantage_estimator 'group_norm' (or scale_rewards) "
+                    f"and reward_weights, not advantage_estimator={self.advantage_estimator!r} or a reward_recipe."
                 )
         if self.eps_clip_high is not None and self.eps_clip_high < self.eps_clip:
             raise ValueError(f"eps_clip_high={self.eps_clip_high} must be >= eps_clip={self.eps_clip}.")
