@@ -400,6 +400,8 @@ class PromptCollator:
             items = [one] if one is not None else list(many or [])
             if any(item is None for item in items):
                 raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be")
+            if items and kind in self.layout.unusable:
+                raise _Reject("unsupported_media", self.layout.unusable[kind])
             if items and kind not in self.media_kinds:
                 raise _Reject(
                     "unsupported_media",

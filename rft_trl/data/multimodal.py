@@ -288,6 +288,10 @@ class ProcessorLayout:
         media_token_ids (`tuple[int, ...]`):
             The tokenizer's added tokens that media bring into a prompt (placeholders, boundaries, rows and
             columns of image tiles, ...): a completion must never hold one.
+        unusable (`dict[str, str]`):
+            Media kinds the processor has a sub-processor for but could not process in the probe (e.g. a chat
+            template without an audio placeholder), with the processor's error: rows holding them are refused
+            with that reason.
     """
 
     media_kinds: tuple[str, ...] = ()
@@ -295,6 +299,7 @@ class ProcessorLayout:
     token_fields: tuple[str, ...] = ()
     empty_rows: dict[str, torch.Tensor] = field(default_factory=dict)
     media_token_ids: tuple[int, ...] = ()
+    unusable: dict[str, str] = field(default_factory=dict)
 
     def kinds_of(self, names: Sequence[str]) -> list[str]:
         """The media kinds whose fields include any of `names`."""
@@ -347,12 +352,16 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
     Returns:
         [`ProcessorLayout`]
 
+    A kind the processor fails on is left out of the layout with the processor's error (`unusable`, logged as a
+    warning): a multimodal processor may carry a sub-processor its chat template or model does not use (Gemma 4's
+    audio feature extractor beside an image-only model).
+
     Raises:
-        `ValueError`: when the processor cannot process the synthetic row (naming the kind and the processor's
+        `ValueError`: when the processor can process none of its media kinds (naming each kind and the processor's
         error), or returns something rft_trl cannot carry (see [`split_processor_output`]).
     """
     kinds = processor_media_kinds(processing_class)
-    fields, token_fields, empty_rows, media_tokens = {}, set(), {}, set()
+    fields, token_fields, empty_rows, media_tokens, unusable = {}, set(), {}, set(), {}
     if kinds:
         tokenizer = processing_class.tokenizer
         added = set(tokenizer.added_tokens_decoder)
@@ -369,11 +378,13 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
             kwargs["sampling_rate"] = processing_class.feature_extractor.sampling_rate
         try:
             output = processing_class(text=[text], return_tensors="pt", **kwargs)
-        except Exception as error:  # the processor's own failure, re-raised with what was being asked of it
-            raise ValueError(
+        except Exception as error:  # the processor's own failure, kept with what was being asked of it
+            unusable[kind] = (
                 f"{type(processing_class).__name__} could not process a row with two {kind}s "
-                f"({type(error).__name__}: {error}); rft_trl needs that to learn its field layout."
-            ) from error
+                f"({type(error).__name__}: {error}); rft_trl needs that to learn its field layout"
+            )
+            logger.warning("%s: rows with %ss will be refused.", unusable[kind], kind)
+            continue
         input_ids, _, tokens, media = split_processor_output(output)
         media_tokens |= (set(input_ids[0].tolist()) - text_only) & added
         token_fields |= set(tokens)
@@ -384,6 +395,11 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
             # A sample without this kind's media gets no items in the row (`[1, 0, ...]`), or, for a per-sample
             # count such as LLaVA-OneVision's `batch_num_images` (`[1]`), a count of 0.
             empty_rows[name] = value.new_zeros((1,) if value.dim() == 1 else (1, 0, *value.shape[2:]))
-    layout = ProcessorLayout(kinds, fields, tuple(sorted(token_fields)), empty_rows, tuple(sorted(media_tokens)))
+    if kinds and len(unusable) == len(kinds):
+        raise ValueError("; ".join(unusable.values()) + ".")
+    usable = tuple(kind for kind in kinds if kind not in unusable)
+    layout = ProcessorLayout(
+        usable, fields, tuple(sorted(token_fields)), empty_rows, tuple(sorted(media_tokens)), unusable
+    )
     logger.debug("Processor layout of %s: %s", type(processing_class).__name__, layout)
     return layout
