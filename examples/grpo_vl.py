@@ -18,16 +18,9 @@ On GPUs, with a real checkpoint, a `datasets` dataset (`prompt`, `image`, `answe
 Any option can also come from a YAML file: `--config recipe.yaml`.
 """
 
-from trl import ModelConfig, TrlParser
-
-from rft_trl import RFTConfig
-from rft_trl.scripts import TINY_DEMO_DEFAULTS, ScriptArguments, main
+from rft_trl.scripts import DEMO_RUNS, parse_and_run
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
-    # A --config YAML overrides these defaults, and the command line overrides both.
-    parser.set_defaults(
-        **TINY_DEMO_DEFAULTS, dataset_name="colour", max_steps=1000, eval_steps=250, output_dir="outputs/grpo_vl"
-    )
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    # The built-in demo's task and length (rft_trl.scripts.DEMO_RUNS) over the tiny-model defaults; a --config YAML
+    # overrides these, and the command line overrides both.
+    parse_and_run(DEMO_RUNS["grpo_vl"])

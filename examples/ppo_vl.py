@@ -23,24 +23,9 @@ On GPUs, with a real checkpoint, a `datasets` dataset (`prompt`, `image`, `answe
 Any option can also come from a YAML file: `--config recipe.yaml` (see `examples/recipes/`).
 """
 
-from trl import ModelConfig, TrlParser
-
-from rft_trl import RFTConfig
-from rft_trl.scripts import TINY_DEMO_DEFAULTS, ScriptArguments, main
+from rft_trl.scripts import DEMO_RUNS, parse_and_run
 
 if __name__ == "__main__":
-    parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
-    # A --config YAML overrides these defaults, and the command line overrides both.
-    parser.set_defaults(
-        **TINY_DEMO_DEFAULTS,
-        dataset_name="colour",
-        advantage_estimator="gae",
-        critic_learning_rate=3e-3,
-        # lambda = 1: advantages are Monte-Carlo returns minus values, not a young critic's bootstrapped guesses.
-        lambd=1.0,
-        max_steps=500,
-        eval_steps=100,
-        output_dir="outputs/ppo_vl",
-    )
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    # The built-in demo's task and length (rft_trl.scripts.DEMO_RUNS) over the tiny-model defaults; a --config YAML
+    # overrides these, and the command line overrides both.
+    parse_and_run(DEMO_RUNS["ppo_vl"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset, load_dataset
 from transformers import AutoProcessor
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from .data.collator import PromptCollator
 from .plotting import plot_reward_curve
@@ -69,6 +69,37 @@ TINY_DEMO_DEFAULTS = {
     "bf16": False,
     "gradient_checkpointing": False,
 }
+
+
+# What each example script (and the `rft-trl` command) runs with no arguments, over TINY_DEMO_DEFAULTS: the task
+# and how long the built-in demo trains.
+DEMO_RUNS = {
+    "grpo_vl": {"dataset_name": "colour", "max_steps": 1000, "eval_steps": 250, "output_dir": "outputs/grpo_vl"},
+    "grpo_text": {"dataset_name": "text", "max_steps": 300, "eval_steps": 100, "output_dir": "outputs/grpo_text"},
+    "grpo_audio": {"dataset_name": "pitch", "max_steps": 120, "eval_steps": 40, "output_dir": "outputs/grpo_audio"},
+    "ppo_vl": {
+        "dataset_name": "colour",
+        "advantage_estimator": "gae",
+        "critic_learning_rate": 3e-3,
+        # lambda = 1: advantages are Monte-Carlo returns minus values, not a young critic's bootstrapped guesses.
+        "lambd": 1.0,
+        "max_steps": 500,
+        "eval_steps": 100,
+        "output_dir": "outputs/ppo_vl",
+    },
+}
+
+
+def parse_and_run(defaults: dict, argv: list[str] | None = None) -> PPOTrainerVL:
+    """
+    Parse `argv` (or the command line) with TRL's `TrlParser` into [`ScriptArguments`], [`RFTConfig`] and TRL's
+    `ModelConfig`, over `TINY_DEMO_DEFAULTS` and `defaults` (a `--config` YAML overrides those, flags override both),
+    and run [`main`].
+    """
+    parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
+    parser.set_defaults(**{**TINY_DEMO_DEFAULTS, **defaults})
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    return main(script_args, training_args, model_args)
 
 
 @dataclass

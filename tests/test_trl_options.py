@@ -49,6 +49,7 @@ IMPLEMENTED_HERE = {
     "sync_ref_model",  # tests/test_trl_surface.py
     "use_adaptive_entropy",  # tests/test_trl_surface.py
     "cast_lm_head_to_fp32",  # tests/test_trl_surface.py
+    "num_completions_to_print",  # tests/test_progress.py
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.

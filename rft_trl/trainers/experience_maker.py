@@ -49,6 +49,8 @@ class Rollout:
         kl (`float`, *optional*): the rollout policy's mean KL to the reference.
         images (`list`, *optional*): each sample's images (its row's `image` or `images`), for logging.
         extra_columns (`dict[str, list]`): the columns reward functions logged with ``log_extra``, for logging.
+        reward_components (`dict[str, list[float]]`): each reward function's raw scores (NaN where it did not
+            score), for logging.
     """
 
     items: list[BufferItem]
@@ -59,6 +61,7 @@ class Rollout:
     kl: float | None = None
     images: list | None = None
     extra_columns: dict[str, list] = field(default_factory=dict)
+    reward_components: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
@@ -188,6 +191,7 @@ class ExperienceMaker:
             kl=kl_stats.get("kl"),
             images=samples.get("images"),
             extra_columns=rewards_out.extra_columns,
+            reward_components={name: scores.tolist() for name, scores in rewards_out.components.items()},
         )
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:

@@ -18,6 +18,7 @@ LightRFT's method names map onto this as: `fit` -> `train`, `ppo_train` -> the m
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import math
 import os
@@ -43,9 +44,10 @@ from transformers import (
     TrainerCallback,
 )
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.utils import disable_dropout_in_model
+from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
 from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
@@ -76,6 +78,7 @@ from .checkpointing import (
 from .experience_maker import ExperienceMaker, Rollout
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
+from .progress import ReadablePrinterCallback, ReadableProgressCallback
 from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
 from .sft import build_sft_batch, sft_loss
@@ -557,6 +560,8 @@ class PPOTrainerVL(Trainer):
         self._peft = isinstance(actor.model, PeftModel)
         self._reference = initial_model
         self._completions_table: list[dict] = []
+        self._completion_rewards: dict[str, list[float]] = {}
+        self._completion_prompts: list = []
         self._completions_table_logged = True
 
         super().__init__(
@@ -571,6 +576,14 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        # One readable line per log on the console instead of the Trainer's dict dumps (report_to gets the dicts).
+        for default, readable in (
+            (ProgressCallback, ReadableProgressCallback),
+            (PrinterCallback, ReadablePrinterCallback),
+        ):
+            if any(type(callback) is default for callback in self.callback_handler.callbacks):
+                self.remove_callback(default)
+                self.add_callback(readable)
         # The loss is a mean over the micro-batch's tokens or samples (`loss_type`), never a sum for the Trainer to
         # divide by a token count: the Trainer scales it for gradient accumulation (TRL sets the same).
         self.model_accepts_loss_kwargs = False
@@ -949,6 +962,8 @@ class PPOTrainerVL(Trainer):
         for column, values in rollout.extra_columns.items():
             for row, value in zip(self._completions_table, values):
                 row[column] = value
+        self._completion_rewards = rollout.reward_components
+        self._completion_prompts = rollout.prompts  # as given (chat messages stay messages), for the console table
         self._completions_table_logged = False
 
     @property
@@ -1297,6 +1312,17 @@ class PPOTrainerVL(Trainer):
         return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}
 
     def _log_completions_table(self) -> None:
+        """`log_completions`: TRL's console table of the last rollout (with `rich`), and a wandb table."""
+        if self.accelerator.is_main_process and importlib.util.find_spec("rich") is not None:
+            print_prompt_completions_sample(
+                self._completion_prompts,
+                [row["completion"] for row in self._completions_table],
+                self._completion_rewards,
+                None,
+                self.state.global_step,
+                self.args.num_completions_to_print,
+                extra=self._logs["extra"] or None,
+            )
         if "wandb" in self.args.report_to and self.accelerator.is_main_process:
             import wandb
 

@@ -37,7 +37,6 @@ TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
 UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
     "use_vllm": "rollouts are generated with transformers' generate; vLLM rollouts are not implemented yet",
     "max_tool_calling_iterations": "tool calling is not supported",
-    "num_completions_to_print": "completions are not printed to the console yet (log_completions logs a table)",
     "log_unique_prompts": "the completions table logs every prompt",
     "log_completions_hub_repo": "completions are not uploaded to the Hub",
     "use_transformers_continuous_batching": "transformers' continuous batching is not supported",
@@ -346,7 +345,12 @@ class RFTConfig(TrainingArguments):
     buffer_limit: int = field(default=0, metadata={"help": "Replay buffer size limit; 0 means none."})
     buffer_cpu_offload: bool = field(default=True, metadata={"help": "Keep the replay buffer on the CPU."})
     disable_ds_ckpt: bool = field(default=False, metadata={"help": "Skip optimizer/DeepSpeed state in checkpoints."})
-    log_completions: bool = field(default=False, metadata={"help": "Log a table of sample completions."})
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "At each training log: the last rollout's completions as a console table and a wandb table."
+        },
+    )
 
     # TRL GRPOConfig options (trl 1.16 names and defaults). Those rft_trl does not implement are accepted at their
     # default only (UNSUPPORTED_TRL_OPTIONS); those that only act together with another option are refused alone
@@ -453,7 +457,8 @@ class RFTConfig(TrainingArguments):
     )
     log_multimodal: bool = field(default=True, metadata={"help": "Add the samples' images to the completions table."})
     num_completions_to_print: int | None = field(
-        default=None, metadata={"help": "Not supported yet: print completions to the console."}
+        default=None,
+        metadata={"help": "With log_completions: how many of the last rollout's completions the console table shows."},
     )
     log_unique_prompts: bool = field(default=False, metadata={"help": "Not supported."})
     log_completions_hub_repo: str | None = field(default=None, metadata={"help": "Not supported."})

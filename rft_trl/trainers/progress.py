@@ -1,0 +1,127 @@
+"""
+Console progress a person can read: one compact line per log instead of the Trainer's dict dumps.
+
+The full metric dicts still go to `report_to` (wandb, trackio, tensorboard...) and `trainer.state.log_history`;
+only what the console shows changes. [`ReadableProgressCallback`] keeps the Trainer's tqdm bar and writes each log
+above it; [`ReadablePrinterCallback`] prints it (with `disable_tqdm=True`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+__all__ = ["ReadablePrinterCallback", "ReadableProgressCallback", "format_log_line"]
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.4g}"
+    return f"{value:.2e}"
+
+
+def _section(logs: dict, prefix: str) -> list[str]:
+    """The parts of one line, from the metrics under `prefix` (`""` for training, `"eval_"` for evaluation)."""
+    parts = []
+    reward = logs.get(f"{prefix}reward")
+    if isinstance(reward, (int, float)):
+        text = f"reward {_number(reward)}"
+        if isinstance(logs.get(f"{prefix}reward_std"), (int, float)):
+            text += f" ± {_number(logs[f'{prefix}reward_std'])}"
+        functions = {
+            key[len(f"{prefix}rewards/") : -len("/mean")]: value
+            for key, value in logs.items()
+            if key.startswith(f"{prefix}rewards/") and key.endswith("/mean")
+        }
+        if len(functions) > 1:
+            text += " (" + ", ".join(f"{name} {_number(value)}" for name, value in functions.items()) + ")"
+        parts.append(text)
+    for label, key in (
+        ("kl", "kl"),
+        ("entropy", "entropy"),
+        ("len", "completions/mean_length"),
+        ("clipped", "clip_ratio/region_mean"),
+        ("loss", "loss"),
+    ):
+        value = logs.get(f"{prefix}{key}")
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {_number(value)}")
+    failures = logs.get(f"{prefix}rollout/reward_failures") or logs.get(f"{prefix}reward_failures")
+    if failures:
+        parts.append(f"reward failures {int(failures)}")
+    return parts
+
+
+def format_log_line(logs: dict, step: int, max_steps: int, seconds_per_step: float | None = None) -> str:
+    """
+    One line for a log: a training step's (reward mean ± std and per function, KL, entropy, completion length, clip
+    fraction, loss, seconds per step), an evaluation's (`eval` and the same), or any other as `key value` pairs.
+    """
+    where = f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"
+    if any(key.startswith("eval_") for key in logs):
+        return " · ".join([f"eval {where}", *_section(logs, "eval_")])
+    if "loss" in logs:
+        parts = [where, *_section(logs, "")]
+        if seconds_per_step is not None:
+            parts.append(f"{seconds_per_step:.2f} s/step")
+        return " · ".join(parts)
+    shown = {k: v for k, v in logs.items() if k != "total_flos"}
+    return " · ".join([where, *(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in shown.items())])
+
+
+class _Pace:
+    """Seconds per optimizer step between two training logs."""
+
+    def __init__(self) -> None:
+        self.last: tuple[float, int] | None = None
+
+    def __call__(self, step: int, logs: dict) -> float | None:
+        if "loss" not in logs:
+            return None
+        now = time.monotonic()
+        pace = None
+        if self.last is not None and step > self.last[1]:
+            pace = (now - self.last[0]) / (step - self.last[1])
+        self.last = (now, step)
+        return pace
+
+
+class ReadableProgressCallback(ProgressCallback):
+    """The Trainer's tqdm progress bar, with each log written above it as one readable line."""
+
+    def __init__(self, max_str_len: int = 100):
+        super().__init__(max_str_len)
+        self._pace = _Pace()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self._pace = _Pace()
+        self._pace.last = (time.monotonic(), state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or logs is None:
+            return
+        line = format_log_line(logs, state.global_step, state.max_steps, self._pace(state.global_step, logs))
+        if self.training_bar is not None:
+            self.training_bar.write(line)
+        else:  # evaluate() outside train()
+            print(line)
+
+
+class ReadablePrinterCallback(PrinterCallback):
+    """Each log printed as one readable line (the Trainer's choice with `disable_tqdm=True`)."""
+
+    def __init__(self):
+        self._pace = _Pace()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._pace = _Pace()
+        self._pace.last = (time.monotonic(), state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero and logs is not None:
+            print(format_log_line(logs, state.global_step, state.max_steps, self._pace(state.global_step, logs)))

@@ -1,0 +1,61 @@
+"""The `rft-trl` command: `grpo`/`ppo` train like the example scripts, `env` reports versions."""
+
+import importlib.metadata
+import json
+
+import pytest
+import torch
+
+from rft_trl import cli
+
+SMALL_RUN = [
+    "--num_train_samples", "8",
+    "--num_eval_samples", "4",
+    "--max_steps", "2",
+    "--format_warmup_steps", "0",
+    "--rollout_batch_size", "2",
+    "--num_generations", "2",
+    "--per_device_train_batch_size", "4",
+    "--micro_rollout_batch_size", "4",
+    "--eval_strategy", "no",
+    "--logging_steps", "1",
+    "--report_to", "none",
+    "--reward_plot", "false",
+]  # fmt: skip
+
+
+def test_env_reports_the_versions_in_use(capsys):
+    assert cli.main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch version: {torch.__version__}" in out
+    assert f"trl version: {importlib.metadata.version('trl')}" in out
+    assert "rft_trl version: " in out and "Accelerators: " in out
+
+
+@pytest.mark.parametrize(("command", "estimator"), [("grpo", "group_norm"), ("ppo", "gae")])
+def test_grpo_and_ppo_train_the_demo(tmp_path, command, estimator):
+    assert cli.main([command, *SMALL_RUN, "--output_dir", str(tmp_path)]) == 0
+    history = json.loads((tmp_path / "log_history.json").read_text())
+    assert [entry["step"] for entry in history if "loss" in entry] == [1, 2]
+    config = json.loads((tmp_path / "training_args.json").read_text())
+    assert config["advantage_estimator"] == estimator and config["max_steps"] == 2
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_a_yaml_config_is_read_and_flags_override_it(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("dataset_name: text\nmax_steps: 5\nlearning_rate: 0.002\n")
+    assert cli.main(["grpo", "--config", str(recipe), *SMALL_RUN, "--output_dir", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "training_args.json").read_text())
+    assert config["learning_rate"] == 0.002 and config["max_steps"] == 2  # the flag wins over the YAML
+
+
+def test_unknown_commands_and_no_command_print_the_usage(capsys):
+    assert cli.main(["sft"]) == 2
+    assert "unknown command 'sft'" in capsys.readouterr().err
+    assert cli.main([]) == 2 and "usage: rft-trl" in capsys.readouterr().out
+
+
+def test_the_console_script_is_installed():
+    (entry,) = importlib.metadata.entry_points(group="console_scripts", name="rft-trl")
+    assert entry.value == "rft_trl.cli:main"

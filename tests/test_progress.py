@@ -1,0 +1,63 @@
+"""The console shows one readable line per log and, with log_completions, a completions table (TRL's)."""
+
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from rft_trl import PPOTrainerVL
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
+from rft_trl.trainers.progress import ReadablePrinterCallback, ReadableProgressCallback, format_log_line
+
+
+def test_a_training_log_is_one_line_with_the_numbers_that_matter():
+    logs = {
+        "loss": 0.01234,
+        "reward": 0.625,
+        "reward_std": 0.25,
+        "rewards/accuracy/mean": 0.5,
+        "rewards/format/mean": 1.0,
+        "kl": 0.0123,
+        "entropy": 1.5,
+        "completions/mean_length": 6.25,
+        "clip_ratio/region_mean": 0.0,
+        "rollout/reward_failures": 2.0,
+        "learning_rate": 1e-5,
+    }
+    line = format_log_line(logs, step=40, max_steps=1000, seconds_per_step=1.314)
+    assert line == (
+        "step 40/1000 · reward 0.625 ± 0.25 (accuracy 0.5, format 1) · kl 0.0123 · entropy 1.5 · len 6.25 · "
+        "clipped 0 · loss 0.0123 · reward failures 2 · 1.31 s/step"
+    )
+    assert (
+        format_log_line({"eval_reward": 0.9, "eval_loss": 0.0}, 250, 1000)
+        == "eval step 250/1000 · reward 0.9 · loss 0"
+    )
+    assert format_log_line({"train_runtime": 12.5, "total_flos": 0.0}, 3, 3) == "step 3/3 · train_runtime 12.5"
+
+
+def test_the_trainer_prints_lines_not_dicts_and_a_completions_table(tmp_path, capsys):
+    model, tokenizer = build_tiny_model("qwen2")
+
+    def half(completions, **kwargs):
+        return [0.5] * len(completions)
+
+    args = tiny_config(str(tmp_path), log_completions=True, num_completions_to_print=2, disable_tqdm=True)
+    trainer = PPOTrainerVL(
+        model, [length_reward, half], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+    )
+    callbacks = [type(c) for c in trainer.callback_handler.callbacks]
+    assert ReadablePrinterCallback in callbacks and PrinterCallback not in callbacks
+    trainer.train()
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert lines[0].startswith("step 1/2 · reward ") and "(length_reward " in lines[0] and ", half 0.5)" in lines[0]
+    assert "{'loss'" not in out and "'reward':" not in out  # no dict dumps
+    assert "Step 1" in out and "length_reward" in out and "Completion" in out  # TRL's rich table
+
+
+def test_with_a_progress_bar_the_readable_callback_replaces_the_default(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), disable_tqdm=False)
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+    )
+    callbacks = [type(c) for c in trainer.callback_handler.callbacks]
+    assert ReadableProgressCallback in callbacks and ProgressCallback not in callbacks
