@@ -64,7 +64,10 @@ TINY_DEMO_DEFAULTS = {
     "eval_strategy": "steps",
     "per_device_eval_batch_size": 64,
     "logging_steps": 10,
-    "save_strategy": "no",
+    # A checkpoint every 100 optimizer steps (a rollout boundary of the demos: 4 steps per rollout), the newest two
+    # kept: a killed run resumes with --resume_from_checkpoint true.
+    "save_steps": 100,
+    "save_total_limit": 2,
     # fp32 and no activation checkpointing: the tiny models are CPU-sized (TRL's defaults are bf16 and checkpointing).
     "bf16": False,
     "gradient_checkpointing": False,
@@ -191,6 +194,11 @@ def whole_model(training_args: RFTConfig) -> Iterator[None]:
         training_args.deepspeed_plugin.set_deepspeed_weakref()
 
 
+def _resuming(training_args: RFTConfig) -> bool:
+    value = training_args.resume_from_checkpoint
+    return value not in (None, False) and str(value).lower() != "false"
+
+
 def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> PPOTrainerVL:
     """Build the model and data, optionally warm up, train, save, and plot the reward curve."""
     train_dataset, eval_dataset = load_data(script_args, training_args.seed)
@@ -202,7 +210,8 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
             model, processing_class = build_tiny_model(
                 script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed
             )
-            if script_args.format_warmup_steps > 0:
+            # A resumed run loads its warmed-up and trained weights from the checkpoint.
+            if script_args.format_warmup_steps > 0 and not _resuming(training_args):
                 format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path

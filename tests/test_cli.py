@@ -59,3 +59,17 @@ def test_unknown_commands_and_no_command_print_the_usage(capsys):
 def test_the_console_script_is_installed():
     (entry,) = importlib.metadata.entry_points(group="console_scripts", name="rft-trl")
     assert entry.value == "rft_trl.cli:main"
+
+
+def test_the_demo_checkpoints_and_resumes_from_the_newest_checkpoint(tmp_path):
+    """`--resume_from_checkpoint true` continues a killed run from its newest checkpoint (a rollout boundary)."""
+    run = [*SMALL_RUN, "--output_dir", str(tmp_path), "--save_steps", "1", "--format_warmup_steps", "2"]
+    assert cli.main(["grpo", *run]) == 0
+    first = json.loads((tmp_path / "log_history.json").read_text())
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert cli.main(["grpo", *run, "--max_steps", "3", "--resume_from_checkpoint", "true"]) == 0
+    resumed = json.loads((tmp_path / "log_history.json").read_text())
+    steps = [entry for entry in resumed if "loss" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2, 3]
+    # Steps 1-2 come from the checkpoint's history, unchanged; step 3 trained on from there.
+    assert steps[:2] == [entry for entry in first if "loss" in entry]

@@ -21,10 +21,10 @@ def test_a_training_log_is_one_line_with_the_numbers_that_matter():
         "rollout/reward_failures": 2.0,
         "learning_rate": 1e-5,
     }
-    line = format_log_line(logs, step=40, max_steps=1000, seconds_per_step=1.314)
+    line = format_log_line(logs, step=40, max_steps=1000, seconds_per_step=1.314, tokens_per_second=812.4)
     assert line == (
         "step 40/1000 · reward 0.625 ± 0.25 (accuracy 0.5, format 1) · kl 0.0123 · entropy 1.5 · len 6.25 · "
-        "clipped 0 · loss 0.0123 · reward failures 2 · 1.31 s/step"
+        "clipped 0 · loss 0.0123 · reward failures 2 · 1.31 s/step · 812 tok/s"
     )
     assert (
         format_log_line({"eval_reward": 0.9, "eval_loss": 0.0}, 250, 1000)
@@ -49,6 +49,7 @@ def test_the_trainer_prints_lines_not_dicts_and_a_completions_table(tmp_path, ca
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert lines[0].startswith("step 1/2 · reward ") and "(length_reward " in lines[0] and ", half 0.5)" in lines[0]
+    assert lines[1].endswith(" tok/s")  # from the second log on: tokens since the previous one, per second
     assert "{'loss'" not in out and "'reward':" not in out  # no dict dumps
     assert "Step 1" in out and "length_reward" in out and "Completion" in out  # TRL's rich table
 
@@ -61,3 +62,21 @@ def test_with_a_progress_bar_the_readable_callback_replaces_the_default(tmp_path
     )
     callbacks = [type(c) for c in trainer.callback_handler.callbacks]
     assert ReadableProgressCallback in callbacks and ProgressCallback not in callbacks
+
+
+def test_num_tokens_counts_every_prompt_and_completion_token_of_each_rollout(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")
+    dataset = make_task_dataset("text", 8)
+    trainer = PPOTrainerVL(
+        model, [length_reward], tiny_config(str(tmp_path)), train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
+    first = sum(int(batch.attention_mask.sum()) for batch in trainer._micro_batches)
+    assert first > 0 and trainer.state.num_input_tokens_seen == first
+    trainer._start_rollout([dict(dataset[2]), dict(dataset[3])])
+    second = sum(int(batch.attention_mask.sum()) for batch in trainer._micro_batches)
+    assert trainer.state.num_input_tokens_seen == first + second
+    trainer.state.num_input_tokens_seen = 0
+    trainer.train()
+    logged = [entry["num_tokens"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2 and 0 < logged[0] < logged[1] == trainer.state.num_input_tokens_seen

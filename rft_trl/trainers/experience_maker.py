@@ -454,6 +454,8 @@ class ExperienceMaker:
         metrics["reward"] = rewards.mean().item() if rewards.numel() else float("nan")
         metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
         metrics["rollout/num_samples"] = float(valid.numel())
+        # Prompt and completion tokens of the rollout (TRL's `num_tokens` accumulates them).
+        metrics["rollout/tokens"] = float(samples["attention_mask"].sum())
         # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
         groups = rewards_out.rewards.view(-1, group_size)
         spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)

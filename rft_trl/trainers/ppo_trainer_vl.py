@@ -220,6 +220,7 @@ _COUNT_METRICS = (
     "rollout/reward_failures",
     "rollout/reward_abstained",
     "rollout/num_samples",
+    "rollout/tokens",
 )
 
 
@@ -947,6 +948,8 @@ class PPOTrainerVL(Trainer):
             self.model.train()
         self._micro_batches = self._plan_micro_batches(rollout)
         self._rollout_metrics = self._gather_rollout_metrics(rollout)
+        # TRL's count of tokens seen (prompts and completions, all processes); saved with the TrainerState.
+        self.state.num_input_tokens_seen += int(self._rollout_metrics["rollout/tokens"])
         self._interval_rollout_metrics.append(self._rollout_metrics)
         if rollout.kl is not None:
             # The KL and sample count over all processes, so that every process moves the coefficient alike.
@@ -1275,10 +1278,12 @@ class PPOTrainerVL(Trainer):
             self._interval_rollout_metrics = []
             logs["train/kl_coef"] = self.kl_ctl.value
             logs["entropy_coef"] = self.entropy_coef  # TRL's name
+            logs["num_tokens"] = float(self.state.num_input_tokens_seen)
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
-            if not self._completions_table_logged and self.args.log_completions:
-                self._log_completions_table()
         super().log(logs, start_time)
+        # After the metrics, so that trackers number the table after the step it shows.
+        if (training_step or pending) and self.args.log_completions and not self._completions_table_logged:
+            self._log_completions_table()
 
     def _record(self, name: str, value, weight: torch.Tensor | None = None) -> None:
         """Keep a micro-batch's metric, with the number of tokens it was computed over (1 when it is not a mean)."""
@@ -1312,7 +1317,7 @@ class PPOTrainerVL(Trainer):
         return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}
 
     def _log_completions_table(self) -> None:
-        """`log_completions`: TRL's console table of the last rollout (with `rich`), and a wandb table."""
+        """`log_completions`: TRL's console table of the last rollout (with `rich`), and a trackio / wandb table."""
         if self.accelerator.is_main_process and importlib.util.find_spec("rich") is not None:
             print_prompt_completions_sample(
                 self._completion_prompts,
@@ -1323,6 +1328,12 @@ class PPOTrainerVL(Trainer):
                 self.args.num_completions_to_print,
                 extra=self._logs["extra"] or None,
             )
+        if "trackio" in self.args.report_to and self.accelerator.is_main_process:
+            import trackio
+
+            columns = [name for name in self._completions_table[0] if name != "images"]
+            rows = [[row.get(name) for name in columns] for row in self._completions_table]
+            trackio.log({"completions": trackio.Table(columns=columns, data=rows)})
         if "wandb" in self.args.report_to and self.accelerator.is_main_process:
             import wandb
 

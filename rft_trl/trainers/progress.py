@@ -56,10 +56,17 @@ def _section(logs: dict, prefix: str) -> list[str]:
     return parts
 
 
-def format_log_line(logs: dict, step: int, max_steps: int, seconds_per_step: float | None = None) -> str:
+def format_log_line(
+    logs: dict,
+    step: int,
+    max_steps: int,
+    seconds_per_step: float | None = None,
+    tokens_per_second: float | None = None,
+) -> str:
     """
     One line for a log: a training step's (reward mean ± std and per function, KL, entropy, completion length, clip
-    fraction, loss, seconds per step), an evaluation's (`eval` and the same), or any other as `key value` pairs.
+    fraction, loss, seconds per step, tokens per second), an evaluation's (`eval` and the same), or any other as
+    `key value` pairs.
     """
     where = f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"
     if any(key.startswith("eval_") for key in logs):
@@ -68,26 +75,35 @@ def format_log_line(logs: dict, step: int, max_steps: int, seconds_per_step: flo
         parts = [where, *_section(logs, "")]
         if seconds_per_step is not None:
             parts.append(f"{seconds_per_step:.2f} s/step")
+        if tokens_per_second is not None:
+            parts.append(f"{tokens_per_second:.0f} tok/s")
         return " · ".join(parts)
     shown = {k: v for k, v in logs.items() if k != "total_flos"}
     return " · ".join([where, *(f"{k} {_number(v) if isinstance(v, float) else v}" for k, v in shown.items())])
 
 
 class _Pace:
-    """Seconds per optimizer step between two training logs."""
+    """Seconds per optimizer step and tokens (TRL's `num_tokens`, prompts and completions) per second between two
+    training logs."""
 
     def __init__(self) -> None:
-        self.last: tuple[float, int] | None = None
+        self.last: tuple[float, int, float | None] | None = None
 
-    def __call__(self, step: int, logs: dict) -> float | None:
+    def start(self, step: int, tokens: float) -> None:
+        self.last = (time.monotonic(), step, tokens)
+
+    def __call__(self, step: int, logs: dict) -> tuple[float | None, float | None]:
         if "loss" not in logs:
-            return None
-        now = time.monotonic()
-        pace = None
+            return None, None
+        now, tokens = time.monotonic(), logs.get("num_tokens")
+        per_step = per_token = None
         if self.last is not None and step > self.last[1]:
-            pace = (now - self.last[0]) / (step - self.last[1])
-        self.last = (now, step)
-        return pace
+            elapsed = now - self.last[0]
+            per_step = elapsed / (step - self.last[1])
+            if tokens is not None and self.last[2] is not None and elapsed > 0:
+                per_token = (tokens - self.last[2]) / elapsed
+        self.last = (now, step, tokens)
+        return per_step, per_token
 
 
 class ReadableProgressCallback(ProgressCallback):
@@ -100,12 +116,12 @@ class ReadableProgressCallback(ProgressCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
         self._pace = _Pace()
-        self._pace.last = (time.monotonic(), state.global_step)
+        self._pace.start(state.global_step, state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or logs is None:
             return
-        line = format_log_line(logs, state.global_step, state.max_steps, self._pace(state.global_step, logs))
+        line = format_log_line(logs, state.global_step, state.max_steps, *self._pace(state.global_step, logs))
         if self.training_bar is not None:
             self.training_bar.write(line)
         else:  # evaluate() outside train()
@@ -120,8 +136,8 @@ class ReadablePrinterCallback(PrinterCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._pace = _Pace()
-        self._pace.last = (time.monotonic(), state.global_step)
+        self._pace.start(state.global_step, state.num_input_tokens_seen)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_local_process_zero and logs is not None:
-            print(format_log_line(logs, state.global_step, state.max_steps, self._pace(state.global_step, logs)))
+            print(format_log_line(logs, state.global_step, state.max_steps, *self._pace(state.global_step, logs)))
