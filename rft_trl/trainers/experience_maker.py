@@ -335,21 +335,21 @@ class ExperienceMaker:
         """
         weights = torch.tensor(self.reward_scorer.reward_weights, dtype=torch.float64)
         summed = normalize_then_sum_scores(torch.stack(list(components.values()), -1).double(), weights, group_size)
-        kept = summed[valid.to(summed.device)]
-        local = torch.stack([kept.sum(), kept.square().sum(), torch.tensor(float(kept.numel()), dtype=torch.float64)])
-        total, squares, count = self.reduce_sum(local.to(self.device)).tolist()
-        mean = total / max(count, 1.0)
-        std = math.sqrt(max((squares - total * mean) / (count - 1), 0.0)) if count > 1 else 0.0
+        mean, std = self._batch_mean_std(summed, valid)
         return ((summed - mean) / (std + 1e-4)).float()
 
     def _batch_reward_std(self, rewards: torch.Tensor, valid: torch.Tensor) -> float:
         """The unbiased standard deviation of the valid rewards over all processes (TRL's `scale_rewards="batch"`)."""
-        kept = rewards[valid.to(rewards.device)].double()
+        return self._batch_mean_std(rewards, valid)[1]
+
+    def _batch_mean_std(self, values: torch.Tensor, valid: torch.Tensor) -> tuple[float, float]:
+        """The mean and unbiased standard deviation (0 below two values) of the valid `values` over all processes."""
+        kept = values[valid.to(values.device)].double()
         local = torch.stack([kept.sum(), kept.square().sum(), torch.tensor(float(kept.numel()), dtype=torch.float64)])
         total, squares, count = self.reduce_sum(local.to(self.device)).tolist()
-        if count < 2:
-            return 0.0
-        return math.sqrt(max((squares - total * total / count) / (count - 1), 0.0))
+        mean = total / max(count, 1.0)
+        std = math.sqrt(max((squares - total * mean) / (count - 1), 0.0)) if count > 1 else 0.0
+        return mean, std
 
     def _truncated(self, samples: dict) -> torch.Tensor:
         """`[N]` bool: completions that reached `generate_max_len` without an EOS (cut off, not finished)."""

@@ -1446,18 +1446,14 @@ class PPOTrainerVL(Trainer):
     @torch.no_grad()
     def _loss_without_update(self, rollout: Rollout) -> list[float]:
         """The training loss of each micro-batch of `rollout`, without a gradient or an update (TRL's `eval_loss`)."""
-        buffer = NaiveReplayBuffer(
-            self.args.micro_train_batch_size,
-            packing_samples=self.args.packing_samples,
-            pad_to_multiple_of=self.args.pad_to_multiple_of,
-        )
-        size = buffer.sample_batch_size
+        # The training buffer's collation (micro-batch size, packing, padding); its items are left alone.
+        collate, size = self.replay_buffer.collate_fn, self.replay_buffer.sample_batch_size
         # The loss records training metrics as it goes: keep them out of the training logs.
         training_metrics, self._metrics = self._metrics, defaultdict(list)
         try:
             losses = []
             for start in range(0, len(rollout.items), size):
-                batch = buffer.collate_fn(rollout.items[start : start + size]).to_device(self.accelerator.device)
+                batch = collate(rollout.items[start : start + size]).to_device(self.accelerator.device)
                 losses.append(self.compute_loss(self.model_wrapped, batch).item())
         finally:
             self._metrics = training_metrics

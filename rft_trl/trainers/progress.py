@@ -3,12 +3,14 @@ Console progress a person can read: one compact line per log instead of the Trai
 
 The full metric dicts still go to `report_to` (wandb, trackio, tensorboard...) and `trainer.state.log_history`;
 only what the console shows changes. [`ReadableProgressCallback`] keeps the Trainer's tqdm bar and writes each log
-above it; [`ReadablePrinterCallback`] prints it (with `disable_tqdm=True`).
+above it; [`ReadablePrinterCallback`] sends it to the `rft_trl.progress` logger (with `disable_tqdm=True`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -106,38 +108,66 @@ class _Pace:
         return per_step, per_token
 
 
-class ReadableProgressCallback(ProgressCallback):
-    """The Trainer's tqdm progress bar, with each log written above it as one readable line."""
+class _ConsoleHandler(logging.StreamHandler):
+    """A handler writing to whatever `sys.stdout` is when a line is emitted (a test or a notebook may swap it)."""
 
-    def __init__(self, max_str_len: int = 100):
-        super().__init__(max_str_len)
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stdout
+
+
+def progress_logger() -> logging.Logger:
+    """
+    The `rft_trl.progress` logger the lines go to when no progress bar shows them: INFO to stdout, bare lines, not
+    propagated (as transformers configures its own library logger). Reconfigure it with `logging` to redirect them.
+    """
+    logger = logging.getLogger("rft_trl.progress")
+    if not logger.handlers:
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+class _ReadableLines:
+    """The pace between training logs and the line of each log, for both callbacks."""
+
+    def __init__(self) -> None:
         self._pace = _Pace()
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        self._pace = _Pace()
         self._pace.start(state.global_step, state.num_input_tokens_seen)
+
+    def _line(self, state, logs: dict) -> str:
+        return format_log_line(logs, state.global_step, state.max_steps, *self._pace(state.global_step, logs))
+
+
+class ReadableProgressCallback(_ReadableLines, ProgressCallback):
+    """The Trainer's tqdm progress bar, with each log written above it as one readable line."""
+
+    def __init__(self, max_str_len: int = 100):
+        ProgressCallback.__init__(self, max_str_len)
+        _ReadableLines.__init__(self)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or logs is None:
             return
-        line = format_log_line(logs, state.global_step, state.max_steps, *self._pace(state.global_step, logs))
         if self.training_bar is not None:
-            self.training_bar.write(line)
+            self.training_bar.write(self._line(state, logs))
         else:  # evaluate() outside train()
-            print(line)
+            progress_logger().info(self._line(state, logs))
 
 
-class ReadablePrinterCallback(PrinterCallback):
-    """Each log printed as one readable line (the Trainer's choice with `disable_tqdm=True`)."""
-
-    def __init__(self):
-        self._pace = _Pace()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._pace = _Pace()
-        self._pace.start(state.global_step, state.num_input_tokens_seen)
+class ReadablePrinterCallback(_ReadableLines, PrinterCallback):
+    """Each log as one readable line on the `rft_trl.progress` logger (for `disable_tqdm=True`)."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_local_process_zero and logs is not None:
-            print(format_log_line(logs, state.global_step, state.max_steps, *self._pace(state.global_step, logs)))
+            progress_logger().info(self._line(state, logs))
