@@ -6,23 +6,26 @@ differ only in what they are about.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import Dataset, load_dataset
-from transformers import AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
-from trl import ModelConfig, TrlParser, get_peft_config
+from transformers.trainer_utils import SaveStrategy
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .data.collator import PromptCollator
 from .plotting import plot_reward_curve
-from .rewards import accuracy_reward, format_reward
-from .testing import build_tiny_model, make_task_dataset
+from .rewards import accuracy_reward, format_reward, think_format_reward
+from .testing import TINY_MODEL_KINDS, build_tiny_model, make_task_dataset
 from .testing.vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
 from .trainers.ppo_trainer_vl import PPOTrainerVL, actor_class
 from .trainers.rft_config import RFTConfig
@@ -105,6 +108,22 @@ def parse_and_run(defaults: dict, argv: list[str] | None = None) -> PPOTrainerVL
     return main(script_args, training_args, model_args)
 
 
+# Reward functions the scripts know by name (`--reward_funcs`); any other name is a dotted import path.
+REWARD_FUNCS: dict[str, Callable] = {
+    "accuracy_reward": accuracy_reward,
+    "format_reward": format_reward,
+    "think_format_reward": think_format_reward,
+}
+# Used when no `--reward_funcs` is given: accuracy trained on, format logged (weights 1 and 0).
+DEFAULT_REWARD_FUNCS = ("accuracy_reward", "format_reward")
+
+# `--tiny`: optimizer steps and completion tokens of a recipe's smoke test, and the synthetic task per tiny kind
+# whose modality is not images.
+TINY_SMOKE_STEPS = 2
+TINY_SMOKE_COMPLETION_LENGTH = 8
+TINY_TASK_OF_KIND = {"qwen2_audio": "pitch", "qwen2": "text"}
+
+
 @dataclass
 class ScriptArguments:
     """
@@ -132,6 +151,27 @@ class ScriptArguments:
             Learning rate of the format warm-up.
         reward_plot (`bool`, *optional*, defaults to `True`):
             Write `reward_curve.png` into the output directory.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`), answer_column (`str`, *optional*, defaults to
+        `"answer"`):
+            Columns of a `datasets` dataset renamed to `prompt` and `answer` (the names the collator and
+            `accuracy_reward` read), e.g. `problem` and `solution`.
+        prompt_template (`str`, *optional*):
+            A format string with a `{prompt}` field, applied to plain-string prompts of a `datasets` dataset, e.g.
+            `"{prompt} Give the final answer in <answer></answer> tags."`.
+        reward_funcs (`list[str]`, *optional*, defaults to `["accuracy_reward", "format_reward"]`):
+            Reward functions by name (`accuracy_reward`, `format_reward`, `think_format_reward` of
+            `rft_trl.rewards`) or dotted import path (`my_lib.rewards.custom_reward`, as TRL's `trl grpo`). With the
+            default pair and no `reward_weights`, the format reward is logged with weight 0.
+        reward_model_name_or_path (`str`, *optional*):
+            A sequence-classification reward model (Hub id or path) scored before the `reward_funcs`.
+        tiny (`bool`, *optional*, defaults to `False`):
+            Smoke-test a recipe on the CPU: its model is replaced by the built-in tiny model of its family
+            (`tiny_model_kind`, which the recipe names), its dataset by the synthetic task of that family's modality
+            (`tiny_dataset_name`), and the run is cut to `TINY_SMOKE_STEPS` optimizer steps with short completions.
+            Every other setting (batch layout, LoRA, estimator, loss, checkpointing) runs as written.
+        tiny_dataset_name (`str`, *optional*):
+            The synthetic task of `--tiny` (`colour`, `video`, `pitch`, `text`); by default the one of the tiny
+            family's modality (`pitch` for `qwen2_audio`, `text` for `qwen2`, else `colour`).
     """
 
     dataset_name: str = field(default="colour", metadata={"help": "Synthetic task or datasets name/path."})
@@ -144,17 +184,82 @@ class ScriptArguments:
     format_warmup_steps: int = field(default=40, metadata={"help": "Format warm-up steps before RL (0: none)."})
     format_warmup_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the format warm-up."})
     reward_plot: bool = field(default=True, metadata={"help": "Write reward_curve.png."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt."})
+    answer_column: str = field(default="answer", metadata={"help": "Dataset column holding the reference answer."})
+    prompt_template: str | None = field(
+        default=None, metadata={"help": "Format string with a {prompt} field for plain-string prompts."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": f"Reward functions: {', '.join(REWARD_FUNCS)} or dotted import paths."},
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Sequence-classification reward model (id or path)."}
+    )
+    tiny: bool = field(default=False, metadata={"help": "Smoke-test the recipe on its tiny family stand-in."})
+    tiny_dataset_name: str | None = field(
+        default=None, metadata={"help": "Synthetic task of --tiny (default: the tiny family's modality)."}
+    )
 
 
 def load_data(script_args: ScriptArguments, seed: int) -> tuple[Dataset, Dataset | None]:
     """The train and eval sets: a synthetic task by name, or a `datasets` dataset."""
     if script_args.dataset_name in TASKS:
+        formatting = {
+            "prompt_column": script_args.prompt_column != "prompt",
+            "answer_column": script_args.answer_column != "answer",
+            "prompt_template": script_args.prompt_template is not None,
+        }
+        if any(formatting.values()):
+            raise ValueError(
+                f"{', '.join(name for name, given in formatting.items() if given)} apply to a `datasets` dataset; "
+                f"the synthetic task {script_args.dataset_name!r} has its own prompts and answers."
+            )
         train = make_task_dataset(script_args.dataset_name, script_args.num_train_samples, seed=seed)
         evaluation = make_task_dataset(script_args.dataset_name, script_args.num_eval_samples, seed=seed + 1)
         return train, evaluation
     train = load_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
     test_split = script_args.dataset_test_split
-    return train, None if test_split is None else load_dataset(script_args.dataset_name, split=test_split)
+    evaluation = None if test_split is None else load_dataset(script_args.dataset_name, split=test_split)
+    return format_dataset(train, script_args), None if evaluation is None else format_dataset(evaluation, script_args)
+
+
+def format_dataset(dataset: Dataset, script_args: ScriptArguments) -> Dataset:
+    """Rename the prompt and answer columns to `prompt` and `answer`, and apply `prompt_template` to the prompts."""
+    for column, name in ((script_args.prompt_column, "prompt"), (script_args.answer_column, "answer")):
+        if column == name:
+            continue
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"{name}_column={column!r} is not a column of {script_args.dataset_name!r} (columns: "
+                f"{', '.join(dataset.column_names)})."
+            )
+        if name in dataset.column_names:
+            raise ValueError(
+                f"{script_args.dataset_name!r} has both {column!r} and {name!r}; {name}_column={column!r} would "
+                f"rename one onto the other. Drop or rename {name!r} first."
+            )
+        dataset = dataset.rename_column(column, name)
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"{script_args.dataset_name!r} has no 'prompt' column (columns: {', '.join(dataset.column_names)}); "
+            "name the one holding the question with --prompt_column."
+        )
+    template = script_args.prompt_template
+    if template is None:
+        return dataset
+    if "{prompt}" not in template:
+        raise ValueError(f"prompt_template must contain a '{{prompt}}' field, got {template!r}.")
+
+    def fill(prompt: Any, index: int) -> dict:
+        if not isinstance(prompt, str):
+            raise ValueError(
+                f"row {index}: prompt_template applies to plain-string prompts, but the prompt is "
+                f"{type(prompt).__name__} (chat messages carry their own wording)."
+            )
+        return {"prompt": template.format(prompt=prompt)}
+
+    return dataset.map(fill, input_columns="prompt", with_indices=True)
 
 
 def format_warmup(
@@ -199,8 +304,99 @@ def _resuming(training_args: RFTConfig) -> bool:
     return value not in (None, False) and str(value).lower() != "false"
 
 
+def load_reward_funcs(script_args: ScriptArguments) -> list[Callable | str]:
+    """The reward model (if any) then the `reward_funcs`, by name in `REWARD_FUNCS` or by dotted import path."""
+    funcs: list[Callable | str] = []
+    if script_args.reward_model_name_or_path:
+        funcs.append(script_args.reward_model_name_or_path)
+    for name in script_args.reward_funcs or DEFAULT_REWARD_FUNCS:
+        if name in REWARD_FUNCS:
+            funcs.append(REWARD_FUNCS[name])
+            continue
+        module_name, _, attribute = name.rpartition(".")
+        if not module_name:
+            raise ValueError(
+                f"Unknown reward function {name!r}: use one of {', '.join(REWARD_FUNCS)} or a dotted import path "
+                "(`my_lib.rewards.custom_reward`)."
+            )
+        try:
+            funcs.append(getattr(importlib.import_module(module_name), attribute))
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"Cannot import reward function {name!r}: {error}") from error
+    return funcs
+
+
+def use_tiny_stand_in(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> None:
+    """
+    `--tiny`: swap the recipe's model for the tiny model of its family, its dataset for a synthetic task, and cut
+    the run to `TINY_SMOKE_STEPS` steps; everything else in the recipe runs as written.
+    """
+    kind = script_args.tiny_model_kind
+    if kind is None:
+        raise ValueError(
+            "--tiny needs the recipe's family: set tiny_model_kind (e.g. qwen2_5_vl) to one of "
+            f"{', '.join(TINY_MODEL_KINDS)}."
+        )
+    task = script_args.tiny_dataset_name or TINY_TASK_OF_KIND.get(kind, "colour")
+    logger.info(
+        "--tiny: %s replaced by the tiny %s model, %s by the synthetic %r task, %d steps",
+        model_args.model_name_or_path,
+        kind,
+        script_args.dataset_name,
+        task,
+        TINY_SMOKE_STEPS,
+    )
+    # The stand-in is built in memory: loading options of the real checkpoint do not apply to it.
+    model_args.model_name_or_path = None
+    model_args.model_revision, model_args.dtype, model_args.attn_implementation = "main", "float32", None
+    model_args.load_in_4bit = model_args.load_in_8bit = False
+    script_args.dataset_name, script_args.dataset_test_split = task, None
+    script_args.prompt_column, script_args.answer_column, script_args.prompt_template = "prompt", "answer", None
+    script_args.num_eval_samples = min(script_args.num_eval_samples, 8)
+    script_args.reward_model_name_or_path = None
+    training_args.max_steps = TINY_SMOKE_STEPS
+    # Both names of the alias pair: RFTConfig resolved them into each other when it was parsed.
+    length = min(training_args.generate_max_len, TINY_SMOKE_COMPLETION_LENGTH)
+    training_args.generate_max_len = training_args.max_completion_length = length
+    # The final save_model still runs; a checkpoint after 2 steps would end mid-rollout, which cannot resume.
+    training_args.save_strategy = SaveStrategy.NO
+    training_args.push_to_hub = False
+
+
+def model_init_kwargs(model_args: ModelConfig, training_args: RFTConfig) -> dict | None:
+    """TRL's `ModelConfig` loading options (revision, dtype, attention, quantization) as `model_init_kwargs`."""
+    kwargs: dict[str, Any] = {}
+    if model_args.model_revision != "main":
+        kwargs["revision"] = model_args.model_revision
+    # ModelConfig's default dtype is float32; left there, bf16/fp32 follow the training arguments' `bf16`.
+    if model_args.dtype not in (None, "float32"):
+        kwargs["dtype"] = model_args.dtype
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    kwargs.update(training_args.model_init_kwargs or {})
+    return kwargs or None
+
+
+def check_family(model_path: str, script_args: ScriptArguments, training_args: RFTConfig) -> None:
+    """A recipe's `tiny_model_kind` names the family its smoke test stands in for: it must be the model's."""
+    if script_args.tiny_model_kind is None:
+        return
+    model_type = AutoConfig.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code).model_type
+    if model_type != script_args.tiny_model_kind:
+        raise ValueError(
+            f"tiny_model_kind={script_args.tiny_model_kind!r} but {model_path} is a {model_type!r} model: the "
+            f"recipe's --tiny smoke test would test another family. Set tiny_model_kind to {model_type!r} (if rft_trl "
+            "has that tiny family) or remove it."
+        )
+
+
 def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> PPOTrainerVL:
     """Build the model and data, optionally warm up, train, save, and plot the reward curve."""
+    if script_args.tiny:
+        use_tiny_stand_in(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_data(script_args, training_args.seed)
     if model_args.model_name_or_path is None:
         if script_args.dataset_name not in TASKS:
@@ -215,14 +411,18 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
                 format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path
-        processing_class = AutoProcessor.from_pretrained(model, trust_remote_code=False)
+        check_family(model, script_args, training_args)
+        training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+        processing_class = AutoProcessor.from_pretrained(
+            model, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
 
-    if training_args.reward_weights is None:
+    if training_args.reward_weights is None and script_args.reward_funcs is None:
         # The format reward is logged but not trained on: the accuracy reward already requires a clean answer.
-        training_args.reward_weights = [1.0, 0.0]
+        training_args.reward_weights = [1.0, 0.0] if script_args.reward_model_name_or_path is None else [1.0, 1.0, 0.0]
     trainer = PPOTrainerVL(
         model=model,
-        reward_funcs=[accuracy_reward, format_reward],
+        reward_funcs=load_reward_funcs(script_args),
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,

@@ -47,6 +47,9 @@ from rft_trl.rewards import (
         ("", "red", 0.0),
         ("<answer></answer>", "red", 0.0),
         ("3.0", 3, 0.0),  # string comparison, deliberately: the tasks have integer answers
+        ("3", "<answer> 3 </answer>", 1.0),  # a tagged reference (R1-V's CLEVR solutions) is read like a completion
+        ("<answer>3</answer>", "<answer> 3 </answer>", 1.0),
+        ("4", "<answer> 3 </answer>", 0.0),
     ],
 )
 def test_accuracy_reward(completion, answer, expected):
@@ -63,7 +66,7 @@ def test_accuracy_reward_reads_conversational_completions():
     assert accuracy_reward(prompts=[None] * 3, completions=completions, answer=["red"] * 3) == [1.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("reference", [None, "", " . "])
+@pytest.mark.parametrize("reference", [None, "", " . ", "<answer> </answer>"])
 def test_accuracy_reward_raises_without_reference(reference):
     with pytest.raises(ValueError, match="accuracy_reward needs a reference answer"):
         accuracy_reward(prompts=["q"], completions=["red"], answer=[reference])

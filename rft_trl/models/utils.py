@@ -95,8 +95,9 @@ def load_pretrained_model(
             `use_flash_attention_2` (switch when installed) apply to it; the loading arguments (`head`,
             `ds_config`, `device_map`, `trust_remote_code`, `num_labels`) concern paths only.
         head (`str`, *optional*, defaults to `"causal_lm"`):
-            `"causal_lm"`: a language model (`AutoModelForMultimodalLM` for image/audio-text models,
-            `AutoModelForCausalLM` otherwise). `"sequence_classification"`: `AutoModelForSequenceClassification`.
+            `"causal_lm"`: a language model (`AutoModelForMultimodalLM` for image/audio-text models, the thinker
+            alone for an Omni checkpoint, `AutoModelForCausalLM` otherwise). `"sequence_classification"`:
+            `AutoModelForSequenceClassification`.
             `"backbone"`: the model without any head (`AutoModel`), e.g. `Qwen2VLModel`; the checkpoint may hold
             any head, which is left out.
         use_flash_attention_2 (`bool`, *optional*, defaults to `False`):
@@ -144,6 +145,10 @@ def load_pretrained_model(
         auto_class = AutoModelForSequenceClassification
     elif head == "backbone":
         auto_class = AutoModel
+    elif getattr(config, "thinker_config", None) is not None:
+        # An Omni checkpoint (Qwen2.5-Omni, Qwen3-Omni) holds a thinker (the multimodal LM that RL trains) beside
+        # speech parts with no training forward; the thinker's class loads its weights alone from the same files.
+        auto_class = MODEL_FOR_MULTIMODAL_LM_MAPPING[type(config.thinker_config)]
     elif type(config) in MODEL_FOR_MULTIMODAL_LM_MAPPING:
         auto_class = AutoModelForMultimodalLM
     else:

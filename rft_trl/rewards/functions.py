@@ -82,7 +82,8 @@ def accuracy_reward(prompts: list, completions: list, answer: list, **columns: A
     1.0 where the completion's answer equals the reference in the ``answer`` column, 0.0 elsewhere.
 
     The comparison ignores case, surrounding whitespace and punctuation, and an optional ``<answer>...</answer>``
-    tag: ``"<answer> Red. </answer>"`` matches ``"red"``. Numbers are compared as their ``str()``.
+    tag on either side: ``"<answer> Red. </answer>"`` matches ``"red"``, and ``"3"`` matches the reference
+    ``"<answer> 3 </answer>"``. Numbers are compared as their ``str()``.
 
     Args:
         prompts (`list`): the prompts (unused; part of the contract).
@@ -99,10 +100,16 @@ def accuracy_reward(prompts: list, completions: list, answer: list, **columns: A
     """
     rewards = []
     for completion, reference in zip(completions, answer, strict=True):
-        if reference is None or normalize_answer(reference) == "":
+        # A reference may be tagged like a completion (R1-V's CLEVR solutions are "<answer> 3 </answer>").
+        expected = (
+            ""
+            if reference is None
+            else normalize_answer(extract_answer(reference) if isinstance(reference, str) else reference)
+        )
+        if expected == "":
             raise ValueError(f"accuracy_reward needs a reference answer, got {reference!r}")
         predicted = normalize_answer(extract_answer(completion_text(completion)))
-        rewards.append(float(predicted == normalize_answer(reference)))
+        rewards.append(float(predicted == expected))
     return rewards
 
 
