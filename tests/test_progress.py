@@ -1,5 +1,6 @@
 """The console shows one readable line per log and, with log_completions, a completions table (TRL's)."""
 
+import pytest
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from rft_trl import PPOTrainerVL
@@ -80,3 +81,45 @@ def test_num_tokens_counts_every_prompt_and_completion_token_of_each_rollout(tmp
     trainer.train()
     logged = [entry["num_tokens"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2 and 0 < logged[0] < logged[1] == trainer.state.num_input_tokens_seen
+
+
+def test_evaluation_prints_its_line_and_each_eval_completion_once(tmp_path, capsys, monkeypatch):
+    import rft_trl.trainers.ppo_trainer_vl as trainer_module
+
+    tables = []
+    print_table = trainer_module.print_prompt_completions_sample
+    monkeypatch.setattr(
+        trainer_module,
+        "print_prompt_completions_sample",
+        lambda *args, **kwargs: tables.append(args) or print_table(*args, **kwargs),
+    )
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(str(tmp_path), log_completions=True, num_completions_to_print=None, disable_tqdm=True)
+    eval_dataset = make_task_dataset("text", 3, seed=1)
+
+    def half(completions, **kwargs):
+        return [0.5] * len(completions)
+
+    trainer = PPOTrainerVL(
+        model,
+        [length_reward, half],
+        args,
+        train_dataset=make_task_dataset("text", 8),
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    metrics = trainer.evaluate()
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("eval step ")]
+    reward = metrics["eval_reward"]
+    assert (
+        line.startswith(f"eval step 0 · reward {reward:.3g} ± ")
+        and "(length_reward " in line
+        and ", half 0.5)" in line
+    )
+    # TRL's table of the eval completions: every eval row once, in dataset order, with its reward.
+    ((prompts, completions, rewards, _, step, _),) = tables
+    assert prompts == eval_dataset["prompt"] and len(completions) == 3 and step == 0
+    assert rewards["half"] == [0.5] * 3
+    assert sum(rewards["length_reward"]) / 3 + 0.5 == pytest.approx(reward, rel=1e-6)
+    assert "length_reward" in out and "Completion" in out

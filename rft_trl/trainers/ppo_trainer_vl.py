@@ -61,6 +61,7 @@ from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32, unwrap_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
+from ..rewards.functions import completion_text
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -1318,23 +1319,38 @@ class PPOTrainerVL(Trainer):
 
     def _log_completions_table(self) -> None:
         """`log_completions`: TRL's console table of the last rollout (with `rich`), and a trackio / wandb table."""
-        if self.accelerator.is_main_process and importlib.util.find_spec("rich") is not None:
+        self._emit_completions(
+            self._completions_table,
+            self._completion_prompts,
+            self._completion_rewards,
+            "completions",
+            extra=self._logs["extra"] or None,
+        )
+        self._completions_table_logged = True
+
+    def _emit_completions(
+        self, table: list[dict], prompts: list, rewards: dict[str, list[float]], name: str, extra=None
+    ) -> None:
+        """Print `table` as TRL's console table (with `rich`) and log it as table `name` to trackio / wandb."""
+        if not self.accelerator.is_main_process or not table:
+            return
+        if importlib.util.find_spec("rich") is not None:
             print_prompt_completions_sample(
-                self._completion_prompts,
-                [row["completion"] for row in self._completions_table],
-                self._completion_rewards,
+                prompts,
+                [row["completion"] for row in table],
+                rewards,
                 None,
                 self.state.global_step,
                 self.args.num_completions_to_print,
-                extra=self._logs["extra"] or None,
+                extra=extra,
             )
-        if "trackio" in self.args.report_to and self.accelerator.is_main_process:
+        if "trackio" in self.args.report_to:
             import trackio
 
-            columns = [name for name in self._completions_table[0] if name != "images"]
-            rows = [[row.get(name) for name in columns] for row in self._completions_table]
-            trackio.log({"completions": trackio.Table(columns=columns, data=rows)})
-        if "wandb" in self.args.report_to and self.accelerator.is_main_process:
+            columns = [column for column in table[0] if column != "images"]
+            rows = [[row.get(column) for column in columns] for row in table]
+            trackio.log({name: trackio.Table(columns=columns, data=rows)})
+        if "wandb" in self.args.report_to:
             import wandb
 
             if wandb.run is not None:
@@ -1342,11 +1358,9 @@ class PPOTrainerVL(Trainer):
                     {**row, "images": [wandb.Image(load_image(image)) for image in row["images"]]}
                     if "images" in row
                     else row
-                    for row in self._completions_table
+                    for row in table
                 ]
-                table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
-                wandb.log({"completions": table})
-        self._completions_table_logged = True
+                wandb.log({name: wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
 
     # ------------------------------------------------------------------------------------------------ evaluation
 
@@ -1383,7 +1397,7 @@ class PPOTrainerVL(Trainer):
         sampling = self.args.sampling_kwargs()
         if self.args.num_generations_eval is None:
             sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        records, losses = [], []
+        records, losses, shown = [], [], []
         # The loss needs a baseline: RLOO's leave-one-out has none for a single sample per prompt.
         with_loss = not (self.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
         self.experience_maker.trainer_state = self.state
@@ -1407,6 +1421,8 @@ class PPOTrainerVL(Trainer):
                 key = (indices[row], i % samples_per_prompt)
                 components = {name: float(scores[i]) for name, scores in out.components.items()}
                 records.append((key, float(out.rewards[i]), bool(out.valid[i]), length, components))
+                if self.args.log_completions:
+                    shown.append((key, prompts[i], completion_text(completions[i]), float(out.rewards[i]), components))
         data_counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
         if was_training:
             self.model.train()
@@ -1419,8 +1435,22 @@ class PPOTrainerVL(Trainer):
                 key = f"{metric_key_prefix}_{name}"
                 metrics[key] = metrics.get(key, 0.0) + float(count)
         self.log(metrics)
+        if self.args.log_completions:
+            self._log_eval_completions(gather_object(shown), metric_key_prefix)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _log_eval_completions(self, shown: list[tuple], metric_key_prefix: str) -> None:
+        """The eval completions, each row once in dataset order, as the training table: console and trackers."""
+        # Rows Accelerate repeated to even out the processes' last batches come back under the same key.
+        rows = [row for _, row in sorted({row[0]: row for row in shown}.items())]
+        table = [
+            {"step": self.state.global_step, "prompt": str(prompt), "completion": completion, "reward": reward}
+            for _, prompt, completion, reward, _ in rows
+        ]
+        rewards = {name: [row[4][name] for row in rows] for name in (rows[0][4] if rows else ())}
+        prompts = [row[1] for row in rows]
+        self._emit_completions(table, prompts, rewards, f"{metric_key_prefix}_completions")
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """

@@ -268,13 +268,23 @@ def example_steps(output_dir: Path) -> list[dict]:
     return [entry for entry in history if "loss" in entry]
 
 
-def test_zero3_runs_the_builtin_example_with_a_kl_reference_and_saves_a_loadable_model(tmp_path):
+@pytest.fixture(scope="module")
+def zero3_example(tmp_path_factory) -> Path:
+    """The built-in example under ZeRO-3 on 2 processes, weights gathered once per rollout (the default)."""
+    output_dir = tmp_path_factory.mktemp("zero3_example")
+    returncode, output = launch(
+        ZERO3_CONFIG, output_dir, *EXAMPLE_ARGS, env={}, timeout=ZERO2_TIMEOUT_S, script=EXAMPLE
+    )
+    assert returncode == 0, output[-4000:]
+    return output_dir
+
+
+def test_zero3_runs_the_builtin_example_with_a_kl_reference_and_saves_a_loadable_model(zero3_example):
     from transformers import AutoModelForMultimodalLM
 
     from rft_trl.testing import build_tiny_model
 
-    returncode, output = launch(ZERO3_CONFIG, tmp_path, *EXAMPLE_ARGS, env={}, timeout=ZERO2_TIMEOUT_S, script=EXAMPLE)
-    assert returncode == 0, output[-4000:]
+    tmp_path = zero3_example
     steps = example_steps(tmp_path)
     # Both ranks' samples in each rollout, and the KL to the (sharded) reference measured each step.
     assert [entry["rollout/num_samples"] for entry in steps] == [8.0, 8.0]
@@ -286,6 +296,34 @@ def test_zero3_runs_the_builtin_example_with_a_kl_reference_and_saves_a_loadable
     assert weights.keys() == initial.keys()
     assert all(torch.isfinite(value).all() for value in weights.values())
     assert any(not torch.equal(weights[name], initial[name]) for name in weights)
+
+
+def test_zero3_generation_gathering_layer_by_layer_generates_and_trains_the_same(zero3_example, tmp_path):
+    # ds3_gather_for_generation=False: DeepSpeed gathers each layer at each forward (every decoding step) instead of
+    # the whole model once per rollout. A memory/speed trade (bench/b10_zero3_generation.py): the same completions,
+    # hence the same metrics and the same trained weights, bit for bit.
+    returncode, output = launch(
+        ZERO3_CONFIG,
+        tmp_path,
+        *EXAMPLE_ARGS,
+        "--ds3_gather_for_generation",
+        "false",
+        env={},
+        timeout=ZERO2_TIMEOUT_S,
+        script=EXAMPLE,
+    )
+    assert returncode == 0, output[-4000:]
+    config = json.loads((tmp_path / "training_args.json").read_text())
+    assert config["ds3_gather_for_generation"] is False
+    compared = ("loss", "grad_norm", "reward", "kl", "completions/mean_length", "num_tokens", "rollout/num_samples")
+    gathered, per_layer = example_steps(zero3_example), example_steps(tmp_path)
+    assert [{key: entry[key] for key in compared} for entry in per_layer] == [
+        {key: entry[key] for key in compared} for entry in gathered
+    ]
+    assert any(entry["grad_norm"] > 0 for entry in gathered)  # the runs trained on something
+    weights, expected = load_file(tmp_path / "model.safetensors"), load_file(zero3_example / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
 
 
 def test_zero3_trains_lora_and_a_saved_model_with_a_kl_reference(tmp_path):
