@@ -210,9 +210,16 @@ def test_temperature_entropy_output_and_all_tokens():
     log_probs, entropy, output = actor(
         sequences, num_actions, attention_mask, temperature=0.7, return_entropy=True, return_output=True, **multimodal
     )
-    # Naive reference from the returned logits: log_softmax(logits / T) at the action tokens, -(p log p).sum.
-    log_p = (output.logits[:, -num_actions - 1 : -1].float() / 0.7).log_softmax(-1)
+    # The fused path never builds the logits: output.logits is empty.
+    assert output.logits.shape == (*sequences.shape, 0)
+    # Naive reference from the model's own logits: log_softmax(logits / T) at the action tokens, -(p log p).sum.
+    unfused = ActorVL(actor.model, fused_log_probs=False)
+    unfused_log_probs, unfused_output = unfused(
+        sequences, num_actions, attention_mask, temperature=0.7, return_output=True, **multimodal
+    )
+    log_p = (unfused_output.logits[:, -num_actions - 1 : -1].float() / 0.7).log_softmax(-1)
     torch.testing.assert_close(log_probs, log_p.gather(-1, sequences[:, -num_actions:, None]).squeeze(-1))
+    torch.testing.assert_close(unfused_log_probs, log_probs)
     torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(-1))
     # Each return flag alone.
     assert isinstance(actor(sequences, num_actions, attention_mask, **multimodal), torch.Tensor)
@@ -224,6 +231,57 @@ def test_temperature_entropy_output_and_all_tokens():
     every = actor(sequences, None, attention_mask, **multimodal)
     assert every.shape == (3, sequences.shape[1] - 1)
     torch.testing.assert_close(every[:, -num_actions:], lp)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen2_audio", "qwen2"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_log_probs_entropy_and_gradients_equal_the_full_logits(kind, temperature):
+    # The fused path (hidden states -> log-probs in chunks of 4 tokens) against the model's own logits, gradients of
+    # every parameter included (the head, tied to the input embedding in the tiny Qwen2, among them).
+    actor, batch, multimodal = _setup(kind, log_prob_chunk_size=4)
+    unfused = ACTOR_CLASSES[kind](actor.model, fused_log_probs=False)
+    sequences, attention_mask, action_mask = _rollout(batch, [3, 5, 1][: len(batch["input_ids"])])
+    weights = torch.linspace(-1.0, 1.0, action_mask.numel()).reshape(action_mask.shape)
+    results = []
+    for scorer in (actor, unfused):
+        actor.model.zero_grad()
+        log_probs, entropy = scorer(
+            sequences, action_mask.shape[1], attention_mask, temperature=temperature, return_entropy=True, **multimodal
+        )
+        ((log_probs * weights).sum() + (entropy * weights.flip(-1)).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in actor.model.named_parameters() if p.grad is not None}
+        results.append((log_probs.detach(), entropy.detach(), grads))
+    (fused_lp, fused_ent, fused_grads), (full_lp, full_ent, full_grads) = results
+    torch.testing.assert_close(fused_lp, full_lp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_ent, full_ent, atol=1e-5, rtol=0)
+    assert fused_grads.keys() == full_grads.keys() and fused_grads
+    for name in full_grads:
+        torch.testing.assert_close(fused_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_log_probs_fall_back_to_the_logits_where_they_would_not_be_exact(caplog):
+    # LoRA on the head: the head is a LoRA layer, whose low-rank path a plain weight would miss.
+    from peft import LoraConfig
+
+    actor, batch, multimodal = _setup("qwen2", peft_config=LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    sequences, attention_mask, action_mask = _rollout(batch, [3, 5, 1][: len(batch["input_ids"])])
+    with caplog.at_level("INFO", logger="rft_trl.models.actor"):
+        log_probs, output = actor(sequences, action_mask.shape[1], attention_mask, return_output=True)
+    assert output.logits.shape[-1] == actor.hf_model.config.vocab_size
+    assert "not fused): the output embedding is a peft.tuners.lora.layer.Linear" in caplog.text
+    # A config with logit softcapping, or a model type not verified.
+    actor, *_ = _setup("qwen2")
+    actor.hf_model.config.final_logit_softcapping = 30.0
+    assert actor._fusable_head() is None
+    actor, *_ = _setup("qwen2")
+    actor.hf_model.config.model_type = "my_family"
+    assert actor._fusable_head() is None
+    # A forward hook on the head (one that changes the logits would be skipped).
+    actor, *_ = _setup("qwen2")
+    actor.hf_model.get_output_embeddings().register_forward_hook(lambda module, inputs, output: output)
+    assert actor._fusable_head() is None
+    actor, *_ = _setup("qwen2")
+    assert actor._fusable_head() is actor.hf_model.get_output_embeddings()
 
 
 # ------------------------------------------------------------------------------------------ packed == padded
@@ -571,7 +629,7 @@ def test_a_packing_actor_also_takes_a_padded_batch():
     # reference passes): a 0/1 attention mask and an int num_actions mean padded.
     actor, batch, multimodal = _setup("qwen2_5_vl", packing_samples=True)
     padded_actor = ActorVL(actor.model)
-    sequences, attention_mask, action_mask = _rollout(batch, [3, 5, 1])
+    sequences, attention_mask, action_mask = _rollout(batch, [3, 5, 1][: len(batch["input_ids"])])
     expected = padded_actor(sequences, action_mask.shape[1], attention_mask, **multimodal)
     torch.testing.assert_close(actor(sequences, action_mask.shape[1], attention_mask, **multimodal), expected)
 

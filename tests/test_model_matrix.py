@@ -139,6 +139,8 @@ def setup(kind, **actor_kwargs):
 @pytest.mark.parametrize("kind", KINDS)
 def test_padded_log_probs_equal_the_models_own_forward(kind):
     model, processor, layout, collator, actor = setup(kind)
+    # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits).
+    assert actor._fusable_head() is model.get_output_embeddings()
     for rows in batches_for(processor, layout.media_kinds):
         batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
         log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)

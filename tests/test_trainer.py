@@ -217,3 +217,26 @@ def test_loss_options_train(tmp_path, overrides):
         # scales 0.1 by 1 - 0.2 * 4 samples / horizon 10 = 0.92.
         assert logs[0]["rollout/kl"] == pytest.approx(0.0, abs=1e-7)
         assert logs[0]["train/kl_coef"] == pytest.approx(0.092)
+
+
+def test_fused_log_probs_train_like_the_full_logits(tmp_path):
+    # Two steps with a KL reference and an entropy bonus, fused (the default) and through the full logits: the same
+    # samples (same seed), so the same losses, KL and weights, to float32 rounding.
+    runs = {}
+    for fused in (True, False):
+        model, tokenizer = build_tiny_model("qwen2")
+        args = tiny_config(str(tmp_path / str(fused)), beta=0.05, entropy_coef=0.01, fused_log_probs=fused)
+        trainer = PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("text", 8), processing_class=tokenizer
+        )
+        assert (trainer.actor._fusable_head() is not None) == fused
+        trainer.train()
+        steps = [entry for entry in trainer.state.log_history if "loss" in entry]
+        runs[fused] = (steps, {name: p.detach().clone() for name, p in trainer.model.named_parameters()})
+    (fused_steps, fused_weights), (full_steps, full_weights) = runs[True], runs[False]
+    assert len(fused_steps) == len(full_steps) == 2
+    for fused_entry, full_entry in zip(fused_steps, full_steps):
+        for key in ("loss", "kl", "entropy", "grad_norm", "reward"):
+            assert fused_entry[key] == pytest.approx(full_entry[key], rel=1e-4, abs=1e-6), key
+    for name, weight in full_weights.items():
+        torch.testing.assert_close(fused_weights[name], weight, atol=1e-5, rtol=1e-4, msg=name)

@@ -11,13 +11,19 @@ of this class with the seed's keyword names.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 from peft import PeftConfig, PeftModel
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from ..core.logprobs import log_probs_and_entropy_from_logits, log_probs_from_logits
+from ..core.logprobs import (
+    log_probs_and_entropy_from_hidden,
+    log_probs_and_entropy_from_logits,
+    log_probs_from_logits,
+)
 from .packing import select_action_positions
 from .utils import (
     ModelInputs,
@@ -32,7 +38,21 @@ from .utils import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Actor", "process_sequences"]
+__all__ = ["FUSED_LOG_PROB_MODEL_TYPES", "Actor", "process_sequences"]
+
+# Model types whose logits are exactly `lm_head(last hidden states)`: every family of the model matrix
+# (docs/models.md), whose fused log-probs are tested against the model's own forward. Any other model computes its
+# log-probs from the logits it returns.
+FUSED_LOG_PROB_MODEL_TYPES = frozenset(
+    {
+        "qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_audio", "qwen2_5_omni_thinker",
+        "qwen3_omni_moe_thinker", "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl",
+        "idefics3", "smolvlm", "mistral3", "phi4_multimodal",
+    }
+)  # fmt: skip
+# Config fields of logit post-processing after the head (Gemma-2's softcapping, Cohere's scale, Granite's scaling):
+# set, the fused path would miss them.
+LOGIT_POST_PROCESSING_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 def process_sequences(
@@ -130,6 +150,15 @@ class Actor(nn.Module):
             start/end), e.g. a processor's audio begin/end tokens.
         model_init_kwargs (`dict`, *optional*):
             More `from_pretrained` arguments when `pretrain_or_model` is a path (TRL's `model_init_kwargs`).
+        fused_log_probs (`bool`, *optional*, defaults to `True`):
+            Compute the action log-probs (and entropies) in [`forward`] from the last hidden states and the output
+            embedding, `log_prob_chunk_size` tokens at a time, so that the `[tokens, vocabulary]` logits never
+            exist. Used where it is exact: the model types of `FUSED_LOG_PROB_MODEL_TYPES` with no logit
+            post-processing, a plain `nn.Linear` head (not LoRA-adapted or quantized) with no forward hook (a
+            pre-hook is fine), outside ZeRO-3 (whose partitioned head is only whole inside its own forward).
+            Elsewhere the model's logits are used, and the reason is logged once.
+        log_prob_chunk_size (`int`, *optional*, defaults to `256`):
+            Tokens whose logits exist at once on the fused path (benchmark B3).
 
     Example:
 
@@ -160,6 +189,8 @@ class Actor(nn.Module):
         freeze_encoder: bool = False,
         media_token_ids: list[int] | None = None,
         model_init_kwargs: dict | None = None,
+        fused_log_probs: bool = True,
+        log_prob_chunk_size: int = 256,
     ):
         super().__init__()
         model = load_pretrained_model(
@@ -180,6 +211,9 @@ class Actor(nn.Module):
         self.inputs = ModelInputs(unwrap_model(model), self.field_aliases)
         if packing_samples:
             self.inputs.check_packable()
+        self.fused_log_probs = fused_log_probs
+        self.log_prob_chunk_size = log_prob_chunk_size
+        self._unfused_reason_logged = False
 
     @property
     def config(self):
@@ -291,7 +325,8 @@ class Actor(nn.Module):
                 Padded: `[B, L]`, 1 on real tokens. Packed: ignored when `packed_seq_lens` is given, else a
                 sample-numbering mask `[[1, 1, 2, 2, 2, ...]]`.
             return_output (`bool`, *optional*, defaults to `False`):
-                Also return the model output (logits, and `aux_loss` for MoE models that compute one).
+                Also return the model output (`aux_loss` for MoE models that compute one). On the fused path (see
+                `fused_log_probs`) its `logits` is an empty `[B, L, 0]` tensor: the full logits are never built.
             packed_seq_lens (`list[int]`, *optional*):
                 Lengths of the packed samples (requires `packing_samples=True`; such an actor also takes ordinary
                 padded batches, see [`rft_trl.models.utils.resolve_packing`]).
@@ -317,16 +352,88 @@ class Actor(nn.Module):
         forward_inputs, packed_seq_lens = self.inputs.for_call(
             sequences, num_actions, attention_mask, packed_seq_lens, self.packing_samples, model_inputs
         )
-        output = (self.model if wrapped_model is None else wrapped_model)(**forward_inputs)
-        logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
-        if return_entropy:
-            # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
-            results = list(log_probs_and_entropy_from_logits(logits, labels, temperature=temperature))
+        model = self.model if wrapped_model is None else wrapped_model
+        head = self._fusable_head()
+        if head is not None:
+            with self._head_scoring(head, sequences, num_actions, packed_seq_lens, temperature) as scored:
+                output = model(**forward_inputs)
+            results = [scored["log_probs"], scored["entropy"]] if return_entropy else [scored["log_probs"]]
         else:
-            results = [log_probs_from_logits(logits, labels, temperature=temperature)]
+            output = model(**forward_inputs)
+            logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
+            if return_entropy:
+                # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
+                results = list(log_probs_and_entropy_from_logits(logits, labels, temperature=temperature))
+            else:
+                results = [log_probs_from_logits(logits, labels, temperature=temperature)]
         if return_output:
             results.append(output)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _fusable_head(self) -> nn.Linear | None:
+        """The output embedding when the fused path is exact for this model (see `fused_log_probs`), else None."""
+        if not self.fused_log_probs:
+            return None
+        config = self.hf_model.config
+        text_config = config.get_text_config()
+        head = self.hf_model.get_output_embeddings()
+        reason = None
+        if config.model_type not in FUSED_LOG_PROB_MODEL_TYPES:
+            reason = f"model type {config.model_type!r} is not among those verified (FUSED_LOG_PROB_MODEL_TYPES)"
+        elif any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in LOGIT_POST_PROCESSING_FIELDS):
+            reason = "the config post-processes the logits after the head (softcapping or scaling)"
+        elif type(head) is not nn.Linear:
+            kind = f"{type(head).__module__}.{type(head).__qualname__}"
+            reason = f"the output embedding is a {kind} (LoRA-adapted or quantized), not a torch.nn.Linear"
+        elif head._forward_hooks or "forward" in vars(head):
+            reason = "a forward hook or a replaced forward (accelerate's device hooks) acts on the output embedding"
+        elif is_deepspeed_zero3_enabled():
+            reason = "under ZeRO-3 the output embedding is partitioned outside its own forward"
+        if reason is None:
+            return head
+        if not self._unfused_reason_logged:
+            logger.info("Action log-probs from the model's full logits (not fused): %s.", reason)
+            self._unfused_reason_logged = True
+        return None
+
+    @contextmanager
+    def _head_scoring(self, head: nn.Linear, sequences, num_actions, packed_seq_lens, temperature: float):
+        """
+        While the model runs, its output embedding scores the action tokens from the hidden states it is handed,
+        in chunks, instead of returning logits; it returns an empty `[B, L, 0]` tensor (what `output.logits` then
+        holds). Yields the dict that receives `log_probs` and `entropy`.
+        """
+        scored: dict[str, torch.Tensor] = {}
+
+        def score(hidden_states: torch.Tensor) -> torch.Tensor:
+            if scored:
+                raise RuntimeError("The output embedding ran twice in one forward: fused log-probs cannot tell which.")
+            if hidden_states.shape[:2] != sequences.shape[:2]:
+                raise RuntimeError(
+                    f"The output embedding got hidden states of shape {tuple(hidden_states.shape)} for sequences of "
+                    f"shape {tuple(sequences.shape)}: pass fused_log_probs=False for this model."
+                )
+            hidden, labels = select_action_positions(hidden_states, sequences, num_actions, packed_seq_lens)
+            scored["log_probs"], scored["entropy"] = log_probs_and_entropy_from_hidden(
+                hidden.to(head.weight.dtype),
+                head.weight,
+                labels,
+                bias=head.bias,
+                temperature=temperature,
+                chunk_size=self.log_prob_chunk_size,
+            )
+            return hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+
+        # An instance attribute: nn.Module.__call__ still runs the head's hooks (cast_lm_head_to_fp32) around it.
+        head.forward = score
+        try:
+            yield scored
+        finally:
+            del head.forward
+        if not scored:
+            raise RuntimeError(
+                "The model never called its output embedding: pass fused_log_probs=False for this model."
+            )
 
     # ------------------------------------------------------------------------------------------------ utilities
 

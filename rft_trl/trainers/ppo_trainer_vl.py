@@ -717,6 +717,8 @@ class PPOTrainerVL(Trainer):
         if isinstance(model, Actor):
             if args.model_init_kwargs:
                 raise ValueError("model_init_kwargs apply when the model is given as a path; this actor is built.")
+            # A built actor keeps its own log-prob settings; fused_log_probs=False turns the fused path off.
+            model.fused_log_probs = model.fused_log_probs and args.fused_log_probs
             # Never sample the tokens media bring into a prompt, whatever the actor was built with.
             model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
             actor = model
@@ -730,6 +732,8 @@ class PPOTrainerVL(Trainer):
                 media_token_ids=list(layout.media_token_ids),
                 trust_remote_code=args.trust_remote_code,
                 model_init_kwargs=args.model_init_kwargs,
+                fused_log_probs=args.fused_log_probs,
+                log_prob_chunk_size=args.log_prob_chunk_size,
             )
         if args.disable_dropout:
             disable_dropout_in_model(actor)
@@ -763,7 +767,13 @@ class PPOTrainerVL(Trainer):
             return None
         if initial_model is not None:
             reference = (
-                initial_model if isinstance(initial_model, Actor) else actor_class(self.media_kinds)(initial_model)
+                initial_model
+                if isinstance(initial_model, Actor)
+                else actor_class(self.media_kinds)(
+                    initial_model,
+                    fused_log_probs=self.args.fused_log_probs,
+                    log_prob_chunk_size=self.args.log_prob_chunk_size,
+                )
             )
         elif self._peft:
             # With an adapter, the base model under it *is* the reference: disable the adapter for the forward.
@@ -779,7 +789,12 @@ class PPOTrainerVL(Trainer):
                     "Under ZeRO-3 the KL reference is loaded from the policy's checkpoint, but the policy was given "
                     "as an already partitioned model object: pass the model as a path, or pass initial_model."
                 )
-            reference = actor_class(self.media_kinds)(model_path, bf16=self.args.bf16)
+            reference = actor_class(self.media_kinds)(
+                model_path,
+                bf16=self.args.bf16,
+                fused_log_probs=self.args.fused_log_probs,
+                log_prob_chunk_size=self.args.log_prob_chunk_size,
+            )
         else:
             reference = copy.deepcopy(self.actor)
         if self.args.cast_lm_head_to_fp32:

@@ -202,6 +202,12 @@ class RFTConfig(TrainingArguments):
         freeze_encoder (`bool`, *optional*, defaults to `False`):
             In full fine-tuning, keep the vision/audio tower and its projector frozen and train the language model
             only; by default the whole model trains, as in TRL (LoRA adapts the language model only either way).
+        fused_log_probs (`bool`, *optional*, defaults to `True`):
+            Compute the action log-probs and entropies of every pass from the last hidden states, in chunks of
+            `log_prob_chunk_size` tokens, so that the `[tokens, vocabulary]` logits never exist (see
+            [`Actor`]; where that would not be exact, e.g. LoRA on the head or ZeRO-3, the logits are used).
+        log_prob_chunk_size (`int`, *optional*, defaults to `256`):
+            Tokens whose logits exist at once on the fused path.
 
         > Rewards
 
@@ -331,6 +337,10 @@ class RFTConfig(TrainingArguments):
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Freeze the vision/audio tower in full fine-tuning (TRL trains it)."}
     )
+    fused_log_probs: bool = field(
+        default=True, metadata={"help": "Log-probs from hidden states in chunks, never the full logits."}
+    )
+    log_prob_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the fused log-probs."})
 
     # Rewards
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward functions."})
