@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # Synthetic task -> (tiny model kind, possible answers).
 TASKS = {
     "colour": ("qwen2_5_vl", COLOURS),
+    "grounding": ("qwen2_5_vl", COLOURS),
     "video": ("qwen2_5_vl", MOTIONS),
     "pitch": ("qwen2_audio", PITCHES),
     "text": ("qwen2", TEXT_WORDS),

@@ -76,7 +76,8 @@ def _value_head_from_lm_head(critic, actor, token):
 @pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen2_audio", "qwen2"])
 def test_critic_values_line_up_with_actor_logits_and_train(kind):
     model, _, _, multimodal, (sequences, attention_mask, action_mask) = _setup(kind)
-    actor = ACTOR_CLASSES[kind](model)
+    # The actor's full logits are the reference here: not the fused path, which never builds them.
+    actor = ACTOR_CLASSES[kind](model, fused_log_probs=False)
     critic = Critic(actor)
     # A deep copy: the critic trains its own backbone.
     assert not {id(p) for p in critic.parameters()} & {id(p) for p in actor.parameters()}
@@ -117,7 +118,7 @@ def test_critic_packed_equals_padded(kind):
 
 def test_critic_from_lora_actor_merges_the_adapter():
     model, _, _, multimodal, (sequences, attention_mask, action_mask) = _setup("qwen2_vl")
-    actor = ActorVL(model, lora_rank=4)
+    actor = ActorVL(model, lora_rank=4, fused_log_probs=False)  # its full logits are the reference
     with torch.no_grad():
         for name, param in actor.named_parameters():
             if "lora_B" in name:

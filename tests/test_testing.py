@@ -277,5 +277,15 @@ def test_datasets_balanced_and_deterministic():
     assert abs(peak_hz - (2400 if pitch[0]["answer"] == "high" else 300)) < 5
     assert make_text_dataset(4)[0]["answer"]
     assert len(make_task_dataset("video", 4)) == 4
+    # Grounding: the answer's colour fills part of the left half only; another colour part of the right half.
+    grounding = make_task_dataset("grounding", 16, seed=3)
+    assert sorted(grounding["answer"]) == sorted(COLOURS * 2)
+    for row in grounding:
+        pixels = np.asarray(row["image"])
+        left, right = pixels[:, :28].reshape(-1, 3), pixels[:, 28:].reshape(-1, 3)
+        answer = np.array(COLOUR_RGB[row["answer"]])
+        assert (left == answer).all(-1).mean() > 0.1 and not (right == answer).all(-1).any()
+        others = [c for c in COLOURS if c != row["answer"] and (right == np.array(COLOUR_RGB[c])).all(-1).mean() > 0.1]
+        assert len(others) == 1
     with pytest.raises(ValueError, match="Unknown synthetic task 'nope'"):
         make_task_dataset("nope", 4)

@@ -422,7 +422,11 @@ class Actor(nn.Module):
                 temperature=temperature,
                 chunk_size=self.log_prob_chunk_size,
             )
-            return hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+            # Empty, but computed from the scores: a wrapper that searches the autograd graph from the forward's
+            # outputs for the parameters in use (DDP with find_unused_parameters) finds the head's and the
+            # model's through it.
+            anchor = scored["log_probs"].sum() + scored["entropy"].sum()
+            return anchor * hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
 
         # An instance attribute: nn.Module.__call__ still runs the head's hooks (cast_lm_head_to_fp32) around it.
         head.forward = score

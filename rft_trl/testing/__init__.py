@@ -2,6 +2,7 @@
 
 from .datasets import (
     make_colour_dataset,
+    make_grounding_dataset,
     make_pitch_dataset,
     make_task_dataset,
     make_text_dataset,

@@ -3,6 +3,7 @@
 | builder | media | question | answers |
 | --- | --- | --- | --- |
 | `make_colour_dataset` | one 56x56 image with a coloured square | colour of the square | 8 colours |
+| `make_grounding_dataset` | two squares of different colours, one per half | colour of the left one | 8 colours |
 | `make_video_dataset` | 4 frames with a dot | is the dot moving | moving / static |
 | `make_pitch_dataset` | a 1 s tone at 16 kHz | is the tone high or low | high / low |
 | `make_text_dataset` | none | which word follows | 6 words |
@@ -20,6 +21,7 @@ from .vocabulary import COLOUR_RGB, COLOURS, MOTIONS, PITCH_HZ, PITCHES, TEXT_WO
 
 IMAGE_SIZE = 56
 COLOUR_QUESTION = "What colour is the square? Answer with one word."
+GROUNDING_QUESTION = "What colour is the left square? Answer with one word."
 VIDEO_QUESTION = "Is the dot moving or static? Answer with one word."
 PITCH_QUESTION = "Is the tone high or low? Answer with one word."
 
@@ -66,6 +68,53 @@ def make_colour_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
     rows = {
         "prompt": [_user_prompt("image", COLOUR_QUESTION) for _ in answers],
         "image": [colour_square_image(colour, rng) for colour in answers],
+        "answer": answers,
+    }
+    return Dataset.from_dict(rows, features=features)
+
+
+def two_squares_image(left: str, right: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> PILImage.Image:
+    """A grey, lightly noisy background with a square of `left` in the left half and one of `right` in the right."""
+    pixels = rng.integers(100, 140, size=(size, size, 3), dtype=np.int64)
+    half = size // 2
+    for colour, offset in ((left, 0), (right, half)):
+        side = half // 2 + int(rng.integers(0, half // 4))
+        top = int(rng.integers(0, size - side + 1))
+        left_edge = offset + int(rng.integers(0, half - side + 1))
+        pixels[top : top + side, left_edge : left_edge + side] = COLOUR_RGB[colour]
+    return PILImage.fromarray(pixels.astype(np.uint8), mode="RGB")
+
+
+def make_grounding_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
+    """
+    The grounding task: an image with two squares of different colours, one in each half; the answer is the colour
+    of the left one. Reading the colours is not enough (naming one of the two scores 1/2): the answer depends on
+    where each colour is, which only the vision tower's spatial features tell.
+
+    Args:
+        num_samples (`int`, *optional*, defaults to `64`):
+            Number of rows; left colours are balanced (round-robin) and shuffled, right colours drawn among the
+            other seven.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the image noise, square placement, right colours and order.
+
+    Returns:
+        `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
+    """
+    rng = np.random.default_rng(seed)
+    answers = [COLOURS[i % len(COLOURS)] for i in range(num_samples)]
+    answers = [answers[i] for i in rng.permutation(num_samples)]
+    rights = [str(rng.choice([c for c in COLOURS if c != left])) for left in answers]
+    features = Features(
+        {
+            "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+            "image": Image(),
+            "answer": Value("string"),
+        }
+    )
+    rows = {
+        "prompt": [_user_prompt("image", GROUNDING_QUESTION) for _ in answers],
+        "image": [two_squares_image(left, right, rng) for left, right in zip(answers, rights)],
         "answer": answers,
     }
     return Dataset.from_dict(rows, features=features)
@@ -169,6 +218,7 @@ def make_text_dataset(num_samples: int = 32, seed: int = 0) -> Dataset:
 
 TASK_BUILDERS = {
     "colour": make_colour_dataset,
+    "grounding": make_grounding_dataset,
     "video": make_video_dataset,
     "pitch": make_pitch_dataset,
     "text": make_text_dataset,
@@ -176,7 +226,7 @@ TASK_BUILDERS = {
 
 
 def make_task_dataset(task: str, num_samples: int, seed: int = 0) -> Dataset:
-    """Build one of the synthetic tasks by name: `"colour"`, `"video"`, `"pitch"` or `"text"`."""
+    """Build one of the synthetic tasks by name: `"colour"`, `"grounding"`, `"video"`, `"pitch"` or `"text"`."""
     if task not in TASK_BUILDERS:
         raise ValueError(f"Unknown synthetic task {task!r}; choose one of {', '.join(TASK_BUILDERS)}.")
     return TASK_BUILDERS[task](num_samples=num_samples, seed=seed)

@@ -1,0 +1,216 @@
+"""
+Benchmark B11: how much each trainer learns per step. TRL's `GRPOTrainer` and `PPOTrainerVL` side by side, the same
+warmed-up tiny model, data, prompts x samples, learning rate and estimator, over several seeds.
+
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py                     # colour + grounding, 3 seeds, ~35 min
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --seeds 0 --steps 200
+
+Per task and seed: the tiny model of the task (seeded) gets the examples' format warm-up (40 supervised steps on
+random answers, `rft_trl.scripts.format_warmup`), so that both trainers start from the same weights at chance
+reward. Each trainer then runs `--steps` optimizer steps with what a user of either gets by default plus the
+settings the comparison needs equal: 16 prompts x 8 samples per rollout, replayed as 4 optimizer steps of 32 samples
+(TRL: `steps_per_generation=4`), 8-token completions at temperature 1, learning rate 1e-3 (constant), `beta=0` (TRL
+cannot rebuild a reference for an in-memory model), the vision tower trained (TRL's default), float32, TRL's
+default estimator and loss on both sides (`scale_rewards="group"`, `loss_type="dapo"`), `accuracy_reward` weighted 1
+and `format_reward` logged with weight 0.
+
+Held-out accuracy is measured the same way for both, by one callback outside either trainer: every `--eval-every`
+steps, greedy decoding (8 new tokens) of the `--eval-rows` rows of the task's eval split with `generate` on the model
+each trainer trains, scored by `accuracy_reward`. Reported: steps to reach 0.9 held-out accuracy (the first
+evaluation at or above it; "-" when never) per seed and their median, and the median accuracy at fixed steps. The
+pitch task (audio) runs on ours alone (TRL's GRPOTrainer takes no audio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+from transformers import PrinterCallback, TrainerCallback
+from transformers.utils import logging as hf_logging
+
+from rft_trl import PPOTrainerVL, RFTConfig
+from rft_trl.data import PromptCollator
+from rft_trl.rewards import accuracy_reward, format_reward
+from rft_trl.scripts import TASKS, ScriptArguments, format_warmup
+from rft_trl.testing import build_tiny_model, make_task_dataset
+
+# What both trainers share.
+SHARED = dict(
+    num_generations=8,
+    per_device_train_batch_size=32,
+    gradient_accumulation_steps=1,
+    max_completion_length=8,
+    temperature=1.0,
+    learning_rate=1e-3,
+    lr_scheduler_type="constant",
+    beta=0.0,
+    scale_rewards="group",
+    loss_type="dapo",
+    reward_weights=[1.0, 0.0],
+    bf16=False,
+    gradient_checkpointing=False,
+    logging_steps=25,
+    use_cpu=True,
+    save_strategy="no",
+    report_to="none",
+    disable_tqdm=True,
+)
+
+
+class GreedyAccuracy(TrainerCallback):
+    """Every `every` steps (and before the first), greedy held-out accuracy of the model being trained."""
+
+    def __init__(self, processor, rows: list[dict], every: int):
+        self.collator, self.rows, self.every = PromptCollator(processor), rows, every
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.curve: dict[int, float] = {}
+
+    @torch.no_grad()
+    def accuracy(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        batch = self.collator(self.rows)
+        sequences = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            **batch.token_fields,
+            **batch.multimodal_inputs,
+            max_new_tokens=8,
+            do_sample=False,
+        )
+        completions = self.tokenizer.batch_decode(sequences[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
+        model.train(was_training)
+        rewards = accuracy_reward([None] * len(completions), completions, [row["answer"] for row in self.rows])
+        return sum(rewards) / len(rewards)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.curve[0] = self.accuracy(model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self.curve[state.global_step] = self.accuracy(model)
+
+
+def warmed_up_model(task: str, seed: int):
+    """The task's tiny model after the examples' format warm-up, its processor, and the train/eval rows."""
+    kind, answers = TASKS[task]
+    model, processor = build_tiny_model(kind, seed=seed)
+    train, evaluation = make_task_dataset(task, 512, seed=seed), make_task_dataset(task, 64, seed=seed + 1000)
+    format_warmup(model, processor, train, answers, ScriptArguments(format_warmup_steps=40), seed)
+    return model, processor, train, evaluation
+
+
+def run_ours(model, processor, train, callback, steps: int, seed: int) -> float:
+    config = RFTConfig(
+        output_dir="/tmp/rft_bench/b11_ours",
+        max_steps=steps,
+        seed=seed,
+        rollout_batch_size=16,
+        micro_rollout_batch_size=128,
+        **SHARED,
+    )
+    trainer = PPOTrainerVL(
+        model,
+        [accuracy_reward, format_reward],
+        config,
+        train_dataset=train,
+        processing_class=processor,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def run_trl(model, processor, train, callback, steps: int, seed: int) -> float:
+    from trl import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig(
+        output_dir="/tmp/rft_bench/b11_trl", max_steps=steps, seed=seed, steps_per_generation=4, **SHARED
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[accuracy_reward, format_reward],
+        args=config,
+        train_dataset=train,
+        processing_class=processor,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def steps_to(curve: dict[int, float], level: float) -> int | None:
+    return next((step for step, accuracy in sorted(curve.items()) if accuracy >= level), None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["colour", "grounding", "pitch"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--eval-rows", type=int, default=64)
+    parser.add_argument("--json", default=None, help="also write every curve to this file")
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    hf_logging.set_verbosity_error()
+
+    results: dict[str, dict[str, list[dict]]] = {}
+    for task in options.tasks:
+        sides = {"rft_trl": run_ours} if task == "pitch" else {"rft_trl": run_ours, "TRL": run_trl}
+        results[task] = {name: [] for name in sides}
+        for seed in options.seeds:
+            model, processor, train, evaluation = warmed_up_model(task, seed)
+            rows = list(evaluation)[: options.eval_rows]
+            for name, run in sides.items():
+                callback = GreedyAccuracy(processor, rows, options.eval_every)
+                seconds = run(copy.deepcopy(model), processor, train, callback, options.steps, seed)
+                results[task][name].append({"seed": seed, "seconds": seconds, "curve": callback.curve})
+                reached = steps_to(callback.curve, 0.9)
+                print(
+                    f"{task} seed {seed} {name}: steps to 0.9 = {reached}, final {callback.curve[options.steps]:.3f}, "
+                    f"{seconds:.0f} s",
+                    flush=True,
+                )
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+    marks = [step for step in (100, 200, 300, 400) if step <= options.steps]
+    every = options.eval_every
+    print(f"\n{len(options.seeds)} seeds; held-out greedy accuracy on {options.eval_rows} rows every {every} steps")
+    header = "| task | trainer | steps to 0.9 (per seed) | median | " + " | ".join(f"acc @ {m}" for m in marks)
+    print(header + " | s / 100 steps |")
+    print("|" + " --- |" * (5 + len(marks)))
+    for task, sides in results.items():
+        for name, runs in sides.items():
+            reached = [steps_to(run["curve"], 0.9) for run in runs]
+            finite = [r if r is not None else float("inf") for r in reached]
+            median = statistics.median(finite)
+            accuracies = [statistics.median(run["curve"][m] for run in runs) for m in marks]
+            per_100 = statistics.median(run["seconds"] for run in runs) / options.steps * 100
+            print(
+                f"| {task} | {name} | {', '.join('-' if r is None else str(r) for r in reached)} | "
+                f"{'-' if median == float('inf') else f'{median:g}'} | "
+                + " | ".join(f"{a:.3f}" for a in accuracies)
+                + f" | {per_100:.0f} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
