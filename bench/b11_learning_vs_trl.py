@@ -108,6 +108,14 @@ def warmed_up_model(task: str, seed: int):
     return model, processor, train, evaluation
 
 
+def timed_training(trainer) -> float:
+    """Train without the Trainer's console printer; returns the seconds it took."""
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
 def run_ours(model, processor, train, callback, steps: int, seed: int) -> float:
     config = RFTConfig(
         output_dir="/tmp/rft_bench/b11_ours",
@@ -125,10 +133,7 @@ def run_ours(model, processor, train, callback, steps: int, seed: int) -> float:
         processing_class=processor,
         callbacks=[callback],
     )
-    trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - start
+    return timed_training(trainer)
 
 
 def run_trl(model, processor, train, callback, steps: int, seed: int) -> float:
@@ -145,10 +150,7 @@ def run_trl(model, processor, train, callback, steps: int, seed: int) -> float:
         processing_class=processor,
         callbacks=[callback],
     )
-    trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - start
+    return timed_training(trainer)
 
 
 def steps_to(curve: dict[int, float], level: float) -> int | None:

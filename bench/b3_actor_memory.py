@@ -29,6 +29,7 @@ import gc
 import time
 
 import torch
+from b3_logprob_memory import allocation_peak
 from torch.profiler import ProfilerActivity, profile
 from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -68,13 +69,7 @@ def run(actor: ActorVL, sequences, attention_mask, num_actions, fields, grad_wei
         log_probs, entropy = actor(sequences, num_actions, attention_mask, return_entropy=True, **fields)
         ((log_probs * grad_weights[0]).sum() + (entropy * grad_weights[1]).sum()).backward()
     seconds = time.perf_counter() - start
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
+    peak = allocation_peak(prof)
     grads = {name: p.grad.clone() for name, p in actor.model.named_parameters() if p.grad is not None}
     return log_probs.detach(), entropy.detach(), grads, seconds, peak
 

@@ -76,6 +76,18 @@ def _reset_rss_high_water_mark():
         f.write("5")
 
 
+def allocation_peak(prof) -> int:
+    """Peak of live bytes above the start, replayed in time order from a memory profile's allocation/free events."""
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
 def run_one(method, hidden, weight, labels, grad_weights, temperature, chunk_size):
     """One forward+backward; returns (outputs, grads, seconds, alloc peak bytes, rss peak bytes)."""
     hidden = hidden.detach().requires_grad_()
@@ -89,13 +101,7 @@ def run_one(method, hidden, weight, labels, grad_weights, temperature, chunk_siz
         ((log_probs * grad_weights[0]).sum() + (entropy * grad_weights[1]).sum()).backward()
     seconds = time.perf_counter() - start
     rss_peak = (_proc_status_kib("VmHWM") - rss_before) * 1024
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
+    peak = allocation_peak(prof)
     outputs = (log_probs.detach(), entropy.detach())
     return outputs, (hidden.grad, weight.grad), seconds, peak, rss_peak
 

@@ -21,6 +21,14 @@ from .vocabulary import COLOUR_RGB, COLOURS, MOTIONS, PITCH_HZ, PITCHES, TEXT_WO
 
 IMAGE_SIZE = 56
 COLOUR_QUESTION = "What colour is the square? Answer with one word."
+# Columns of the one-image tasks.
+IMAGE_TASK_FEATURES = Features(
+    {
+        "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+        "image": Image(),
+        "answer": Value("string"),
+    }
+)
 GROUNDING_QUESTION = "What colour is the left square? Answer with one word."
 VIDEO_QUESTION = "Is the dot moving or static? Answer with one word."
 PITCH_QUESTION = "Is the tone high or low? Answer with one word."
@@ -58,13 +66,7 @@ def make_colour_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
     answers = [COLOURS[i % len(COLOURS)] for i in range(num_samples)]
     answers = [answers[i] for i in rng.permutation(num_samples)]
-    features = Features(
-        {
-            "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-            "image": Image(),
-            "answer": Value("string"),
-        }
-    )
+    features = IMAGE_TASK_FEATURES
     rows = {
         "prompt": [_user_prompt("image", COLOUR_QUESTION) for _ in answers],
         "image": [colour_square_image(colour, rng) for colour in answers],
@@ -105,13 +107,7 @@ def make_grounding_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
     answers = [COLOURS[i % len(COLOURS)] for i in range(num_samples)]
     answers = [answers[i] for i in rng.permutation(num_samples)]
     rights = [str(rng.choice([c for c in COLOURS if c != left])) for left in answers]
-    features = Features(
-        {
-            "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-            "image": Image(),
-            "answer": Value("string"),
-        }
-    )
+    features = IMAGE_TASK_FEATURES
     rows = {
         "prompt": [_user_prompt("image", GROUNDING_QUESTION) for _ in answers],
         "image": [two_squares_image(left, right, rng) for left, right in zip(answers, rights)],
