@@ -4,13 +4,15 @@ warmed-up tiny model, data, prompts x samples, learning rate and estimator, over
 
     PYTHONPATH=. python bench/b11_learning_vs_trl.py                     # colour + grounding, 3 seeds, ~35 min
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --seeds 0 --steps 200
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks colour --beta 0.1     # with a KL reference
 
 Per task and seed: the tiny model of the task (seeded) gets the examples' format warm-up (40 supervised steps on
 random answers, `rft_trl.scripts.format_warmup`), so that both trainers start from the same weights at chance
 reward. Each trainer then runs `--steps` optimizer steps with what a user of either gets by default plus the
 settings the comparison needs equal: 16 prompts x 8 samples per rollout, replayed as 4 optimizer steps of 32 samples
-(TRL: `steps_per_generation=4`), 8-token completions at temperature 1, learning rate 1e-3 (constant), `beta=0` (TRL
-cannot rebuild a reference for an in-memory model), the vision tower trained (TRL's default), float32, TRL's
+(TRL: `steps_per_generation=4`), 8-token completions at temperature 1, learning rate 1e-3 (constant), `--beta` (0 by
+default; above 0 the warmed-up model is saved and both trainers load it by path, since TRL builds its reference from a
+path only), the vision tower trained (TRL's default), float32, TRL's
 default estimator and loss on both sides (`scale_rewards="group"`, `loss_type="dapo"`), `accuracy_reward` weighted 1
 and `format_reward` logged with weight 0.
 
@@ -29,6 +31,7 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -52,6 +55,8 @@ SHARED = dict(
     learning_rate=1e-3,
     lr_scheduler_type="constant",
     beta=0.0,
+    # With --beta: the plain k3 KL gradient on both sides, as the demo (TINY_DEMO_DEFAULTS).
+    use_bias_correction_kl=False,
     scale_rewards="group",
     loss_type="dapo",
     reward_weights=[1.0, 0.0],
@@ -116,14 +121,14 @@ def timed_training(trainer) -> float:
     return time.perf_counter() - start
 
 
-def run_ours(model, processor, train, callback, steps: int, seed: int) -> float:
+def run_ours(model, processor, train, callback, steps: int, seed: int, beta: float) -> float:
     config = RFTConfig(
         output_dir="/tmp/rft_bench/b11_ours",
         max_steps=steps,
         seed=seed,
         rollout_batch_size=16,
         micro_rollout_batch_size=128,
-        **SHARED,
+        **{**SHARED, "beta": beta},
     )
     trainer = PPOTrainerVL(
         model,
@@ -136,11 +141,15 @@ def run_ours(model, processor, train, callback, steps: int, seed: int) -> float:
     return timed_training(trainer)
 
 
-def run_trl(model, processor, train, callback, steps: int, seed: int) -> float:
+def run_trl(model, processor, train, callback, steps: int, seed: int, beta: float) -> float:
     from trl import GRPOConfig, GRPOTrainer
 
     config = GRPOConfig(
-        output_dir="/tmp/rft_bench/b11_trl", max_steps=steps, seed=seed, steps_per_generation=4, **SHARED
+        output_dir="/tmp/rft_bench/b11_trl",
+        max_steps=steps,
+        seed=seed,
+        steps_per_generation=4,
+        **{**SHARED, "beta": beta},
     )
     trainer = GRPOTrainer(
         model=model,
@@ -165,6 +174,12 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-rows", type=int, default=64)
     parser.add_argument("--json", default=None, help="also write every curve to this file")
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=0.0,
+        help="KL coefficient; above 0 both trainers get the warmed-up model as a saved path, to build a reference",
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -178,9 +193,16 @@ def main() -> int:
         for seed in options.seeds:
             model, processor, train, evaluation = warmed_up_model(task, seed)
             rows = list(evaluation)[: options.eval_rows]
+            saved = None
+            if options.beta > 0:
+                # TRL builds its KL reference from a path only: both trainers load the warmed-up model from disk.
+                saved = tempfile.mkdtemp(prefix="b11_warmed_")
+                model.save_pretrained(saved)
+                processor.save_pretrained(saved)
             for name, run in sides.items():
                 callback = GreedyAccuracy(processor, rows, options.eval_every)
-                seconds = run(copy.deepcopy(model), processor, train, callback, options.steps, seed)
+                policy = saved if saved is not None else copy.deepcopy(model)
+                seconds = run(policy, processor, train, callback, options.steps, seed, options.beta)
                 results[task][name].append({"seed": seed, "seconds": seconds, "curve": callback.curve})
                 reached = steps_to(callback.curve, 0.9)
                 print(
