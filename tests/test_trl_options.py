@@ -50,6 +50,7 @@ IMPLEMENTED_HERE = {
     "use_adaptive_entropy",  # tests/test_trl_surface.py
     "cast_lm_head_to_fp32",  # tests/test_trl_surface.py
     "num_completions_to_print",  # tests/test_progress.py
+    "use_vllm",  # tests/test_vllm.py (real vLLM, in its own environment)
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.

@@ -14,6 +14,7 @@ from .advantages import (
     rloo_scores,
     scores_to_token_rewards,
 )
+from .importance_sampling import IMPORTANCE_SAMPLING_MODES, rollout_importance_weights, rollout_mismatch_metrics
 from .kl import KL_ESTIMATORS, compute_approx_kl
 from .logprobs import (
     entropy_from_logits,
@@ -36,6 +37,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "IGNORE_INDEX",
     "IMPORTANCE_SAMPLING_LEVELS",
+    "IMPORTANCE_SAMPLING_MODES",
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
     "aggregate_loss",
@@ -57,6 +59,8 @@ __all__ = [
     "masked_whiten",
     "policy_loss",
     "rloo_scores",
+    "rollout_importance_weights",
+    "rollout_mismatch_metrics",
     "scores_to_token_rewards",
     "value_loss",
 ]

@@ -111,6 +111,7 @@ def policy_loss(
     norm_length: int | None = None,
     ratio_cap: float | None = None,
     sequence_weight: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None,
     surrogate: str = "clip",
     sapo_temperatures: tuple[float, float] = (1.0, 1.05),
     vespo_gamma: tuple[float, float, float, float] = (2.0, 3.0, 3.0, 2.0),
@@ -175,6 +176,9 @@ def policy_loss(
         sequence_weight (`torch.Tensor` of shape `[B, 1]`, *optional*):
             Multiplies each sequence's token losses before aggregation, leaving the normaliser unchanged (TRL's
             off-policy sequence mask: 0 drops a sequence's contribution).
+        token_weight (`torch.Tensor` of shape `[B, A]`, *optional*):
+            Multiplies each token's loss before aggregation, leaving the normaliser unchanged; not differentiated
+            (TRL's `importance_sampling_ratio` of vLLM rollouts, see [`rollout_importance_weights`]).
         surrogate (`str`, *optional*, defaults to `"clip"`):
             One of `POLICY_SURROGATES`: the clipped ratio objective above, or CISPO, SAPO, VESPO.
         sapo_temperatures (`tuple[float, float]`, *optional*, defaults to `(1.0, 1.05)`):
@@ -244,6 +248,8 @@ def policy_loss(
     loss_mask = mask if entropy_mask is None else mask & entropy_mask.bool()
     if sequence_weight is not None:
         loss_mat = loss_mat * sequence_weight.to(loss_mat.dtype)
+    if token_weight is not None:
+        loss_mat = loss_mat * token_weight.detach().to(loss_mat.dtype)
     loss = aggregate_loss(loss_mat, loss_mask, loss_agg_mode, norm_length)
 
     with torch.no_grad():

@@ -97,6 +97,10 @@ class PromptBatch:
             The original `prompt` values of the kept rows, as reward functions receive them.
         prompt_texts (`list[str]`):
             The rendered prompts, before media expansion.
+        sample_media (`list[dict[str, list]]`):
+            Each prompt's loaded media per kind (`"image"`: PIL images, `"video"`: frame arrays, `"audio"`: waveforms
+            at the processor's sampling rate), exactly as the processor received them: what a rollout engine that runs
+            its own processor (vLLM) is given.
         columns (`dict[str, list]`):
             Every column but `prompt` of the kept rows, media columns included, with the rows' own values (TRL's
             reward contract); `None` where a row lacks it.
@@ -113,6 +117,7 @@ class PromptBatch:
     prompts: list[Any]
     prompt_texts: list[str]
     columns: dict[str, list[Any]]
+    sample_media: list[dict[str, list[Any]]] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
 
@@ -133,6 +138,7 @@ class _Row:
     token_fields: dict[str, torch.Tensor]  # each [L]
     multimodal_inputs: dict[str, torch.Tensor]
     prompt_text: str
+    media: dict[str, list[Any]]
 
 
 class PromptCollator:
@@ -369,6 +375,7 @@ class PromptCollator:
                 if name != "prompt"
             },
             skipped=skipped,
+            sample_media=[prepared.media for _, prepared in kept],
         )
 
     # ---------------------------------------------------------------------------------------------- one row
@@ -386,7 +393,9 @@ class PromptCollator:
                 f"prompt has {input_ids.shape[0]} tokens after media expansion, above prompt_max_len="
                 f"{self.prompt_max_len}",
             )
-        return _Row(input_ids, token_fields, multimodal_inputs, text)
+        return _Row(
+            input_ids, token_fields, multimodal_inputs, text, {kind: items for kind, items in media.items() if items}
+        )
 
     def _collect_media(self, row: Mapping[str, Any]) -> dict[str, list[Any]]:
         """The raw media items of a row per kind, from its singular or plural column."""

@@ -56,6 +56,9 @@ class Experience:
             Per-sample statistics, each a tensor with B rows (`reward`, `response_length`, `total_length`, ...).
         action_entropy (`torch.Tensor` of shape `(B, A)` or `list[torch.Tensor]`, *optional*):
             Entropy of the policy at the completion tokens.
+        importance_weights (`torch.Tensor` of shape `(B, A)` or `list[torch.Tensor]`, *optional*):
+            Truncated importance-sampling weights correcting the rollout engine's sampling distribution to the
+            trainer's (TRL's `vllm_importance_sampling_correction`); they multiply the per-token policy loss.
         multimodal_inputs (`dict[str, torch.Tensor]`, *optional*, defaults to `{}`):
             The prompts' media fields, the samples' pieces concatenated (see `rft_trl.data.multimodal`); passed to
             the model as keywords.
@@ -77,6 +80,7 @@ class Experience:
     action_mask: torch.Tensor | list[torch.Tensor] | None = None
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     action_entropy: torch.Tensor | list[torch.Tensor] | None = None
+    importance_weights: torch.Tensor | list[torch.Tensor] | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     multimodal_shapes: dict[str, list[tuple[int, ...] | None]] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor | list[torch.Tensor]] = field(default_factory=dict)

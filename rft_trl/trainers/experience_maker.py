@@ -24,11 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import compute_advantages, compute_approx_kl, masked_mean, normalize_then_sum_scores
+from ..core import (
+    compute_advantages,
+    compute_approx_kl,
+    masked_mean,
+    normalize_then_sum_scores,
+    rollout_importance_weights,
+    rollout_mismatch_metrics,
+)
 from ..data.collator import PromptBatch, PromptCollator
 from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..rewards import RewardScorer
+from ..rollout import HFEngine, RolloutEngine
 from .replay_buffer_utils import BufferItem
 from .rft_config import RFTConfig
 
@@ -64,10 +72,6 @@ class Rollout:
     reward_components: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
-    return torch.cat([nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
-
-
 class ExperienceMaker:
     """
     Turns prompt rows into scored experience (LightRFT's `NaiveExperienceMakerVL`, one class for all modalities).
@@ -82,6 +86,8 @@ class ExperienceMaker:
         critic (`nn.Module`, *optional*): returns values `[B, A]` with the actor's forward signature.
         kl_coef (`Callable[[], float]`): current KL coefficient (the controller's value).
         device (`torch.device`): where the models run.
+        engine ([`RolloutEngine`], *optional*): what samples the completions; the actor's own `generate`
+            ([`HFEngine`]) by default.
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class ExperienceMaker:
         critic: nn.Module | None,
         kl_coef: Callable[[], float],
         device: torch.device,
+        engine: RolloutEngine | None = None,
     ):
         self.actor = actor
         self.collator = collator
@@ -107,6 +114,9 @@ class ExperienceMaker:
         self.tokenizer = tokenizer
         self.eos_token_id = actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
+        self.engine = engine or HFEngine(
+            actor, args.micro_rollout_batch_size, device, args.suppress_media_tokens, self.pad_token_id
+        )
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
@@ -171,13 +181,17 @@ class ExperienceMaker:
         """
         metrics = {}
         scored = self._score(samples)
+        importance_weights = None
+        if "rollout_log_probs" in samples:
+            importance_weights, mismatch = self._rollout_correction(samples, scored["old_log_probs"])
+            metrics.update(mismatch)
         advantages, returns, kl_stats = self._advantages(
             samples, scored, rewards_out.rewards, rewards_out.valid, n, rewards_out.components
         )
         trained = rewards_out.valid.to(samples["action_mask"].device)
         if self.args.mask_truncated_completions:
             trained = trained & ~self._truncated(samples)
-        items = self._items(samples, scored, advantages, returns, rewards_out, trained)
+        items = self._items(samples, scored, advantages, returns, rewards_out, trained, importance_weights)
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats, n))
         if scored["values"] is not None:
@@ -195,39 +209,26 @@ class ExperienceMaker:
         )
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
-        per_sample_mm = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)
-        input_ids = batch.input_ids.repeat_interleave(n, dim=0)  # [N, P]
-        attention_mask = batch.attention_mask.repeat_interleave(n, dim=0)  # [N, P]
-        token_fields = {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}
-        prompt_len = input_ids.shape[1]
-        chunk = self.args.micro_rollout_batch_size
-        sequences, masks, action_masks = [], [], []
-        for start in range(0, input_ids.shape[0], chunk):
-            mm = concat_multimodal_inputs(per_sample_mm[start : start + chunk])
-            seq, mask, action_mask = self.actor.generate(
-                input_ids[start : start + chunk].to(self.device),
-                attention_mask=attention_mask[start : start + chunk].to(self.device),
-                suppress_media_tokens=self.args.suppress_media_tokens,
-                **{k: v[start : start + chunk].to(self.device) for k, v in token_fields.items()},
-                **{k: v.to(self.device) for k, v in mm.items()},
-                **sampling_kwargs,
-            )
-            sequences.append(seq)
-            masks.append(mask)
-            action_masks.append(action_mask)
-        width = max(a.shape[1] for a in action_masks)
-        sequences = _right_pad(sequences, prompt_len + width, self.pad_token_id)  # [N, P + A]
-        return {
-            "sequences": sequences,
-            "attention_mask": _right_pad(masks, prompt_len + width, 0),  # [N, P + A]
-            "action_mask": _right_pad(action_masks, width, False),  # [N, A]
-            "completion_ids": sequences[:, prompt_len:],  # [N, A]
+        generation = self.engine.generate(batch, n, sampling_kwargs)
+        prompt_len = batch.input_ids.shape[1]
+        width = generation.sequences.shape[1]
+        samples = {
+            "sequences": generation.sequences.to(self.device),  # [N, P + A]
+            "attention_mask": generation.attention_mask.to(self.device),  # [N, P + A]
+            "action_mask": generation.action_mask.to(self.device),  # [N, A]
+            "completion_ids": generation.sequences[:, prompt_len:].to(self.device),  # [N, A]
             # A completion's tokens are text: type 0 (the generated ones never hold media, which are suppressed).
             "token_fields": {
-                k: v.to(self.device) for k, v in extend_token_fields(token_fields, prompt_len + width).items()
+                k: v.to(self.device)
+                for k, v in extend_token_fields(
+                    {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}, width
+                ).items()
             },  # each [N, P + A]
-            "multimodal_inputs": per_sample_mm,
+            "multimodal_inputs": repeat_multimodal_inputs(batch.sample_multimodal_inputs, n),
         }
+        if generation.log_probs is not None:
+            samples["rollout_log_probs"] = generation.log_probs.to(self.device)  # [N, A], the engine's
+        return samples
 
     def _forward_in_chunks(self, model: Callable, samples: dict) -> torch.Tensor:
         """Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time."""
@@ -269,7 +270,9 @@ class ExperienceMaker:
     def _score(self, samples: dict) -> dict:
         scored = {"old_log_probs": None, "base_log_probs": None, "values": None}
         temperature = self.args.temperature
-        if self.need_old_log_probs:
+        # With an engine's own log-probs (vLLM), the trainer's are always recomputed, as in TRL: the update's ratio is
+        # taken against them, and their difference to the engine's is the mismatch to measure and correct.
+        if self.need_old_log_probs or "rollout_log_probs" in samples:
             scored["old_log_probs"] = self._forward_in_chunks(
                 lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples
             )
@@ -280,6 +283,26 @@ class ExperienceMaker:
         if self.critic is not None:
             scored["values"] = self._forward_in_chunks(self.critic, samples)
         return scored
+
+    def _rollout_correction(self, samples: dict, log_probs: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """The importance-sampling weights `[N, A]` (`None` without the correction) and the mismatch metrics."""
+        args = self.args
+        mask = samples["action_mask"]
+        rollout_log_probs = samples["rollout_log_probs"]
+        weights = None
+        if args.vllm_importance_sampling_correction:
+            weights = rollout_importance_weights(
+                log_probs,
+                rollout_log_probs,
+                mask,
+                mode=args.vllm_importance_sampling_mode,
+                clip_min=args.vllm_importance_sampling_clip_min,
+                clip_max=args.vllm_importance_sampling_clip_max,
+            )
+        metrics = rollout_mismatch_metrics(
+            log_probs, rollout_log_probs, mask, weights, args.vllm_importance_sampling_mode
+        )
+        return weights, metrics
 
     def _advantages(
         self,
@@ -367,6 +390,7 @@ class ExperienceMaker:
         returns: torch.Tensor,
         rewards_out,
         trained: torch.Tensor,
+        importance_weights: torch.Tensor | None = None,
     ) -> list[BufferItem]:
         """
         One unpadded item per row. Row i is `[left pad | prompt | actions | right pad]`, its actions a prefix of its
@@ -405,6 +429,7 @@ class ExperienceMaker:
                     advantages=actions(advantages),
                     attention_mask=attention_mask[i, tokens],
                     action_mask=actions(action_mask),
+                    importance_weights=actions(importance_weights),
                     info=info,
                     multimodal_inputs=samples["multimodal_inputs"][i],
                     token_fields={name: value[i, tokens] for name, value in samples["token_fields"].items()},

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import math
 import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -227,8 +228,8 @@ _COUNT_METRICS = (
 
 def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, float]:
     """
-    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`)
-    and maxima (`max_*`, `*_max`) kept, the rest averaged over the rollouts that report them.
+    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`,
+    `*/min`) and maxima (`max_*`, `*_max`, `*/max`) kept, the rest averaged over the rollouts that report them.
     """
     merged: dict[str, list[float]] = defaultdict(list)
     for metrics in per_rollout:
@@ -239,9 +240,9 @@ def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, floa
         last = name.rsplit("/", 1)[-1]
         if name.startswith(_COUNT_METRICS):
             result[name] = sum(values)
-        elif last.startswith("min_") or last.endswith("_min"):
+        elif last == "min" or last.startswith("min_") or last.endswith("_min"):
             result[name] = min(values)
-        elif last.startswith("max_") or last.endswith("_max"):
+        elif last == "max" or last.startswith("max_") or last.endswith("_max"):
             result[name] = max(values)
         else:
             result[name] = sum(values) / len(values)
@@ -605,6 +606,7 @@ class PPOTrainerVL(Trainer):
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         if args.enable_ema:
             self.add_callback(_EMACallback(self))
+        self.rollout_engine = self._build_rollout_engine(actor, processing_class) if args.use_vllm else None
         self.experience_maker = ExperienceMaker(
             actor=actor,
             collator=self.collator,
@@ -614,6 +616,7 @@ class PPOTrainerVL(Trainer):
             critic=critic,
             kl_coef=lambda: self.kl_ctl.value,
             device=self.accelerator.device,
+            engine=self.rollout_engine,
         )
         # One optimizer step per rollout means every micro-batch sees the weights that generated it: the update's
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
@@ -742,6 +745,79 @@ class PPOTrainerVL(Trainer):
                 raise ValueError("cast_lm_head_to_fp32=True is not supported under ZeRO-3 (a partitioned LM head).")
             cast_lm_head_to_fp32(actor.hf_model)
         return actor
+
+    def _build_rollout_engine(self, actor: Actor, processing_class):
+        """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server)."""
+        from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
+
+        args = self.args
+        tokenizer = self.collator.tokenizer
+        common = {
+            "tokenizer": tokenizer,
+            "eos_token_id": actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "suppressed_token_ids": actor.media_token_ids if args.suppress_media_tokens else [],
+            "structured_outputs_regex": args.vllm_structured_outputs_regex,
+            "audio_sampling_rate": self.collator.sampling_rate,
+        }
+        if args.vllm_mode == "server":
+            return VLLMServerEngine(
+                base_url=args.vllm_server_url(),
+                timeout=args.vllm_server_timeout,
+                sync_dir=args.vllm_weight_sync_dir,
+                need_log_probs=True,
+                is_main_process=self.accelerator.is_main_process,
+                **common,
+            )
+        if self.accelerator.num_processes > 1:
+            raise ValueError(
+                "vllm_mode='colocate' runs one in-process engine, on one device; this launch has "
+                f"{self.accelerator.num_processes} processes. Use vllm_mode='server' for multi-process training."
+            )
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(
+                "use_vllm=True with vllm_mode='colocate' needs vLLM in this environment: `pip install rft_trl[vllm]` "
+                "(on a CPU machine, `bash scripts/setup_vllm.sh` builds vLLM's CPU environment; see the README)."
+            )
+        dtype = next(actor.hf_model.parameters()).dtype
+        llm_kwargs = {
+            "dtype": str(dtype).removeprefix("torch."),
+            "seed": args.seed,
+            "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+            "max_model_len": args.vllm_max_model_length,
+            "model_impl": args.vllm_model_impl,
+            "enable_sleep_mode": args.vllm_enable_sleep_mode,
+        }
+        return VLLMColocateEngine(self._engine_model_path(actor, processing_class), llm_kwargs, **common)
+
+    def _engine_model_path(self, actor: Actor, processing_class) -> str:
+        """
+        Where a colocated engine loads the model from: the policy's own directory or Hub id, else (a model built in
+        memory) a copy written once to a temporary directory. Either way its weights are replaced by the policy's
+        before the first rollout.
+        """
+        base = unwrap_model(actor.hf_model)
+        if isinstance(base, PeftModel):
+            base = base.get_base_model()
+        source = base.config._name_or_path
+        if source and (os.path.isfile(os.path.join(source, "config.json")) or not os.path.exists(source)):
+            return source  # a model directory, or a Hub id
+        path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
+        base.save_pretrained(path)
+        processing_class.save_pretrained(path)
+        return path
+
+    def _sync_rollout_engine(self) -> None:
+        """Send the policy's weights to the rollout engine when they changed since its last sync (vLLM)."""
+        engine = self.rollout_engine
+        if engine is None:
+            return
+        engine.wake_up()
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        if isinstance(model, PolicyAndValue):
+            model = model.actor.model
+        if engine.sync_weights(model, self.state.global_step):
+            self.accelerator.wait_for_everyone()
 
     @staticmethod
     def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
@@ -959,7 +1035,10 @@ class PPOTrainerVL(Trainer):
         with unwrap_model_for_generation(
             self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
         ):
+            self._sync_rollout_engine()
             rollout = self.experience_maker.make_experience(rows)
+        if self.rollout_engine is not None:
+            self.rollout_engine.sleep()
         if model_was_training:
             self.model.train()
         self._micro_batches = self._plan_micro_batches(rollout)
@@ -1094,7 +1173,15 @@ class PPOTrainerVL(Trainer):
 
     def _padded_fields(self, experience, out: dict) -> dict[str, torch.Tensor]:
         """The micro-batch's per-token fields as `[B, A]` tensors, left-padded like a padded experience."""
-        names = ("action_mask", "action_log_probs", "base_action_log_probs", "advantages", "returns", "values")
+        names = (
+            "action_mask",
+            "action_log_probs",
+            "base_action_log_probs",
+            "advantages",
+            "returns",
+            "values",
+            "importance_weights",
+        )
         fields = {name: getattr(experience, name) for name in names}
         fields.update({f"new_{k}": v for k, v in out.items() if k in ("log_probs", "entropy", "values")})
         if experience.is_packed:
@@ -1144,6 +1231,7 @@ class PPOTrainerVL(Trainer):
             norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
             ratio_cap=args.delta,
             sequence_weight=sequence_weight,
+            token_weight=batch.get("importance_weights"),
             surrogate=args.policy_surrogate,
             sapo_temperatures=(args.sapo_temperature_pos, args.sapo_temperature_neg),
             vespo_gamma=(args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg),
@@ -1416,6 +1504,7 @@ class PPOTrainerVL(Trainer):
         # The loss needs a baseline: RLOO's leave-one-out has none for a single sample per prompt.
         with_loss = not (self.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
         self.experience_maker.trainer_state = self.state
+        self._sync_rollout_engine()
         for batch in dataloader:
             indices = [row.pop(ROW_INDEX) for row in batch.rows]
             with unwrap_model_for_generation(

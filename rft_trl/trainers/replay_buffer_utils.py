@@ -27,6 +27,7 @@ TOKEN_FIELDS = (
     "attention_mask",
     "action_mask",
     "action_entropy",
+    "importance_weights",
 )
 # Of those, the ones aligned with the action (completion) positions rather than the whole sequence.
 ACTION_FIELDS = (
@@ -37,6 +38,7 @@ ACTION_FIELDS = (
     "advantages",
     "action_mask",
     "action_entropy",
+    "importance_weights",
 )
 
 # BufferItemVL's seed attribute names for the processor fields they hold.
@@ -54,10 +56,10 @@ class BufferItem:
     One sample of experience, unpadded.
 
     Shapes: `sequences` and `attention_mask` `(S)`; `action_log_probs`, `base_action_log_probs`, `values`,
-    `returns`, `advantages`, `action_mask` and `action_entropy` `(A)`, aligned with the last `A` tokens of
-    `sequences`. `info` maps names to this sample's statistics (0-d tensors or Python numbers). `multimodal_inputs`
-    holds this sample's media fields (see `rft_trl.data.multimodal`), `{}` for a text-only sample; `token_fields`
-    its per-token type fields (`mm_token_type_ids`, ...), each `(S)` like `sequences`.
+    `returns`, `advantages`, `action_mask`, `action_entropy` and `importance_weights` `(A)`, aligned with the last
+    `A` tokens of `sequences`. `info` maps names to this sample's statistics (0-d tensors or Python numbers).
+    `multimodal_inputs` holds this sample's media fields (see `rft_trl.data.multimodal`), `{}` for a text-only
+    sample; `token_fields` its per-token type fields (`mm_token_type_ids`, ...), each `(S)` like `sequences`.
     """
 
     sequences: torch.Tensor
@@ -70,6 +72,7 @@ class BufferItem:
     action_mask: torch.BoolTensor | None
     info: dict | None
     action_entropy: torch.Tensor | None = None
+    importance_weights: torch.Tensor | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -101,6 +104,7 @@ class BufferItemVL:
     action_mask: torch.BoolTensor | None = None
     info: dict | None = None
     action_entropy: torch.Tensor | None = None
+    importance_weights: torch.Tensor | None = None
     extra_multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 

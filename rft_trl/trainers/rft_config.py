@@ -12,6 +12,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..core.advantages import ADVANTAGE_ESTIMATORS
+from ..core.importance_sampling import IMPORTANCE_SAMPLING_MODES
 from ..core.losses import LOSS_AGG_MODES
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -35,7 +36,6 @@ TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
 
 # GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
 UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
-    "use_vllm": "rollouts are generated with transformers' generate; vLLM rollouts are not implemented yet",
     "max_tool_calling_iterations": "tool calling is not supported",
     "log_unique_prompts": "the completions table logs every prompt",
     "log_completions_hub_repo": "completions are not uploaded to the Hub",
@@ -65,6 +65,7 @@ DEPENDENT_TRL_OPTIONS: dict[str, str] = {
             "vllm_importance_sampling_clip_max",
             "vllm_importance_sampling_clip_min",
             "vllm_importance_sampling_cap",
+            "vllm_weight_sync_dir",
         ],
         "use_vllm=True",
     ),
@@ -398,26 +399,65 @@ class RFTConfig(TrainingArguments):
         default=None, metadata={"help": "Extra keyword arguments of apply_chat_template (e.g. enable_thinking)."}
     )
     cache_implementation: str | None = field(default=None, metadata={"help": "generate()'s cache implementation."})
-    use_vllm: bool = field(default=False, metadata={"help": "Not supported yet: vLLM rollouts."})
-    vllm_mode: str = field(default="colocate", metadata={"help": "vLLM mode (with use_vllm)."})
-    vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation (with use_vllm)."})
-    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "vLLM sleep mode (with use_vllm)."})
-    vllm_structured_outputs_regex: str | None = field(default=None, metadata={"help": "With use_vllm."})
-    vllm_server_base_url: str | None = field(default=None, metadata={"help": "vLLM server URL (with use_vllm)."})
-    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host (with use_vllm)."})
-    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port (with use_vllm)."})
-    vllm_server_timeout: float = field(default=240.0, metadata={"help": "vLLM server timeout (with use_vllm)."})
-    vllm_group_port: int = field(default=51216, metadata={"help": "vLLM weight-sync port (with use_vllm)."})
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "vLLM memory share (with use_vllm)."})
-    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context (with use_vllm)."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (with use_vllm)."})
-    vllm_importance_sampling_correction: bool = field(
-        default=True, metadata={"help": "Rollout/train mismatch correction (with use_vllm)."}
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Generate rollouts with vLLM (vllm_mode colocate or server), not transformers' generate."},
     )
-    vllm_importance_sampling_mode: str = field(default="sequence_mask", metadata={"help": "With use_vllm."})
-    vllm_importance_sampling_clip_max: float = field(default=3.0, metadata={"help": "With use_vllm."})
-    vllm_importance_sampling_clip_min: float | None = field(default=None, metadata={"help": "With use_vllm."})
-    vllm_importance_sampling_cap: float | None = field(default=None, metadata={"help": "Deprecated TRL alias."})
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={"help": "'colocate': a vLLM engine in the training process; 'server': a running `vllm serve`."},
+    )
+    vllm_model_impl: str = field(
+        default="vllm", metadata={"help": "vLLM's model implementation (vllm, transformers)."}
+    )
+    vllm_enable_sleep_mode: bool = field(
+        default=False, metadata={"help": "Colocate: put the engine to sleep (free its memory) during the update."}
+    )
+    vllm_structured_outputs_regex: str | None = field(
+        default=None, metadata={"help": "Constrain vLLM's completions to this regular expression."}
+    )
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "Server: its URL; replaces vllm_server_host and vllm_server_port."}
+    )
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "Server: its host."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "Server: its port."})
+    vllm_server_timeout: float = field(
+        default=240.0, metadata={"help": "Server: seconds to wait for it to answer at start."}
+    )
+    vllm_group_port: int = field(
+        default=51216, metadata={"help": "TRL's NCCL weight-transfer port; not used (weights go through a file)."}
+    )
+    vllm_weight_sync_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server: the directory the trainer writes weights to for the server to load (a path both see); "
+            "a fresh temporary directory by default."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Colocate: the share of accelerator memory vLLM takes."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "Colocate: vLLM's context length (prompt + completion)."}
+    )
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Colocate: vLLM's tensor parallelism."})
+    vllm_importance_sampling_correction: bool = field(
+        default=True,
+        metadata={"help": "Weigh the loss by truncated importance sampling of vLLM's samples (mismatch)."},
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={"help": "token_truncate, token_mask, sequence_truncate or sequence_mask (TRL's semantics)."},
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "Upper bound C_max of the importance sampling ratio."}
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "Lower bound C_min of the importance sampling ratio."}
+    )
+    vllm_importance_sampling_cap: float | None = field(
+        default=None, metadata={"help": "Deprecated TRL alias of vllm_importance_sampling_clip_max."}
+    )
     delta: float | None = field(
         default=None, metadata={"help": "Two-sided clipping: cap the unclipped ratio at delta (> 1 + epsilon)."}
     )
@@ -604,6 +644,72 @@ class RFTConfig(TrainingArguments):
             raise ValueError(f"num_generations_eval must be >= 1, got {self.num_generations_eval}.")
         if self.entropy_coef < 0:
             raise ValueError(f"entropy_coef must be >= 0 (a bonus for entropy), got {self.entropy_coef}.")
+        if self.use_vllm:
+            self._check_vllm_options(defaults)
+
+    def _check_vllm_options(self, defaults: dict) -> None:
+        """TRL's vLLM options: the modes and values rft_trl implements, each other one refused with its reason."""
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}.")
+        if self.vllm_importance_sampling_cap is not None:
+            logger.warning(
+                "vllm_importance_sampling_cap is deprecated (as in TRL): use vllm_importance_sampling_clip_max."
+            )
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
+        if self.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
+            raise ValueError(
+                f"vllm_importance_sampling_mode must be one of {IMPORTANCE_SAMPLING_MODES}, got "
+                f"{self.vllm_importance_sampling_mode!r}."
+            )
+        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        if low is not None and high is not None and low > high:
+            raise ValueError(
+                f"vllm_importance_sampling_clip_min={low} is above vllm_importance_sampling_clip_max={high}."
+            )
+        if self.vllm_importance_sampling_correction and self.loss_type == "vespo":
+            raise ValueError(
+                "loss_type='vespo' with vllm_importance_sampling_correction is not implemented (TRL folds the ratio "
+                "into VESPO's sequence weight); set vllm_importance_sampling_correction=False."
+            )
+        if self.vllm_group_port != defaults["vllm_group_port"]:
+            raise ValueError(
+                "vllm_group_port is TRL's NCCL weight-transfer port; rft_trl sends weights to the server through "
+                "vllm_weight_sync_dir (a file the server loads), so there is no such group to place."
+            )
+        if self.cache_implementation is not None:
+            raise ValueError(
+                "cache_implementation is an option of transformers' generate, which use_vllm=True replaces."
+            )
+        if self.vllm_model_impl not in ("vllm", "transformers"):
+            raise ValueError(f"vllm_model_impl must be 'vllm' or 'transformers', got {self.vllm_model_impl!r}.")
+        if self.vllm_mode == "colocate":
+            if self.vllm_tensor_parallel_size != 1:
+                raise ValueError(
+                    "vllm_tensor_parallel_size > 1 in colocate mode is not implemented: each process runs its own "
+                    "engine on its own prompts. Use vllm_mode='server' with `vllm serve --tensor-parallel-size`."
+                )
+            for name in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_weight_sync_dir"):
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(f"{name} is a server-mode option; vllm_mode is 'colocate'.")
+        else:
+            launch_options = {
+                "vllm_gpu_memory_utilization": "--gpu-memory-utilization",
+                "vllm_tensor_parallel_size": "--tensor-parallel-size",
+                "vllm_max_model_length": "--max-model-len",
+                "vllm_model_impl": "--model-impl",
+                "vllm_enable_sleep_mode": "--enable-sleep-mode",
+            }
+            for name, flag in launch_options.items():
+                if getattr(self, name) != defaults[name]:
+                    raise ValueError(
+                        f"{name} configures a colocated engine; with vllm_mode='server' pass `{flag}` to `vllm serve`."
+                    )
+
+    def vllm_server_url(self) -> str:
+        """The vLLM server's URL (`vllm_server_base_url`, else built from host and port)."""
+        if self.vllm_server_base_url is not None:
+            return self.vllm_server_base_url
+        return f"http://{self.vllm_server_host}:{self.vllm_server_port}"
 
     def _adapt_to_a_cpu_launch(self) -> None:
         """

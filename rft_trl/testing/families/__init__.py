@@ -26,6 +26,7 @@ from .qwen import (
     build_tiny_qwen2,
     build_tiny_qwen2_audio,
     build_tiny_qwen2_vl,
+    build_tiny_qwen3,
     build_tiny_qwen3_vl,
     build_tiny_qwen3_vl_moe,
     build_tiny_reward_model,
@@ -50,5 +51,6 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "mistral3": build_tiny_mistral3,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
+    "qwen3": build_tiny_qwen3,
     "qwen2_reward": build_tiny_reward_model,
 }

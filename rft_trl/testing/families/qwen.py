@@ -1,4 +1,4 @@
-"""Tiny Qwen models: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen2-Audio, Qwen2 text and reward models.
+"""Tiny Qwen models: Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen2-Audio, Qwen2 and Qwen3 text, reward models.
 
 The first five (Qwen2-VL, Qwen2.5-VL, Qwen2-Audio, Qwen2 text and reward) keep four attention heads of 16 dimensions
 and the default Qwen tokenizer: tests and the demo depend on their exact weights. Qwen3-VL uses head_dim 32 like every
@@ -20,6 +20,8 @@ from transformers import (
     Qwen2ForSequenceClassification,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -266,6 +268,16 @@ def build_tiny_qwen2(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenize
     """Build a tiny text-only Qwen2 causal LM and its tokenizer."""
     tokenizer = build_tiny_tokenizer(seed=seed)
     return init_model(Qwen2ForCausalLM, Qwen2Config(**_qwen2_text_kwargs(tokenizer)), seed, tokenizer), tokenizer
+
+
+def build_tiny_qwen3(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """
+    Build a tiny text-only Qwen3 causal LM (two heads of 32: the smallest head vLLM's CPU kernels take) and its
+    tokenizer, the default Qwen one.
+    """
+    tokenizer = build_tiny_tokenizer(seed=seed)
+    config = Qwen3Config(**text_kwargs(tokenizer), head_dim=HEAD_DIM)
+    return init_model(Qwen3ForCausalLM, config, seed, tokenizer), tokenizer
 
 
 def build_tiny_reward_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:

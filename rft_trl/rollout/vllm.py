@@ -1,0 +1,380 @@
+"""
+vLLM rollout engines, under TRL's option names (`use_vllm`, `vllm_mode`, `vllm_*`).
+
+- `colocate`: a `vllm.LLM` in the training process (vLLM's in-process engine, `VLLM_ENABLE_V1_MULTIPROCESSING=0`).
+  Weights reach it through vLLM's `reload_weights` from an iterator over the policy's parameters, one module at a
+  time.
+- `server`: vLLM's own OpenAI-compatible server (`vllm serve`, started with `VLLM_SERVER_DEV_MODE=1` and
+  `--logprobs-mode processed_logprobs`), reached over HTTP with TRL's request shape (`/v1/completions` with prompt
+  token ids, `return_token_ids`). Weights reach it through the server's `/collective_rpc` endpoint calling
+  `reload_weights(weights_path=...)` on a safetensors file the trainer writes to `vllm_weight_sync_dir`, a directory
+  the server can read (same machine or a shared filesystem). TRL's NCCL weight transfer is not used: it needs a
+  GPU on both sides, and this path works on any machine.
+
+Both ask for the sampled tokens' log-probs after temperature (`processed_logprobs`, what the trainer recomputes),
+for the rollout/train mismatch metrics and the importance-sampling correction.
+
+Prompts with media go to the engine as the rendered text plus the loaded media (`multi_modal_data`), so the engine
+runs its own processor: its prompt token ids are compared with the trainer's processor's for every prompt, and a
+difference (e.g. another image-token expansion) is refused, naming the prompt and the first differing position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.collator import PromptBatch
+from .engine import Generation, RolloutEngine, pad_completions
+from .weights import iter_checkpoint_weights
+
+logger = logging.getLogger(__name__)
+
+# HF generate's sampling arguments and their vLLM `SamplingParams` names; other keys (TRL's `generation_kwargs` under
+# vLLM) are passed to vLLM as they are, and vLLM refuses the ones it does not know.
+HF_TO_VLLM_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+# vLLM's values for "no restriction", where HF generate takes None.
+VLLM_NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+# A bias that removes a token from sampling (vLLM clamps logit biases to [-100, 100]).
+SUPPRESS_BIAS = -100.0
+
+
+def vllm_sampling_params(sampling_kwargs: dict, n: int, suppressed: Iterable[int] = (), regex: str | None = None):
+    """
+    vLLM `SamplingParams` fields for HF-style sampling arguments (`RFTConfig.sampling_kwargs()`), `n` samples per
+    prompt, the sampled tokens' log-probs, and a -100 logit bias on each `suppressed` token.
+    """
+    kwargs = dict(sampling_kwargs)
+    do_sample = kwargs.pop("do_sample", True)
+    params = {"n": n, "logprobs": 0}
+    for name, value in kwargs.items():
+        key = HF_TO_VLLM_SAMPLING.get(name, name)
+        params[key] = VLLM_NEUTRAL_SAMPLING.get(key) if value is None else value
+    if not do_sample:
+        params["temperature"] = 0.0
+    params = {key: value for key, value in params.items() if value is not None}
+    suppressed = sorted(set(suppressed))
+    if suppressed:
+        params["logit_bias"] = {**dict.fromkeys(suppressed, SUPPRESS_BIAS), **params.get("logit_bias", {})}
+    if regex is not None:
+        params["structured_outputs"] = {"regex": regex}
+    return params
+
+
+class PromptMismatchError(ValueError):
+    """The rollout engine tokenized a prompt differently from the trainer's processor."""
+
+
+class VLLMEngine(RolloutEngine):
+    """
+    What both vLLM modes share: prompts in, padded completions and log-probs out, the prompt check.
+
+    Args:
+        tokenizer: the trainer's tokenizer (to name tokens in errors).
+        eos_token_id (`int` or `list[int]`), pad_token_id (`int`): the policy's.
+        suppressed_token_ids (`list[int]`): media tokens never to sample ([`Actor.media_token_ids`]).
+        structured_outputs_regex (`str`, *optional*): TRL's `vllm_structured_outputs_regex`.
+        audio_sampling_rate (`int`, *optional*): the rate the collator loads audio at (the processor's).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        tokenizer,
+        eos_token_id,
+        pad_token_id: int,
+        suppressed_token_ids,
+        structured_outputs_regex=None,
+        audio_sampling_rate: int | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.audio_sampling_rate = audio_sampling_rate
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self.suppressed_token_ids = list(suppressed_token_ids)
+        self.structured_outputs_regex = structured_outputs_regex
+        self.synced_version: int | None = None
+        self.syncs = 0
+
+    # ----------------------------------------------------------------------------------------- generation
+
+    def generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> Generation:
+        params = vllm_sampling_params(sampling_kwargs, n, self.suppressed_token_ids, self.structured_outputs_regex)
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask)]
+        media = batch.sample_media or [{} for _ in prompts]
+        requests = [
+            {"prompt": text, "multi_modal_data": self._multi_modal_data(items)} if items else {"prompt_token_ids": ids}
+            for ids, text, items in zip(prompts, batch.prompt_texts, media)
+        ]
+        outputs = self._generate(requests, params)  # per prompt: (prompt ids, [(completion ids, log-probs)] * n)
+        completions, log_probs = [], []
+        for index, ((engine_prompt, samples), ours) in enumerate(zip(outputs, prompts)):
+            if engine_prompt != ours:
+                raise PromptMismatchError(self._describe_mismatch(index, ours, engine_prompt))
+            if len(samples) != n:
+                raise RuntimeError(f"vLLM returned {len(samples)} completions for prompt {index}, expected {n}.")
+            for tokens, scores in samples:
+                completions.append(list(tokens))
+                log_probs.append([float("nan") if s is None else s for s in scores])
+        return pad_completions(
+            batch.input_ids.repeat_interleave(n, dim=0),
+            batch.attention_mask.repeat_interleave(n, dim=0),
+            completions,
+            log_probs,
+            self.eos_token_id,
+            self.pad_token_id,
+        )
+
+    def _describe_mismatch(self, index: int, ours: list[int], theirs: list[int]) -> str:
+        position = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        window = slice(max(position - 2, 0), position + 3)
+        tokens = self.tokenizer.convert_ids_to_tokens
+        return (
+            f"Prompt {index} of the batch: vLLM's prompt token ids differ from the trainer's processor's at position "
+            f"{position} ({len(theirs)} tokens vs {len(ours)}; vLLM {tokens(theirs[window])} vs trainer "
+            f"{tokens(ours[window])}). The engine would sample from another "
+            "prompt than the one trained on (a different media-token expansion or special tokens). Give vLLM the "
+            "same processor settings as the trainer (the model directory's processor config), or set use_vllm=False."
+        )
+
+    def _multi_modal_data(self, items: dict[str, list]) -> dict:
+        """vLLM's `multi_modal_data` for one prompt's loaded media: images and videos as loaded, audio as
+        `(waveform, sampling rate)` pairs."""
+        data = {kind: list(values) for kind, values in items.items()}
+        if "audio" in data:
+            data["audio"] = [(waveform, self.audio_sampling_rate) for waveform in data["audio"]]
+        return data
+
+    def _generate(self, requests: list[dict], params: dict) -> list[tuple[list[int], list[tuple[list, list]]]]:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- weights
+
+    def sync_weights(self, model: nn.Module, version: int) -> bool:
+        if self.synced_version == version:
+            return False
+        start = time.perf_counter()
+        self._load_weights(iter_checkpoint_weights(model))
+        self.synced_version = version
+        self.syncs += 1
+        logger.debug("vLLM weights synced to step %d in %.2f s", version, time.perf_counter() - start)
+        return True
+
+    def _load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        raise NotImplementedError
+
+
+class VLLMColocateEngine(VLLMEngine):
+    """
+    An in-process `vllm.LLM` beside the trainer (TRL's `vllm_mode="colocate"`).
+
+    Args:
+        model_path (`str`): a directory (or Hub id) holding the model's config, weights and processor.
+        llm_kwargs (`dict`): `vllm.LLM` arguments (`dtype`, `gpu_memory_utilization`, `tensor_parallel_size`,
+            `max_model_len`, `model_impl`, `enable_sleep_mode`, `seed`, ...).
+        others: see [`VLLMEngine`].
+    """
+
+    def __init__(self, model_path: str, llm_kwargs: dict, **kwargs):
+        super().__init__(**kwargs)
+        # The engine runs in this process, so that weights pass as tensors (an engine process cannot take them).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.sleep_mode = bool(llm_kwargs.get("enable_sleep_mode"))
+        self.llm = LLM(
+            model=model_path,
+            logprobs_mode="processed_logprobs",
+            distributed_executor_backend="uni",
+            **llm_kwargs,
+        )
+        self.sleeping = False
+
+    def _generate(self, requests, params):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        if "structured_outputs" in params:
+            params = {**params, "structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
+        outputs = self.llm.generate(requests, SamplingParams(**params), use_tqdm=False)
+        return [
+            (
+                list(output.prompt_token_ids),
+                [
+                    (
+                        list(sample.token_ids),
+                        [_sampled_log_prob(entry, token) for entry, token in zip(sample.logprobs, sample.token_ids)],
+                    )
+                    for sample in output.outputs
+                ],
+            )
+            for output in outputs
+        ]
+
+    def _load_weights(self, weights):
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        if self.sleep_mode and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+
+    def wake_up(self) -> None:
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
+
+
+def _sampled_log_prob(entry: dict | None, token: int) -> float | None:
+    """The sampled token's log-prob in one position's vLLM `logprobs` dict (`None` when it holds none)."""
+    if not entry or token not in entry:
+        return None
+    return entry[token].logprob
+
+
+class VLLMServerEngine(VLLMEngine):
+    """
+    A vLLM server (`vllm serve`, TRL's `vllm_mode="server"`), reached over HTTP.
+
+    Args:
+        base_url (`str`): e.g. `http://localhost:8000`.
+        timeout (`float`): seconds to wait for the server to answer at start (TRL's `vllm_server_timeout`).
+        sync_dir (`str`, *optional*): where weights are written for the server to load; a fresh temporary directory
+            by default (the server must see the same path).
+        need_log_probs (`bool`): refuse a server not started with `--logprobs-mode processed_logprobs`.
+        is_main_process (`bool`): whether this process sends the weights (the others take part in gathering them
+            under ZeRO-3 and wait).
+        others: see [`VLLMEngine`].
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        sync_dir: str | None,
+        need_log_probs: bool = True,
+        is_main_process: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.is_main_process = is_main_process
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self._wait_for_server(timeout)
+        self.model = self._get("/v1/models")["data"][0]["id"]
+        self._check_logprobs_mode(need_log_probs)
+        self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="rft_trl_vllm_sync_"))
+        self.sync_dir.mkdir(parents=True, exist_ok=True)
+
+    def _wait_for_server(self, timeout: float) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.session.get(f"{self.base_url}/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"No vLLM server answered at {self.base_url}/health within vllm_server_timeout={timeout} s. Start "
+                    "one with `VLLM_SERVER_DEV_MODE=1 vllm serve <model> --logprobs-mode processed_logprobs` (see the "
+                    "README), or check vllm_server_base_url / vllm_server_host / vllm_server_port."
+                )
+            time.sleep(1.0)
+
+    def _get(self, path: str, **kwargs) -> dict:
+        response = self.session.get(f"{self.base_url}{path}", **kwargs)
+        self._raise_for(response, path)
+        return response.json()
+
+    def _post(self, path: str, **kwargs) -> dict | None:
+        response = self.session.post(f"{self.base_url}{path}", **kwargs)
+        self._raise_for(response, path)
+        return response.json() if response.content else None
+
+    @staticmethod
+    def _raise_for(response, path: str) -> None:
+        if response.status_code == 404 and path in ("/collective_rpc", "/reset_prefix_cache", "/server_info"):
+            raise RuntimeError(
+                f"The vLLM server does not serve {path}: start it with VLLM_SERVER_DEV_MODE=1 (weight sync needs it)."
+            )
+        if response.status_code != 200:
+            raise RuntimeError(f"vLLM server request {path} failed ({response.status_code}): {response.text[:2000]}")
+
+    def _check_logprobs_mode(self, need_log_probs: bool) -> None:
+        info = self._get("/server_info", params={"config_format": "json"})
+        config = info.get("vllm_config", info)
+        if isinstance(config, str):
+            config = json.loads(config)
+        mode = (config.get("model_config") or {}).get("logprobs_mode")
+        if need_log_probs and mode != "processed_logprobs":
+            raise ValueError(
+                f"The vLLM server reports logprobs_mode={mode!r}: its log-probs would not be the ones the trainer "
+                "recomputes (after temperature), biasing the mismatch correction. Restart it with "
+                "`--logprobs-mode processed_logprobs`."
+            )
+
+    def _generate(self, requests, params):
+        if any("multi_modal_data" in request for request in requests):
+            raise ValueError(
+                "vllm_mode='server' takes text prompts only in this version; prompts with images, video or audio "
+                "need vllm_mode='colocate'."
+            )
+        payload = {
+            "model": self.model,
+            "prompt": [request["prompt_token_ids"] for request in requests],
+            "return_token_ids": True,
+            "return_tokens_as_token_ids": True,
+            **params,
+        }
+        if "logit_bias" in payload:
+            payload["logit_bias"] = {str(token): bias for token, bias in payload["logit_bias"].items()}
+        choices = self._post("/v1/completions", json=payload)["choices"]
+        n = params["n"]
+        if len(choices) != n * len(requests):
+            raise RuntimeError(f"vLLM returned {len(choices)} completions for {len(requests)} prompts x n={n}.")
+        choices = sorted(choices, key=lambda choice: choice["index"])  # index = prompt * n + sample
+        outputs = []
+        for start in range(0, len(choices), n):
+            group = choices[start : start + n]
+            samples = [(choice["token_ids"], choice["logprobs"]["token_logprobs"]) for choice in group]
+            outputs.append((group[0]["prompt_token_ids"], samples))
+        return outputs
+
+    def _load_weights(self, weights):
+        from safetensors.torch import save_file
+
+        tensors = {name: tensor.contiguous() for name, tensor in weights}  # every process reads (ZeRO-3 gathers)
+        if not self.is_main_process:
+            return
+        partial = self.sync_dir / "model.safetensors.partial"
+        save_file(tensors, str(partial), metadata={"format": "pt"})
+        partial.replace(self.sync_dir / "model.safetensors")
+        self._post(
+            "/collective_rpc", json={"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}}
+        )
+        self._post("/reset_prefix_cache")
+
+    def close(self) -> None:
+        self.session.close()

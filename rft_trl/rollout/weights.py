@@ -1,0 +1,91 @@
+"""The policy's weights under the names of its checkpoint, as a rollout engine loads them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+
+def _gathered(parameters: list[nn.Parameter]):
+    """Under DeepSpeed ZeRO-3, gather a module's own partitioned parameters for reading; otherwise do nothing."""
+    if any(hasattr(parameter, "ds_id") for parameter in parameters):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=None)
+    return nullcontext()
+
+
+def _checkpoint_name(name: str) -> str | None:
+    """A PEFT-wrapped parameter's name in the base model's checkpoint; `None` for adapter-only parameters."""
+    parts = iter(name.split("."))
+    cleaned = []
+    for part in parts:
+        if part.startswith("lora_") or part == "original_module":
+            return None
+        if part == "modules_to_save":
+            next(parts, None)  # the adapter's name follows
+        elif part != "base_layer":
+            cleaned.append(part)
+    return ".".join(cleaned)
+
+
+def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """
+    Yield the model's parameters under their checkpoint names, one module at a time.
+
+    - A PEFT model yields its base model's parameters with every active LoRA adapter merged in (computed aside,
+      `base + delta`, the model itself untouched), and the active copy of each `modules_to_save` module; adapter
+      parameters are not yielded. Other PEFT tuners are refused.
+    - Under DeepSpeed ZeRO-3, each module's parameters are gathered while it is read and released after: the whole
+      model is never gathered at once. Every yielded tensor is a detached copy.
+
+    Tied parameters are yielded once, under the first name (`named_parameters` order).
+    """
+    base = model
+    peft = False
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        from peft.tuners.lora import LoraLayer
+
+        tuners = {type(config).__name__ for config in model.peft_config.values()}
+        if tuners - {"LoraConfig"}:
+            raise ValueError(
+                f"Rollout engine weight sync merges LoRA adapters; this model has {sorted(tuners)} adapters. Use a "
+                "LoRA adapter, or train without PEFT."
+            )
+        base = model.get_base_model()
+        peft = True
+    seen: set[int] = set()
+    for module_name, module in base.named_modules():
+        own = [(name, p) for name, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        if not own:
+            continue
+        with _gathered([p for _, p in own]):
+            delta = None
+            if peft and module_name.endswith("base_layer"):
+                parent = base.get_submodule(module_name.rsplit(".", 1)[0])
+                if isinstance(parent, LoraLayer) and not parent.merged:
+                    delta = _lora_delta(parent)
+            for name, parameter in own:
+                seen.add(id(parameter))
+                full = f"{module_name}.{name}" if module_name else name
+                if peft:
+                    full = _checkpoint_name(full)
+                    if full is None:
+                        continue
+                value = parameter.detach()
+                if delta is not None and name == "weight":
+                    value = value + delta.to(value.dtype)
+                yield full, value.clone()
+
+
+def _lora_delta(layer) -> torch.Tensor | None:
+    """The sum of the active adapters' weight deltas of a LoRA layer, its adapters gathered under ZeRO-3."""
+    adapters = [name for name in layer.active_adapters if name in layer.lora_A]
+    if not adapters:
+        return None
+    parameters = [p for name in adapters for p in (*layer.lora_A[name].parameters(), *layer.lora_B[name].parameters())]
+    with _gathered(parameters), torch.no_grad():
+        return sum(layer.get_delta_weight(name) for name in adapters)
