@@ -61,7 +61,8 @@ def rollout_importance_weights(
         log_ratio = log_ratio.sum(-1, keepdim=True)  # [B, 1]
     ratio = log_ratio.exp()
     if mode.endswith("truncate"):
-        ratio = ratio.clamp(min=clip_min, max=clip_max)
+        if clip_min is not None or clip_max is not None:
+            ratio = ratio.clamp(min=clip_min, max=clip_max)
     else:
         low = -math.inf if clip_min is None else clip_min
         high = math.inf if clip_max is None else clip_max

@@ -229,6 +229,10 @@ class VLLMColocateEngine(VLLMEngine):
 
     def _load_weights(self, weights):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # Every cache computed with the old weights goes: the front end's media cache as well (it would otherwise
+        # send a cached image by its hash to an engine that dropped it: "Encoder cache miss").
+        self.llm.reset_mm_cache()
+        self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
 
     def sleep(self) -> None:
@@ -315,7 +319,7 @@ class VLLMServerEngine(VLLMEngine):
 
     @staticmethod
     def _raise_for(response, path: str) -> None:
-        if response.status_code == 404 and path in ("/collective_rpc", "/reset_prefix_cache", "/server_info"):
+        if response.status_code == 404 and (path in ("/collective_rpc", "/server_info") or path.startswith("/reset_")):
             raise RuntimeError(
                 f"The vLLM server does not serve {path}: start it with VLLM_SERVER_DEV_MODE=1 (weight sync needs it)."
             )
@@ -371,10 +375,11 @@ class VLLMServerEngine(VLLMEngine):
         partial = self.sync_dir / "model.safetensors.partial"
         save_file(tensors, str(partial), metadata={"format": "pt"})
         partial.replace(self.sync_dir / "model.safetensors")
-        self._post(
-            "/collective_rpc", json={"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}}
-        )
-        self._post("/reset_prefix_cache")
+        call = {"method": "reload_weights", "kwargs": {"weights_path": str(self.sync_dir)}}
+        self._post("/collective_rpc", json=call)
+        # Every cache computed with the old weights goes, the front end's media cache too (see the colocated engine).
+        for cache in ("/reset_mm_cache", "/reset_encoder_cache", "/reset_prefix_cache"):
+            self._post(cache)
 
     def close(self) -> None:
         self.session.close()

@@ -63,6 +63,7 @@ from ..models.utils import cast_lm_head_to_fp32, unwrap_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from ..rewards.functions import completion_text
+from ..rollout import iter_checkpoint_weights
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -787,24 +788,31 @@ class PPOTrainerVL(Trainer):
             "max_model_len": args.vllm_max_model_length,
             "model_impl": args.vllm_model_impl,
             "enable_sleep_mode": args.vllm_enable_sleep_mode,
+            "enforce_eager": args.vllm_enforce_eager,
         }
         return VLLMColocateEngine(self._engine_model_path(actor, processing_class), llm_kwargs, **common)
 
     def _engine_model_path(self, actor: Actor, processing_class) -> str:
         """
         Where a colocated engine loads the model from: the policy's own directory or Hub id, else (a model built in
-        memory) a copy written once to a temporary directory. Either way its weights are replaced by the policy's
-        before the first rollout.
+        memory) its config, processor and weights written once to a temporary directory, the weights under their
+        checkpoint names (LoRA merged in, gathered under ZeRO-3). Either way the engine's weights are replaced by the
+        policy's before the first rollout.
         """
-        base = unwrap_model(actor.hf_model)
-        if isinstance(base, PeftModel):
-            base = base.get_base_model()
+        model = actor.model
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
         source = base.config._name_or_path
         if source and (os.path.isfile(os.path.join(source, "config.json")) or not os.path.exists(source)):
             return source  # a model directory, or a Hub id
         path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
-        base.save_pretrained(path)
+        config = copy.deepcopy(base.config)
+        config.architectures = [type(base).__name__]  # what save_pretrained records, and vLLM reads
+        config.save_pretrained(path)
+        if base.generation_config is not None:
+            base.generation_config.save_pretrained(path)
         processing_class.save_pretrained(path)
+        weights = {name: tensor.contiguous() for name, tensor in iter_checkpoint_weights(model)}
+        save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         return path
 
     def _sync_rollout_engine(self) -> None:

@@ -66,6 +66,7 @@ DEPENDENT_TRL_OPTIONS: dict[str, str] = {
             "vllm_importance_sampling_clip_min",
             "vllm_importance_sampling_cap",
             "vllm_weight_sync_dir",
+            "vllm_enforce_eager",
         ],
         "use_vllm=True",
     ),
@@ -441,6 +442,12 @@ class RFTConfig(TrainingArguments):
         default=None, metadata={"help": "Colocate: vLLM's context length (prompt + completion)."}
     )
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Colocate: vLLM's tensor parallelism."})
+    vllm_enforce_eager: bool = field(
+        default=False,
+        metadata={
+            "help": "Colocate: run vLLM eagerly (no compilation or CUDA graphs): a faster start, slower decoding."
+        },
+    )
     vllm_importance_sampling_correction: bool = field(
         default=True,
         metadata={"help": "Weigh the loss by truncated importance sampling of vLLM's samples (mismatch)."},
@@ -698,6 +705,7 @@ class RFTConfig(TrainingArguments):
                 "vllm_max_model_length": "--max-model-len",
                 "vllm_model_impl": "--model-impl",
                 "vllm_enable_sleep_mode": "--enable-sleep-mode",
+                "vllm_enforce_eager": "--enforce-eager",
             }
             for name, flag in launch_options.items():
                 if getattr(self, name) != defaults[name]:

@@ -1,0 +1,246 @@
+"""
+vLLM rollouts for real, on the CPU: vLLM's CPU build lives in `.venv-vllm` (scripts/setup_vllm.sh; its torch and
+transformers pins differ from the project's), so
+
+- colocate mode runs in that environment (tests/vllm_worker.py, one scenario per subprocess);
+- server mode runs vLLM's own OpenAI server from that environment and trains here, across the two.
+
+Each proves the weight sync by greedy equality: after training, the engine's greedy completions differ from HF
+`generate`'s on the trained weights until the sync, and equal them after. The tests skip, with the reason, only where
+the vLLM environment could not be built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from rft_trl import PPOTrainerVL
+from rft_trl.rollout import HFEngine
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, save_tiny_model, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_VENV = ROOT / ".venv-vllm"
+VLLM_PYTHON = VLLM_VENV / "bin" / "python"
+READY = VLLM_VENV / ".rft_trl_vllm_ready"
+SETUP_LOG = ROOT / ".venv-vllm.log"
+SAMPLING_METRICS = (
+    "sampling/sampling_logp_difference/mean",
+    "sampling/sampling_logp_difference/max",
+    "sampling/kl",
+    "sampling/importance_sampling_ratio/min",
+    "sampling/importance_sampling_ratio/mean",
+    "sampling/importance_sampling_ratio/max",
+)
+TEXT_ROWS = make_task_dataset("text", 4)
+VLLM_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's CPU default (4 GiB, touched at start) slows its start tenfold here
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def require_vllm_environment() -> None:
+    if READY.exists():
+        return
+    reason = "run `bash scripts/setup_vllm.sh`"
+    if SETUP_LOG.exists():
+        lines = [line for line in SETUP_LOG.read_text(errors="replace").splitlines() if line.strip()]
+        reason = f"scripts/setup_vllm.sh failed: {' | '.join(lines[-3:])}"
+    pytest.skip(f"vLLM's CPU environment (.venv-vllm) is not built: {reason}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_colocate_worker(tmp_path, kind: str, task: str, *flags: str) -> dict:
+    out = tmp_path / "result.json"
+    completed = subprocess.run(
+        [str(VLLM_PYTHON), str(ROOT / "tests" / "vllm_worker.py"), "colocate", kind, task, str(out), *flags],
+        cwd=ROOT,
+        env=VLLM_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-6000:])
+    return json.loads(out.read_text())
+
+
+def assert_trained_with_mismatch_metrics(log_history: list[dict], tolerance: float) -> None:
+    steps = [entry for entry in log_history if "loss" in entry]
+    assert len(steps) == 2
+    for entry in steps:
+        for name in SAMPLING_METRICS:
+            assert math.isfinite(entry[name]), (name, entry)
+        # The engine and the trainer score the same tokens with the same weights (fp32): they agree closely.
+        assert entry["sampling/sampling_logp_difference/max"] < tolerance, entry
+        assert 0 < entry["sampling/importance_sampling_ratio/min"] <= entry["sampling/importance_sampling_ratio/max"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "task", "lora"),
+    [("qwen3", "text", False), ("qwen3", "text", True), ("qwen3_vl", "colour", False)],
+    ids=["text", "text-lora", "image"],
+)
+def test_colocate_trains_and_syncs_weights_by_greedy_equality(tmp_path, kind, task, lora):
+    require_vllm_environment()
+    result = run_colocate_worker(tmp_path, kind, task, *(["--lora"] if lora else []))
+    # The image model's media tokens are suppressed in sampling (a -100 logit bias), which takes the tiny random
+    # model's few percent of probability on them out of vLLM's distribution and not out of the trainer's.
+    assert_trained_with_mismatch_metrics(result["log_history"], tolerance=1e-4 if task == "text" else 0.05)
+    assert result["synced"] == 1
+    assert not result["before_sync_equal"], "the update did not change the greedy completions: the test proves nothing"
+    assert result["after_sync_equal"]
+    if task == "colour":
+        assert "vLLM's prompt token ids differ from the trainer's processor's" in result["mismatch_error"]
+        assert "Prompt 0 of the batch" in result["mismatch_error"]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """vLLM's own OpenAI server (dev mode, processed log-probs) on the tiny Qwen3, from the vLLM environment."""
+    require_vllm_environment()
+    model_dir = save_tiny_model("qwen3", str(tmp_path_factory.mktemp("server") / "tiny_qwen3"))
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("server_log") / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--logprobs-mode",
+            "processed_logprobs",
+            "--enforce-eager",
+            "--max-model-len",
+            "512",
+        ],
+        env={**VLLM_ENV, "VLLM_SERVER_DEV_MODE": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            time.sleep(1)
+    try:
+        assert process.poll() is None, Path(log.name).read_text()[-4000:]
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_server_mode_trains_and_syncs_weights_by_greedy_equality(tmp_path, vllm_server, lora):
+    from peft import LoraConfig
+
+    model, tokenizer = build_tiny_model("qwen3")
+    args = tiny_config(
+        str(tmp_path / "out"),
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_server_base_url=vllm_server,
+        vllm_weight_sync_dir=str(tmp_path / "sync"),
+        vllm_importance_sampling_mode="sequence_truncate",
+        learning_rate=0.1,
+        logging_steps=1,
+    )
+    peft_config = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear") if lora else None
+    trainer = PPOTrainerVL(
+        model,
+        [length_reward],
+        args,
+        train_dataset=make_task_dataset("text", 8),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=1e-4)
+    assert (tmp_path / "sync" / "model.safetensors").exists()
+    engine = trainer.rollout_engine
+    batch = trainer.collator(list(make_task_dataset("text", 4, seed=1)))
+    greedy = {**args.sampling_kwargs(), "do_sample": False}
+    before = engine.generate(batch, 1, greedy).sequences
+    trainer.actor.eval()
+    reference = HFEngine(trainer.actor, 4, torch.device("cpu"), True, tokenizer.pad_token_id).generate(
+        batch, 1, greedy
+    )
+    assert before.shape != reference.sequences.shape or not torch.equal(before, reference.sequences)
+    trainer._sync_rollout_engine()
+    after = engine.generate(batch, 1, greedy)
+    assert torch.equal(after.sequences, reference.sequences)
+    assert torch.equal(after.action_mask, reference.action_mask)
+    # A second sync at the same step sends nothing.
+    syncs = engine.syncs
+    trainer._sync_rollout_engine()
+    assert engine.syncs == syncs
+
+
+def test_server_mode_refuses_prompts_with_media(tmp_path, vllm_server):
+    from rft_trl.rollout.vllm import VLLMServerEngine
+
+    _, processor = build_tiny_model("qwen3_vl")
+    tokenizer = processor.tokenizer
+    engine = VLLMServerEngine(
+        base_url=vllm_server,
+        timeout=10,
+        sync_dir=str(tmp_path),
+        tokenizer=tokenizer,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        suppressed_token_ids=[],
+    )
+    from rft_trl.data import PromptCollator
+
+    batch = PromptCollator(processor)(list(make_task_dataset("colour", 1)))
+    with pytest.raises(ValueError, match="vllm_mode='server' takes text prompts only"):
+        engine.generate(batch, 1, {"max_new_tokens": 4})
+
+
+def test_server_mode_waits_then_names_the_missing_server(tmp_path):
+    model, tokenizer = build_tiny_model("qwen3")
+    args = tiny_config(
+        str(tmp_path), use_vllm=True, vllm_mode="server", vllm_server_port=free_port(), vllm_server_timeout=1
+    )
+    with pytest.raises(ConnectionError, match="No vLLM server answered at http://0.0.0.0:.*/health within"):
+        PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+        )
+
+
+def test_colocate_without_vllm_installed_names_the_fix(tmp_path):
+    assert importlib.util.find_spec("vllm") is None  # the project's environment: vLLM lives in .venv-vllm
+    model, tokenizer = build_tiny_model("qwen3")
+    args = tiny_config(str(tmp_path), use_vllm=True)
+    with pytest.raises(ImportError, match=r"needs vLLM in this environment: `pip install rft_trl\[vllm\]`"):
+        PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+        )
