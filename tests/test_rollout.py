@@ -210,3 +210,35 @@ def test_deprecated_importance_sampling_cap_sets_clip_max(tmp_path):
     args = tiny_config(str(tmp_path), use_vllm=True, vllm_importance_sampling_cap=5.0)
     assert args.vllm_importance_sampling_clip_max == 5.0
     assert tiny_config(str(tmp_path), use_vllm=True, vllm_mode="server").vllm_server_url() == "http://0.0.0.0:8000"
+
+
+def test_server_messages_inline_each_medium_in_its_part():
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    from rft_trl.rollout.vllm import openai_messages
+
+    image = Image.new("RGB", (8, 6), (255, 0, 0))
+    waveform = np.linspace(-0.5, 0.5, 160, dtype=np.float32)
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What?"}]},
+    ]
+    converted = openai_messages(messages, {"image": [image], "audio": [(waveform, 16000)]})
+    assert converted[0] == {"role": "system", "content": "Answer briefly."}
+    image_part, audio_part, text_part = converted[1]["content"]
+    assert text_part == {"type": "text", "text": "What?"}
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.size == (8, 6) and decoded.getpixel((0, 0)) == (255, 0, 0)
+    assert audio_part["input_audio"]["format"] == "wav"
+    samples, rate = soundfile.read(io.BytesIO(base64.b64decode(audio_part["input_audio"]["data"])), dtype="float32")
+    assert rate == 16000
+    np.testing.assert_allclose(samples, waveform, atol=1e-4)  # 16-bit PCM
+    with pytest.raises(ValueError, match="does not take video prompts"):
+        openai_messages([{"role": "user", "content": [{"type": "video"}]}], {"video": [np.zeros((2, 4, 4, 3))]})

@@ -12,6 +12,7 @@ the vLLM environment could not be built.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -112,11 +113,11 @@ def test_colocate_trains_and_syncs_weights_by_greedy_equality(tmp_path, kind, ta
         assert "Prompt 0 of the batch" in result["mismatch_error"]
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tmp_path_factory):
-    """vLLM's own OpenAI server (dev mode, processed log-probs) on the tiny Qwen3, from the vLLM environment."""
+@contextlib.contextmanager
+def serve(kind: str, tmp_path_factory):
+    """vLLM's own OpenAI server (dev mode, processed log-probs) on a tiny model, from the vLLM environment."""
     require_vllm_environment()
-    model_dir = save_tiny_model("qwen3", str(tmp_path_factory.mktemp("server") / "tiny_qwen3"))
+    model_dir = save_tiny_model(kind, str(tmp_path_factory.mktemp("server") / kind))
     port = free_port()
     log = open(tmp_path_factory.mktemp("server_log") / "server.log", "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
@@ -156,6 +157,18 @@ def vllm_server(tmp_path_factory):
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    with serve("qwen3", tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def vllm_vl_server(tmp_path_factory):
+    with serve("qwen3_vl", tmp_path_factory) as url:
+        yield url
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -204,25 +217,35 @@ def test_server_mode_trains_and_syncs_weights_by_greedy_equality(tmp_path, vllm_
     assert engine.syncs == syncs
 
 
-def test_server_mode_refuses_prompts_with_media(tmp_path, vllm_server):
-    from rft_trl.rollout.vllm import VLLMServerEngine
-
-    _, processor = build_tiny_model("qwen3_vl")
-    tokenizer = processor.tokenizer
-    engine = VLLMServerEngine(
-        base_url=vllm_server,
-        timeout=10,
-        sync_dir=str(tmp_path),
-        tokenizer=tokenizer,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        suppressed_token_ids=[],
+def test_server_mode_trains_a_vlm_and_syncs_weights_by_greedy_equality(tmp_path, vllm_vl_server):
+    # Prompts with images reach the server as chat messages with the image inlined; the server renders and processes
+    # them itself, and its prompt token ids equal the trainer's processor's (else the engine refuses the prompt).
+    model, processor = build_tiny_model("qwen3_vl")
+    args = tiny_config(
+        str(tmp_path / "out"),
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_server_base_url=vllm_vl_server,
+        vllm_weight_sync_dir=str(tmp_path / "sync"),
+        learning_rate=0.1,
+        logging_steps=1,
     )
-    from rft_trl.data import PromptCollator
-
-    batch = PromptCollator(processor)(list(make_task_dataset("colour", 1)))
-    with pytest.raises(ValueError, match="vllm_mode='server' takes text prompts only"):
-        engine.generate(batch, 1, {"max_new_tokens": 4})
+    trainer = PPOTrainerVL(
+        model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
+    )
+    trainer.train()
+    # The suppressed media tokens (see the colocate test) are the whole mismatch.
+    assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=0.05)
+    engine = trainer.rollout_engine
+    batch = trainer.collator(list(make_task_dataset("colour", 4, seed=1)))
+    greedy = {**args.sampling_kwargs(), "do_sample": False}
+    before = engine.generate(batch, 1, greedy).sequences
+    trainer.actor.eval()
+    hf = HFEngine(trainer.actor, 4, torch.device("cpu"), True, processor.tokenizer.pad_token_id)
+    reference = hf.generate(batch, 1, greedy)
+    assert before.shape != reference.sequences.shape or not torch.equal(before, reference.sequences)
+    trainer._sync_rollout_engine()
+    assert torch.equal(engine.generate(batch, 1, greedy).sequences, reference.sequences)
 
 
 def test_server_mode_waits_then_names_the_missing_server(tmp_path):

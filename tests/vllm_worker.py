@@ -72,7 +72,7 @@ def colocate(kind: str, task: str, out: str, lora: bool) -> None:
         "syncs": engine.syncs,
         "completion_tokens": sum(len(row) for row in reference),
     }
-    if batch.sample_media and any(batch.sample_media):
+    if any("image" in media for media in batch.sample_media):
         # A trainer processor that merges no patches expands each image into four times the engine's tokens.
         other = copy.deepcopy(processing_class)
         other.image_processor.merge_size = 1

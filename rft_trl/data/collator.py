@@ -101,6 +101,9 @@ class PromptBatch:
             Each prompt's loaded media per kind (`"image"`: PIL images, `"video"`: frame arrays, `"audio"`: waveforms
             at the processor's sampling rate), exactly as the processor received them: what a rollout engine that runs
             its own processor (vLLM) is given.
+        prompt_messages (`list[list[dict] | None]`):
+            Each prompt as the chat messages that were rendered, media parts in place (a plain-string prompt with
+            media becomes one user message); `None` for a plain-text prompt without media.
         columns (`dict[str, list]`):
             Every column but `prompt` of the kept rows, media columns included, with the rows' own values (TRL's
             reward contract); `None` where a row lacks it.
@@ -118,6 +121,7 @@ class PromptBatch:
     prompt_texts: list[str]
     columns: dict[str, list[Any]]
     sample_media: list[dict[str, list[Any]]] = field(default_factory=list)
+    prompt_messages: list[list[dict] | None] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
     kept: list[int] = field(default_factory=list)
 
@@ -139,6 +143,7 @@ class _Row:
     multimodal_inputs: dict[str, torch.Tensor]
     prompt_text: str
     media: dict[str, list[Any]]
+    messages: list[dict] | None
 
 
 class PromptCollator:
@@ -376,6 +381,7 @@ class PromptCollator:
             },
             skipped=skipped,
             sample_media=[prepared.media for _, prepared in kept],
+            prompt_messages=[prepared.messages for _, prepared in kept],
         )
 
     # ---------------------------------------------------------------------------------------------- one row
@@ -384,7 +390,7 @@ class PromptCollator:
         """Validate, render, load and process one row; raises `_Reject` with a reason code on any problem."""
         raw_media = self._collect_media(row)
         counts = {kind: len(items) for kind, items in raw_media.items()}
-        text, add_special_tokens = self._render(row["prompt"], counts)
+        text, add_special_tokens, messages = self._render(row["prompt"], counts)
         media = self._load_media(raw_media, repairs)
         input_ids, token_fields, multimodal_inputs = self._process(text, media, add_special_tokens)
         if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
@@ -393,9 +399,8 @@ class PromptCollator:
                 f"prompt has {input_ids.shape[0]} tokens after media expansion, above prompt_max_len="
                 f"{self.prompt_max_len}",
             )
-        return _Row(
-            input_ids, token_fields, multimodal_inputs, text, {kind: items for kind, items in media.items() if items}
-        )
+        loaded = {kind: items for kind, items in media.items() if items}
+        return _Row(input_ids, token_fields, multimodal_inputs, text, loaded, messages)
 
     def _collect_media(self, row: Mapping[str, Any]) -> dict[str, list[Any]]:
         """The raw media items of a row per kind, from its singular or plural column."""
@@ -420,11 +425,14 @@ class PromptCollator:
             media[kind] = items
         return media
 
-    def _render(self, prompt: Any, counts: dict[str, int]) -> tuple[str, bool]:
-        """Render a prompt to text; returns it and whether the tokenizer should add its special tokens."""
+    def _render(self, prompt: Any, counts: dict[str, int]) -> tuple[str, bool, list | None]:
+        """
+        Render a prompt to text; returns it, whether the tokenizer should add its special tokens, and the messages
+        rendered (`None` for a plain-text prompt).
+        """
         if isinstance(prompt, str):
             if not any(counts.values()):
-                return prompt, True
+                return prompt, True, None
             # Media first, then the question: the layout of the common VQA / audio-QA chat datasets.
             parts = [{"type": kind} for kind in MEDIA_KINDS for _ in range(counts[kind])]
             prompt = [{"role": "user", "content": [*parts, {"type": "text", "text": prompt}]}]
@@ -444,7 +452,7 @@ class PromptCollator:
         text = self.processing_class.apply_chat_template(
             prompt, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
         )
-        return text, False
+        return text, False, prompt
 
     @staticmethod
     def _count_placeholders(messages: list[Any]) -> Counter[str]:

@@ -45,7 +45,7 @@ __all__ = ["FUSED_LOG_PROB_MODEL_TYPES", "Actor", "process_sequences"]
 # log-probs from the logits it returns.
 FUSED_LOG_PROB_MODEL_TYPES = frozenset(
     {
-        "qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_audio", "qwen2_5_omni_thinker",
+        "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_audio", "qwen2_5_omni_thinker",
         "qwen3_omni_moe_thinker", "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl",
         "idefics3", "smolvlm", "mistral3", "phi4_multimodal",
     }

@@ -5,18 +5,21 @@ vLLM rollout engines, under TRL's option names (`use_vllm`, `vllm_mode`, `vllm_*
   Weights reach it through vLLM's `reload_weights` from an iterator over the policy's parameters, one module at a
   time.
 - `server`: vLLM's own OpenAI-compatible server (`vllm serve`, started with `VLLM_SERVER_DEV_MODE=1` and
-  `--logprobs-mode processed_logprobs`), reached over HTTP with TRL's request shape (`/v1/completions` with prompt
-  token ids, `return_token_ids`). Weights reach it through the server's `/collective_rpc` endpoint calling
+  `--logprobs-mode processed_logprobs`), reached over HTTP: text prompts with TRL's request shape
+  (`/v1/completions` with prompt token ids, `return_token_ids`), prompts with media through
+  `/v1/chat/completions`. Weights reach it through the server's `/collective_rpc` endpoint calling
   `reload_weights(weights_path=...)` on a safetensors file the trainer writes to `vllm_weight_sync_dir`, a directory
-  the server can read (same machine or a shared filesystem). TRL's NCCL weight transfer is not used: it needs a
-  GPU on both sides, and this path works on any machine.
+  the server can read (same machine or a shared filesystem). TRL's NCCL weight transfer is not used: it needs a GPU
+  on both sides, and this path works on any machine.
 
 Both ask for the sampled tokens' log-probs after temperature (`processed_logprobs`, what the trainer recomputes),
 for the rollout/train mismatch metrics and the importance-sampling correction.
 
-Prompts with media go to the engine as the rendered text plus the loaded media (`multi_modal_data`), so the engine
-runs its own processor: its prompt token ids are compared with the trainer's processor's for every prompt, and a
-difference (e.g. another image-token expansion) is refused, naming the prompt and the first differing position.
+Prompts with media go to the engine with the loaded media, and the engine runs its own processor: in colocate mode
+as the rendered text plus `multi_modal_data`, in server mode as the prompt's chat messages with the images (PNG) and
+audio (WAV) inlined, which the server renders with the model's chat template. Either way the engine's prompt token
+ids are compared with the trainer's processor's for every prompt, and a difference (another image-token expansion,
+another template) is refused, naming the prompt and the first differing position.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -76,6 +80,48 @@ def vllm_sampling_params(sampling_kwargs: dict, n: int, suppressed: Iterable[int
     return params
 
 
+def openai_messages(messages: list[dict], media: dict[str, list]) -> list[dict]:
+    """
+    A prompt's chat messages in the OpenAI format vLLM's server reads: each `{"type": "image"}` part becomes an
+    `image_url` part holding the next loaded image as a PNG data URL, each audio part an `input_audio` part (WAV).
+    Video is refused: vLLM's server takes videos by URL only.
+    """
+    import base64
+    import io
+
+    if media.get("video"):
+        raise ValueError("vllm_mode='server' does not take video prompts in this version; use vllm_mode='colocate'.")
+    images, audios = iter(media.get("image", [])), iter(media.get("audio", []))
+    converted = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            converted.append({"role": message["role"], "content": content})
+            continue
+        parts = []
+        for part in content:
+            kind = part.get("type")
+            if kind == "image":
+                buffer = io.BytesIO()
+                next(images).save(buffer, format="PNG")
+                url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            elif kind == "audio":
+                import soundfile
+
+                waveform, rate = next(audios)
+                buffer = io.BytesIO()
+                soundfile.write(buffer, waveform, rate, format="WAV")
+                data = base64.b64encode(buffer.getvalue()).decode()
+                parts.append({"type": "input_audio", "input_audio": {"data": data, "format": "wav"}})
+            elif kind == "text":
+                parts.append({"type": "text", "text": part.get("text", "")})
+            else:
+                raise ValueError(f"Message part of type {kind!r} cannot be sent to the vLLM server.")
+        converted.append({"role": message["role"], "content": parts})
+    return converted
+
+
 class PromptMismatchError(ValueError):
     """The rollout engine tokenized a prompt differently from the trainer's processor."""
 
@@ -90,6 +136,7 @@ class VLLMEngine(RolloutEngine):
         suppressed_token_ids (`list[int]`): media tokens never to sample ([`Actor.media_token_ids`]).
         structured_outputs_regex (`str`, *optional*): TRL's `vllm_structured_outputs_regex`.
         audio_sampling_rate (`int`, *optional*): the rate the collator loads audio at (the processor's).
+        chat_template_kwargs (`dict`, *optional*): the collator's, for the prompts a server renders itself.
     """
 
     name = "vllm"
@@ -102,8 +149,10 @@ class VLLMEngine(RolloutEngine):
         suppressed_token_ids,
         structured_outputs_regex=None,
         audio_sampling_rate: int | None = None,
+        chat_template_kwargs: dict | None = None,
     ):
         self.tokenizer = tokenizer
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.audio_sampling_rate = audio_sampling_rate
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
@@ -118,9 +167,12 @@ class VLLMEngine(RolloutEngine):
         params = vllm_sampling_params(sampling_kwargs, n, self.suppressed_token_ids, self.structured_outputs_regex)
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask)]
         media = batch.sample_media or [{} for _ in prompts]
+        messages = batch.prompt_messages or [None for _ in prompts]
         requests = [
-            {"prompt": text, "multi_modal_data": self._multi_modal_data(items)} if items else {"prompt_token_ids": ids}
-            for ids, text, items in zip(prompts, batch.prompt_texts, media)
+            {"prompt": text, "multi_modal_data": self._multi_modal_data(items), "messages": chat}
+            if items
+            else {"prompt_token_ids": ids}
+            for ids, text, items, chat in zip(prompts, batch.prompt_texts, media, messages)
         ]
         outputs = self._generate(requests, params)  # per prompt: (prompt ids, [(completion ids, log-probs)] * n)
         completions, log_probs = [], []
@@ -212,7 +264,8 @@ class VLLMColocateEngine(VLLMEngine):
 
         if "structured_outputs" in params:
             params = {**params, "structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
-        outputs = self.llm.generate(requests, SamplingParams(**params), use_tqdm=False)
+        prompts = [{key: value for key, value in request.items() if key != "messages"} for request in requests]
+        outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
         return [
             (
                 list(output.prompt_token_ids),
@@ -340,24 +393,32 @@ class VLLMServerEngine(VLLMEngine):
             )
 
     def _generate(self, requests, params):
-        if any("multi_modal_data" in request for request in requests):
-            raise ValueError(
-                "vllm_mode='server' takes text prompts only in this version; prompts with images, video or audio "
-                "need vllm_mode='colocate'."
-            )
+        """Text prompts in one `/v1/completions` call (token ids in, as TRL does); prompts with media one
+        `/v1/chat/completions` call each, their messages with the media inlined (vLLM renders and processes them)."""
+        outputs: list = [None] * len(requests)
+        text = [i for i, request in enumerate(requests) if "multi_modal_data" not in request]
+        if text:
+            for i, output in zip(text, self._complete([requests[i]["prompt_token_ids"] for i in text], params)):
+                outputs[i] = output
+        media = [i for i in range(len(requests)) if outputs[i] is None]
+        if media:
+            with ThreadPoolExecutor(max_workers=min(len(media), 16)) as pool:
+                for i, output in zip(media, pool.map(lambda i: self._chat(requests[i], params), media)):
+                    outputs[i] = output
+        return outputs
+
+    def _complete(self, prompts: list[list[int]], params: dict) -> list:
         payload = {
             "model": self.model,
-            "prompt": [request["prompt_token_ids"] for request in requests],
+            "prompt": prompts,
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
-            **params,
+            **self._payload_params(params),
         }
-        if "logit_bias" in payload:
-            payload["logit_bias"] = {str(token): bias for token, bias in payload["logit_bias"].items()}
         choices = self._post("/v1/completions", json=payload)["choices"]
         n = params["n"]
-        if len(choices) != n * len(requests):
-            raise RuntimeError(f"vLLM returned {len(choices)} completions for {len(requests)} prompts x n={n}.")
+        if len(choices) != n * len(prompts):
+            raise RuntimeError(f"vLLM returned {len(choices)} completions for {len(prompts)} prompts x n={n}.")
         choices = sorted(choices, key=lambda choice: choice["index"])  # index = prompt * n + sample
         outputs = []
         for start in range(0, len(choices), n):
@@ -365,6 +426,35 @@ class VLLMServerEngine(VLLMEngine):
             samples = [(choice["token_ids"], choice["logprobs"]["token_logprobs"]) for choice in group]
             outputs.append((group[0]["prompt_token_ids"], samples))
         return outputs
+
+    def _chat(self, request: dict, params: dict):
+        if request.get("messages") is None:
+            raise ValueError("A prompt with media reached the vLLM server engine without its chat messages.")
+        payload = {
+            "model": self.model,
+            "messages": openai_messages(request["messages"], request["multi_modal_data"]),
+            "add_generation_prompt": True,
+            "return_token_ids": True,
+            **self._payload_params(params),
+            "logprobs": True,
+            "top_logprobs": 0,
+        }
+        if self.chat_template_kwargs:
+            payload["chat_template_kwargs"] = self.chat_template_kwargs
+        response = self._post("/v1/chat/completions", json=payload)
+        choices = sorted(response["choices"], key=lambda choice: choice["index"])
+        samples = [
+            (choice["token_ids"], [entry["logprob"] for entry in (choice["logprobs"] or {}).get("content") or []])
+            for choice in choices
+        ]
+        return response["prompt_token_ids"], samples
+
+    @staticmethod
+    def _payload_params(params: dict) -> dict:
+        payload = dict(params)
+        if "logit_bias" in payload:
+            payload["logit_bias"] = {str(token): bias for token, bias in payload["logit_bias"].items()}
+        return payload
 
     def _load_weights(self, weights):
         from safetensors.torch import save_file

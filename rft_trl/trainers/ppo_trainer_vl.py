@@ -736,8 +736,7 @@ class PPOTrainerVL(Trainer):
                 media_token_ids=list(layout.media_token_ids),
                 trust_remote_code=args.trust_remote_code,
                 model_init_kwargs=args.model_init_kwargs,
-                fused_log_probs=args.fused_log_probs,
-                log_prob_chunk_size=args.log_prob_chunk_size,
+                **args.log_prob_kwargs(),
             )
         if args.disable_dropout:
             disable_dropout_in_model(actor)
@@ -760,6 +759,7 @@ class PPOTrainerVL(Trainer):
             "suppressed_token_ids": actor.media_token_ids if args.suppress_media_tokens else [],
             "structured_outputs_regex": args.vllm_structured_outputs_regex,
             "audio_sampling_rate": self.collator.sampling_rate,
+            "chat_template_kwargs": args.chat_template_kwargs,
         }
         if args.vllm_mode == "server":
             return VLLMServerEngine(
@@ -855,8 +855,7 @@ class PPOTrainerVL(Trainer):
                 if isinstance(initial_model, Actor)
                 else actor_class(self.media_kinds)(
                     initial_model,
-                    fused_log_probs=self.args.fused_log_probs,
-                    log_prob_chunk_size=self.args.log_prob_chunk_size,
+                    **self.args.log_prob_kwargs(),
                 )
             )
         elif self._peft:
@@ -876,8 +875,7 @@ class PPOTrainerVL(Trainer):
             reference = actor_class(self.media_kinds)(
                 model_path,
                 bf16=self.args.bf16,
-                fused_log_probs=self.args.fused_log_probs,
-                log_prob_chunk_size=self.args.log_prob_chunk_size,
+                **self.args.log_prob_kwargs(),
             )
         else:
             reference = copy.deepcopy(self.actor)

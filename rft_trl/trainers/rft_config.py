@@ -899,6 +899,10 @@ class RFTConfig(TrainingArguments):
         """The per-token policy objective `loss_type` selects: `"clip"` (PPO's), `"cispo"`, `"sapo"` or `"vespo"`."""
         return TRL_LOSS_SURROGATES.get(self.loss_type, "clip")
 
+    def log_prob_kwargs(self) -> dict:
+        """How every actor of the run (policy and reference) computes log-probs: [`Actor`]'s keyword arguments."""
+        return {"fused_log_probs": self.fused_log_probs, "log_prob_chunk_size": self.log_prob_chunk_size}
+
     def sampling_kwargs(self) -> dict:
         """Keyword arguments for `generate`: the sampling fields, then `generation_kwargs` on top."""
         kwargs = {
