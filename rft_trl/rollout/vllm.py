@@ -209,9 +209,27 @@ class VLLMEngine(RolloutEngine):
         """vLLM's `multi_modal_data` for one prompt's loaded media: images and videos as loaded, audio as
         `(waveform, sampling rate)` pairs."""
         data = {kind: list(values) for kind, values in items.items()}
+        if "video" in data:
+            data["video"] = [(frames, self._video_metadata(frames)) for frames in data["video"]]
         if "audio" in data:
             data["audio"] = [(waveform, self.audio_sampling_rate) for waveform in data["audio"]]
         return data
+
+    @staticmethod
+    def _video_metadata(frames) -> dict:
+        """
+        What vLLM's video processing reads beside the frames: the frames as given (already sampled by the collator,
+        not to be sampled again), at transformers' default rate for frames without metadata (24 per second), so that
+        both processors compute the same timestamps; the prompt-id check holds them to it.
+        """
+        count = len(frames)
+        return {
+            "fps": 24.0,
+            "total_num_frames": count,
+            "frames_indices": list(range(count)),
+            "duration": count / 24.0,
+            "do_sample_frames": False,
+        }
 
     def _generate(self, requests: list[dict], params: dict) -> list[tuple[list[int], list[tuple[list, list]]]]:
         raise NotImplementedError
