@@ -10,12 +10,18 @@ from torch import nn
 
 
 def _gathered(parameters: list[nn.Parameter]):
-    """Under DeepSpeed ZeRO-3, gather a module's own partitioned parameters for reading; otherwise do nothing."""
-    if any(hasattr(parameter, "ds_id") for parameter in parameters):
-        import deepspeed
+    """
+    Under DeepSpeed ZeRO-3, gather a module's own partitioned parameters for reading (those not gathered already, e.g.
+    by an enclosing `unwrap_model_for_generation`); otherwise do nothing.
+    """
+    partitioned = [parameter for parameter in parameters if hasattr(parameter, "ds_id")]
+    if not partitioned:
+        return nullcontext()
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=None)
-    return nullcontext()
+    missing = [parameter for parameter in partitioned if parameter.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    return deepspeed.zero.GatheredParameters(missing, modifier_rank=None) if missing else nullcontext()
 
 
 def _checkpoint_name(name: str) -> str | None:

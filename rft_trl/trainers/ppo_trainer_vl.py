@@ -815,6 +815,10 @@ class PPOTrainerVL(Trainer):
         save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         return path
 
+    def _gather_for_rollout(self) -> bool:
+        """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
+        return self.args.ds3_gather_for_generation and self.rollout_engine is None
+
     def _sync_rollout_engine(self) -> None:
         """Send the policy's weights to the rollout engine when they changed since its last sync (vLLM)."""
         engine = self.rollout_engine
@@ -1037,11 +1041,12 @@ class PPOTrainerVL(Trainer):
         self.model.eval()
         self.experience_maker.trainer_state = self.state
         # Under ZeRO-3, the weights are gathered once for the whole rollout (TRL's way) unless
-        # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward.
+        # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward. A vLLM engine
+        # samples with its own copy (synced module by module first), so the policy only scores: layer by layer.
+        self._sync_rollout_engine()
         with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self._gather_for_rollout()
         ):
-            self._sync_rollout_engine()
             rollout = self.experience_maker.make_experience(rows)
         if self.rollout_engine is not None:
             self.rollout_engine.sleep()
@@ -1514,7 +1519,7 @@ class PPOTrainerVL(Trainer):
         for batch in dataloader:
             indices = [row.pop(ROW_INDEX) for row in batch.rows]
             with unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self._gather_for_rollout()
             ):
                 samples, completions, prompts, out = self.experience_maker.generate_and_score(
                     batch.rows, samples_per_prompt, sampling
