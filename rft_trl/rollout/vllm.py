@@ -256,22 +256,26 @@ class VLLMColocateEngine(VLLMEngine):
 
     Args:
         model_path (`str`): a directory (or Hub id) holding the model's config, weights and processor.
-        llm_kwargs (`dict`): `vllm.LLM` arguments (`dtype`, `gpu_memory_utilization`, `tensor_parallel_size`,
-            `max_model_len`, `model_impl`, `enable_sleep_mode`, `seed`, ...).
+        llm_kwargs (`dict`): `vllm.LLM` arguments (`dtype`, `gpu_memory_utilization`, `max_model_len`,
+            `model_impl`, `enable_sleep_mode`, `seed`, ...).
+        num_processes (`int`, *optional*, defaults to 1): the training launch's processes, one engine each.
         others: see [`VLLMEngine`].
     """
 
-    def __init__(self, model_path: str, llm_kwargs: dict, **kwargs):
+    def __init__(self, model_path: str, llm_kwargs: dict, num_processes: int = 1, **kwargs):
         super().__init__(**kwargs)
         # The engine runs in this process, so that weights pass as tensors (an engine process cannot take them).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.sleep_mode = bool(llm_kwargs.get("enable_sleep_mode"))
+        # One process: vLLM's single-process executor. Several (a distributed launch): each process runs its own
+        # engine on its own device and prompts, in the launch's process group (vLLM's external launcher, TRL's way).
+        backend = "uni" if num_processes == 1 else "external_launcher"
         self.llm = LLM(
             model=model_path,
             logprobs_mode="processed_logprobs",
-            distributed_executor_backend="uni",
+            distributed_executor_backend=backend,
             **llm_kwargs,
         )
         self.sleeping = False

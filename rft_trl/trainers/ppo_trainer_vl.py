@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset, IterableDataset
 from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
@@ -770,11 +770,6 @@ class PPOTrainerVL(Trainer):
                 is_main_process=self.accelerator.is_main_process,
                 **common,
             )
-        if self.accelerator.num_processes > 1:
-            raise ValueError(
-                "vllm_mode='colocate' runs one in-process engine, on one device; this launch has "
-                f"{self.accelerator.num_processes} processes. Use vllm_mode='server' for multi-process training."
-            )
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(
                 "use_vllm=True with vllm_mode='colocate' needs vLLM in this environment: `pip install rft_trl[vllm]` "
@@ -783,37 +778,43 @@ class PPOTrainerVL(Trainer):
         dtype = next(actor.hf_model.parameters()).dtype
         llm_kwargs = {
             "dtype": str(dtype).removeprefix("torch."),
-            "seed": args.seed,
+            # Each process samples its own prompts: its own seed.
+            "seed": args.seed + self.accelerator.process_index,
             "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
             "max_model_len": args.vllm_max_model_length,
             "model_impl": args.vllm_model_impl,
             "enable_sleep_mode": args.vllm_enable_sleep_mode,
             "enforce_eager": args.vllm_enforce_eager,
         }
-        return VLLMColocateEngine(self._engine_model_path(actor, processing_class), llm_kwargs, **common)
+        path = self._engine_model_path(actor, processing_class)
+        engine = VLLMColocateEngine(path, llm_kwargs, num_processes=self.accelerator.num_processes, **common)
+        self.accelerator.wait_for_everyone()
+        return engine
 
     def _engine_model_path(self, actor: Actor, processing_class) -> str:
         """
         Where a colocated engine loads the model from: the policy's own directory or Hub id, else (a model built in
-        memory) its config, processor and weights written once to a temporary directory, the weights under their
-        checkpoint names (LoRA merged in, gathered under ZeRO-3). Either way the engine's weights are replaced by the
-        policy's before the first rollout.
+        memory) its config, processor and weights written once (by the main process) to a temporary directory, the
+        weights under their checkpoint names (LoRA merged in, gathered under ZeRO-3, where every process takes part).
+        Either way the engine's weights are replaced by the policy's before the first rollout.
         """
         model = actor.model
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         source = base.config._name_or_path
         if source and (os.path.isfile(os.path.join(source, "config.json")) or not os.path.exists(source)):
             return source  # a model directory, or a Hub id
-        path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
-        config = copy.deepcopy(base.config)
-        config.architectures = [type(base).__name__]  # what save_pretrained records, and vLLM reads
-        config.save_pretrained(path)
-        if base.generation_config is not None:
-            base.generation_config.save_pretrained(path)
-        processing_class.save_pretrained(path)
         weights = {name: tensor.contiguous() for name, tensor in iter_checkpoint_weights(model)}
-        save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        return path
+        path = None
+        if self.accelerator.is_main_process:
+            path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
+            config = copy.deepcopy(base.config)
+            config.architectures = [type(base).__name__]  # what save_pretrained records, and vLLM reads
+            config.save_pretrained(path)
+            if base.generation_config is not None:
+                base.generation_config.save_pretrained(path)
+            processing_class.save_pretrained(path)
+            save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        return broadcast_object_list([path])[0]
 
     def _gather_for_rollout(self) -> bool:
         """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
