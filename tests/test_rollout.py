@@ -189,7 +189,7 @@ def test_importance_weights_reach_the_samples_and_scale_the_loss(tmp_path):
         ({"vllm_mode": "async"}, "vllm_mode must be 'colocate' or 'server'"),
         ({"vllm_importance_sampling_mode": "token"}, "vllm_importance_sampling_mode must be one of"),
         ({"vllm_group_port": 5000}, "vllm_group_port is TRL's NCCL weight-transfer port"),
-        ({"vllm_tensor_parallel_size": 2}, "vllm_tensor_parallel_size > 1 in colocate mode is not implemented"),
+        ({"vllm_tensor_parallel_size": 0}, "vllm_tensor_parallel_size must be >= 1, got 0"),
         ({"vllm_server_port": 9000}, "vllm_server_port is a server-mode option; vllm_mode is 'colocate'"),
         ({"vllm_mode": "server", "vllm_gpu_memory_utilization": 0.5}, "pass `--gpu-memory-utilization` to `vllm"),
         ({"vllm_mode": "server", "vllm_enforce_eager": True}, "pass `--enforce-eager` to `vllm serve`"),

@@ -269,6 +269,15 @@ def test_colocate_without_vllm_installed_names_the_fix(tmp_path):
         )
 
 
+def test_colocate_tensor_parallel_size_must_divide_the_processes(tmp_path):
+    model, tokenizer = build_tiny_model("qwen3")
+    args = tiny_config(str(tmp_path), use_vllm=True, vllm_tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=r"vllm_tensor_parallel_size=2 must divide the number of processes \(1\)"):
+        PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=tokenizer
+        )
+
+
 def test_zero3_two_processes_sync_gathered_weights_to_the_server(tmp_path, vllm_vl_server):
     # ZeRO-3 on 2 CPU processes, server mode: every rank gathers each module's shards in turn while rank 0 writes
     # the weights for the server, which both ranks then sample from. A large learning rate moves the policy far in 4
@@ -288,15 +297,17 @@ def test_zero3_two_processes_sync_gathered_weights_to_the_server(tmp_path, vllm_
     assert_policy_moved_and_engine_followed(steps)
 
 
-def launch_example(python: str, config: str, output_dir: Path, *args: str, env: dict) -> list[dict]:
-    """`accelerate launch` of examples/grpo_vl.py on 2 CPU processes: the tiny Qwen3-VL, a large learning rate, KL to
-    a reference; returns the logged steps."""
+def launch_example(
+    python: str, config: str, output_dir: Path, *args: str, env: dict, script: str = "grpo_vl.py", kind="qwen3_vl"
+) -> list[dict]:
+    """`accelerate launch` of an example (default examples/grpo_vl.py on the tiny Qwen3-VL) on 2 CPU processes: a
+    large learning rate, KL to a reference; returns the logged steps."""
     command = [
         python, "-m", "accelerate.commands.launch",
         "--config_file", str(ROOT / "accelerate_configs" / config),
         "--main_process_port", str(free_port()),
-        str(ROOT / "examples" / "grpo_vl.py"),
-        "--output_dir", str(output_dir), "--tiny_model_kind", "qwen3_vl", "--format_warmup_steps", "0",
+        str(ROOT / "examples" / script),
+        "--output_dir", str(output_dir), "--tiny_model_kind", kind, "--format_warmup_steps", "0",
         "--max_steps", "4", "--eval_strategy", "no", "--report_to", "none", "--rollout_batch_size", "2",
         "--num_generations", "2", "--per_device_train_batch_size", "4", "--micro_rollout_batch_size", "4",
         "--logging_steps", "1", "--learning_rate", "0.05", "--beta", "0.1",
@@ -309,14 +320,20 @@ def launch_example(python: str, config: str, output_dir: Path, *args: str, env: 
     return steps
 
 
-def test_colocate_on_two_processes_runs_an_engine_per_process(tmp_path):
-    # A distributed launch (2 gloo processes, in the vLLM environment): each process runs its own engine (vLLM's
-    # external launcher) on its own prompts and keeps it in sync with the policy.
+@pytest.mark.parametrize("tensor_parallel_size", [1, 2])
+def test_colocate_on_two_processes_trains_and_follows_the_policy(tmp_path, tensor_parallel_size):
+    # A distributed launch (2 gloo processes, in the vLLM environment), in the launch's process group (vLLM's external
+    # launcher): with tensor_parallel_size=1 each process runs its own engine on its own prompts (the image task);
+    # with 2 the two hold one engine's shards and generate both processes' prompts together, each keeping its own
+    # (the text task, whose prompts differ, so that the prompt-id check would catch a process given the other's).
+    # Either way the engine follows the policy.
     require_vllm_environment()
     env = {**VLLM_ENV, "PYTHONPATH": str(ROOT)}
+    task = {"script": "grpo_text.py", "kind": "qwen3"} if tensor_parallel_size > 1 else {}
     steps = launch_example(
-        str(VLLM_PYTHON), "cpu_multi_process.yaml", tmp_path / "out", "--vllm_enforce_eager", "true", env=env
-    )
+        str(VLLM_PYTHON), "cpu_multi_process.yaml", tmp_path / "out", "--vllm_enforce_eager", "true",
+        "--vllm_tensor_parallel_size", str(tensor_parallel_size), env=env, **task,
+    )  # fmt: skip
     assert_policy_moved_and_engine_followed(steps)
 
 

@@ -257,13 +257,16 @@ class VLLMColocateEngine(VLLMEngine):
     Args:
         model_path (`str`): a directory (or Hub id) holding the model's config, weights and processor.
         llm_kwargs (`dict`): `vllm.LLM` arguments (`dtype`, `gpu_memory_utilization`, `max_model_len`,
-            `model_impl`, `enable_sleep_mode`, `seed`, ...).
-        num_processes (`int`, *optional*, defaults to 1): the training launch's processes, one engine each.
+            `model_impl`, `enable_sleep_mode`, `seed`, `tensor_parallel_size`, ...).
+        num_processes (`int`, *optional*, defaults to 1): the training launch's processes.
+        tp_group (`torch.distributed.ProcessGroup`, *optional*): with `tensor_parallel_size > 1`, the processes that
+            share this engine (each holds a shard); they generate their prompts together, each keeping its own.
         others: see [`VLLMEngine`].
     """
 
-    def __init__(self, model_path: str, llm_kwargs: dict, num_processes: int = 1, **kwargs):
+    def __init__(self, model_path: str, llm_kwargs: dict, num_processes: int = 1, tp_group=None, **kwargs):
         super().__init__(**kwargs)
+        self.tp_group = tp_group
         # The engine runs in this process, so that weights pass as tensors (an engine process cannot take them).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
@@ -287,7 +290,16 @@ class VLLMColocateEngine(VLLMEngine):
         if "structured_outputs" in params:
             params = {**params, "structured_outputs": StructuredOutputsParams(**params["structured_outputs"])}
         prompts = [{key: value for key, value in request.items() if key != "messages"} for request in requests]
-        outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
+        mine = slice(0, len(prompts))
+        if self.tp_group is not None:
+            # The group's engine shards are one engine: every process runs it on all the group's prompts (same seed,
+            # same samples) and keeps its own.
+            gathered = [None] * torch.distributed.get_world_size(group=self.tp_group)
+            torch.distributed.all_gather_object(gathered, prompts, group=self.tp_group)
+            start = sum(len(part) for part in gathered[: torch.distributed.get_rank(group=self.tp_group)])
+            mine = slice(start, start + len(prompts))
+            prompts = [prompt for part in gathered for prompt in part]
+        outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)[mine]
         return [
             (
                 list(output.prompt_token_ids),

@@ -770,16 +770,29 @@ class PPOTrainerVL(Trainer):
                 is_main_process=self.accelerator.is_main_process,
                 **common,
             )
+        num_processes, tp = self.accelerator.num_processes, args.vllm_tensor_parallel_size
+        if num_processes % tp:
+            raise ValueError(
+                f"vllm_tensor_parallel_size={tp} must divide the number of processes ({num_processes}): each group "
+                "of that many processes shares one engine."
+            )
         if importlib.util.find_spec("vllm") is None:
             raise ImportError(
                 "use_vllm=True with vllm_mode='colocate' needs vLLM in this environment: `pip install rft_trl[vllm]` "
                 "(on a CPU machine, `bash scripts/setup_vllm.sh` builds vLLM's CPU environment; see the README)."
             )
+        tp_group = None
+        if tp > 1:
+            # Consecutive processes form a group ([0, 1], [2, 3], ... for 2), as TRL's colocate mode does.
+            tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                [list(range(start, start + tp)) for start in range(0, num_processes, tp)]
+            )
         dtype = next(actor.hf_model.parameters()).dtype
         llm_kwargs = {
             "dtype": str(dtype).removeprefix("torch."),
-            # Each process samples its own prompts: its own seed.
-            "seed": args.seed + self.accelerator.process_index,
+            # Each engine samples its own prompts: its own seed, the same on the processes that share it.
+            "seed": args.seed + self.accelerator.process_index // tp,
+            "tensor_parallel_size": tp,
             "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
             "max_model_len": args.vllm_max_model_length,
             "model_impl": args.vllm_model_impl,
@@ -787,7 +800,7 @@ class PPOTrainerVL(Trainer):
             "enforce_eager": args.vllm_enforce_eager,
         }
         path = self._engine_model_path(actor, processing_class)
-        engine = VLLMColocateEngine(path, llm_kwargs, num_processes=self.accelerator.num_processes, **common)
+        engine = VLLMColocateEngine(path, llm_kwargs, num_processes=num_processes, tp_group=tp_group, **common)
         self.accelerator.wait_for_everyone()
         return engine
 

@@ -441,7 +441,13 @@ class RFTConfig(TrainingArguments):
     vllm_max_model_length: int | None = field(
         default=None, metadata={"help": "Colocate: vLLM's context length (prompt + completion)."}
     )
-    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "Colocate: vLLM's tensor parallelism."})
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "Colocate: vLLM's tensor parallelism; each group of this many processes shares one engine, "
+            "sharded across them, and generates their prompts together. Must divide the number of processes."
+        },
+    )
     vllm_enforce_eager: bool = field(
         default=False,
         metadata={
@@ -690,11 +696,8 @@ class RFTConfig(TrainingArguments):
         if self.vllm_model_impl not in ("vllm", "transformers"):
             raise ValueError(f"vllm_model_impl must be 'vllm' or 'transformers', got {self.vllm_model_impl!r}.")
         if self.vllm_mode == "colocate":
-            if self.vllm_tensor_parallel_size != 1:
-                raise ValueError(
-                    "vllm_tensor_parallel_size > 1 in colocate mode is not implemented: each process runs its own "
-                    "engine on its own prompts. Use vllm_mode='server' with `vllm serve --tensor-parallel-size`."
-                )
+            if self.vllm_tensor_parallel_size < 1:
+                raise ValueError(f"vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}.")
             for name in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_weight_sync_dir"):
                 if getattr(self, name) != defaults[name]:
                     raise ValueError(f"{name} is a server-mode option; vllm_mode is 'colocate'.")
