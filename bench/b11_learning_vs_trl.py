@@ -43,7 +43,7 @@ from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.data import PromptCollator
 from rft_trl.rewards import accuracy_reward, format_reward
 from rft_trl.scripts import TASKS, ScriptArguments, format_warmup
-from rft_trl.testing import build_tiny_model, make_task_dataset
+from rft_trl.testing import build_tiny_model, make_grounding_dataset, make_task_dataset
 
 # What both trainers share.
 SHARED = dict(
@@ -104,11 +104,20 @@ class GreedyAccuracy(TrainerCallback):
             self.curve[state.global_step] = self.accuracy(model)
 
 
-def warmed_up_model(task: str, seed: int):
+def task_rows(task: str, num_samples: int, seed: int, image_size: int | None):
+    if task == "grounding" and image_size is not None:
+        return make_grounding_dataset(num_samples, seed=seed, image_size=image_size)
+    return make_task_dataset(task, num_samples, seed=seed)
+
+
+def warmed_up_model(task: str, seed: int, image_size: int | None = None):
     """The task's tiny model after the examples' format warm-up, its processor, and the train/eval rows."""
     kind, answers = TASKS[task]
     model, processor = build_tiny_model(kind, seed=seed)
-    train, evaluation = make_task_dataset(task, 512, seed=seed), make_task_dataset(task, 64, seed=seed + 1000)
+    if task == "grounding" and image_size is not None:
+        # The tiny processor shrinks images to at most 56 x 56 (4 image tokens): let it keep the larger ones.
+        processor.image_processor.size.longest_edge = image_size * image_size
+    train, evaluation = task_rows(task, 512, seed, image_size), task_rows(task, 64, seed + 1000, image_size)
     format_warmup(model, processor, train, answers, ScriptArguments(format_warmup_steps=40), seed)
     return model, processor, train, evaluation
 
@@ -180,6 +189,12 @@ def main() -> int:
         default=0.0,
         help="KL coefficient; above 0 both trainers get the warmed-up model as a saved path, to build a reference",
     )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="grounding images' side in pixels (default 56: 4 image tokens; 112: 16)",
+    )
     options = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -191,7 +206,7 @@ def main() -> int:
         sides = {"rft_trl": run_ours} if task == "pitch" else {"rft_trl": run_ours, "TRL": run_trl}
         results[task] = {name: [] for name in sides}
         for seed in options.seeds:
-            model, processor, train, evaluation = warmed_up_model(task, seed)
+            model, processor, train, evaluation = warmed_up_model(task, seed, options.image_size)
             rows = list(evaluation)[: options.eval_rows]
             saved = None
             if options.beta > 0:

@@ -25,6 +25,7 @@ from rft_trl.testing import (
     build_tiny_tokenizer,
     load_processing_class,
     make_colour_dataset,
+    make_grounding_dataset,
     make_pitch_dataset,
     make_task_dataset,
     make_text_dataset,
@@ -280,12 +281,15 @@ def test_datasets_balanced_and_deterministic():
     # Grounding: the answer's colour fills part of the left half only; another colour part of the right half.
     grounding = make_task_dataset("grounding", 16, seed=3)
     assert sorted(grounding["answer"]) == sorted(COLOURS * 2)
-    for row in grounding:
+    larger = make_grounding_dataset(8, seed=3, image_size=112)
+    for row in [*grounding, *larger]:
         pixels = np.asarray(row["image"])
-        left, right = pixels[:, :28].reshape(-1, 3), pixels[:, 28:].reshape(-1, 3)
+        half = pixels.shape[1] // 2
+        left, right = pixels[:, :half].reshape(-1, 3), pixels[:, half:].reshape(-1, 3)
         answer = np.array(COLOUR_RGB[row["answer"]])
         assert (left == answer).all(-1).mean() > 0.1 and not (right == answer).all(-1).any()
         others = [c for c in COLOURS if c != row["answer"] and (right == np.array(COLOUR_RGB[c])).all(-1).mean() > 0.1]
         assert len(others) == 1
+    assert np.asarray(larger[0]["image"]).shape == (112, 112, 3)
     with pytest.raises(ValueError, match="Unknown synthetic task 'nope'"):
         make_task_dataset("nope", 4)

@@ -87,7 +87,7 @@ def two_squares_image(left: str, right: str, rng: np.random.Generator, size: int
     return PILImage.fromarray(pixels.astype(np.uint8), mode="RGB")
 
 
-def make_grounding_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
+def make_grounding_dataset(num_samples: int = 64, seed: int = 0, image_size: int = IMAGE_SIZE) -> Dataset:
     """
     The grounding task: an image with two squares of different colours, one in each half; the answer is the colour
     of the left one. Reading the colours is not enough (naming one of the two scores 1/2): the answer depends on
@@ -99,6 +99,9 @@ def make_grounding_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
             other seven.
         seed (`int`, *optional*, defaults to `0`):
             Seed of the image noise, square placement, right colours and order.
+        image_size (`int`, *optional*, defaults to `56`):
+            Side of the square images in pixels (the tiny Qwen2.5-VL sees 28 x 28 pixels per image token: 4 tokens
+            at 56, 16 at 112).
 
     Returns:
         `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
@@ -110,7 +113,7 @@ def make_grounding_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
     features = IMAGE_TASK_FEATURES
     rows = {
         "prompt": [_user_prompt("image", GROUNDING_QUESTION) for _ in answers],
-        "image": [two_squares_image(left, right, rng) for left, right in zip(answers, rights)],
+        "image": [two_squares_image(left, right, rng, image_size) for left, right in zip(answers, rights)],
         "answer": answers,
     }
     return Dataset.from_dict(rows, features=features)
