@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--size", "tiny", "--steps", "2", "--repeats", "1"]
+    script = str(ROOT / "bench" / "gpu_check.py")
+    command = [sys.executable, script, "--size", "tiny", "--steps", "2", "--repeats", "1"]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
     sections = {}
