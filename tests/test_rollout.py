@@ -242,3 +242,18 @@ def test_server_messages_inline_each_medium_in_its_part():
     np.testing.assert_allclose(samples, waveform, atol=1e-4)  # 16-bit PCM
     with pytest.raises(ValueError, match="does not take video prompts"):
         openai_messages([{"role": "user", "content": [{"type": "video"}]}], {"video": [np.zeros((2, 4, 4, 3))]})
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_audio", "gemma3"])
+def test_weights_sent_to_an_engine_are_named_and_shaped_as_save_pretrained_writes(tmp_path, kind):
+    # An engine loads a family's checkpoints: the weights it is sent carry the checkpoint's names, which differ from
+    # the runtime names where transformers moved modules (Qwen2-Audio's language model, Qwen2.5-VL's vision tower).
+    from safetensors.torch import load_file
+
+    model, _ = build_tiny_model(kind)
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    sent = dict(iter_checkpoint_weights(model))
+    assert sent.keys() == saved.keys()
+    for name, value in saved.items():
+        torch.testing.assert_close(sent[name], value, rtol=0, atol=0, msg=name)

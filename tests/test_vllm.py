@@ -29,7 +29,14 @@ import torch
 
 from rft_trl import PPOTrainerVL
 from rft_trl.rollout import HFEngine
-from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, save_tiny_model, tiny_config
+from rft_trl.testing import (
+    build_tiny_model,
+    length_reward,
+    load_processing_class,
+    make_task_dataset,
+    save_tiny_model,
+    tiny_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_VENV = ROOT / ".venv-vllm"
@@ -113,11 +120,37 @@ def test_colocate_trains_and_syncs_weights_by_greedy_equality(tmp_path, kind, ta
         assert "Prompt 0 of the batch" in result["mismatch_error"]
 
 
+def save_audio_model_for_vllm(path: str) -> str:
+    """
+    The tiny Qwen2-Audio in the shape vLLM's Qwen2-Audio takes: the released 30 s mel window (vLLM's input schema
+    fixes 3000 frames; the tiny one has 2 s) and text heads of 32 (vLLM's CPU kernels refuse 16).
+    """
+    from transformers import WhisperFeatureExtractor
+
+    model, processor = build_tiny_model("qwen2_audio")
+    text = model.config.get_text_config()
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 2, 1, text.hidden_size // 2
+    model.config.audio_config.max_source_positions = 1500
+    extractor = processor.feature_extractor
+    processor.feature_extractor = WhisperFeatureExtractor(
+        feature_size=extractor.feature_size,
+        sampling_rate=extractor.sampling_rate,
+        hop_length=extractor.hop_length,
+        chunk_length=30,
+        n_fft=extractor.n_fft,
+    )
+    torch.manual_seed(0)
+    type(model)(model.config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 @contextlib.contextmanager
 def serve(kind: str, tmp_path_factory):
     """vLLM's own OpenAI server (dev mode, processed log-probs) on a tiny model, from the vLLM environment."""
     require_vllm_environment()
-    model_dir = save_tiny_model(kind, str(tmp_path_factory.mktemp("server") / kind))
+    directory = str(tmp_path_factory.mktemp("server") / kind)
+    model_dir = save_audio_model_for_vllm(directory) if kind == "qwen2_audio" else save_tiny_model(kind, directory)
     port = free_port()
     log = open(tmp_path_factory.mktemp("server_log") / "server.log", "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
@@ -171,6 +204,12 @@ def vllm_vl_server(tmp_path_factory):
         yield url
 
 
+@pytest.fixture(scope="module")
+def vllm_audio_server(tmp_path_factory):
+    with serve("qwen2_audio", tmp_path_factory) as url:
+        yield url
+
+
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_server_mode_trains_and_syncs_weights_by_greedy_equality(tmp_path, vllm_server, lora):
     from peft import LoraConfig
@@ -221,23 +260,35 @@ def test_server_mode_trains_a_vlm_and_syncs_weights_by_greedy_equality(tmp_path,
     # Prompts with images reach the server as chat messages with the image inlined; the server renders and processes
     # them itself, and its prompt token ids equal the trainer's processor's (else the engine refuses the prompt).
     model, processor = build_tiny_model("qwen3_vl")
+    check_server_mode_with_media(tmp_path, vllm_vl_server, model, processor, "colour")
+
+
+def test_server_mode_trains_an_audio_model_and_syncs_weights_by_greedy_equality(tmp_path, vllm_audio_server):
+    # Audio reaches the server inlined as WAV in the chat messages. The weights go under Qwen2-Audio's checkpoint
+    # names (`language_model.model.*`), which vLLM's Qwen2-Audio loads; its runtime names (`model.language_model.*`)
+    # it would refuse.
+    path = save_audio_model_for_vllm(str(tmp_path / "model"))
+    check_server_mode_with_media(tmp_path, vllm_audio_server, path, load_processing_class(path), "pitch")
+
+
+def check_server_mode_with_media(tmp_path, url: str, model, processor, task: str) -> None:
     args = tiny_config(
         str(tmp_path / "out"),
         use_vllm=True,
         vllm_mode="server",
-        vllm_server_base_url=vllm_vl_server,
+        vllm_server_base_url=url,
         vllm_weight_sync_dir=str(tmp_path / "sync"),
         learning_rate=0.1,
         logging_steps=1,
     )
     trainer = PPOTrainerVL(
-        model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
+        model, [length_reward], args, train_dataset=make_task_dataset(task, 8), processing_class=processor
     )
     trainer.train()
     # The suppressed media tokens (see the colocate test) are the whole mismatch.
     assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=0.05)
     engine = trainer.rollout_engine
-    batch = trainer.collator(list(make_task_dataset("colour", 4, seed=1)))
+    batch = trainer.collator(list(make_task_dataset(task, 4, seed=1)))
     greedy = {**args.sampling_kwargs(), "do_sample": False}
     before = engine.generate(batch, 1, greedy).sequences
     trainer.actor.eval()

@@ -48,7 +48,9 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
     - Under DeepSpeed ZeRO-3, each module's parameters are gathered while it is read and released after: the whole
       model is never gathered at once. Every yielded tensor is a detached copy.
 
-    Tied parameters are yielded once, under the first name (`named_parameters` order).
+    Names (and, for families whose loading fuses or splits tensors, shapes) are those `save_pretrained` writes:
+    transformers' reversal of its loading conversions is applied module by module. Tied parameters are yielded once,
+    under the first name (`named_parameters` order).
     """
     base = model
     peft = False
@@ -63,6 +65,7 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
             )
         base = model.get_base_model()
         peft = True
+    to_checkpoint = _checkpoint_layout(base)
     seen: set[int] = set()
     for module_name, module in base.named_modules():
         own = [(name, p) for name, p in module.named_parameters(recurse=False) if id(p) not in seen]
@@ -74,6 +77,7 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
                 parent = base.get_submodule(module_name.rsplit(".", 1)[0])
                 if isinstance(parent, LoraLayer) and not parent.merged:
                     delta = _lora_delta(parent)
+            weights = {}
             for name, parameter in own:
                 seen.add(id(parameter))
                 full = f"{module_name}.{name}" if module_name else name
@@ -84,7 +88,24 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
                 value = parameter.detach()
                 if delta is not None and name == "weight":
                     value = value + delta.to(value.dtype)
-                yield full, value.clone()
+                weights[full] = value.clone()
+            yield from to_checkpoint(weights).items()
+
+
+def _checkpoint_layout(model: nn.Module):
+    """
+    How parameters are renamed (and split or fused) from the model's runtime layout to the layout `save_pretrained`
+    writes: transformers' own reversal of its loading conversions. A family whose modules moved (Qwen2-Audio's
+    `model.language_model.*` saved as `language_model.model.*`) is then named as its checkpoints are, which is what
+    an engine built for that family's checkpoints loads.
+    """
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        return lambda weights: weights
+    from transformers.core_model_loading import revert_weight_conversion
+
+    return lambda weights: revert_weight_conversion(model, weights)
 
 
 def _lora_delta(layer) -> torch.Tensor | None:
