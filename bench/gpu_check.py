@@ -262,8 +262,15 @@ def run_b7(path: str, options, dtype, device: str, attention: str) -> None:
 
     prompts, n, length = 4, 8, options.completion_length
     rows = Dataset.from_list(image_rows(prompts * options.steps * 2, options.image_size))
-    common = trainer_settings(options, device, attention, dtype)
     samples = prompts * n
+    common = {
+        **trainer_settings(options, device, attention, dtype),
+        "num_generations": n,
+        "per_device_train_batch_size": options.micro_batch,
+        "gradient_accumulation_steps": samples // options.micro_batch,
+        "max_completion_length": length,
+        "generation_kwargs": {"min_new_tokens": length},
+    }
     results = {}
     sides = {
         "rft_trl": lambda clock: PPOTrainerVL(
@@ -272,12 +279,7 @@ def run_b7(path: str, options, dtype, device: str, attention: str) -> None:
             RFTConfig(
                 output_dir=tempfile.mkdtemp(prefix="gpu_check_ours_"),
                 rollout_batch_size=prompts,
-                num_generations=n,
                 micro_rollout_batch_size=samples,
-                per_device_train_batch_size=options.micro_batch,
-                gradient_accumulation_steps=samples // options.micro_batch,
-                max_completion_length=length,
-                generation_kwargs={"min_new_tokens": length},
                 advantage_estimator="dr_grpo",
                 loss_agg_mode="token-mean",
                 packing_samples=attention == "flash_attention_2",
@@ -293,11 +295,6 @@ def run_b7(path: str, options, dtype, device: str, attention: str) -> None:
             reward_funcs=[length_reward],
             args=GRPOConfig(
                 output_dir=tempfile.mkdtemp(prefix="gpu_check_trl_"),
-                num_generations=n,
-                per_device_train_batch_size=options.micro_batch,
-                gradient_accumulation_steps=samples // options.micro_batch,
-                max_completion_length=length,
-                generation_kwargs={"min_new_tokens": length},
                 scale_rewards="none",
                 loss_type="bnpo",
                 **common,

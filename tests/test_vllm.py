@@ -215,52 +215,23 @@ def test_server_mode_trains_and_syncs_weights_by_greedy_equality(tmp_path, vllm_
     from peft import LoraConfig
 
     model, tokenizer = build_tiny_model("qwen3")
-    args = tiny_config(
-        str(tmp_path / "out"),
-        use_vllm=True,
-        vllm_mode="server",
-        vllm_server_base_url=vllm_server,
-        vllm_weight_sync_dir=str(tmp_path / "sync"),
-        vllm_importance_sampling_mode="sequence_truncate",
-        learning_rate=0.1,
-        logging_steps=1,
-    )
     peft_config = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear") if lora else None
-    trainer = PPOTrainerVL(
-        model,
-        [length_reward],
-        args,
-        train_dataset=make_task_dataset("text", 8),
-        processing_class=tokenizer,
-        peft_config=peft_config,
+    trainer = check_server_mode(
+        tmp_path, vllm_server, model, tokenizer, "text", 1e-4, peft_config, "sequence_truncate"
     )
-    trainer.train()
-    assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=1e-4)
     assert (tmp_path / "sync" / "model.safetensors").exists()
-    engine = trainer.rollout_engine
-    batch = trainer.collator(list(make_task_dataset("text", 4, seed=1)))
-    greedy = {**args.sampling_kwargs(), "do_sample": False}
-    before = engine.generate(batch, 1, greedy).sequences
-    trainer.actor.eval()
-    reference = HFEngine(trainer.actor, 4, torch.device("cpu"), True, tokenizer.pad_token_id).generate(
-        batch, 1, greedy
-    )
-    assert before.shape != reference.sequences.shape or not torch.equal(before, reference.sequences)
-    trainer._sync_rollout_engine()
-    after = engine.generate(batch, 1, greedy)
-    assert torch.equal(after.sequences, reference.sequences)
-    assert torch.equal(after.action_mask, reference.action_mask)
     # A second sync at the same step sends nothing.
-    syncs = engine.syncs
+    syncs = trainer.rollout_engine.syncs
     trainer._sync_rollout_engine()
-    assert engine.syncs == syncs
+    assert trainer.rollout_engine.syncs == syncs
 
 
 def test_server_mode_trains_a_vlm_and_syncs_weights_by_greedy_equality(tmp_path, vllm_vl_server):
     # Prompts with images reach the server as chat messages with the image inlined; the server renders and processes
-    # them itself, and its prompt token ids equal the trainer's processor's (else the engine refuses the prompt).
+    # them itself, and its prompt token ids equal the trainer's processor's (else the engine refuses the prompt). The
+    # suppressed media tokens (see the colocate test) are the whole mismatch.
     model, processor = build_tiny_model("qwen3_vl")
-    check_server_mode_with_media(tmp_path, vllm_vl_server, model, processor, "colour")
+    check_server_mode(tmp_path, vllm_vl_server, model, processor, "colour", 0.05)
 
 
 def test_server_mode_trains_an_audio_model_and_syncs_weights_by_greedy_equality(tmp_path, vllm_audio_server):
@@ -268,35 +239,47 @@ def test_server_mode_trains_an_audio_model_and_syncs_weights_by_greedy_equality(
     # names (`language_model.model.*`), which vLLM's Qwen2-Audio loads; its runtime names (`model.language_model.*`)
     # it would refuse.
     path = save_audio_model_for_vllm(str(tmp_path / "model"))
-    check_server_mode_with_media(tmp_path, vllm_audio_server, path, load_processing_class(path), "pitch")
+    check_server_mode(tmp_path, vllm_audio_server, path, load_processing_class(path), "pitch", 0.05)
 
 
-def check_server_mode_with_media(tmp_path, url: str, model, processor, task: str) -> None:
+def check_server_mode(
+    tmp_path, url: str, model, processing_class, task: str, tolerance: float, peft_config=None, mode="sequence_mask"
+) -> PPOTrainerVL:
+    """Train 2 steps against the server, with the mismatch metrics within `tolerance`; then the engine's greedy
+    completions differ from HF `generate`'s on the trained weights until the sync, and equal them after."""
     args = tiny_config(
         str(tmp_path / "out"),
         use_vllm=True,
         vllm_mode="server",
         vllm_server_base_url=url,
         vllm_weight_sync_dir=str(tmp_path / "sync"),
+        vllm_importance_sampling_mode=mode,
         learning_rate=0.1,
         logging_steps=1,
     )
     trainer = PPOTrainerVL(
-        model, [length_reward], args, train_dataset=make_task_dataset(task, 8), processing_class=processor
+        model,
+        [length_reward],
+        args,
+        train_dataset=make_task_dataset(task, 8),
+        processing_class=processing_class,
+        peft_config=peft_config,
     )
     trainer.train()
-    # The suppressed media tokens (see the colocate test) are the whole mismatch.
-    assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=0.05)
+    assert_trained_with_mismatch_metrics(trainer.state.log_history, tolerance=tolerance)
     engine = trainer.rollout_engine
     batch = trainer.collator(list(make_task_dataset(task, 4, seed=1)))
     greedy = {**args.sampling_kwargs(), "do_sample": False}
     before = engine.generate(batch, 1, greedy).sequences
     trainer.actor.eval()
-    hf = HFEngine(trainer.actor, 4, torch.device("cpu"), True, processor.tokenizer.pad_token_id)
-    reference = hf.generate(batch, 1, greedy)
+    pad_token_id = getattr(processing_class, "tokenizer", processing_class).pad_token_id
+    reference = HFEngine(trainer.actor, 4, torch.device("cpu"), True, pad_token_id).generate(batch, 1, greedy)
     assert before.shape != reference.sequences.shape or not torch.equal(before, reference.sequences)
     trainer._sync_rollout_engine()
-    assert torch.equal(engine.generate(batch, 1, greedy).sequences, reference.sequences)
+    after = engine.generate(batch, 1, greedy)
+    assert torch.equal(after.sequences, reference.sequences)
+    assert torch.equal(after.action_mask, reference.action_mask)
+    return trainer
 
 
 def test_server_mode_waits_then_names_the_missing_server(tmp_path):
