@@ -443,4 +443,8 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         trainer.push_to_hub()
     else:
         trainer.save_model(training_args.output_dir)
+    # Every process leaves together, with its process group closed: a process that exits while another is still
+    # writing the model can abort in the collective backend's teardown (seen with gloo under ZeRO-3).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return trainer
