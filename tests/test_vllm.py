@@ -31,6 +31,7 @@ from rft_trl import PPOTrainerVL
 from rft_trl.rollout import HFEngine
 from rft_trl.testing import (
     build_tiny_model,
+    distinct_reward,
     length_reward,
     load_processing_class,
     make_task_dataset,
@@ -259,7 +260,7 @@ def check_server_mode(
     )
     trainer = PPOTrainerVL(
         model,
-        [length_reward],
+        [distinct_reward],
         args,
         train_dataset=make_task_dataset(task, 8),
         processing_class=processing_class,

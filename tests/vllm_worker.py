@@ -32,7 +32,7 @@ def colocate(kind: str, task: str, out: str, lora: bool) -> None:
     from rft_trl import PPOTrainerVL
     from rft_trl.rollout import HFEngine
     from rft_trl.rollout.vllm import PromptMismatchError
-    from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
+    from rft_trl.testing import build_tiny_model, distinct_reward, make_task_dataset, tiny_config
 
     model, processing_class = build_tiny_model(kind)
     args = tiny_config(
@@ -47,7 +47,7 @@ def colocate(kind: str, task: str, out: str, lora: bool) -> None:
     peft_config = LoraConfig(r=8, lora_alpha=64, target_modules="all-linear") if lora else None
     trainer = PPOTrainerVL(
         model,
-        [length_reward],
+        [distinct_reward],
         args,
         train_dataset=make_task_dataset(task, 8),
         processing_class=processing_class,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 from ..rewards.functions import completion_text
 from ..trainers.rft_config import RFTConfig
 
@@ -42,3 +44,12 @@ def tiny_config(output_dir: str, **overrides) -> RFTConfig:
 def length_reward(prompts, completions, **columns) -> list[float]:
     """A dense reward (shorter is better): every group has spread, so every smoke-test step has a gradient."""
     return [1.0 / (1.0 + len(completion_text(c))) for c in completions]
+
+
+def distinct_reward(prompts, completions, **columns) -> list[float]:
+    """
+    A reward in [0, 1) that differs between any two different completions (a hash of the text): every group whose
+    samples differ has spread, even when they are all equally long (where `length_reward` ties and the step has no
+    gradient). For tests that need every step to move the policy.
+    """
+    return [zlib.crc32(completion_text(c).encode()) / 2**32 for c in completions]
