@@ -211,8 +211,7 @@ def check_memory(path: str, options, dtype, device: str, attention: str) -> None
     for fused in (True, False):
         actor.fused_log_probs = fused
         actor.zero_grad(set_to_none=True)
-        gc.collect()
-        torch.cuda.empty_cache()
+        release_memory(device)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -250,6 +249,13 @@ def trainer_settings(options, device: str, attention: str, dtype) -> dict:
         model_init_kwargs={"attn_implementation": attention, "dtype": str(dtype).removeprefix("torch.")},
         beta=0.0,
     )
+
+
+def release_memory(device: str) -> None:
+    """Free what a deleted trainer held, before the next side is measured."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def median_step(clock: StepClock) -> float:
@@ -322,9 +328,7 @@ def run_b7(path: str, options, dtype, device: str, attention: str) -> None:
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
         }
         del trainer
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     report(
         "b7",
         attention=attention,
@@ -382,9 +386,7 @@ def run_b8(path: str, options, dtype, device: str, attention: str) -> None:
         if trainer.rollout_engine is not None:
             trainer.rollout_engine.close()
         del trainer
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     report(
         "b8",
         hf_tokens_per_s=timings["hf"],
@@ -434,9 +436,7 @@ def main() -> int:
             failed += 1
             report(name, failed=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-2000:])
         report(f"{name}_done", seconds=round(time.perf_counter() - start, 1))
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(device)
     return 1 if failed else 0
 
 

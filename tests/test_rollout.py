@@ -253,7 +253,13 @@ def test_weights_sent_to_an_engine_are_named_and_shaped_as_save_pretrained_write
     model, _ = build_tiny_model(kind)
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    sent = dict(iter_checkpoint_weights(model))
-    assert sent.keys() == saved.keys()
-    for name, value in saved.items():
-        torch.testing.assert_close(sent[name], value, rtol=0, atol=0, msg=name)
+    # Built in memory (the conversions collected once, then detached from the model), and loaded by from_pretrained
+    # (the conversions transformers recorded while loading).
+    loaded = type(model).from_pretrained(tmp_path)
+    assert hasattr(loaded, "_weight_conversions")
+    for source in (model, loaded):
+        sent = dict(iter_checkpoint_weights(source))
+        assert sent.keys() == saved.keys()
+        for name, value in saved.items():
+            torch.testing.assert_close(sent[name], value, rtol=0, atol=0, msg=name)
+    assert not hasattr(model, "_weight_conversions")

@@ -98,14 +98,41 @@ def _checkpoint_layout(model: nn.Module):
     writes: transformers' own reversal of its loading conversions. A family whose modules moved (Qwen2-Audio's
     `model.language_model.*` saved as `language_model.model.*`) is then named as its checkpoints are, which is what
     an engine built for that family's checkpoints loads.
+
+    The conversions are collected once per sync, here: for a model not loaded by `from_pretrained`,
+    `revert_weight_conversion` collects them on each call, a walk over all modules, which, called module by module,
+    made one sync of a Qwen2.5-VL-3B-sized layout (825 parameters, tiny widths) take 1.2 s on the CPU instead of 0.3 s.
     """
     from transformers import PreTrainedModel
 
     if not isinstance(model, PreTrainedModel):
         return lambda weights: weights
-    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, revert_weight_conversion
 
-    return lambda weights: revert_weight_conversion(model, weights)
+    recorded = getattr(model, "_weight_conversions", None)  # set by from_pretrained
+    conversions = recorded
+    if conversions is None:
+        # What `revert_weight_conversion` collects for a model built in memory: the family's mapping without its
+        # legacy renamings and prefix changes. It is attached to the model for the duration of each call.
+        conversions = [
+            conversion
+            for conversion in get_model_conversion_mapping(model, add_legacy=False)
+            if not isinstance(conversion, PrefixChange)
+        ]
+    if not conversions:
+        return lambda weights: weights  # nothing to revert: the runtime names are the checkpoint's
+    if recorded is not None:
+        return lambda weights: revert_weight_conversion(model, weights)
+
+    def revert(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model._weight_conversions = conversions
+        try:
+            return revert_weight_conversion(model, weights)
+        finally:
+            del model._weight_conversions
+
+    return revert
 
 
 def _lora_delta(layer) -> torch.Tensor | None:

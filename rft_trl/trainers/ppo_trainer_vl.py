@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import tempfile
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -816,9 +816,12 @@ class PPOTrainerVL(Trainer):
         source = base.config._name_or_path
         if source and (os.path.isfile(os.path.join(source, "config.json")) or not os.path.exists(source)):
             return source  # a model directory, or a Hub id
-        weights = {name: tensor.contiguous() for name, tensor in iter_checkpoint_weights(model)}
+        weights = iter_checkpoint_weights(model)
         path = None
-        if self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process:
+            if any(hasattr(parameter, "ds_id") for parameter in model.parameters()):
+                deque(weights, maxlen=0)  # ZeRO-3: take part in each module's gathering, keep nothing
+        else:
             path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
             config = copy.deepcopy(base.config)
             config.architectures = [type(base).__name__]  # what save_pretrained records, and vLLM reads
@@ -826,7 +829,8 @@ class PPOTrainerVL(Trainer):
             if base.generation_config is not None:
                 base.generation_config.save_pretrained(path)
             processing_class.save_pretrained(path)
-            save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+            tensors = {name: tensor.contiguous() for name, tensor in weights}
+            save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         return broadcast_object_list([path])[0]
 
     def _gather_for_rollout(self) -> bool:
