@@ -25,8 +25,9 @@ from PIL import Image
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
-from rft_trl.data.multimodal import extend_token_fields
+from rft_trl.data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from rft_trl.models import Actor, Critic
+from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEncodings
 from rft_trl.models.packing import pack_sequences
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
 
@@ -150,6 +151,44 @@ def test_padded_log_probs_equal_the_models_own_forward(kind):
             completion = sequences[i, prompt_width : prompt_width + actions]
             expected = own_forward_log_probs(model, processor, row, completion)
             torch.testing.assert_close(log_probs[i, :actions], expected, atol=1e-5, rtol=0, msg=f"{kind} row {i}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
+    # A rollout's no-grad passes hand the model each unique sample's encoder output (computed once, transformers'
+    # `mm_encoder_outputs`) in place of the pixels: greedy generation and log-probs equal those on the pixels, and the
+    # encoder ran once per sample with media over both passes; a family outside the verified set is named and left on
+    # its pixels.
+    model, processor, layout, collator, actor = setup(kind)
+    cache = MediaEncodings(model)
+    visual = {"image", "video"} & set(layout.media_kinds)
+    if model.config.model_type not in ENCODER_OUTPUT_MODEL_TYPES:
+        assert cache.reason is not None and model.config.model_type in cache.reason or not visual, cache.reason
+        return
+    assert cache.reason is None
+    for rows in batches_for(processor, layout.media_kinds):
+        batch = collator(rows)
+        per_sample = repeat_multimodal_inputs(batch.sample_multimodal_inputs, 2)
+        input_ids = batch.input_ids.repeat_interleave(2, dim=0)
+        attention_mask = batch.attention_mask.repeat_interleave(2, dim=0)
+        token_fields = {name: value.repeat_interleave(2, dim=0) for name, value in batch.token_fields.items()}
+        calls = cache.encoder_calls
+        results = []
+        with torch.no_grad():
+            for media in (concat_multimodal_inputs(per_sample), cache.model_inputs(per_sample, torch.device("cpu"))):
+                sequences, mask, action_mask = actor.generate(
+                    input_ids, attention_mask=attention_mask, max_new_tokens=COMPLETION_TOKENS, do_sample=False,
+                    **token_fields, **media,
+                )  # fmt: skip
+                fields = {**extend_token_fields(token_fields, sequences.shape[1]), **media}
+                results.append((sequences, actor(sequences, action_mask.shape[1], mask, **fields)))
+        torch.testing.assert_close(results[1][0], results[0][0], atol=0, rtol=0, msg=kind)
+        torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=0, msg=kind)
+        with_media = [
+            row for row in rows if any(row.get(column) for column in ("images", "videos") if column[:-1] in visual)
+        ]
+        assert cache.encoder_calls - calls == len(with_media), kind
+    cache.clear()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -533,8 +533,9 @@ class ModelInputs:
         """
         media, tokens = {}, {}
         for name, value in inputs.items():
-            # An empty media field means no media of its kind (a batch of text-only samples): left out.
-            if value is None or value.numel() == 0:
+            # An empty media field means no media of its kind (a batch of text-only samples): left out. (The one
+            # input that is not a tensor, `mm_encoder_outputs`, only comes with media.)
+            if value is None or (isinstance(value, torch.Tensor) and value.numel() == 0):
                 continue
             name = self.aliases.get(name, name)
             if name not in self.accepted:

@@ -116,16 +116,27 @@ class HFEngine(RolloutEngine):
         device (`torch.device`): where the policy runs.
         suppress_media_tokens (`bool`): never sample media placeholder tokens (see [`Actor.generate`]).
         pad_token_id (`int`): the tokenizer's pad token.
+        media_encodings ([`~rft_trl.models.media_encodings.MediaEncodings`], *optional*): the policy's encoder
+            outputs per prompt's media, so that a prompt's `n` samples share one encoding.
     """
 
     name = "hf"
 
-    def __init__(self, actor, chunk_size: int, device: torch.device, suppress_media_tokens: bool, pad_token_id: int):
+    def __init__(
+        self,
+        actor,
+        chunk_size: int,
+        device: torch.device,
+        suppress_media_tokens: bool,
+        pad_token_id: int,
+        media_encodings=None,
+    ):
         self.actor = actor
         self.chunk_size = chunk_size
         self.device = device
         self.suppress_media_tokens = suppress_media_tokens
         self.pad_token_id = pad_token_id
+        self.media_encodings = media_encodings
 
     def generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> Generation:
         per_sample_mm = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)
@@ -135,13 +146,16 @@ class HFEngine(RolloutEngine):
         sequences, masks, action_masks = [], [], []
         for start in range(0, input_ids.shape[0], self.chunk_size):
             rows = slice(start, start + self.chunk_size)
-            mm = concat_multimodal_inputs(per_sample_mm[rows])
+            if self.media_encodings is not None:
+                mm = self.media_encodings.model_inputs(per_sample_mm[rows], self.device)
+            else:
+                mm = {k: v.to(self.device) for k, v in concat_multimodal_inputs(per_sample_mm[rows]).items()}
             seq, mask, action_mask = self.actor.generate(
                 input_ids[rows].to(self.device),
                 attention_mask=attention_mask[rows].to(self.device),
                 suppress_media_tokens=self.suppress_media_tokens,
                 **{k: v[rows].to(self.device) for k, v in token_fields.items()},
-                **{k: v.to(self.device) for k, v in mm.items()},
+                **mm,
                 **sampling_kwargs,
             )
             sequences.append(seq)

@@ -35,6 +35,7 @@ from ..core import (
 from ..data.collator import PromptBatch, PromptCollator
 from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from ..models.actor import Actor
+from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
 from ..rollout import HFEngine, RolloutEngine
 from .replay_buffer_utils import BufferItem
@@ -114,8 +115,15 @@ class ExperienceMaker:
         self.tokenizer = tokenizer
         self.eos_token_id = actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
+        # The policy's encoder outputs, computed once per prompt's media for the rollout's no-grad passes.
+        self.media_encodings = MediaEncodings(actor.model) if args.cache_encoder_outputs else None
         self.engine = engine or HFEngine(
-            actor, args.micro_rollout_batch_size, device, args.suppress_media_tokens, self.pad_token_id
+            actor,
+            args.micro_rollout_batch_size,
+            device,
+            args.suppress_media_tokens,
+            self.pad_token_id,
+            media_encodings=self.media_encodings,
         )
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
@@ -134,6 +142,8 @@ class ExperienceMaker:
             `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`, and `kept_rows`: the position in `rows` of
             each kept prompt), the decoded completions, each sample's prompt, and the [`RewardOutput`].
         """
+        if self.media_encodings is not None:
+            self.media_encodings.clear()  # new media, and the weights may have changed since the last rollout
         batch = self.collator(rows)
         if len(batch) == 0:
             reasons = sorted({skipped.reason for skipped in batch.skipped})
@@ -192,6 +202,8 @@ class ExperienceMaker:
         if self.args.mask_truncated_completions:
             trained = trained & ~self._truncated(samples)
         items = self._items(samples, scored, advantages, returns, rewards_out, trained, importance_weights)
+        if self.media_encodings is not None:
+            self.media_encodings.clear()  # the rollout's no-grad passes are over
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats, n))
         if scored["values"] is not None:
@@ -230,15 +242,21 @@ class ExperienceMaker:
             samples["rollout_log_probs"] = generation.log_probs.to(self.device)  # [N, A], the engine's
         return samples
 
-    def _forward_in_chunks(self, model: Callable, samples: dict) -> torch.Tensor:
-        """Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time."""
+    def _forward_in_chunks(self, model: Callable, samples: dict, policy: bool = False) -> torch.Tensor:
+        """
+        Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time; `policy`:
+        `model` is the rollout policy, whose cached encoder outputs it is given.
+        """
         chunk = self.args.micro_rollout_batch_size
         num_rows, width = samples["action_mask"].shape
         outputs = []
         for start in range(0, num_rows, chunk):
             rows = slice(start, start + chunk)
-            mm = concat_multimodal_inputs(samples["multimodal_inputs"][rows])
-            mm = {k: v.to(self.device) for k, v in mm.items()}
+            per_sample = samples["multimodal_inputs"][rows]
+            if policy and self.media_encodings is not None:
+                mm = self.media_encodings.model_inputs(per_sample, self.device)
+            else:
+                mm = {k: v.to(self.device) for k, v in concat_multimodal_inputs(per_sample).items()}
             sequences, attention_mask = samples["sequences"][rows], samples["attention_mask"][rows]
             tokens = {k: v[rows] for k, v in samples["token_fields"].items()}
             if self.args.packing_samples:
@@ -274,7 +292,7 @@ class ExperienceMaker:
         # taken against them, and their difference to the engine's is the mismatch to measure and correct.
         if self.need_old_log_probs or "rollout_log_probs" in samples:
             scored["old_log_probs"] = self._forward_in_chunks(
-                lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples
+                lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples, policy=True
             )
         if self.reference_log_probs is not None:
             scored["base_log_probs"] = self._forward_in_chunks(
@@ -324,7 +342,7 @@ class ExperienceMaker:
                 old
                 if old is not None
                 else self._forward_in_chunks(
-                    lambda *a, **k: self.actor(*a, temperature=self.args.temperature, **k), samples
+                    lambda *a, **k: self.actor(*a, temperature=self.args.temperature, **k), samples, policy=True
                 )
             )
             kl = compute_approx_kl(policy, base, action_mask, kl_estimator=self.args.kl_estimator)  # [N, A]

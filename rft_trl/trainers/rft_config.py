@@ -210,6 +210,12 @@ class RFTConfig(TrainingArguments):
             [`Actor`]; where that would not be exact, e.g. LoRA on the head or ZeRO-3, the logits are used).
         log_prob_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens whose logits exist at once on the fused path.
+        cache_encoder_outputs (`bool`, *optional*, defaults to `True`):
+            Run the policy's image/video encoder once per prompt's media in a rollout's no-grad passes (generation and
+            the rollout policy's log-probs), handing the model the cached outputs (transformers' `mm_encoder_outputs`)
+            instead of encoding the pixels once per sample and pass (see
+            [`~rft_trl.models.media_encodings.MediaEncodings`]; where it is not verified exact, or under ZeRO-3, the
+            pixels are encoded as before, the reason logged). The update and the reference encode for themselves.
 
         > Rewards
 
@@ -343,6 +349,9 @@ class RFTConfig(TrainingArguments):
         default=True, metadata={"help": "Log-probs from hidden states in chunks, never the full logits."}
     )
     log_prob_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the fused log-probs."})
+    cache_encoder_outputs: bool = field(
+        default=True, metadata={"help": "Encode each prompt's images/videos once per rollout's no-grad passes."}
+    )
 
     # Rewards
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weights of the reward functions."})

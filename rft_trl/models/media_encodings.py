@@ -1,0 +1,157 @@
+"""Each prompt's images and videos through the policy's encoder once per rollout: transformers' `mm_encoder_outputs`.
+
+A rollout gives every prompt `n` samples, and the same prompt's media reach the model in every no-grad pass of the
+rollout: generation (`n` times, once per sample) and the rollout policy's log-probs (`n` times again). The weights do
+not change within those passes, so the encoder's output for a medium does not either. [`MediaEncodings`] computes it
+once, with the model's own `get_image_features` / `get_video_features` on that sample's media fields, and hands each
+batch the encoder outputs of its samples laid end to end as the model's `mm_encoder_outputs` input, in place of the raw
+pixels. Transformers' models take those outputs in place of encoding the pixels themselves; positions, placeholders
+and grids stay with the model (the grid fields are still passed).
+
+A sample is recognised by the identity of its media tensors: the collator processes each prompt's media once, and
+the `n` samples of a prompt share those tensors through every pass (`repeat_multimodal_inputs`). The cache holds
+the tensors it keyed, so an identity cannot be reused by another tensor while it is cached, and it is cleared at
+every rollout.
+
+Used where it is exact: the model types of `ENCODER_OUTPUT_MODEL_TYPES`, checked against each model's own forward in
+`tests/test_model_matrix.py`; elsewhere (another model type, a model whose forward takes no `mm_encoder_outputs`
+such as Qwen2-Audio, DeepSpeed ZeRO-3, whose ranks must make the same module calls) it steps aside and says why once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.utils import ModelOutput
+
+from ..data.multimodal import concat_multimodal_inputs
+from .utils import unwrap_model
+
+__all__ = ["ENCODER_OUTPUT_MODEL_TYPES", "MediaEncodings"]
+
+logger = logging.getLogger(__name__)
+
+# Model types whose forward, given `mm_encoder_outputs` concatenated sample by sample, equals their own forward on the
+# pixels (tests/test_model_matrix.py).
+ENCODER_OUTPUT_MODEL_TYPES = frozenset(
+    {
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker",
+        "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl", "idefics3", "smolvlm", "mistral3",
+    }
+)  # fmt: skip
+MODALITIES = ("image", "video")
+
+
+class MediaEncodings:
+    """
+    The policy's encoder outputs per unique sample media, for the no-grad passes of one rollout.
+
+    Args:
+        model (`nn.Module`):
+            The policy (a transformers model, or a PEFT model around one).
+
+    Attributes:
+        reason (`str` or `None`): why it steps aside (then [`model_inputs`] only concatenates), `None` when in use.
+        encoder_calls (`int`): how many times an encoder ran (one per unique sample media and modality), in total.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.encoder_calls = 0
+        self._entries: dict[tuple, tuple[tuple[torch.Tensor, ...], ModelOutput]] = {}
+        self._encoders: dict[str, tuple[str, ...]] = {}
+        base = unwrap_model(model)
+        model_type = getattr(getattr(base, "config", None), "model_type", None)
+        forward = inspect.signature(base.forward).parameters if hasattr(base, "forward") else {}
+        if model_type not in ENCODER_OUTPUT_MODEL_TYPES:
+            self.reason = f"model type {model_type!r} is not among those verified (ENCODER_OUTPUT_MODEL_TYPES)"
+        elif "mm_encoder_outputs" not in forward:
+            self.reason = f"{type(base).__name__}.forward takes no mm_encoder_outputs"
+        elif is_deepspeed_zero3_enabled():
+            self.reason = "under DeepSpeed ZeRO-3 every rank must run the same encoder calls"
+        else:
+            self.reason = None
+            for modality in MODALITIES:
+                encoder = getattr(base.base_model, f"get_{modality}_features", None)
+                if encoder is not None:
+                    names = [name for name in inspect.signature(encoder).parameters if name != "kwargs"]
+                    self._encoders[modality] = tuple(names)
+        if self.reason is not None:
+            logger.info("Media are encoded in every pass (no encoder-output cache): %s.", self.reason)
+
+    def clear(self) -> None:
+        """Forget every encoder output (at the start and end of a rollout: the weights or the media change)."""
+        self._entries.clear()
+
+    def model_inputs(self, per_sample: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> dict:
+        """
+        The media keyword arguments of a batch of samples on `device`: [`concat_multimodal_inputs`] of their media
+        fields, with each modality's raw pixels replaced by `mm_encoder_outputs` (each unique sample's encoder output,
+        computed once per rollout) when the cache is in use and gradients are off.
+
+        Args:
+            per_sample (`Sequence[Mapping[str, torch.Tensor]]`):
+                The batch's samples' media dicts, in batch order.
+            device (`torch.device`):
+                Where the model runs.
+
+        Returns:
+            `dict`: keyword arguments for the model (or `Actor.forward` / `Actor.generate`).
+        """
+        batch = {name: value.to(device) for name, value in concat_multimodal_inputs(per_sample).items()}
+        if self.reason is not None or torch.is_grad_enabled():
+            return batch
+        outputs = {}
+        for modality, names in self._encoders.items():
+            raw = names[0]  # the pixels: the encoder's first parameter (`pixel_values`, `pixel_values_videos`)
+            pieces = [
+                self._encode(modality, names, sample, device)
+                for sample in per_sample
+                if sample.get(raw) is not None and sample[raw].numel() > 0
+            ]
+            if pieces:
+                outputs[modality] = _concatenate(pieces)
+                del batch[raw]
+        if outputs:
+            batch["mm_encoder_outputs"] = outputs
+        return batch
+
+    def _encode(self, modality: str, names: tuple[str, ...], sample: Mapping, device: torch.device) -> ModelOutput:
+        fields = tuple(sample[name] for name in names if name in sample)
+        key = (modality, *(id(field) for field in fields))
+        entry = self._entries.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], fields)):
+            return entry[1]
+        encoder = getattr(unwrap_model(self.model).base_model, f"get_{modality}_features")
+        arguments = {name: sample[name].to(device) for name in names if name in sample}
+        output = encoder(**arguments, return_dict=True)
+        self.encoder_calls += 1
+        self._entries[key] = (fields, output)
+        return output
+
+
+def _concatenate(outputs: list[ModelOutput]) -> ModelOutput:
+    """
+    Encoder outputs of samples laid end to end, as the encoder gives them for the samples' concatenated media. Only
+    what a forward reads of them is carried, the two fields transformers' own generation expands per sample
+    (`GenerationMixin._expand_multimodal_outputs`): `pooler_output` (a tensor along its first dimension, or one
+    tensor per item) and `deepstack_features` (per layer, the same way).
+    """
+    merged = {"pooler_output": _join([output.pooler_output for output in outputs])}
+    deepstack = [getattr(output, "deepstack_features", None) for output in outputs]
+    if deepstack[0] is not None:
+        merged["deepstack_features"] = [
+            _join([value[layer] for value in deepstack]) for layer in range(len(deepstack[0]))
+        ]
+    return type(outputs[0])(**merged)
+
+
+def _join(values: list):
+    if isinstance(values[0], torch.Tensor):
+        return torch.cat(values)
+    return [item for value in values for item in value]
