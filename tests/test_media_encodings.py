@@ -4,6 +4,7 @@ The family-by-family exactness (generation and log-probs with the cached outputs
 of the conformance matrix, `tests/test_model_matrix.py`. Here: the trainer's rollout, counted at the vision tower.
 """
 
+import pytest
 import torch
 
 from rft_trl import PPOTrainerVL
@@ -44,7 +45,7 @@ def rollout(tmp_path, cache: bool):
 def test_a_rollout_encodes_each_prompts_image_once_and_scores_as_on_the_pixels(tmp_path):
     cached, cached_images, encodings = rollout(tmp_path, cache=True)
     plain, plain_images, _ = rollout(tmp_path, cache=False)
-    # Each of the 4 prompts' one image: once, where the pixels path encodes it for each of its 4 samples in both passes.
+    # Each of the 4 prompts' one image: once, where the pixels' path encodes it for each sample in both passes.
     assert cached_images == PROMPTS and encodings.encoder_calls == PROMPTS
     assert plain_images == 2 * PROMPTS * SAMPLES
     assert len(cached.items) == len(plain.items) == PROMPTS * SAMPLES
@@ -66,3 +67,61 @@ def test_the_cache_steps_aside_for_a_model_whose_forward_takes_no_encoder_output
     with torch.no_grad():
         inputs = encodings.model_inputs([sample, sample], torch.device("cpu"))
     assert set(inputs) == {"input_features", "feature_attention_mask"} and inputs["input_features"].shape[0] == 2
+
+
+@pytest.mark.parametrize("freeze_encoder", [True, False])
+def test_training_on_cached_encoder_outputs_equals_training_on_the_pixels(tmp_path, freeze_encoder):
+    # Two optimizer steps from one rollout (the rollout policy's log-probs computed), with a KL reference: the same
+    # losses and weights as on the pixels. Frozen encoder: each prompt's image is encoded once by the policy (the
+    # update reuses the rollout's outputs) and once by the reference. Trained encoder: the update encodes each
+    # prompt once per micro-batch, with gradients, where the pixels' path encodes every sample.
+    runs = {}
+    for cache in (True, False):
+        model, processor = build_tiny_model("qwen2_5_vl")
+        args = tiny_config(
+            str(tmp_path / str(cache)),
+            rollout_batch_size=PROMPTS,
+            n_samples_per_prompt=SAMPLES,
+            micro_rollout_batch_size=4,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            max_steps=2,
+            beta=0.1,
+            freeze_encoder=freeze_encoder,
+            cache_encoder_outputs=cache,
+            # Plain SGD: Adam's first steps move every weight by about the learning rate whatever its gradient's
+            # size, so a gradient of 1e-12 that differs in its last bits (the same sum in another order) would move a
+            # weight by 1e-4 one way and not the other.
+            optim="sgd",
+        )
+        trainer = PPOTrainerVL(
+            model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
+        )
+        counts = {"policy": 0, "reference": 0}
+
+        def count(name, counts=counts):
+            return lambda module, args, kwargs: counts.__setitem__(name, counts[name] + kwargs["grid_thw"].shape[0])
+
+        for name, owner in (("policy", model), ("reference", trainer.ref_model)):
+            owner.model.visual.register_forward_pre_hook(count(name), with_kwargs=True)
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        runs[cache] = (losses, {n: p.detach().clone() for n, p in model.named_parameters()}, counts)
+    (cached_losses, cached_weights, cached_counts), (losses, weights, counts) = runs[True], runs[False]
+    assert len(cached_losses) == 2
+    torch.testing.assert_close(cached_losses, losses, atol=1e-6, rtol=0)
+    for name, value in weights.items():
+        torch.testing.assert_close(cached_weights[name], value, atol=1e-7, rtol=0, msg=name)
+    initial = dict(build_tiny_model("qwen2_5_vl")[0].named_parameters())
+    tower = [name for name in weights if ".visual." in name]
+    # The tower moved exactly when it trains: the update's gradients reach it through the cached path's encoding.
+    assert all(torch.equal(cached_weights[name], initial[name]) for name in tower) == freeze_encoder
+    samples = PROMPTS * SAMPLES
+    # The pixels' path: every sample in generation, the rollout policy's log-probs and the update; and the reference.
+    assert counts == {"policy": 3 * samples, "reference": samples}
+    assert cached_counts["reference"] == PROMPTS
+    if freeze_encoder:
+        assert cached_counts["policy"] == PROMPTS
+    else:
+        # The rollout once per prompt; the update once per prompt present in each of its 4 micro-batches.
+        assert PROMPTS + 4 <= cached_counts["policy"] <= PROMPTS + samples

@@ -452,12 +452,16 @@ def _all_tensors(value):
 def test_experience_to_device_moves_every_tensor(packing_samples):
     pixels = {"pixel_values": torch.ones(4, 2), "image_grid_thw": torch.tensor([[1, 2, 2]])}
     batch = make_experience_batch([make_item(torch.arange(1, 5), 2, seed=0, multimodal=pixels)], packing_samples)
-    tensors = [t for f in fields(batch) for t in _all_tensors(getattr(batch, f.name))]
+    carried = [f for f in fields(batch) if f.name != "multimodal_samples"]
+    tensors = [t for f in carried for t in _all_tensors(getattr(batch, f.name))]
     assert len(tensors) >= 12
+    samples = batch.multimodal_samples
     # The meta device holds no data, so moving to it is free and shows every tensor went through .to().
     assert batch.to_device("meta") is batch
-    moved = [t for f in fields(batch) for t in _all_tensors(getattr(batch, f.name))]
+    moved = [t for f in carried for t in _all_tensors(getattr(batch, f.name))]
     assert len(moved) == len(tensors) and all(t.device.type == "meta" for t in moved)
+    # The samples' own media dicts stay where they are, the same tensors: what the encoder-output cache keys on.
+    assert batch.multimodal_samples is samples and samples[0]["pixel_values"] is pixels["pixel_values"]
 
 
 def test_item_to_device_returns_a_moved_copy():

@@ -1,17 +1,19 @@
-"""Each prompt's images and videos through the policy's encoder once per rollout: transformers' `mm_encoder_outputs`.
+"""Each prompt's images and videos through the encoder once per rollout: transformers' `mm_encoder_outputs`.
 
-A rollout gives every prompt `n` samples, and the same prompt's media reach the model in every no-grad pass of the
-rollout: generation (`n` times, once per sample) and the rollout policy's log-probs (`n` times again). The weights do
-not change within those passes, so the encoder's output for a medium does not either. [`MediaEncodings`] computes it
-once, with the model's own `get_image_features` / `get_video_features` on that sample's media fields, and hands each
-batch the encoder outputs of its samples laid end to end as the model's `mm_encoder_outputs` input, in place of the raw
-pixels. Transformers' models take those outputs in place of encoding the pixels themselves; positions, placeholders
-and grids stay with the model (the grid fields are still passed).
+A rollout gives every prompt `n` samples, and the same prompt's media reach the model in every pass of the rollout:
+generation (`n` times, once per sample), the rollout policy's and the reference's log-probs (`n` times each) and the
+update (`n` times per epoch). [`MediaEncodings`] encodes a prompt's media once, with the model's own
+`get_image_features` / `get_video_features` on that sample's media fields, and hands each batch the encoder outputs
+of its samples laid end to end as the model's `mm_encoder_outputs` input, in place of the raw pixels. Transformers'
+models take those outputs in place of encoding the pixels themselves; positions, placeholders and grids stay with the
+model (the grid fields are still passed). The outputs are reused for as long as the encoder's weights cannot change:
+the no-grad passes of a rollout, and its update while the encoder is frozen; a training encoder is run once per
+prompt in each update batch, with gradients.
 
 A sample is recognised by the identity of its media tensors: the collator processes each prompt's media once, and
-the `n` samples of a prompt share those tensors through every pass (`repeat_multimodal_inputs`). The cache holds
-the tensors it keyed, so an identity cannot be reused by another tensor while it is cached, and it is cleared at
-every rollout.
+the `n` samples of a prompt share those tensors through every pass (`repeat_multimodal_inputs`, the replay buffer's
+items). The cache holds the tensors it keyed, so an identity cannot be reused by another tensor while it is cached,
+and it is cleared at every rollout.
 
 Used where it is exact: the model types of `ENCODER_OUTPUT_MODEL_TYPES`, checked against each model's own forward in
 `tests/test_model_matrix.py`; elsewhere (another model type, a model whose forward takes no `mm_encoder_outputs`
@@ -23,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -49,11 +52,18 @@ MODALITIES = ("image", "video")
 
 class MediaEncodings:
     """
-    The policy's encoder outputs per unique sample media, for the no-grad passes of one rollout.
+    A model's encoder outputs per unique sample media, for one rollout's passes.
+
+    - **No-grad passes** (generation, the rollout policy's log-probs, the reference's): each unique sample's media are
+      encoded once and the output is reused until [`clear`].
+    - **Passes with gradients** (the update): while the encoder is frozen (no parameter its calls touch requires a
+      gradient), the cached outputs serve as in a no-grad pass, since no gradient could reach the encoder and its
+      weights cannot change; while it trains, each unique sample's media are encoded once per batch, with gradients
+      (the samples of one prompt share that output, and their gradients add up in it), and nothing is kept.
 
     Args:
         model (`nn.Module`):
-            The policy (a transformers model, or a PEFT model around one).
+            The model (a transformers model, or a PEFT model around one).
 
     Attributes:
         reason (`str` or `None`): why it steps aside (then [`model_inputs`] only concatenates), `None` when in use.
@@ -65,6 +75,8 @@ class MediaEncodings:
         self.encoder_calls = 0
         self._entries: dict[tuple, tuple[tuple[torch.Tensor, ...], ModelOutput]] = {}
         self._encoders: dict[str, tuple[str, ...]] = {}
+        # Per modality, the parameters its encoder's first call touched (whether the encoder is frozen).
+        self._parameters: dict[str, list[nn.Parameter]] = {}
         base = unwrap_model(model)
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         forward = inspect.signature(base.forward).parameters if hasattr(base, "forward") else {}
@@ -84,15 +96,22 @@ class MediaEncodings:
         if self.reason is not None:
             logger.info("Media are encoded in every pass (no encoder-output cache): %s.", self.reason)
 
+    @property
+    def frozen(self) -> bool:
+        """Whether no parameter the encoders touched requires a gradient (`False` before their first call)."""
+        if not self._parameters:
+            return False
+        return not any(p.requires_grad for parameters in self._parameters.values() for p in parameters)
+
     def clear(self) -> None:
-        """Forget every encoder output (at the start and end of a rollout: the weights or the media change)."""
+        """Forget every encoder output (at the start of a rollout: new media, and the weights may have changed)."""
         self._entries.clear()
 
     def model_inputs(self, per_sample: Sequence[Mapping[str, torch.Tensor]], device: torch.device) -> dict:
         """
         The media keyword arguments of a batch of samples on `device`: [`concat_multimodal_inputs`] of their media
-        fields, with each modality's raw pixels replaced by `mm_encoder_outputs` (each unique sample's encoder output,
-        computed once per rollout) when the cache is in use and gradients are off.
+        fields, with each modality's raw pixels replaced by `mm_encoder_outputs`, each unique sample's encoder output
+        laid end to end in batch order (cached or not, see the class).
 
         Args:
             per_sample (`Sequence[Mapping[str, torch.Tensor]]`):
@@ -104,13 +123,15 @@ class MediaEncodings:
             `dict`: keyword arguments for the model (or `Actor.forward` / `Actor.generate`).
         """
         batch = {name: value.to(device) for name, value in concat_multimodal_inputs(per_sample).items()}
-        if self.reason is not None or torch.is_grad_enabled():
+        if self.reason is not None:
             return batch
+        cached = not torch.is_grad_enabled() or self.frozen
+        entries = self._entries if cached else {}  # training encoder: shared within this batch only
         outputs = {}
         for modality, names in self._encoders.items():
             raw = names[0]  # the pixels: the encoder's first parameter (`pixel_values`, `pixel_values_videos`)
             pieces = [
-                self._encode(modality, names, sample, device)
+                self._encode(modality, names, sample, device, entries)
                 for sample in per_sample
                 if sample.get(raw) is not None and sample[raw].numel() > 0
             ]
@@ -121,17 +142,36 @@ class MediaEncodings:
             batch["mm_encoder_outputs"] = outputs
         return batch
 
-    def _encode(self, modality: str, names: tuple[str, ...], sample: Mapping, device: torch.device) -> ModelOutput:
+    def _encode(
+        self, modality: str, names: tuple[str, ...], sample: Mapping, device: torch.device, entries: dict
+    ) -> ModelOutput:
         fields = tuple(sample[name] for name in names if name in sample)
         key = (modality, *(id(field) for field in fields))
-        entry = self._entries.get(key)
+        entry = entries.get(key)
         if entry is not None and all(a is b for a, b in zip(entry[0], fields)):
             return entry[1]
-        encoder = getattr(unwrap_model(self.model).base_model, f"get_{modality}_features")
+        base = unwrap_model(self.model).base_model
+        encoder = getattr(base, f"get_{modality}_features")
         arguments = {name: sample[name].to(device) for name in names if name in sample}
-        output = encoder(**arguments, return_dict=True)
+        with torch.no_grad() if entries is self._entries else nullcontext():
+            if modality in self._parameters:
+                output = encoder(**arguments, return_dict=True)
+            else:
+                output = self._first_call(modality, base, encoder, arguments)
         self.encoder_calls += 1
-        self._entries[key] = (fields, output)
+        entries[key] = (fields, output)
+        return output
+
+    def _first_call(self, modality: str, owner: nn.Module, encoder, arguments: dict) -> ModelOutput:
+        """Call the encoder, noting the parameters it touched: those of every module it calls and the owner's own."""
+        touched = [owner]
+        hook = nn.modules.module.register_module_forward_hook(lambda module, args, output: touched.append(module))
+        try:
+            output = encoder(**arguments, return_dict=True)
+        finally:
+            hook.remove()
+        parameters = {id(p): p for module in touched for p in module.parameters(recurse=False)}
+        self._parameters[modality] = list(parameters.values())
         return output
 
 

@@ -68,6 +68,9 @@ class Experience:
         token_fields (`dict[str, torch.Tensor | list[torch.Tensor]]`, *optional*, defaults to `{}`):
             The processor's per-token type fields (`mm_token_type_ids`, ...), laid out like `sequences` (0 on the
             completion and the padding); passed to the model as keywords.
+        multimodal_samples (`list[dict[str, torch.Tensor]]`, *optional*):
+            The samples' own media dicts (the replay buffer items'), held by reference and never moved or pinned:
+            what [`~rft_trl.models.media_encodings.MediaEncodings`] recognises a prompt's media by.
     """
 
     sequences: torch.Tensor | list[torch.Tensor]
@@ -84,6 +87,7 @@ class Experience:
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     multimodal_shapes: dict[str, list[tuple[int, ...] | None]] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor | list[torch.Tensor]] = field(default_factory=dict)
+    multimodal_samples: list[dict[str, torch.Tensor]] | None = field(default=None, metadata={"by_reference": True})
 
     @property
     def is_packed(self) -> bool:
@@ -118,7 +122,7 @@ class Experience:
         Returns:
             [`Experience`]: `self`, for chaining.
         """
-        for f in fields(self):
+        for f in _moved_fields(self):
             setattr(
                 self, f.name, map_tensors(getattr(self, f.name), lambda t: t.to(device, non_blocking=non_blocking))
             )
@@ -133,9 +137,14 @@ class Experience:
             [`Experience`]: `self`.
         """
         if torch.accelerator.is_available():
-            for f in fields(self):
+            for f in _moved_fields(self):
                 setattr(self, f.name, map_tensors(getattr(self, f.name), lambda t: t.pin_memory()))
         return self
+
+
+def _moved_fields(experience: Experience) -> list:
+    """The fields whose tensors move with the batch: all but those held by reference (`multimodal_samples`)."""
+    return [f for f in fields(experience) if not f.metadata.get("by_reference")]
 
 
 @dataclass

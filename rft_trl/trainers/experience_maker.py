@@ -115,8 +115,13 @@ class ExperienceMaker:
         self.tokenizer = tokenizer
         self.eos_token_id = actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id
-        # The policy's encoder outputs, computed once per prompt's media for the rollout's no-grad passes.
+        # The policy's and a reference model's encoder outputs, computed once per prompt's media (see MediaEncodings).
         self.media_encodings = MediaEncodings(actor.model) if args.cache_encoder_outputs else None
+        self.reference_encodings = (
+            MediaEncodings(reference_log_probs.model)
+            if args.cache_encoder_outputs and isinstance(reference_log_probs, Actor)
+            else None
+        )
         self.engine = engine or HFEngine(
             actor,
             args.micro_rollout_batch_size,
@@ -142,8 +147,9 @@ class ExperienceMaker:
             `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`, and `kept_rows`: the position in `rows` of
             each kept prompt), the decoded completions, each sample's prompt, and the [`RewardOutput`].
         """
-        if self.media_encodings is not None:
-            self.media_encodings.clear()  # new media, and the weights may have changed since the last rollout
+        for encodings in (self.media_encodings, self.reference_encodings):
+            if encodings is not None:
+                encodings.clear()  # new media, and the weights may have changed since the last rollout
         batch = self.collator(rows)
         if len(batch) == 0:
             reasons = sorted({skipped.reason for skipped in batch.skipped})
@@ -202,8 +208,8 @@ class ExperienceMaker:
         if self.args.mask_truncated_completions:
             trained = trained & ~self._truncated(samples)
         items = self._items(samples, scored, advantages, returns, rewards_out, trained, importance_weights)
-        if self.media_encodings is not None:
-            self.media_encodings.clear()  # the rollout's no-grad passes are over
+        if self.media_encodings is not None and not self.media_encodings.frozen:
+            self.media_encodings.clear()  # the update changes the encoder: its outputs serve no later pass
         metrics.update(rewards_out.metrics())
         metrics.update(self._metrics(samples, rewards_out, kl_stats, n))
         if scored["values"] is not None:
@@ -242,10 +248,12 @@ class ExperienceMaker:
             samples["rollout_log_probs"] = generation.log_probs.to(self.device)  # [N, A], the engine's
         return samples
 
-    def _forward_in_chunks(self, model: Callable, samples: dict, policy: bool = False) -> torch.Tensor:
+    def _forward_in_chunks(
+        self, model: Callable, samples: dict, encodings: MediaEncodings | None = None
+    ) -> torch.Tensor:
         """
-        Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time; `policy`:
-        `model` is the rollout policy, whose cached encoder outputs it is given.
+        Per-action outputs `[N, A]` of `model` over the rollout, `micro_rollout_batch_size` rows at a time, given the
+        encoder outputs of `encodings` (`model`'s own) where there are.
         """
         chunk = self.args.micro_rollout_batch_size
         num_rows, width = samples["action_mask"].shape
@@ -253,8 +261,8 @@ class ExperienceMaker:
         for start in range(0, num_rows, chunk):
             rows = slice(start, start + chunk)
             per_sample = samples["multimodal_inputs"][rows]
-            if policy and self.media_encodings is not None:
-                mm = self.media_encodings.model_inputs(per_sample, self.device)
+            if encodings is not None:
+                mm = encodings.model_inputs(per_sample, self.device)
             else:
                 mm = {k: v.to(self.device) for k, v in concat_multimodal_inputs(per_sample).items()}
             sequences, attention_mask = samples["sequences"][rows], samples["attention_mask"][rows]
@@ -292,11 +300,13 @@ class ExperienceMaker:
         # taken against them, and their difference to the engine's is the mismatch to measure and correct.
         if self.need_old_log_probs or "rollout_log_probs" in samples:
             scored["old_log_probs"] = self._forward_in_chunks(
-                lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples, policy=True
+                lambda *a, **k: self.actor(*a, temperature=temperature, **k), samples, self.media_encodings
             )
         if self.reference_log_probs is not None:
             scored["base_log_probs"] = self._forward_in_chunks(
-                lambda *a, **k: self.reference_log_probs(*a, temperature=temperature, **k), samples
+                lambda *a, **k: self.reference_log_probs(*a, temperature=temperature, **k),
+                samples,
+                self.reference_encodings,
             )
         if self.critic is not None:
             scored["values"] = self._forward_in_chunks(self.critic, samples)
@@ -342,7 +352,9 @@ class ExperienceMaker:
                 old
                 if old is not None
                 else self._forward_in_chunks(
-                    lambda *a, **k: self.actor(*a, temperature=self.args.temperature, **k), samples, policy=True
+                    lambda *a, **k: self.actor(*a, temperature=self.args.temperature, **k),
+                    samples,
+                    self.media_encodings,
                 )
             )
             kl = compute_approx_kl(policy, base, action_mask, kl_estimator=self.args.kl_estimator)  # [N, A]

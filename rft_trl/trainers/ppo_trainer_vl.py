@@ -1161,11 +1161,16 @@ class PPOTrainerVL(Trainer):
             name: torch.cat(value)[None] if packed_seq_lens else value
             for name, value in experience.token_fields.items()
         }
+        media = experience.multimodal_inputs
+        encodings = self.experience_maker.media_encodings
+        if encodings is not None and self.critic is None and experience.multimodal_samples is not None:
+            # The policy alone (a critic's backbone has an encoder of its own): each prompt's media encoded once.
+            media = encodings.model_inputs(experience.multimodal_samples, sequences.device)
         common = {
             "attention_mask": None if packed_seq_lens else experience.attention_mask,
             "packed_seq_lens": packed_seq_lens,
             **token_fields,
-            **experience.multimodal_inputs,
+            **media,
         }
         if self.critic is not None:
             out = model(

@@ -332,6 +332,7 @@ def make_experience_batch(
     per_sample = [item.multimodal_inputs for item in items]
     batch["multimodal_inputs"] = concat_multimodal_inputs(per_sample)
     batch["multimodal_shapes"] = multimodal_shapes(per_sample)
+    batch["multimodal_samples"] = per_sample
     if item_class is BufferItemVL:
         raw_images = [item.raw_images for item in items]
         return ExperienceVL(**batch, raw_images=None if all(r is None for r in raw_images) else raw_images)
