@@ -175,6 +175,9 @@ def build_ours(
         generation_kwargs={"min_new_tokens": length},
         advantage_estimator="dr_grpo",
         loss_agg_mode="token-mean",
+        # The tower frozen on both sides (build_trl freezes TRL's model the same way): PPOTrainerVL trains it by
+        # default, as TRL does.
+        freeze_encoder=True,
         init_kl_coef=setup.beta,
         packing_samples=setup.packing,
         bf16=False,  # TRL's default is bf16 autocast (on CPU too); both sides compute in float32 here
@@ -209,7 +212,7 @@ def build_trl(
     output_dir: str = "/tmp/rft_bench/trl",
     **overrides,
 ):
-    """TRL's `GRPOTrainer` on the same tiny model (vision tower frozen like ours), forced completion length."""
+    """TRL's `GRPOTrainer` on the same tiny model (tower frozen, as in `build_ours`), forced completion length."""
     from trl import GRPOConfig, GRPOTrainer
 
     if setup.beta != 0:

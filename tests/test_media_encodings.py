@@ -13,9 +13,12 @@ from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, 
 PROMPTS, SAMPLES = 4, 4
 
 
-def rollout(tmp_path, cache: bool):
-    """One rollout of 4 prompts x 4 samples (generation and the rollout policy's log-probs in chunks of 4 samples),
-    and the images the vision tower encoded during it."""
+def counted_trainer(tmp_path, cache: bool, **overrides) -> tuple[PPOTrainerVL, dict[str, int]]:
+    """
+    `PPOTrainerVL` on the tiny Qwen2.5-VL, 4 prompts x 4 samples per rollout in chunks of 4, replayed as 2 optimizer
+    steps (so the rollout policy's log-probs are computed), and the images its vision towers encode (the policy's,
+    and the reference's when there is one), counted at each tower.
+    """
     model, processor = build_tiny_model("qwen2_5_vl")
     args = tiny_config(
         str(tmp_path / str(cache)),
@@ -23,23 +26,34 @@ def rollout(tmp_path, cache: bool):
         n_samples_per_prompt=SAMPLES,
         micro_rollout_batch_size=4,
         per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,  # 2 optimizer steps per rollout: the rollout policy's log-probs are computed
-        beta=0.0,
+        gradient_accumulation_steps=2,
         cache_encoder_outputs=cache,
+        **overrides,
     )
-    rows = list(make_task_dataset("colour", PROMPTS))
     trainer = PPOTrainerVL(
         model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
     )
     assert trainer.experience_maker.need_old_log_probs
-    encoded = []
-    hook = model.model.visual.register_forward_pre_hook(
-        lambda module, args, kwargs: encoded.append(kwargs["grid_thw"].shape[0]), with_kwargs=True
-    )
+    counts = {"policy": 0, "reference": 0}
+
+    def count(name):
+        def hook(module, args, kwargs):
+            counts[name] += kwargs["grid_thw"].shape[0]
+
+        return hook
+
+    model.model.visual.register_forward_pre_hook(count("policy"), with_kwargs=True)
+    if trainer.ref_model is not None:
+        trainer.ref_model.model.visual.register_forward_pre_hook(count("reference"), with_kwargs=True)
+    return trainer, counts
+
+
+def rollout(tmp_path, cache: bool):
+    """One rollout (generation and the rollout policy's log-probs) and the images the policy's tower encoded."""
+    trainer, counts = counted_trainer(tmp_path, cache, beta=0.0)
     torch.manual_seed(0)
-    result = trainer.experience_maker.make_experience(rows)
-    hook.remove()
-    return result, sum(encoded), trainer.experience_maker.media_encodings
+    result = trainer.experience_maker.make_experience(list(make_task_dataset("colour", PROMPTS)))
+    return result, counts["policy"], trainer.experience_maker.media_encodings
 
 
 def test_a_rollout_encodes_each_prompts_image_once_and_scores_as_on_the_pixels(tmp_path):
@@ -77,33 +91,18 @@ def test_training_on_cached_encoder_outputs_equals_training_on_the_pixels(tmp_pa
     # prompt once per micro-batch, with gradients, where the pixels' path encodes every sample.
     runs = {}
     for cache in (True, False):
-        model, processor = build_tiny_model("qwen2_5_vl")
-        args = tiny_config(
-            str(tmp_path / str(cache)),
-            rollout_batch_size=PROMPTS,
-            n_samples_per_prompt=SAMPLES,
-            micro_rollout_batch_size=4,
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=2,
+        trainer, counts = counted_trainer(
+            tmp_path,
+            cache,
             max_steps=2,
             beta=0.1,
             freeze_encoder=freeze_encoder,
-            cache_encoder_outputs=cache,
             # Plain SGD: Adam's first steps move every weight by about the learning rate whatever its gradient's
             # size, so a gradient of 1e-12 that differs in its last bits (the same sum in another order) would move a
             # weight by 1e-4 one way and not the other.
             optim="sgd",
         )
-        trainer = PPOTrainerVL(
-            model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
-        )
-        counts = {"policy": 0, "reference": 0}
-
-        def count(name, counts=counts):
-            return lambda module, args, kwargs: counts.__setitem__(name, counts[name] + kwargs["grid_thw"].shape[0])
-
-        for name, owner in (("policy", model), ("reference", trainer.ref_model)):
-            owner.model.visual.register_forward_pre_hook(count(name), with_kwargs=True)
+        model = trainer.model
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         runs[cache] = (losses, {n: p.detach().clone() for n, p in model.named_parameters()}, counts)
