@@ -23,6 +23,10 @@ line as JSON, a failing one reported and skipped:
 - `b8`: rollout sampling with vLLM colocate (`use_vllm=True`) against transformers' `generate`, through the trainers'
   engines (`trainer.experience_maker.engine.generate`), completion tokens/s; skipped with the reason when vLLM is
   not installed.
+- `b9`: `PPOTrainerVL.train()` with each prompt's images encoded once (`cache_encoder_outputs=True`, the default)
+  against encoding the pixels in every pass, the vision tower frozen and trained: median step time and the images
+  the tower encoded per unique image (4 prompts x 8 samples, one optimizer step per rollout in micro-batches of
+  `--micro-batch`).
 """
 
 from __future__ import annotations
@@ -395,7 +399,57 @@ def run_b8(path: str, options, dtype, device: str, attention: str) -> None:
     )
 
 
-SECTIONS = {"exact": check_exact, "memory": check_memory, "b7": run_b7, "b8": run_b8}
+def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
+    prompts, n, length = 4, 8, options.completion_length
+    rows = Dataset.from_list(image_rows(prompts * options.steps * 2, options.image_size))
+    samples = prompts * n
+    results = {}
+    for freeze_encoder in (True, False):
+        for cache in (True, False):
+            clock = StepClock()
+            trainer = PPOTrainerVL(
+                path,
+                [length_reward],
+                RFTConfig(
+                    output_dir=tempfile.mkdtemp(prefix="gpu_check_b9_"),
+                    rollout_batch_size=prompts,
+                    num_generations=n,
+                    micro_rollout_batch_size=samples,
+                    per_device_train_batch_size=options.micro_batch,
+                    gradient_accumulation_steps=samples // options.micro_batch,
+                    max_completion_length=length,
+                    generation_kwargs={"min_new_tokens": length},
+                    freeze_encoder=freeze_encoder,
+                    cache_encoder_outputs=cache,
+                    **trainer_settings(options, device, attention, dtype),
+                ),
+                train_dataset=rows,
+                processing_class=load_processing_class(path),
+                callbacks=[clock],
+            )
+            trainer.remove_callback(PrinterCallback)
+            images = []
+            trainer.model.model.visual.register_forward_pre_hook(
+                lambda module, args, kwargs, images=images: images.append(kwargs["grid_thw"].shape[0]),
+                with_kwargs=True,
+            )
+            trainer.train()
+            name = f"{'frozen' if freeze_encoder else 'trained'}_{'cached' if cache else 'pixels'}"
+            results[name] = {
+                "median_step_s": median_step(clock),
+                "images_encoded_per_unique_image": sum(images) / (prompts * options.steps),
+            }
+            del trainer
+            release_memory(device)
+    ratios = {
+        f"{tower}_cached_over_pixels": results[f"{tower}_cached"]["median_step_s"]
+        / results[f"{tower}_pixels"]["median_step_s"]
+        for tower in ("frozen", "trained")
+    }
+    report("b9", samples_per_step=samples, micro_batches=samples // options.micro_batch, **results, **ratios)
+
+
+SECTIONS = {"exact": check_exact, "memory": check_memory, "b7": run_b7, "b8": run_b8, "b9": run_b9}
 
 
 def main() -> int:

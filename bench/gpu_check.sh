@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check (bench/gpu_check.py): on a machine with a CUDA GPU, a random-init Qwen2.5-VL-3B-sized model, bf16,
 # flash-attention when installed; exactness packed vs padded and fused vs full, B3 memory on the GPU, B7 (step time
-# against TRL's GRPOTrainer) and B8 (vLLM colocate against generate, when vLLM is installed). One JSON line per
-# section, also written to gpu_check.jsonl; stopped after 9 minutes whatever is left. Extra arguments go to the script
-# (e.g. --sections exact b7). PYTHON picks the interpreter (default: .venv's, else python3).
+# against TRL's GRPOTrainer), B8 (vLLM colocate against generate, when vLLM is installed) and B9 (images encoded once
+# per prompt against every pass). One JSON line per section, also written to gpu_check.jsonl; stopped after 9 minutes
+# whatever is left. Extra arguments go to the script (e.g. --sections exact b7). PYTHON picks the interpreter
+# (default: .venv's, else python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}

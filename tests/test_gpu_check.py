@@ -31,5 +31,12 @@ def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     b7 = sections["b7"]
     assert b7["rft_trl"]["median_step_s"] > 0 and b7["TRL"]["median_step_s"] > 0, b7
     assert b7["rft_trl"]["completion_tokens_per_s"] > 0, b7
+    b9 = sections["b9"]
+    # One rollout per step: generation encodes each prompt's image once, the update (4 micro-batches of 8) reuses it
+    # while the tower is frozen and encodes each prompt present in a micro-batch while it trains; the pixels' path
+    # encodes every sample in both.
+    assert b9["frozen_cached"]["images_encoded_per_unique_image"] == 1, b9
+    assert 2 <= b9["trained_cached"]["images_encoded_per_unique_image"] < 16, b9
+    assert b9["frozen_pixels"]["images_encoded_per_unique_image"] == 16, b9
     # This environment has no vLLM: the section says so and how to get it.
     assert "pip install rft_trl[vllm]" in sections["b8"]["skipped"]
