@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from rft_trl import PPOTrainerVL
+from rft_trl.data import PromptCollator
+from rft_trl.models.media_encodings import MediaEncodings
 from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 
 PROMPTS, SAMPLES = 4, 4
@@ -71,8 +73,6 @@ def test_a_rollout_encodes_each_prompts_image_once_and_scores_as_on_the_pixels(t
 
 def test_the_cache_steps_aside_for_a_model_whose_forward_takes_no_encoder_outputs(tmp_path, caplog):
     # Qwen2-Audio encodes its audio inside its forward: the pixels' (here, features') path, the reason logged.
-    from rft_trl.models.media_encodings import MediaEncodings
-
     model, _ = build_tiny_model("qwen2_audio")
     with caplog.at_level("INFO", logger="rft_trl.models.media_encodings"):
         encodings = MediaEncodings(model)
@@ -124,3 +124,23 @@ def test_training_on_cached_encoder_outputs_equals_training_on_the_pixels(tmp_pa
     else:
         # The rollout once per prompt; the update once per prompt present in each of its 4 micro-batches.
         assert PROMPTS + 4 <= cached_counts["policy"] <= PROMPTS + samples
+
+
+@pytest.mark.parametrize("attention_dropout", [0.0, 0.1])
+def test_the_update_reuses_cached_outputs_only_from_a_frozen_encoder_that_drops_nothing(attention_dropout):
+    # Gemma 3's SigLIP tower: its attention drops out at `attention_dropout` while training. Frozen without dropout,
+    # the encoder's outputs cannot change and the update may take the cached ones; with dropout, or a parameter that
+    # trains, they could, and it encodes again.
+    model, processor = build_tiny_model("gemma3")
+    config = model.config
+    config.vision_config.attention_dropout = attention_dropout
+    model = type(model)(config)
+    model.requires_grad_(False)
+    encodings = MediaEncodings(model)
+    assert not encodings.frozen  # nothing known before the encoder's first call
+    batch = PromptCollator(processor)(list(make_task_dataset("colour", 2)))
+    with torch.no_grad():
+        encodings.model_inputs(batch.sample_multimodal_inputs, torch.device("cpu"))
+    assert encodings.frozen == (attention_dropout == 0.0)
+    next(model.model.vision_tower.parameters()).requires_grad_(True)
+    assert not encodings.frozen

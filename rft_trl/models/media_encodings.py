@@ -57,9 +57,10 @@ class MediaEncodings:
     - **No-grad passes** (generation, the rollout policy's log-probs, the reference's): each unique sample's media are
       encoded once and the output is reused until [`clear`].
     - **Passes with gradients** (the update): while the encoder is frozen (no parameter its calls touch requires a
-      gradient), the cached outputs serve as in a no-grad pass, since no gradient could reach the encoder and its
-      weights cannot change; while it trains, each unique sample's media are encoded once per batch, with gradients
-      (the samples of one prompt share that output, and their gradients add up in it), and nothing is kept.
+      gradient, and none of the modules they call drops out), the cached outputs serve as in a no-grad pass, since no
+      gradient could reach the encoder and its outputs cannot change; otherwise each unique sample's media are
+      encoded once per batch, with gradients (the samples of one prompt share that output, and their gradients add
+      up in it), and nothing is kept.
 
     Args:
         model (`nn.Module`):
@@ -75,8 +76,9 @@ class MediaEncodings:
         self.encoder_calls = 0
         self._entries: dict[tuple, tuple[tuple[torch.Tensor, ...], ModelOutput]] = {}
         self._encoders: dict[str, tuple[str, ...]] = {}
-        # Per modality, the parameters its encoder's first call touched (whether the encoder is frozen).
+        # Per modality, the parameters its encoder's first call touched and whether a module it called drops out.
         self._parameters: dict[str, list[nn.Parameter]] = {}
+        self._dropout: dict[str, bool] = {}
         base = unwrap_model(model)
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         forward = inspect.signature(base.forward).parameters if hasattr(base, "forward") else {}
@@ -98,8 +100,11 @@ class MediaEncodings:
 
     @property
     def frozen(self) -> bool:
-        """Whether no parameter the encoders touched requires a gradient (`False` before their first call)."""
-        if not self._parameters:
+        """
+        Whether the encoders' outputs cannot change: no parameter their calls touched requires a gradient and no
+        module they called drops out (`False` before their first call).
+        """
+        if not self._parameters or any(self._dropout.values()):
             return False
         return not any(p.requires_grad for parameters in self._parameters.values() for p in parameters)
 
@@ -163,7 +168,11 @@ class MediaEncodings:
         return output
 
     def _first_call(self, modality: str, owner: nn.Module, encoder, arguments: dict) -> ModelOutput:
-        """Call the encoder, noting the parameters it touched: those of every module it calls and the owner's own."""
+        """
+        Call the encoder, noting the parameters it touched (those of every module it calls and the owner's own) and
+        whether any module it calls drops out (a `Dropout` module, or an attention's `dropout`/`attention_dropout`
+        rate above 0).
+        """
         touched = [owner]
         hook = nn.modules.module.register_module_forward_hook(lambda module, args, output: touched.append(module))
         try:
@@ -172,7 +181,15 @@ class MediaEncodings:
             hook.remove()
         parameters = {id(p): p for module in touched for p in module.parameters(recurse=False)}
         self._parameters[modality] = list(parameters.values())
+        self._dropout[modality] = any(_drops_out(module) for module in touched)
         return output
+
+
+def _drops_out(module: nn.Module) -> bool:
+    if isinstance(module, nn.Dropout):
+        return module.p > 0
+    rates = (getattr(module, name, None) for name in ("dropout", "attention_dropout"))
+    return any(isinstance(rate, float) and rate > 0 for rate in rates)
 
 
 def _concatenate(outputs: list[ModelOutput]) -> ModelOutput:
