@@ -5,6 +5,8 @@ warmed-up tiny model, data, prompts x samples, learning rate and estimator, over
     PYTHONPATH=. python bench/b11_learning_vs_trl.py                     # colour + grounding, 3 seeds, ~35 min
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --seeds 0 --steps 200
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks colour --beta 0.1     # with a KL reference
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --image-size 112 --beta 0.1 --steps 3000 \
+        --eval-every 100 --seeds 3 --trainers TRL --verbose --json trl_3.json    # one side, progress as it goes
 
 Per task and seed: the tiny model of the task (seeded) gets the examples' format warm-up (40 supervised steps on
 random answers, `rft_trl.scripts.format_warmup`), so that both trainers start from the same weights at chance
@@ -71,10 +73,13 @@ SHARED = dict(
 
 
 class GreedyAccuracy(TrainerCallback):
-    """Every `every` steps (and before the first), greedy held-out accuracy of the model being trained."""
+    """
+    Every `every` steps (and before the first), greedy held-out accuracy of the model being trained; printed as it is
+    taken, prefixed with `label`, when one is given.
+    """
 
-    def __init__(self, processor, rows: list[dict], every: int):
-        self.collator, self.rows, self.every = PromptCollator(processor), rows, every
+    def __init__(self, processor, rows: list[dict], every: int, label: str | None = None):
+        self.collator, self.rows, self.every, self.label = PromptCollator(processor), rows, every, label
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.curve: dict[int, float] = {}
 
@@ -102,6 +107,8 @@ class GreedyAccuracy(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self.curve[state.global_step] = self.accuracy(model)
+            if self.label:
+                print(f"{self.label} step {state.global_step}: {self.curve[state.global_step]:.3f}", flush=True)
 
 
 def task_rows(task: str, num_samples: int, seed: int, image_size: int | None):
@@ -182,7 +189,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--eval-rows", type=int, default=64)
-    parser.add_argument("--json", default=None, help="also write every curve to this file")
+    parser.add_argument("--json", default=None, help="also write every curve to this file (after every run)")
+    parser.add_argument(
+        "--trainers",
+        nargs="+",
+        choices=["rft_trl", "TRL"],
+        default=["rft_trl", "TRL"],
+        help="which sides to run (one each in two processes runs them in parallel)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print each evaluation as it is taken")
     parser.add_argument(
         "--beta",
         type=float,
@@ -204,6 +219,7 @@ def main() -> int:
     results: dict[str, dict[str, list[dict]]] = {}
     for task in options.tasks:
         sides = {"rft_trl": run_ours} if task == "pitch" else {"rft_trl": run_ours, "TRL": run_trl}
+        sides = {name: run for name, run in sides.items() if name in options.trainers}
         results[task] = {name: [] for name in sides}
         for seed in options.seeds:
             model, processor, train, evaluation = warmed_up_model(task, seed, options.image_size)
@@ -215,7 +231,8 @@ def main() -> int:
                 model.save_pretrained(saved)
                 processor.save_pretrained(saved)
             for name, run in sides.items():
-                callback = GreedyAccuracy(processor, rows, options.eval_every)
+                label = f"{task} seed {seed} {name}" if options.verbose else None
+                callback = GreedyAccuracy(processor, rows, options.eval_every, label)
                 policy = saved if saved is not None else copy.deepcopy(model)
                 seconds = run(policy, processor, train, callback, options.steps, seed, options.beta)
                 results[task][name].append({"seed": seed, "seconds": seconds, "curve": callback.curve})
@@ -225,29 +242,34 @@ def main() -> int:
                     f"{seconds:.0f} s",
                     flush=True,
                 )
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump(results, f, indent=1)
+                if options.json:
+                    with open(options.json, "w") as f:
+                        json.dump(results, f, indent=1)
 
-    marks = [step for step in (100, 200, 300, 400) if step <= options.steps]
     every = options.eval_every
+    # The evaluations nearest to a quarter, a half, three quarters and the end of the run (400 steps: 100 ... 400).
+    quarters = (round(options.steps * k / 4 / every) * every for k in (1, 2, 3, 4))
+    marks = sorted({min(options.steps, max(every, step)) for step in quarters})
     print(f"\n{len(options.seeds)} seeds; held-out greedy accuracy on {options.eval_rows} rows every {every} steps")
-    header = "| task | trainer | steps to 0.9 (per seed) | median | " + " | ".join(f"acc @ {m}" for m in marks)
-    print(header + " | s / 100 steps |")
-    print("|" + " --- |" * (5 + len(marks)))
+    header = ["task", "trainer", "steps to 0.9 (per seed)", "median", *(f"acc @ {m}" for m in marks), "s / 100 steps"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
     for task, sides in results.items():
         for name, runs in sides.items():
             reached = [steps_to(run["curve"], 0.9) for run in runs]
             finite = [r if r is not None else float("inf") for r in reached]
             median = statistics.median(finite)
-            accuracies = [statistics.median(run["curve"][m] for run in runs) for m in marks]
+            accuracies = [statistics.median(run["curve"].get(m, float("nan")) for run in runs) for m in marks]
             per_100 = statistics.median(run["seconds"] for run in runs) / options.steps * 100
-            print(
-                f"| {task} | {name} | {', '.join('-' if r is None else str(r) for r in reached)} | "
-                f"{'-' if median == float('inf') else f'{median:g}'} | "
-                + " | ".join(f"{a:.3f}" for a in accuracies)
-                + f" | {per_100:.0f} |"
-            )
+            cells = [
+                task,
+                name,
+                ", ".join("-" if r is None else str(r) for r in reached),
+                "-" if median == float("inf") else f"{median:g}",
+                *(f"{a:.3f}" for a in accuracies),
+                f"{per_100:.0f}",
+            ]
+            print("| " + " | ".join(cells) + " |")
     return 0
 
 
