@@ -127,22 +127,23 @@ class MediaEncodings:
         Returns:
             `dict`: keyword arguments for the model (or `Actor.forward` / `Actor.generate`).
         """
-        batch = {name: value.to(device) for name, value in concat_multimodal_inputs(per_sample).items()}
-        if self.reason is not None:
-            return batch
-        cached = not torch.is_grad_enabled() or self.frozen
-        entries = self._entries if cached else {}  # training encoder: shared within this batch only
-        outputs = {}
-        for modality, names in self._encoders.items():
-            raw = names[0]  # the pixels: the encoder's first parameter (`pixel_values`, `pixel_values_videos`)
-            pieces = [
-                self._encode(modality, names, sample, device, entries)
-                for sample in per_sample
-                if sample.get(raw) is not None and sample[raw].numel() > 0
-            ]
-            if pieces:
-                outputs[modality] = _concatenate(pieces)
-                del batch[raw]
+        outputs, replaced = {}, set()
+        if self.reason is None:
+            cached = not torch.is_grad_enabled() or self.frozen
+            entries = self._entries if cached else {}  # training encoder: shared within this batch only
+            for modality, names in self._encoders.items():
+                raw = names[0]  # the pixels: the encoder's first parameter (`pixel_values`, `pixel_values_videos`)
+                pieces = [
+                    self._encode(modality, names, sample, device, entries)
+                    for sample in per_sample
+                    if sample.get(raw) is not None and sample[raw].numel() > 0
+                ]
+                if pieces:
+                    outputs[modality] = _concatenate(pieces)
+                    replaced.add(raw)
+        # The replaced pixels are neither concatenated nor moved to the device.
+        kept = [{name: value for name, value in sample.items() if name not in replaced} for sample in per_sample]
+        batch = {name: value.to(device) for name, value in concat_multimodal_inputs(kept).items()}
         if outputs:
             batch["mm_encoder_outputs"] = outputs
         return batch
