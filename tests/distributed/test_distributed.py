@@ -75,7 +75,15 @@ def launch(
     """
     base_env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")}
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    full_env = {**base_env, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    # PYTHONFAULTHANDLER: a rank that aborts (SIGABRT, SIGSEGV) prints every thread's Python stack.
+    full_env = {
+        **base_env,
+        "PYTHONPATH": pythonpath,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONFAULTHANDLER": "1",
+        **env,
+    }
     command = [
         sys.executable,
         "-m",
@@ -103,7 +111,19 @@ def launch(
         kill_process_tree(process.pid)
         output, _ = process.communicate()
         pytest.fail(f"the 2-process run did not finish within {timeout} s (a hang?); output tail:\n{output[-4000:]}")
-    return process.returncode, output
+    return process.returncode, with_fault_dump_last(output)
+
+
+def with_fault_dump_last(output: str) -> str:
+    """
+    The output with the fault handler's thread stacks (of a rank that aborted) repeated at its end, where the tail
+    the tests show on failure (`output[-4000:]`) reaches them: the launcher's traceback follows and pushes them out.
+    """
+    start = output.find("Fatal Python error")
+    if start < 0:
+        return output
+    end = output.find("Extension modules:", start)
+    return f"{output}\n--- the aborted rank's threads ---\n{output[start : end if end > 0 else start + 3000][:3000]}"
 
 
 def read_ranks(output_dir: Path) -> list[dict]:
