@@ -17,7 +17,7 @@ def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     script = str(ROOT / "bench" / "gpu_check.py")
     command = [sys.executable, script, "--size", "tiny", "--steps", "2", "--repeats", "1"]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-3000:]}"
     sections = {}
     for line in completed.stdout.splitlines():
         if line.startswith("{"):

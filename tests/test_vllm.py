@@ -87,7 +87,7 @@ def run_colocate_worker(tmp_path, kind: str, task: str, *flags: str) -> dict:
         text=True,
         timeout=900,
     )
-    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-6000:])
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-6000:]}"
     return json.loads(out.read_text())
 
 
@@ -337,7 +337,18 @@ def launch_example(
 ) -> list[dict]:
     """`accelerate launch` of an example (default examples/grpo_vl.py on the tiny Qwen3-VL) on 2 CPU processes: a
     large learning rate, KL to a reference; returns the logged steps."""
-    command = [
+    command = example_command(python, config, output_dir, *args, script=script, kind=kind)
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-8000:]}"
+    steps = [e for e in json.loads((output_dir / "log_history.json").read_text()) if "loss" in e]
+    assert len(steps) == 4
+    return steps
+
+
+def example_command(
+    python: str, config: str, output_dir: Path, *args: str, script: str = "grpo_vl.py", kind="qwen3_vl"
+) -> list[str]:
+    return [
         python, "-m", "accelerate.commands.launch",
         "--config_file", str(ROOT / "accelerate_configs" / config),
         "--main_process_port", str(free_port()),
@@ -348,11 +359,6 @@ def launch_example(
         "--logging_steps", "1", "--learning_rate", "0.05", "--beta", "0.1",
         "--reward_funcs", "rft_trl.testing.length_reward", "--use_vllm", "true", *args,
     ]  # fmt: skip
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-8000:])
-    steps = [e for e in json.loads((output_dir / "log_history.json").read_text()) if "loss" in e]
-    assert len(steps) == 4
-    return steps
 
 
 @pytest.mark.parametrize("tensor_parallel_size", [1, 2])
@@ -362,14 +368,46 @@ def test_colocate_on_two_processes_trains_and_follows_the_policy(tmp_path, tenso
     # with 2 the two hold one engine's shards and generate both processes' prompts together, each keeping its own
     # (the text task, whose prompts differ, so that the prompt-id check would catch a process given the other's).
     # Either way the engine follows the policy.
+    # With 2, vLLM's CPU shared memory (one name per machine under an external launch) is released by name once
+    # mapped: a name left behind would make the next such run on the machine fail.
     require_vllm_environment()
     env = {**VLLM_ENV, "PYTHONPATH": str(ROOT)}
     task = {"script": "grpo_text.py", "kind": "qwen3"} if tensor_parallel_size > 1 else {}
+    before = cpu_shared_memory()
     steps = launch_example(
         str(VLLM_PYTHON), "cpu_multi_process.yaml", tmp_path / "out", "--vllm_enforce_eager", "true",
         "--vllm_tensor_parallel_size", str(tensor_parallel_size), env=env, **task,
     )  # fmt: skip
     assert_policy_moved_and_engine_followed(steps)
+    assert cpu_shared_memory() == before
+
+
+def cpu_shared_memory() -> set[str]:
+    return {path.name for path in Path("/dev/shm").glob("*cpushm*")}
+
+
+def test_tensor_parallel_colocate_names_shared_memory_left_behind(tmp_path):
+    # A segment under the name vLLM gives the group's shared memory (as a run killed before releasing it leaves): the
+    # launch fails with what is in the way and how to clear it, not with vLLM's bare errno.
+    require_vllm_environment()
+    before = cpu_shared_memory()
+    stale = Path("/dev/shm") / "-tp:0-[0-1]-cpushm_0"
+    assert not stale.exists(), "a vLLM run with tensor parallelism is active or left its shared memory here"
+    stale.write_bytes(b"")
+    command = example_command(
+        str(VLLM_PYTHON), "cpu_multi_process.yaml", tmp_path / "out", "--vllm_enforce_eager", "true",
+        "--vllm_tensor_parallel_size", "2", script="grpo_text.py", kind="qwen3",
+    )  # fmt: skip
+    try:
+        env = {**VLLM_ENV, "PYTHONPATH": str(ROOT)}
+        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        for name in cpu_shared_memory() - before:  # the stale segment and the one the other process made
+            (Path("/dev/shm") / name).unlink()
+    assert completed.returncode != 0
+    error = [line for line in completed.stderr.splitlines() if "vLLM could not create the shared memory" in line]
+    assert error, completed.stderr[-4000:]
+    assert "errno: 17" in error[0] and "-tp:0-[0-1]-cpushm_0" in error[0] and "rm /dev/shm/*cpushm*" in error[0]
 
 
 def assert_policy_moved_and_engine_followed(steps: list[dict]) -> None:

@@ -24,6 +24,8 @@ another template) is refused, naming the prompt and the first differing position
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
@@ -275,12 +277,25 @@ class VLLMColocateEngine(VLLMEngine):
         # One process: vLLM's single-process executor. Several (a distributed launch): each process runs its own
         # engine on its own device and prompts, in the launch's process group (vLLM's external launcher, TRL's way).
         backend = "uni" if num_processes == 1 else "external_launcher"
-        self.llm = LLM(
-            model=model_path,
-            logprobs_mode="processed_logprobs",
-            distributed_executor_backend=backend,
-            **llm_kwargs,
-        )
+        try:
+            self.llm = LLM(
+                model=model_path,
+                logprobs_mode="processed_logprobs",
+                distributed_executor_backend=backend,
+                **llm_kwargs,
+            )
+        except RuntimeError as error:
+            if "SHMManager" not in str(error):
+                raise
+            raise RuntimeError(
+                f"vLLM could not create the shared memory its CPU tensor parallelism uses ({error}). Under an "
+                "external launch vLLM names it the same for every run on a machine, so segments are already there: "
+                f"{_cpu_shared_memory_names() or 'none left now'}. Either a run with vllm_tensor_parallel_size > 1 "
+                "is active on this machine (one at a time), or an earlier one ended before releasing them: remove "
+                "them (`rm /dev/shm/*cpushm*`) once no such run is active."
+            ) from error
+        if tp_group is not None:
+            _release_cpu_shared_memory_names()
         self.sleeping = False
 
     def _generate(self, requests, params):
@@ -331,6 +346,32 @@ class VLLMColocateEngine(VLLMEngine):
         if self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
+
+
+def _cpu_shared_memory_names() -> list[str]:
+    """vLLM's CPU tensor-parallel shared-memory segments in /dev/shm (Linux), by name."""
+    return sorted(path.name for path in Path("/dev/shm").glob("*cpushm*"))
+
+
+def _release_cpu_shared_memory_names() -> None:
+    """
+    Unlink the names of the shared memory vLLM's CPU communicators of this process's groups mapped (vLLM on CPU with
+    tensor parallelism), once every process of the group has joined it (vLLM's start ends with a barrier after the
+    join): the mappings stay, the names go. vLLM gives them one name per machine under an external launch, and
+    releases them only in its C++ teardown, which a crash or `end_launched_process` skips: a name left behind made the
+    next run on the machine fail ("create shm in SHMManager failed. errno: 17").
+    """
+    from vllm.distributed import parallel_state
+
+    for group in (parallel_state.get_tp_group(), parallel_state.get_pp_group()):
+        communicator = getattr(group, "device_communicator", None)
+        name = getattr(getattr(communicator, "dist_module", None), "group_name", None)
+        if name is None:
+            continue  # no shared-memory communicator (a GPU, one process, or vLLM fell back to torch.distributed)
+        for path in Path("/dev/shm").glob(f"{glob.escape(name.lstrip('/'))}_*"):
+            with contextlib.suppress(FileNotFoundError):  # the group's other processes unlink the same names
+                path.unlink()
+            logger.debug("unlinked vLLM's shared memory %s (still mapped by the engine)", path)
 
 
 def _sampled_log_prob(entry: dict | None, token: int) -> float | None:
