@@ -45,7 +45,7 @@ from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.data import PromptCollator
 from rft_trl.rewards import accuracy_reward, format_reward
 from rft_trl.scripts import TASKS, ScriptArguments, format_warmup
-from rft_trl.testing import build_tiny_model, make_grounding_dataset, make_task_dataset
+from rft_trl.testing import build_tiny_model, make_grounding_dataset, make_pattern_dataset, make_task_dataset
 
 # What both trainers share.
 SHARED = dict(
@@ -111,9 +111,13 @@ class GreedyAccuracy(TrainerCallback):
                 print(f"{self.label} step {state.global_step}: {self.curve[state.global_step]:.3f}", flush=True)
 
 
+# The tasks whose images can be larger than the tiny default (`--image-size`).
+SIZED_TASKS = {"grounding": make_grounding_dataset, "pattern": make_pattern_dataset}
+
+
 def task_rows(task: str, num_samples: int, seed: int, image_size: int | None):
-    if task == "grounding" and image_size is not None:
-        return make_grounding_dataset(num_samples, seed=seed, image_size=image_size)
+    if task in SIZED_TASKS and image_size is not None:
+        return SIZED_TASKS[task](num_samples, seed=seed, image_size=image_size)
     return make_task_dataset(task, num_samples, seed=seed)
 
 
@@ -121,7 +125,7 @@ def warmed_up_model(task: str, seed: int, image_size: int | None = None):
     """The task's tiny model after the examples' format warm-up, its processor, and the train/eval rows."""
     kind, answers = TASKS[task]
     model, processor = build_tiny_model(kind, seed=seed)
-    if task == "grounding" and image_size is not None:
+    if task in SIZED_TASKS and image_size is not None:
         # The tiny processor shrinks images to at most 56 x 56 (4 image tokens): let it keep the larger ones.
         processor.image_processor.size.longest_edge = image_size * image_size
     train, evaluation = task_rows(task, 512, seed, image_size), task_rows(task, 64, seed + 1000, image_size)
@@ -208,7 +212,7 @@ def main() -> int:
         "--image-size",
         type=int,
         default=None,
-        help="grounding images' side in pixels (default 56: 4 image tokens; 112: 16)",
+        help="grounding and pattern images' side in pixels (default 56: 4 image tokens; 112: 16)",
     )
     options = parser.parse_args()
     torch.set_num_threads(1)

@@ -27,7 +27,7 @@ from .data.collator import PromptCollator
 from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward, think_format_reward
 from .testing import TINY_MODEL_KINDS, build_tiny_model, make_task_dataset
-from .testing.vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
+from .testing.vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS
 from .trainers.ppo_trainer_vl import PPOTrainerVL, actor_class
 from .trainers.rft_config import RFTConfig
 from .trainers.sft import supervised_warmup
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 TASKS = {
     "colour": ("qwen2_5_vl", COLOURS),
     "grounding": ("qwen2_5_vl", COLOURS),
+    "pattern": ("qwen2_5_vl", FREQUENCIES),
     "video": ("qwen2_5_vl", MOTIONS),
     "pitch": ("qwen2_audio", PITCHES),
     "text": ("qwen2", TEXT_WORDS),
@@ -150,8 +151,8 @@ class ScriptArguments:
 
     Args:
         dataset_name (`str`, *optional*, defaults to `"colour"`):
-            A built-in synthetic task (`colour`, `video`, `pitch`, `text`) or a `datasets` name/path whose rows
-            hold `prompt`, media columns and `answer`.
+            A built-in synthetic task (`colour`, `grounding`, `pattern`, `video`, `pitch`, `text`) or a `datasets`
+            name/path whose rows hold `prompt`, media columns and `answer`.
         dataset_train_split (`str`, *optional*, defaults to `"train"`), dataset_test_split (`str`, *optional*):
             Splits of a `datasets` dataset.
         num_train_samples (`int`, *optional*, defaults to `256`), num_eval_samples (`int`, *optional*,

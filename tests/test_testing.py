@@ -26,6 +26,7 @@ from rft_trl.testing import (
     load_processing_class,
     make_colour_dataset,
     make_grounding_dataset,
+    make_pattern_dataset,
     make_pitch_dataset,
     make_task_dataset,
     make_text_dataset,
@@ -291,5 +292,23 @@ def test_datasets_balanced_and_deterministic():
         others = [c for c in COLOURS if c != row["answer"] and (right == np.array(COLOUR_RGB[c])).all(-1).mean() > 0.1]
         assert len(others) == 1
     assert np.asarray(larger[0]["image"]).shape == (112, 112, 3)
+    # Pattern: stripes of 2 (high) or 7 (low) coloured pixels on black, either way round, any colour.
+    pattern = make_task_dataset("pattern", 16, seed=3)
+    assert sorted(pattern["answer"]) == ["high"] * 8 + ["low"] * 8
+    colours, orientations = set(), set()
+    for row in [*pattern, *make_pattern_dataset(8, seed=3, image_size=112)]:
+        pixels = np.asarray(row["image"]).astype(int)
+        striped = (pixels == 0).all(-1) | (pixels < 100).any(-1) | (pixels >= 140).any(-1)  # off the grey background
+        ys, xs = np.flatnonzero(striped.any(1)), np.flatnonzero(striped.any(0))
+        square = pixels[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+        assert square.shape[0] == square.shape[1] >= pixels.shape[0] // 2
+        lit = ~(square == 0).all(-1)
+        horizontal = (lit == lit[:, :1]).all()
+        line = lit[:, 0] if horizontal else lit[0]
+        runs = np.diff(np.flatnonzero(np.diff(line.astype(int))))  # lengths of the inner stripes
+        assert set(runs.tolist()) == ({2} if row["answer"] == "high" else {7}), (row["answer"], runs)
+        colours.add(tuple(square[lit][0]))
+        orientations.add(horizontal)
+    assert len(colours) > 2 and orientations == {True, False}
     with pytest.raises(ValueError, match="Unknown synthetic task 'nope'"):
         make_task_dataset("nope", 4)

@@ -3,6 +3,7 @@
 from .datasets import (
     make_colour_dataset,
     make_grounding_dataset,
+    make_pattern_dataset,
     make_pitch_dataset,
     make_task_dataset,
     make_text_dataset,
@@ -37,4 +38,4 @@ from .models import (
 )
 from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer
 from .training import TINY_CONFIG, distinct_reward, length_reward, tiny_config
-from .vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
+from .vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS

@@ -4,6 +4,7 @@
 | --- | --- | --- | --- |
 | `make_colour_dataset` | one 56x56 image with a coloured square | colour of the square | 8 colours |
 | `make_grounding_dataset` | two squares of different colours, one per half | colour of the left one | 8 colours |
+| `make_pattern_dataset` | a striped square of any colour, either orientation | stripe frequency | high / low |
 | `make_video_dataset` | 4 frames with a dot | is the dot moving | moving / static |
 | `make_pitch_dataset` | a 1 s tone at 16 kHz | is the tone high or low | high / low |
 | `make_text_dataset` | none | which word follows | 6 words |
@@ -17,7 +18,7 @@ import numpy as np
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
-from .vocabulary import COLOUR_RGB, COLOURS, MOTIONS, PITCH_HZ, PITCHES, TEXT_WORDS
+from .vocabulary import COLOUR_RGB, COLOURS, FREQUENCIES, MOTIONS, PITCH_HZ, PITCHES, STRIPE_PERIOD, TEXT_WORDS
 
 IMAGE_SIZE = 56
 COLOUR_QUESTION = "What colour is the square? Answer with one word."
@@ -30,6 +31,8 @@ IMAGE_TASK_FEATURES = Features(
     }
 )
 GROUNDING_QUESTION = "What colour is the left square? Answer with one word."
+PATTERN_QUESTION = "Is the stripe frequency high or low? Answer with one word."
+STRIPE_COLOURS = [colour for colour in COLOURS if colour != "black"]  # stripes on black
 VIDEO_QUESTION = "Is the dot moving or static? Answer with one word."
 PITCH_QUESTION = "Is the tone high or low? Answer with one word."
 
@@ -117,6 +120,46 @@ def make_grounding_dataset(num_samples: int = 64, seed: int = 0, image_size: int
         "answer": answers,
     }
     return Dataset.from_dict(rows, features=features)
+
+
+def make_pattern_dataset(num_samples: int = 64, seed: int = 0, image_size: int = IMAGE_SIZE) -> Dataset:
+    """
+    The pattern task: an image with a striped square, stripes of one of the 7 colours other than black on black,
+    horizontal or vertical; the answer is their spatial frequency, `"high"` (a 4-pixel period) or `"low"` (14 pixels,
+    the tiny models' patch side). Neither the colour nor the orientation says anything about the answer: only the
+    texture, which the vision tower's features tell, does. The stripes are in phase with the image's pixel grid (a
+    low-frequency stripe covers one half of each patch it crosses), so that a tiny vision tower can tell them apart.
+
+    Args:
+        num_samples (`int`, *optional*, defaults to `64`):
+            Number of rows; answers alternate (balanced) and are shuffled, colours and orientations drawn at random.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the image noise, colours, orientations, square placement and order.
+        image_size (`int`, *optional*, defaults to `56`):
+            Side of the square images in pixels (the tiny Qwen2.5-VL sees 28 x 28 pixels per image token: 4 tokens
+            at 56, 16 at 112).
+
+    Returns:
+        `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
+    """
+    rng = np.random.default_rng(seed)
+    answers = [FREQUENCIES[i % len(FREQUENCIES)] for i in range(num_samples)]
+    answers = [answers[i] for i in rng.permutation(num_samples)]
+    images = []
+    for answer in answers:
+        pixels = rng.integers(100, 140, size=(image_size, image_size, 3), dtype=np.int64)
+        side = image_size // 2 + int(rng.integers(0, image_size // 4))
+        top, left = (int(v) for v in rng.integers(0, image_size - side + 1, size=2))
+        period = STRIPE_PERIOD[answer]
+        if rng.integers(0, 2):  # horizontal stripes
+            stripes = np.repeat(((np.arange(side) + top) % period < period // 2)[:, None], side, axis=1)
+        else:
+            stripes = np.repeat(((np.arange(side) + left) % period < period // 2)[None, :], side, axis=0)
+        colour = np.array(COLOUR_RGB[STRIPE_COLOURS[int(rng.integers(0, len(STRIPE_COLOURS)))]])
+        pixels[top : top + side, left : left + side] = np.where(stripes[..., None], colour, 0)
+        images.append(PILImage.fromarray(pixels.astype(np.uint8), mode="RGB"))
+    rows = {"prompt": [_user_prompt("image", PATTERN_QUESTION) for _ in answers], "image": images, "answer": answers}
+    return Dataset.from_dict(rows, features=IMAGE_TASK_FEATURES)
 
 
 def _dot_frames(moving: bool, rng: np.random.Generator, num_frames: int, size: int) -> list[PILImage.Image]:
@@ -218,6 +261,7 @@ def make_text_dataset(num_samples: int = 32, seed: int = 0) -> Dataset:
 TASK_BUILDERS = {
     "colour": make_colour_dataset,
     "grounding": make_grounding_dataset,
+    "pattern": make_pattern_dataset,
     "video": make_video_dataset,
     "pitch": make_pitch_dataset,
     "text": make_text_dataset,
@@ -225,7 +269,10 @@ TASK_BUILDERS = {
 
 
 def make_task_dataset(task: str, num_samples: int, seed: int = 0) -> Dataset:
-    """Build one of the synthetic tasks by name: `"colour"`, `"grounding"`, `"video"`, `"pitch"` or `"text"`."""
+    """
+    Build one of the synthetic tasks by name: `"colour"`, `"grounding"`, `"pattern"`, `"video"`, `"pitch"` or
+    `"text"`.
+    """
     if task not in TASK_BUILDERS:
         raise ValueError(f"Unknown synthetic task {task!r}; choose one of {', '.join(TASK_BUILDERS)}.")
     return TASK_BUILDERS[task](num_samples=num_samples, seed=seed)

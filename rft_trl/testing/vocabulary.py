@@ -19,5 +19,10 @@ PITCHES = list(PITCH_HZ)
 
 MOTIONS = ["moving", "static"]
 
+# The pattern task: is the stripes' spatial frequency high or low (the pitch words, so the tokenizer knows them).
+FREQUENCIES = ["high", "low"]
+# Stripe period in pixels (half of it coloured) of each frequency: several stripes, or one, per 14-pixel patch.
+STRIPE_PERIOD = {"high": 4, "low": 14}
+
 # The text task: the answer is the word that follows the given word in this cycle.
 TEXT_WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano"]
