@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -75,7 +75,9 @@ class MediaEncodings:
         self.model = model
         self.encoder_calls = 0
         self._entries: dict[tuple, tuple[tuple[torch.Tensor, ...], ModelOutput]] = {}
-        self._encoders: dict[str, tuple[str, ...]] = {}
+        # Per modality, the encoder (the model's own `get_<modality>_features`) and its parameter names.
+        self._encoders: dict[str, tuple[Callable, tuple[str, ...]]] = {}
+        self._owner: nn.Module | None = None
         # Per modality, the parameters its encoder's first call touched and whether a module it called drops out.
         self._parameters: dict[str, list[nn.Parameter]] = {}
         self._dropout: dict[str, bool] = {}
@@ -90,11 +92,12 @@ class MediaEncodings:
             self.reason = "under DeepSpeed ZeRO-3 every rank must run the same encoder calls"
         else:
             self.reason = None
+            self._owner = base.base_model
             for modality in MODALITIES:
-                encoder = getattr(base.base_model, f"get_{modality}_features", None)
+                encoder = getattr(self._owner, f"get_{modality}_features", None)
                 if encoder is not None:
                     names = [name for name in inspect.signature(encoder).parameters if name != "kwargs"]
-                    self._encoders[modality] = tuple(names)
+                    self._encoders[modality] = (encoder, tuple(names))
         if self.reason is not None:
             logger.info("Media are encoded in every pass (no encoder-output cache): %s.", self.reason)
 
@@ -131,10 +134,10 @@ class MediaEncodings:
         if self.reason is None:
             cached = not torch.is_grad_enabled() or self.frozen
             entries = self._entries if cached else {}  # training encoder: shared within this batch only
-            for modality, names in self._encoders.items():
+            for modality, (encoder, names) in self._encoders.items():
                 raw = names[0]  # the pixels: the encoder's first parameter (`pixel_values`, `pixel_values_videos`)
                 pieces = [
-                    self._encode(modality, names, sample, device, entries)
+                    self._encode(modality, encoder, names, sample, device, entries)
                     for sample in per_sample
                     if sample.get(raw) is not None and sample[raw].numel() > 0
                 ]
@@ -149,21 +152,25 @@ class MediaEncodings:
         return batch
 
     def _encode(
-        self, modality: str, names: tuple[str, ...], sample: Mapping, device: torch.device, entries: dict
+        self,
+        modality: str,
+        encoder: Callable,
+        names: tuple[str, ...],
+        sample: Mapping,
+        device: torch.device,
+        entries: dict,
     ) -> ModelOutput:
         fields = tuple(sample[name] for name in names if name in sample)
         key = (modality, *(id(field) for field in fields))
         entry = entries.get(key)
         if entry is not None and all(a is b for a, b in zip(entry[0], fields)):
             return entry[1]
-        base = unwrap_model(self.model).base_model
-        encoder = getattr(base, f"get_{modality}_features")
         arguments = {name: sample[name].to(device) for name in names if name in sample}
         with torch.no_grad() if entries is self._entries else nullcontext():
             if modality in self._parameters:
                 output = encoder(**arguments, return_dict=True)
             else:
-                output = self._first_call(modality, base, encoder, arguments)
+                output = self._first_call(modality, self._owner, encoder, arguments)
         self.encoder_calls += 1
         entries[key] = (fields, output)
         return output
