@@ -2,9 +2,11 @@
 Benchmark B11: how much each trainer learns per step. TRL's `GRPOTrainer` and `PPOTrainerVL` side by side, the same
 warmed-up tiny model, data, prompts x samples, learning rate and estimator, over several seeds.
 
-    PYTHONPATH=. python bench/b11_learning_vs_trl.py                     # colour + grounding, 3 seeds, ~35 min
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py                     # colour, grounding, pitch, 3 seeds, ~35 min
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --seeds 0 --steps 200
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks colour --beta 0.1     # with a KL reference
+    PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks pattern --beta 0.1 --steps 300 --eval-every 10 \
+        --seeds 0 1 2 3 4 5 6                                              # steps to 0.9 on the pattern task
     PYTHONPATH=. python bench/b11_learning_vs_trl.py --tasks grounding --image-size 112 --beta 0.1 --steps 3000 \
         --eval-every 100 --seeds 3 --trainers TRL --verbose --json trl_3.json    # one side, progress as it goes
 
@@ -22,7 +24,8 @@ Held-out accuracy is measured the same way for both, by one callback outside eit
 steps, greedy decoding (8 new tokens) of the `--eval-rows` rows of the task's eval split with `generate` on the model
 each trainer trains, scored by `accuracy_reward`. Reported: steps to reach 0.9 held-out accuracy (the first
 evaluation at or above it; "-" when never) per seed and their median, and the median accuracy at fixed steps. The
-pitch task (audio) runs on ours alone (TRL's GRPOTrainer takes no audio).
+pitch task (audio) runs on ours alone (TRL's GRPOTrainer takes no audio). Tasks that need the vision tower beyond a
+colour: grounding (the colour of the left of two squares) and pattern (the stripes' spatial frequency).
 """
 
 from __future__ import annotations
