@@ -43,6 +43,12 @@ def _user_prompt(media_type: str | None, question: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+def _balanced(choices: list[str], num_samples: int, rng: np.random.Generator) -> list[str]:
+    """`num_samples` answers taking the choices in turn (balanced), shuffled."""
+    answers = [choices[i % len(choices)] for i in range(num_samples)]
+    return [answers[i] for i in rng.permutation(num_samples)]
+
+
 def colour_square_image(colour: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> PILImage.Image:
     """A grey, lightly noisy background with a square of `colour` covering about half the image at a random spot."""
     background = rng.integers(100, 140, size=(size, size, 3), dtype=np.int64)
@@ -67,8 +73,7 @@ def make_colour_dataset(num_samples: int = 64, seed: int = 0) -> Dataset:
         `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
     """
     rng = np.random.default_rng(seed)
-    answers = [COLOURS[i % len(COLOURS)] for i in range(num_samples)]
-    answers = [answers[i] for i in rng.permutation(num_samples)]
+    answers = _balanced(COLOURS, num_samples, rng)
     features = IMAGE_TASK_FEATURES
     rows = {
         "prompt": [_user_prompt("image", COLOUR_QUESTION) for _ in answers],
@@ -110,8 +115,7 @@ def make_grounding_dataset(num_samples: int = 64, seed: int = 0, image_size: int
         `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
     """
     rng = np.random.default_rng(seed)
-    answers = [COLOURS[i % len(COLOURS)] for i in range(num_samples)]
-    answers = [answers[i] for i in rng.permutation(num_samples)]
+    answers = _balanced(COLOURS, num_samples, rng)
     rights = [str(rng.choice([c for c in COLOURS if c != left])) for left in answers]
     features = IMAGE_TASK_FEATURES
     rows = {
@@ -143,8 +147,7 @@ def make_pattern_dataset(num_samples: int = 64, seed: int = 0, image_size: int =
         `Dataset`: columns `prompt` (chat messages with one image part), `image` (`datasets.Image`) and `answer`.
     """
     rng = np.random.default_rng(seed)
-    answers = [FREQUENCIES[i % len(FREQUENCIES)] for i in range(num_samples)]
-    answers = [answers[i] for i in rng.permutation(num_samples)]
+    answers = _balanced(FREQUENCIES, num_samples, rng)
     images = []
     for answer in answers:
         pixels = rng.integers(100, 140, size=(image_size, image_size, 3), dtype=np.int64)
@@ -183,8 +186,7 @@ def make_video_dataset(num_samples: int = 32, seed: int = 0, num_frames: int = 4
         `Dataset`: columns `prompt` (one video part), `video` (a list of `datasets.Image` frames) and `answer`.
     """
     rng = np.random.default_rng(seed)
-    answers = [MOTIONS[i % len(MOTIONS)] for i in range(num_samples)]
-    answers = [answers[i] for i in rng.permutation(num_samples)]
+    answers = _balanced(MOTIONS, num_samples, rng)
     features = Features(
         {
             "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
@@ -221,8 +223,7 @@ def make_pitch_dataset(
         `Dataset`: columns `prompt` (one audio part), `audio` and `answer`.
     """
     rng = np.random.default_rng(seed)
-    answers = [PITCHES[i % len(PITCHES)] for i in range(num_samples)]
-    answers = [answers[i] for i in rng.permutation(num_samples)]
+    answers = _balanced(PITCHES, num_samples, rng)
     features = Features(
         {
             "prompt": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
