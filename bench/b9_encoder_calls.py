@@ -26,7 +26,7 @@ import tempfile
 from common import StepClock, load_note, markdown_table, paired_ratio, quiet
 
 from rft_trl import PPOTrainerVL, RFTConfig
-from rft_trl.testing import build_tiny_model, length_reward, make_grounding_dataset
+from rft_trl.testing import build_tiny_model, count_tower_images, length_reward, make_grounding_dataset
 
 PROMPTS, SAMPLES, LENGTH = 4, 8, 16
 STEPS_PER_ROLLOUT = 2
@@ -68,17 +68,7 @@ def run(image_size: int, freeze_encoder: bool, cache: bool, rollouts: int, beta:
         processing_class=processor,
         callbacks=[clock],
     )
-    counts = {"policy": 0, "reference": 0}
-
-    def count(name):
-        def hook(module, hook_args, kwargs):
-            counts[name] += kwargs["grid_thw"].shape[0]
-
-        return hook
-
-    model.model.visual.register_forward_pre_hook(count("policy"), with_kwargs=True)
-    if trainer.ref_model is not None:
-        trainer.ref_model.model.visual.register_forward_pre_hook(count("reference"), with_kwargs=True)
+    counts = count_tower_images(trainer)
     trainer.train()
     wall, _ = clock.step_times(skip=STEPS_PER_ROLLOUT)
     per_rollout = [sum(wall[i : i + STEPS_PER_ROLLOUT]) for i in range(0, len(wall), STEPS_PER_ROLLOUT)]

@@ -53,7 +53,7 @@ from transformers import PrinterCallback, Qwen2_5_VLForConditionalGeneration  # 
 from rft_trl import ActorVL, PPOTrainerVL, RFTConfig  # noqa: E402
 from rft_trl.data import PromptCollator  # noqa: E402
 from rft_trl.models.packing import pack_sequences  # noqa: E402
-from rft_trl.testing import build_tiny_model, load_processing_class  # noqa: E402
+from rft_trl.testing import build_tiny_model, count_tower_images, load_processing_class  # noqa: E402
 from rft_trl.testing.datasets import colour_square_image  # noqa: E402
 from rft_trl.testing.vocabulary import COLOURS  # noqa: E402
 
@@ -428,16 +428,12 @@ def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
                 callbacks=[clock],
             )
             trainer.remove_callback(PrinterCallback)
-            images = []
-            trainer.model.model.visual.register_forward_pre_hook(
-                lambda module, args, kwargs, images=images: images.append(kwargs["grid_thw"].shape[0]),
-                with_kwargs=True,
-            )
+            images = count_tower_images(trainer)
             trainer.train()
             name = f"{'frozen' if freeze_encoder else 'trained'}_{'cached' if cache else 'pixels'}"
             results[name] = {
                 "median_step_s": median_step(clock),
-                "images_encoded_per_unique_image": sum(images) / (prompts * options.steps),
+                "images_encoded_per_unique_image": images["policy"] / (prompts * options.steps),
             }
             del trainer
             release_memory(device)

@@ -10,7 +10,7 @@ import torch
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator
 from rft_trl.models.media_encodings import MediaEncodings
-from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
+from rft_trl.testing import build_tiny_model, count_tower_images, length_reward, make_task_dataset, tiny_config
 
 PROMPTS, SAMPLES = 4, 4
 
@@ -36,18 +36,7 @@ def counted_trainer(tmp_path, cache: bool, **overrides) -> tuple[PPOTrainerVL, d
         model, [length_reward], args, train_dataset=make_task_dataset("colour", 8), processing_class=processor
     )
     assert trainer.experience_maker.need_old_log_probs
-    counts = {"policy": 0, "reference": 0}
-
-    def count(name):
-        def hook(module, args, kwargs):
-            counts[name] += kwargs["grid_thw"].shape[0]
-
-        return hook
-
-    model.model.visual.register_forward_pre_hook(count("policy"), with_kwargs=True)
-    if trainer.ref_model is not None:
-        trainer.ref_model.model.visual.register_forward_pre_hook(count("reference"), with_kwargs=True)
-    return trainer, counts
+    return trainer, count_tower_images(trainer)
 
 
 def rollout(tmp_path, cache: bool):

@@ -37,5 +37,5 @@ from .models import (
     save_tiny_model,
 )
 from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer
-from .training import TINY_CONFIG, distinct_reward, length_reward, tiny_config
+from .training import TINY_CONFIG, count_tower_images, distinct_reward, length_reward, tiny_config
 from .vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 
+from ..models.utils import unwrap_model
 from ..rewards.functions import completion_text
 from ..trainers.rft_config import RFTConfig
 
@@ -53,3 +54,24 @@ def distinct_reward(prompts, completions, **columns) -> list[float]:
     gradient). For tests that need every step to move the policy.
     """
     return [zlib.crc32(completion_text(c).encode()) / 2**32 for c in completions]
+
+
+def count_tower_images(trainer) -> dict[str, int]:
+    """
+    Count the images the vision towers of a trainer on a Qwen2-VL-style model encode: a forward pre-hook on each
+    `visual` tower adds the rows of its `grid_thw` (one per image). The counts, `{"policy": n, "reference": n}`, grow
+    as the trainer runs; the reference's only when it is a model of its own. For measuring the encoder-output cache.
+    """
+    counts = {"policy": 0, "reference": 0}
+
+    def counter(name: str):
+        def hook(module, args, kwargs):
+            counts[name] += kwargs["grid_thw"].shape[0]
+
+        return hook
+
+    towers = {"policy": trainer.model, "reference": trainer.ref_model}
+    for name, model in towers.items():
+        if model is not None:
+            unwrap_model(model).model.visual.register_forward_pre_hook(counter(name), with_kwargs=True)
+    return counts
