@@ -51,6 +51,12 @@ def assert_same(actual, expected, where="item"):
         assert actual == expected, where
 
 
+def split_and_strip(batch):
+    """The inverse of make_experience_batch: split, then strip a padded batch's padding (what the buffer does)."""
+    items = split_experience_batch(batch)
+    return items if batch.is_packed else remove_padding_in_sequences(items)
+
+
 def make_item(sequences, num_actions, seed, multimodal=None, item_class=BufferItem, **vl_fields):
     """An unpadded item whose action fields cover the last `num_actions` tokens; one interior action is masked."""
     g = torch.Generator().manual_seed(seed)
@@ -235,6 +241,32 @@ def test_make_padded_batch_by_hand():
     assert batch.multimodal_inputs == {} and batch.multimodal_shapes == {} and batch.token_fields == {}
 
 
+def test_split_keeps_the_padding_as_the_seed_does():
+    # LightRFT's split_experience_batch hands back each row as batched, padding included;
+    # remove_padding_in_sequences is the separate step that strips it.
+    first = make_item(torch.tensor([1, 2, 3]), 2, seed=0)
+    second = make_item(torch.tensor([4, 5]), 1, seed=1)
+    second.token_fields = {"mm_token_type_ids": torch.tensor([1, 0])}
+    first.token_fields = {"mm_token_type_ids": torch.tensor([0, 1, 0])}
+    batch = make_experience_batch([first, second])
+    split = split_experience_batch(batch)
+    assert [type(item) for item in split] == [BufferItem, BufferItem]
+    # Row 1 keeps its left padding: width 3 sequence, 2 action positions, the first of them masked out.
+    assert split[1].sequences.tolist() == [0, 4, 5] and split[1].attention_mask.tolist() == [0, 1, 1]
+    assert split[1].action_mask.tolist() == [False, True]
+    assert split[1].token_fields["mm_token_type_ids"].tolist() == [0, 1, 0]
+    assert torch.equal(split[1].advantages, torch.cat([torch.zeros(1), second.advantages]))
+    for i, item in enumerate(split):
+        for name in ("sequences", "attention_mask", "action_mask", "advantages", "action_log_probs"):
+            assert torch.equal(getattr(item, name), getattr(batch, name)[i]), name
+    # Stripping is the separate step, and gives the items back.
+    for actual, expected in zip(remove_padding_in_sequences(split), [first, second]):
+        assert_same(actual, expected)
+    # A packed batch's items are its unpadded samples already.
+    for actual, expected in zip(split_experience_batch(make_experience_batch([first, second], True)), [first, second]):
+        assert_same(actual, expected)
+
+
 def test_make_packed_batch_by_hand():
     first = make_item(torch.tensor([1, 2, 3]), 2, seed=0)
     second = make_item(torch.tensor([4, 5]), 1, seed=1)
@@ -253,7 +285,7 @@ def test_round_trip_with_real_processor_outputs(processors, modality, packing_sa
     # Concatenating the samples processed one by one gives what the processor returns for the whole batch.
     assert_same(batch.multimodal_inputs, processed_together)
     assert is_vl_experience(batch) == (modality in ("image", "video"))
-    split = split_experience_batch(batch)
+    split = split_and_strip(batch)
     assert len(split) == len(items)
     for actual, expected in zip(split, items):
         assert_same(actual, expected)
@@ -278,7 +310,7 @@ def test_token_fields_travel_with_the_sequence():
     packed = make_experience_batch(items, packing_samples=True)
     assert [t.tolist() for t in packed.token_fields["mm_token_type_ids"]] == [[0, 1, 1, 0, 0], [1, 0, 0]]
     for batch in (padded, packed):
-        for actual, expected in zip(split_experience_batch(batch), items):
+        for actual, expected in zip(split_and_strip(batch), items):
             assert_same(actual, expected)
     items[1].token_fields = {}
     with pytest.raises(ValueError, match="Items carry different per-token fields"):
@@ -304,12 +336,12 @@ def test_media_fields_of_different_sizes_pad_and_split_back_exactly():
     assert batch.multimodal_inputs["pixel_values"].shape == (3, 2, 3, 4, 4)
     assert batch.multimodal_inputs["pixel_attention_mask"].sum().item() == 3 * 16  # padding is False
     assert batch.multimodal_inputs["pixel_values"][1].abs().sum() == 0
-    for actual, expected in zip(split_experience_batch(batch), items):
+    for actual, expected in zip(split_and_strip(batch), items):
         assert_same(actual, expected)
     # Only empty pieces: the field has no element (the model call leaves it out) and splits back exactly.
     empty = make_experience_batch(items[1:2])
     assert empty.multimodal_inputs["pixel_values"].numel() == 0
-    assert_same(split_experience_batch(empty)[0], items[1])
+    assert_same(split_and_strip(empty)[0], items[1])
 
 
 def test_round_trip_of_seed_vl_items(processors):
@@ -344,7 +376,7 @@ def test_round_trip_of_seed_vl_items(processors):
         assert type(batch) is ExperienceVL and is_vl_experience(batch)
         assert_same(batch.multimodal_inputs, together)
         assert batch.raw_images == [images[:2], None, images[2:]]
-        for actual, expected in zip(split_experience_batch(batch), items):
+        for actual, expected in zip(split_and_strip(batch), items):
             assert_same(actual, expected)
 
 
@@ -354,7 +386,7 @@ def test_optional_fields_stay_none():
         item.values, item.base_action_log_probs, item.action_entropy = None, None, None
     batch = make_experience_batch(items)
     assert batch.values is None and batch.base_action_log_probs is None and batch.action_entropy is None
-    for actual, expected in zip(split_experience_batch(batch), items):
+    for actual, expected in zip(split_and_strip(batch), items):
         assert_same(actual, expected)
 
 

@@ -10,13 +10,16 @@ of this class with the seed's keyword names.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from peft import PeftConfig, PeftModel
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ..core.logprobs import (
@@ -24,6 +27,7 @@ from ..core.logprobs import (
     log_probs_and_entropy_from_logits,
     log_probs_from_logits,
 )
+from ..data.multimodal import MEDIA_KINDS, is_token_field
 from .packing import select_action_positions
 from .utils import (
     ModelInputs,
@@ -33,12 +37,13 @@ from .utils import (
     load_pretrained_model,
     log_trainable_parameters,
     media_token_ids,
+    resolve_packing,
     unwrap_model,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FUSED_LOG_PROB_MODEL_TYPES", "Actor", "process_sequences"]
+__all__ = ["FUSED_LOG_PROB_MODEL_TYPES", "Actor", "MediaTokenTypes", "media_token_type_codes", "process_sequences"]
 
 # Model types whose logits are exactly `lm_head(last hidden states)`: every family of the model matrix
 # (docs/models.md), whose fused log-probs are tested against the model's own forward. Any other model computes its
@@ -110,6 +115,81 @@ def process_sequences(
     return torch.cat([prompt, response], dim=1), full_mask, action_mask
 
 
+@functools.cache
+def media_token_type_codes() -> dict[str, int]:
+    """
+    The type each media kind's tokens get in a per-token type field (text is 0), as transformers' processors write
+    it.
+
+    Read off transformers' own `ProcessorMixin.create_mm_token_type_ids` (run on one token of each kind) rather
+    than copied, so that the derived fields follow transformers if its convention changes.
+
+    Returns:
+        `dict[str, int]`: a distinct non-zero type per kind of `MEDIA_KINDS`.
+    """
+    stub = SimpleNamespace(**{f"{kind}_token_ids": [index] for index, kind in enumerate(MEDIA_KINDS)})
+    (codes,) = ProcessorMixin.create_mm_token_type_ids(stub, [list(range(len(MEDIA_KINDS)))])
+    codes = dict(zip(MEDIA_KINDS, (int(code) for code in codes)))
+    if 0 in codes.values() or len(set(codes.values())) != len(codes):
+        raise RuntimeError(f"transformers' per-token media types {codes} are not distinct and non-zero.")
+    return codes
+
+
+@dataclass(frozen=True)
+class MediaTokenTypes:
+    """
+    A per-token type field (`mm_token_type_ids`, Gemma 3's `token_type_ids`) rebuilt from the token ids, as the
+    family's processor marks it, from the model's config alone.
+
+    A token whose id the config declares as a media kind's placeholder (`<kind>_token_id` or `<kind>_token_index`,
+    for the kinds of `MEDIA_KINDS`) gets that kind's type ([`media_token_type_codes`]); a placeholder inside a
+    `<kind>_start_token_id` ... `<kind>_end_token_id` span gets the span's kind instead (GLM-4.xV places its video
+    frames as image placeholders between video boundaries), spans of later kinds winning. Every other token, a
+    completion's included, is text (0), as a processor's field extended over the completion is.
+
+    Args:
+        placeholders (`dict[int, int]`):
+            Placeholder token id -> type.
+        spans (`tuple[tuple[int, int, int], ...]`):
+            `(start id, end id, type)` of each kind with boundary tokens, applied in order.
+    """
+
+    placeholders: dict[int, int]
+    spans: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig) -> MediaTokenTypes:
+        """The placeholders and spans a model's (top-level) config declares."""
+        fields, codes = config.to_dict(), media_token_type_codes()
+        placeholders, spans = {}, []
+        for kind, code in codes.items():
+            for name in (f"{kind}_token_id", f"{kind}_token_index"):
+                if fields.get(name) is not None:
+                    placeholders[fields[name]] = code
+            start, end = fields.get(f"{kind}_start_token_id"), fields.get(f"{kind}_end_token_id")
+            if start is not None and end is not None:
+                spans.append((start, end, code))
+        return cls(placeholders, tuple(spans))
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `[B, L]`): token ids; spans are followed along each row.
+
+        Returns:
+            `torch.LongTensor` of shape `[B, L]`.
+        """
+        types = torch.zeros_like(input_ids, dtype=torch.long)  # [B, L]
+        for token_id, code in self.placeholders.items():
+            types = types.masked_fill(input_ids == token_id, code)
+        is_placeholder = types > 0  # [B, L]
+        for start, end, code in self.spans:
+            # Open spans: more starts than ends so far along the row.
+            inside = (input_ids == start).cumsum(-1) > (input_ids == end).cumsum(-1)  # [B, L]
+            types = types.masked_fill(inside & is_placeholder, code)
+        return types
+
+
 class Actor(nn.Module):
     """
     A language-model policy for reinforcement fine-tuning, for text, image, video and audio inputs.
@@ -160,6 +240,14 @@ class Actor(nn.Module):
         log_prob_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens whose logits exist at once on the fused path (benchmark B3).
 
+    Attributes:
+        modality (`str`):
+            The seed's name for the inputs a face is for (what LightRFT's trainer reads): `"text"` here, `"vision"`
+            for [`ActorVL`], `"audio"` for [`ActorAL`]. Every face takes every modality's fields all the same.
+        token_types ([`MediaTokenTypes`]):
+            Rebuilds the per-token type fields the model reads (`mm_token_type_ids`, ...) from the tokens when a
+            call gives media without them, as the seed's calls do.
+
     Example:
 
     ```python
@@ -169,6 +257,7 @@ class Actor(nn.Module):
     ```
     """
 
+    modality: str = "text"
     # Alternative names accepted for model inputs (the seed's `audio_values`, for instance).
     field_aliases: dict[str, str] = {}
 
@@ -209,6 +298,7 @@ class Actor(nn.Module):
         self.packing_samples = packing_samples
         self.extra_media_token_ids = list(media_token_ids or [])
         self.inputs = ModelInputs(unwrap_model(model), self.field_aliases)
+        self.token_types = MediaTokenTypes.from_config(unwrap_model(model).config)
         if packing_samples:
             self.inputs.check_packable()
         self.fused_log_probs = fused_log_probs
@@ -253,15 +343,20 @@ class Actor(nn.Module):
                 one would make the next forward fail to match media features with placeholders.
             kwargs:
                 The processor's other outputs for the prompts, media fields (`pixel_values`, `image_grid_thw`,
-                `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`, `[B, P]`),
-                any name the model's `forward` takes; and generation arguments (`max_new_tokens`, `do_sample`,
-                `temperature`, `top_p`, `eos_token_id`, `pad_token_id`, `suppress_tokens`, ...).
+                `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`, `[B, P]`;
+                derived from `input_ids` by `token_types` when left out), any name the model's `forward` takes; and
+                generation arguments (`max_new_tokens`, `do_sample`, `temperature`, `top_p`, `eos_token_id`,
+                `pad_token_id`, `suppress_tokens`, ...).
 
         Returns:
             `tuple[torch.LongTensor, torch.LongTensor, torch.BoolTensor]`: `sequences` `[B, P + R]` cut after the
             first EOS ([`process_sequences`]), their `attention_mask` and the `action_mask` `[B, R]`.
         """
-        media, token_fields = self.inputs.collect({k: v for k, v in kwargs.items() if self.inputs.is_input(k)})
+        inputs = {k: v for k, v in kwargs.items() if self.inputs.is_input(k)}
+        missing = self._missing_token_fields(inputs)
+        if missing:
+            inputs.update(self._derive_token_fields(input_ids, missing, None))
+        media, token_fields = self.inputs.collect(inputs)
         generation_kwargs = {k: v for k, v in kwargs.items() if not self.inputs.is_input(k)}
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -342,13 +437,19 @@ class Actor(nn.Module):
                 media fields of all samples in order (`pixel_values`, `image_grid_thw`, `image_sizes`,
                 `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`), either
                 covering `sequences` or, padded, only the prompt `[B, L - num_actions]` (extended with 0 over the
-                completion). `None` values are ignored.
+                completion). A per-token type field the model reads that is left out while media are given (the
+                seed's call passes `pixel_values` and `image_grid_thw` alone) is derived from `sequences` by
+                `token_types`. `None` values are ignored.
 
         Returns:
             `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 log-probs; or a
             tuple `(log_probs, entropy)`, `(log_probs, output)` or `(log_probs, entropy, output)` according to
             `return_entropy` and `return_output`.
         """
+        missing = self._missing_token_fields(model_inputs)
+        if missing:
+            lengths = resolve_packing(self.packing_samples, packed_seq_lens, attention_mask, num_actions)
+            model_inputs = {**model_inputs, **self._derive_token_fields(sequences, missing, lengths)}
         forward_inputs, packed_seq_lens = self.inputs.for_call(
             sequences, num_actions, attention_mask, packed_seq_lens, self.packing_samples, model_inputs
         )
@@ -369,6 +470,48 @@ class Actor(nn.Module):
         if return_output:
             results.append(output)
         return results[0] if len(results) == 1 else tuple(results)
+
+    def _missing_token_fields(self, inputs: dict) -> list[str]:
+        """The per-token type fields the model reads that `inputs` lacks while giving media (none without media)."""
+        given = {
+            self.inputs.aliases.get(name, name)
+            for name, value in inputs.items()
+            if value is not None and not (isinstance(value, torch.Tensor) and value.numel() == 0)
+        }
+        if all(is_token_field(name) for name in given):
+            return []
+        return [name for name in self.inputs.token_fields if name not in given]
+
+    def _derive_token_fields(
+        self, input_ids: torch.Tensor, names: list[str], packed_seq_lens: list[int] | None
+    ) -> dict[str, torch.Tensor]:
+        """
+        The per-token type fields `names` rebuilt from `input_ids` by `token_types`, each sample on its own (a
+        packed sample's spans never run into the next).
+
+        Raises:
+            `ValueError`: when the config declares no media placeholder to derive them from, or none of the tokens
+            is one although media are given.
+        """
+        fields = " and ".join(map(repr, names))
+        how = (
+            f"pass the processor's {fields} for the prompt (it is extended with 0, the text type, over the completion)"
+        )
+        placeholders = sorted(self.token_types.placeholders)
+        if not placeholders:
+            raise ValueError(
+                f"{self.inputs.model_name} reads {fields} along with media, and its config declares no media "
+                f"placeholder token (`<kind>_token_id` or `<kind>_token_index`) to derive it from: {how}."
+            )
+        packed = packed_seq_lens is not None and sum(packed_seq_lens) == input_ids.shape[1]
+        pieces = input_ids.split(packed_seq_lens, dim=1) if packed else (input_ids,)
+        types = torch.cat([self.token_types(piece) for piece in pieces], dim=1)  # like input_ids
+        if not types.any():
+            raise ValueError(
+                f"Media were given to {self.inputs.model_name}, but none of the tokens is a media placeholder its "
+                f"config declares (ids {placeholders}), so {fields} cannot be derived from them: {how}."
+            )
+        return dict.fromkeys(names, types)
 
     def _fusable_head(self) -> nn.Linear | None:
         """The output embedding when the fused path is exact for this model (see `fused_log_probs`), else None."""

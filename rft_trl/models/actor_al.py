@@ -29,6 +29,7 @@ class ActorAL(Actor):
     ```
     """
 
+    modality = "audio"
     field_aliases = {"audio_values": "input_features"}
 
     def generate(

@@ -14,7 +14,8 @@ class ActorVL(Actor):
     An [`Actor`] whose `generate` and `forward` name the Qwen-VL fields of the seed's signatures: `pixel_values`,
     `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`. Every other field a processor returns
     (`mm_token_type_ids`, `image_sizes`, `pixel_attention_mask`, `second_per_grid_ts`, ...) is passed by name too;
-    the constructor and everything else are [`Actor`]'s.
+    the per-token type fields may be left out, as the seed's calls do, and are then derived from the tokens
+    ([`Actor.token_types`]). The constructor and everything else are [`Actor`]'s.
 
     Example:
 
@@ -24,10 +25,12 @@ class ActorVL(Actor):
     >>> sequences, attention_mask, action_mask = actor.generate(**batch, max_new_tokens=100)
     >>> log_probs = actor(
     ...     sequences, action_mask.shape[1], attention_mask, pixel_values=batch["pixel_values"],
-    ...     image_grid_thw=batch["image_grid_thw"], mm_token_type_ids=batch["mm_token_type_ids"],
+    ...     image_grid_thw=batch["image_grid_thw"],
     ... )
     ```
     """
+
+    modality = "vision"
 
     def generate(
         self,

@@ -13,6 +13,7 @@ from .replay_buffer_utils import (
     BufferItemVL,
     item_to_device,
     make_experience_batch,
+    remove_padding_in_sequences,
     split_experience_batch,
 )
 
@@ -58,10 +59,12 @@ class NaiveReplayBuffer:
     @torch.no_grad()
     def append(self, experience: Experience) -> None:
         """
-        Split a batched [`Experience`] into items and add them, dropping the oldest items beyond `limit`. The
-        given experience is left as it is.
+        Split a batched [`Experience`] into items, strip a padded batch's padding from them (the buffer holds
+        unpadded samples) and add them, dropping the oldest items beyond `limit`. The given experience is left as
+        it is.
         """
-        self.extend(split_experience_batch(experience))
+        items = split_experience_batch(experience)
+        self.extend(items if experience.is_packed else remove_padding_in_sequences(items))
 
     @torch.no_grad()
     def extend(self, items: list[BufferItem | BufferItemVL]) -> None:

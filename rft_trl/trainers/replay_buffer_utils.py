@@ -53,7 +53,8 @@ _VL_ATTRIBUTE_FIELDS = {
 @dataclass
 class BufferItem:
     """
-    One sample of experience, unpadded.
+    One sample of experience: unpadded as the replay buffer holds it, or a padded batch's row as
+    [`split_experience_batch`] gives it.
 
     Shapes: `sequences` and `attention_mask` `(S)`; `action_log_probs`, `base_action_log_probs`, `values`,
     `returns`, `advantages`, `action_mask`, `action_entropy` and `importance_weights` `(A)`, aligned with the last
@@ -341,10 +342,13 @@ def make_experience_batch(
 
 def split_experience_batch(experience: Experience) -> list[BufferItem | BufferItemVL]:
     """
-    Split a batched [`Experience`] into unpadded items, the inverse of [`make_experience_batch`].
+    Split a batched [`Experience`] into one item per sample, padding kept: a padded batch's item holds its row of
+    each per-token field as batched, padding included (the seed's behaviour; [`remove_padding_in_sequences`] is the
+    separate step that strips it), a packed batch's item its own unpadded sample. Followed by
+    [`remove_padding_in_sequences`] for a padded batch, it is the inverse of [`make_experience_batch`].
 
-    A padded batch's items go through [`remove_padding_in_sequences`]; an [`ExperienceVL`] gives [`BufferItemVL`]
-    items, any other [`Experience`] [`BufferItem`] items. The item tensors are views of the batch's.
+    An [`ExperienceVL`] gives [`BufferItemVL`] items, any other [`Experience`] [`BufferItem`] items. The item
+    tensors are views of the batch's.
 
     Args:
         experience ([`Experience`]):
@@ -389,7 +393,7 @@ def split_experience_batch(experience: Experience) -> list[BufferItem | BufferIt
         ]
     else:
         items = [BufferItem(**sample, multimodal_inputs=mm) for sample, mm in zip(per_sample, multimodal)]
-    return items if experience.is_packed else remove_padding_in_sequences(items)
+    return items
 
 
 def item_to_device(
