@@ -6,6 +6,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -528,7 +529,7 @@ def test_raising_function_is_retried_per_sample():
         (math.inf, "returned inf"),
         (-math.inf, "returned -inf"),
         ("0.7", r"returned '0.7' \(str\); expected a float or None"),
-        (True, r"returned True \(bool\)"),
+        ([1.0], r"returned \[1.0\] \(list\); expected a float or None"),
         (torch.tensor(math.nan), "returned nan"),
     ],
 )
@@ -626,8 +627,6 @@ def test_failures_are_logged(caplog):
 
 
 def test_numpy_scores_are_accepted_like_tensors_and_lists():
-    import numpy as np
-
     def as_array(prompts, completions, **columns):
         return np.array([0.5, 1.5], dtype=np.float32)
 
@@ -636,3 +635,68 @@ def test_numpy_scores_are_accepted_like_tensors_and_lists():
 
     out = RewardScorer([as_array, as_numpy_scalars], reward_weights=[1.0, 1.0])(["p0", "p1"], ["c0", "c1"])
     assert out.valid.all() and out.rewards.tolist() == [2.5, 4.5]
+
+
+def trl_rewards(output, num_samples):
+    """What TRL's `GRPOTrainer._calculate_rewards` makes of one reward function's `output`: its own code, run on a
+    stand-in for the trainer that carries just what that method reads (one process, CPU)."""
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    def reward(prompts, completions, **columns):
+        return output
+
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(device=torch.device("cpu"), is_main_process=True),
+        args=SimpleNamespace(report_to=[]),
+        state=SimpleNamespace(global_step=0),
+        reward_funcs=[reward],
+        reward_processing_classes=[None],
+        reward_func_names=["reward"],
+        environments=None,
+        _log_completion_extra=None,
+        _log_metric=None,
+    )
+    rows = [{"prompt": "p"}] * num_samples
+    return GRPOTrainer._calculate_rewards(trainer, rows, ["p"] * num_samples, ["c"] * num_samples, [[0]] * num_samples)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        [True, False, True],
+        [np.True_, np.False_, np.True_],
+        np.array([True, False, False]),
+        torch.tensor([False, True, True]),
+        [torch.tensor(True), np.bool_(False), 0.25],  # one-element tensors and numpy scalars mixed with floats
+        [True, None, 2],  # None: not applicable, NaN in both
+    ],
+    ids=["bool", "numpy-bool", "numpy-bool-array", "bool-tensor", "mixed", "with-none"],
+)
+def test_bool_scores_are_cast_as_trl_casts_them(output):
+    # TRL builds torch.tensor(scores, dtype=float32): True -> 1.0, False -> 0.0. The scorer must give the same.
+    def boolean(prompts, completions, **columns):
+        return output
+
+    expected = trl_rewards(output, 3)[:, 0]
+    scored = RewardScorer(boolean)(["p"] * 3, ["c"] * 3)
+    torch.testing.assert_close(scored.components["boolean"], expected, equal_nan=True)
+    torch.testing.assert_close(scored.rewards, expected, equal_nan=True)
+    assert scored.failures == {"boolean": 0} and scored.first_failure is None
+    assert scored.valid.tolist() == (~expected.isnan()).tolist()
+
+
+def test_a_string_score_still_fails_where_trl_raises():
+    # The control: TRL cannot cast a string (it raises and the run stops); the scorer counts a reward failure.
+    with pytest.raises(TypeError, match="must be real number, not str"):
+        trl_rewards([True, "yes", 1.0], 3)
+
+    def wordy(prompts, completions, **columns):
+        return [True, "yes", 1.0]
+
+    output = RewardScorer(wordy)(["p"] * 3, ["c"] * 3)
+    assert output.valid.tolist() == [True, False, True]
+    assert output.failures == {"wordy": 1} and output.metrics()["rollout/reward_failures"] == 1.0
+    assert output.first_failure.message == "returned 'yes' (str); expected a float or None"
+    torch.testing.assert_close(output.rewards, torch.tensor([1.0, math.nan, 1.0]), equal_nan=True)

@@ -1,10 +1,15 @@
 """RFTConfig: TRL aliases, contradiction errors, derived sizes and every checked field."""
 
+import math
+import re
+import warnings
+
 import pytest
+import torch
 from transformers import HfArgumentParser
 
 from rft_trl import RFTConfig
-from rft_trl.trainers.rft_config import ALIASES, TRL_LOSS_TYPES
+from rft_trl.trainers.rft_config import ALIASES, FIELD_RANGES, TRL_LOSS_TYPES
 
 
 def config(**kwargs):
@@ -82,26 +87,13 @@ def test_micro_train_batch_size_is_per_device_train_batch_size():
         ({"kl_estimator": "k4"}, "kl_estimator='k4' is not one of"),
         ({"importance_sampling_level": "batch"}, "importance_sampling_level='batch' is not one of"),
         ({"n_samples_per_prompt": 1, "per_device_train_batch_size": 1}, "set n_samples_per_prompt >= 2"),
-        ({"eps_clip_high": 0.1}, "eps_clip_high=0.1 must be >= eps_clip=0.2"),
-        ({"dual_clip": 1.0}, "dual_clip=1.0 must be > 1"),
-        ({"high_entropy_token_ratio": 0.0}, r"must be in \(0, 1\]"),
         ({"kl_target": 0.1}, "kl_target needs init_kl_coef > 0"),
-        ({"max_reward_failure_rate": 1.5}, r"must be in \[0, 1\]"),
-        ({"max_consecutive_nonfinite_steps": 0}, "must be >= 1"),
         ({"buffer_limit": 3}, "buffer_limit=3 would drop samples of the current rollout"),
-        ({"ptx_coef": -1.0}, "must be >= 0"),
         ({"remove_unused_columns": True}, "remove_unused_columns must be False"),
-        # Ranges, checked when the config is built and named by the alias the user may have used.
-        ({"num_generations": 0}, r"n_samples_per_prompt \(num_generations\) must be >= 1, got 0"),
-        ({"max_completion_length": 0}, r"generate_max_len \(max_completion_length\) must be >= 1, got 0"),
-        ({"learning_rate": -1e-5}, "learning_rate must be >= 0.0, got -1e-05"),
-        ({"temperature": 0.0}, r"temperature must be > 0.0, got 0.0 \(for greedy decoding use do_sample=False"),
-        ({"beta": -1.0}, r"init_kl_coef \(beta\) must be >= 0.0, got -1.0"),
-        ({"epsilon": -0.1}, r"eps_clip \(epsilon\) must be >= 0.0"),
-        ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
-        ({"top_k": -1}, "top_k must be >= 0"),
-        ({"lambd": 1.5}, r"gamma and lambd must be in \[0, 1\]"),
-        ({"max_prompt_length": 0}, r"prompt_max_len \(max_prompt_length\) must be >= 1"),
+        (
+            {"use_adaptive_entropy": True, "entropy_coef_min": 0.5, "entropy_coef_max": 0.1},
+            "entropy_coef_min=0.5 is above entropy_coef_max=0.1",
+        ),
     ],
 )
 def test_invalid_values_raise_with_a_fix(kwargs, message):
@@ -183,3 +175,170 @@ def test_sequence_level_ratios_with_a_token_summed_loss_warn(loss_type, caplog):
         config(importance_sampling_level="sequence", loss_type=loss_type)
     warned = "weights each sequence by its completion length" in caplog.text
     assert warned == (loss_type != "grpo")
+
+
+# Every field with a range: (the name passed, a value out of range, a value in range (the control), what the error
+# names the field, the range, other settings the field needs). A TRL alias is given by its TRL name, and the error
+# names both. The in-range values include TRL's edge values: beta 0, top_k -1 (vLLM's "disabled"), epsilon_high below
+# epsilon, top_entropy_quantile 0, num_completions_to_print 0.
+VLLM = {"use_vllm": True}
+VLLM_SERVER = {"use_vllm": True, "vllm_mode": "server"}
+RANGE_CASES = [
+    # Batch layout; the good values keep the rollout a whole number of optimizer steps (8 completions per prompt).
+    ("per_device_train_batch_size", 0, 16, "per_device_train_batch_size", ">= 1", {}),
+    ("micro_train_batch_size", 0, 16, "micro_train_batch_size", ">= 1", {}),
+    ("per_device_eval_batch_size", 0, 1, "per_device_eval_batch_size", ">= 1", {}),
+    ("gradient_accumulation_steps", 0, 2, "gradient_accumulation_steps", ">= 1", {}),
+    ("steps_per_generation", 0, 2, "steps_per_generation", ">= 1", {}),
+    ("generation_batch_size", 0, 16, "generation_batch_size", ">= 1", {}),
+    ("rollout_batch_size", 0, 2, "rollout_batch_size", ">= 1", {}),
+    ("micro_rollout_batch_size", 0, 1, "micro_rollout_batch_size", ">= 1", {}),
+    ("num_generations", 0, 4, "n_samples_per_prompt (num_generations)", ">= 1", {}),
+    ("num_generations_eval", 0, 2, "num_generations_eval", ">= 1", {}),
+    ("max_prompt_length", 0, 1, "prompt_max_len (max_prompt_length)", ">= 1", {}),
+    ("max_completion_length", 0, 1, "generate_max_len (max_completion_length)", ">= 1", {}),
+    ("num_iterations", 0, 2, "max_epochs (num_iterations)", ">= 1", {}),
+    ("pad_to_multiple_of", 0, 64, "pad_to_multiple_of", ">= 1", {}),
+    ("log_prob_chunk_size", 0, 1, "log_prob_chunk_size", ">= 1", {}),
+    ("buffer_limit", -1, 8, "buffer_limit", ">= 0", {}),
+    # Sampling
+    ("temperature", 0.0, 0.7, "temperature", "> 0", {}),
+    ("top_p", 0.0, 1.0, "top_p", "in (0, 1]", {}),
+    ("top_k", -2, -1, "top_k", ">= -1", {}),
+    ("min_p", 1.5, 0.0, "min_p", "in [0, 1]", {}),
+    ("repetition_penalty", 0.0, 1.2, "repetition_penalty", "> 0", {}),
+    # Algorithm
+    ("learning_rate", -1e-5, 0.0, "learning_rate", ">= 0", {}),
+    ("critic_learning_rate", -1.0, 0.0, "critic_learning_rate", ">= 0", {}),
+    ("gamma", -0.1, 1.0, "gamma", "in [0, 1]", {}),
+    ("lambd", 1.5, 0.0, "lambd", "in [0, 1]", {}),
+    ("epsilon", 1.0, 0.0, "eps_clip (epsilon)", "in [0, 1)", {}),
+    ("epsilon_high", -0.1, 0.1, "eps_clip_high (epsilon_high)", ">= 0", {}),
+    ("dual_clip", 1.0, 3.0, "dual_clip", "> 1", {}),
+    ("value_clip", 0.0, 0.5, "value_clip", "> 0", {}),
+    ("advantage_clip", 0.0, 5.0, "advantage_clip", "> 0", {}),
+    ("top_entropy_quantile", 1.5, 0.0, "high_entropy_token_ratio (top_entropy_quantile)", "in [0, 1]", {}),
+    ("off_policy_mask_threshold", -0.1, 0.0, "off_policy_mask_threshold", ">= 0", {}),
+    ("sapo_temperature_neg", 0.0, 2.0, "sapo_temperature_neg", "> 0", {"loss_type": "sapo"}),
+    ("sapo_temperature_pos", 0.0, 2.0, "sapo_temperature_pos", "> 0", {"loss_type": "sapo"}),
+    ("vespo_k_pos", -1.0, 0.0, "vespo_k_pos", ">= 0", {"loss_type": "vespo"}),
+    ("vespo_lambda_pos", -1.0, 0.0, "vespo_lambda_pos", ">= 0", {"loss_type": "vespo"}),
+    ("vespo_k_neg", -1.0, 0.0, "vespo_k_neg", ">= 0", {"loss_type": "vespo"}),
+    ("vespo_lambda_neg", -1.0, 0.0, "vespo_lambda_neg", ">= 0", {"loss_type": "vespo"}),
+    ("entropy_coef", -0.1, 0.1, "entropy_coef", ">= 0", {}),
+    ("entropy_coef_min", -0.1, 0.5, "entropy_coef_min", ">= 0", {"use_adaptive_entropy": True}),
+    ("entropy_coef_max", -0.1, 0.0, "entropy_coef_max", ">= 0", {"use_adaptive_entropy": True}),
+    ("entropy_coef_delta", -0.1, 0.0, "entropy_coef_delta", ">= 0", {"use_adaptive_entropy": True}),
+    ("entropy_target", -0.1, 0.0, "entropy_target", ">= 0", {"use_adaptive_entropy": True}),
+    ("delta", 1.0, 2.0, "delta", "> 1", {}),
+    # KL and reference
+    ("beta", -1.0, 0.0, "init_kl_coef (beta)", ">= 0", {}),
+    ("kl_target", 0.0, 0.1, "kl_target", "> 0", {"beta": 0.1}),
+    ("kl_horizon", 0, 1, "kl_horizon", ">= 1", {}),
+    ("ref_model_mixup_alpha", 1.5, 1.0, "ref_model_mixup_alpha", "in [0, 1]", {"sync_ref_model": True}),
+    ("ref_model_sync_steps", 0, 1, "ref_model_sync_steps", ">= 1", {"sync_ref_model": True}),
+    # Models
+    ("freezing_actor_steps", -2, 10, "freezing_actor_steps", ">= -1", {}),
+    ("ema_beta", 1.5, 1.0, "ema_beta", "in [0, 1]", {}),
+    ("ptx_coef", -1.0, 0.5, "ptx_coef", ">= 0", {}),
+    ("aux_loss_coef", -1.0, 0.5, "aux_loss_coef", ">= 0", {}),
+    ("router_aux_loss_coef", -1.0, 0.0, "router_aux_loss_coef", ">= 0", {}),
+    # Rewards, robustness, logging
+    ("max_reward_failure_rate", 1.5, 1.0, "max_reward_failure_rate", "in [0, 1]", {}),
+    ("max_skipped_fraction", -0.1, 0.0, "max_skipped_fraction", "in [0, 1]", {}),
+    ("max_consecutive_nonfinite_steps", 0, 1, "max_consecutive_nonfinite_steps", ">= 1", {}),
+    ("num_completions_to_print", -1, 0, "num_completions_to_print", ">= 0", {}),
+    # vLLM
+    ("vllm_gpu_memory_utilization", 0.0, 1.0, "vllm_gpu_memory_utilization", "in (0, 1]", VLLM),
+    ("vllm_max_model_length", 0, 1024, "vllm_max_model_length", ">= 1", VLLM),
+    ("vllm_tensor_parallel_size", 0, 1, "vllm_tensor_parallel_size", ">= 1", VLLM),
+    ("vllm_server_port", 0, 65535, "vllm_server_port", "in [1, 65535]", VLLM_SERVER),
+    ("vllm_server_timeout", 0.0, 10.0, "vllm_server_timeout", "> 0", VLLM_SERVER),
+    ("vllm_importance_sampling_clip_max", 0.0, 2.0, "vllm_importance_sampling_clip_max", "> 0", VLLM),
+    ("vllm_importance_sampling_clip_min", -0.1, 0.5, "vllm_importance_sampling_clip_min", ">= 0", VLLM),
+    ("vllm_importance_sampling_cap", 0.0, 2.0, "vllm_importance_sampling_cap", "> 0", VLLM),
+]
+
+
+def test_range_cases_cover_every_checked_field():
+    aliases = {theirs: ours for ours, theirs, _ in ALIASES}
+    # delta is checked with the other TRL options, in its own words (see the case's message below).
+    assert {aliases.get(case[0], case[0]) for case in RANGE_CASES} == {*FIELD_RANGES, "delta"}
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "good", "shown", "allowed", "needs"), RANGE_CASES, ids=[c[0] for c in RANGE_CASES]
+)
+def test_out_of_range_values_are_refused_at_construction(name, bad, good, shown, allowed, needs):
+    if name == "delta":
+        message = f"delta={bad} caps the importance ratio from above: it must be {allowed}."
+    else:
+        message = f"{shown} must be {allowed}, got {bad}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config(**{name: bad}, **needs)
+    assert getattr(config(**{name: good}, **needs), name) == good
+
+
+def test_per_device_train_batch_size_zero_is_a_value_error_not_a_zero_division():
+    with pytest.raises(ValueError, match=re.escape("per_device_train_batch_size must be >= 1, got 0.")):
+        config(per_device_train_batch_size=0)
+
+
+def test_nan_is_out_of_every_range():
+    with pytest.raises(ValueError, match="learning_rate must be >= 0, got nan"):
+        config(learning_rate=math.nan)
+
+
+def test_range_messages_say_what_edge_values_mean():
+    with pytest.raises(ValueError, match=re.escape("temperature must be > 0, got 0.0 (for greedy decoding use")):
+        config(temperature=0.0)
+    with pytest.raises(ValueError, match=re.escape("top_k must be >= -1, got -2 (0 or -1 disables top-k).")):
+        config(top_k=-2)
+    assert config(top_k=-1).sampling_kwargs()["top_k"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# No warning from our own defaults
+# ---------------------------------------------------------------------------------------------------------------
+
+# What transformers and torch print when a setting of ours is stale or useless on the machine.
+OWN_SETTING_WARNINGS = re.compile(r"`gradient_checkpointing` is deprecated|'pin_memory' argument is set as true")
+
+
+def own_setting_warnings(**kwargs):
+    """
+    The warnings about our settings (FutureWarning included, which pytest's config ignores) that building the config
+    and iterating a DataLoader with its pin-memory setting emit. Without use_cpu, as the examples run: transformers
+    turns pinning off by itself under use_cpu.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = config(use_cpu=False, bf16=False, **kwargs)
+        list(torch.utils.data.DataLoader([torch.zeros(1)], pin_memory=args.dataloader_pin_memory))
+    return [str(w.message) for w in caught if OWN_SETTING_WARNINGS.search(str(w.message))]
+
+
+def test_defaults_emit_no_warning_about_our_own_settings():
+    assert own_setting_warnings() == []
+    args = config(use_cpu=False, bf16=False)
+    # TRL's default, under transformers' current name; the deprecated name mirrors it.
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert args.dataloader_pin_memory is torch.accelerator.is_available()
+    assert config(activation_checkpointing=False).gradient_checkpointing is False
+
+
+def test_deprecated_gradient_checkpointing_still_applies_and_warns():
+    # The control: the filter sees transformers' warning when the deprecated name is given, which it still honours.
+    assert config(gradient_checkpointing=False).activation_checkpointing is False
+    assert any(
+        "`gradient_checkpointing` is deprecated" in w for w in own_setting_warnings(gradient_checkpointing=True)
+    )
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="torch only warns about pinning without an accelerator")
+def test_pin_memory_control_warns_without_an_accelerator():
+    # The control for pin_memory: a DataLoader that pins on this machine draws the warning the defaults avoid.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list(torch.utils.data.DataLoader([torch.zeros(1)], pin_memory=True))
+    assert any(OWN_SETTING_WARNINGS.search(str(w.message)) for w in caught)

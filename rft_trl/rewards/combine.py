@@ -560,7 +560,9 @@ def _check_score(raw: Any) -> tuple[float, str | None]:
         raw = raw.item()
     if raw is None:
         return math.nan, None  # not applicable to this sample (TRL's contract), not a failure
-    if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+    # bool is a numbers.Real: True and False score 1.0 and 0.0, as TRL's `torch.tensor(scores, dtype=float32)` casts
+    # them (numpy bools arrive here as Python bools through `.item()` / `.tolist()`).
+    if not isinstance(raw, numbers.Real):
         shown = repr(raw)[:_REPR_LIMIT]
         return math.nan, f"returned {shown} ({type(raw).__name__}); expected a float or None"
     value = float(raw)

@@ -27,7 +27,7 @@ TINY_CONFIG = {
     # models, and it costs time).
     "logging_steps": 1,
     "bf16": False,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
 }
 
 

@@ -83,6 +83,133 @@ TRL_SCALE_REWARDS = {"group": "group_norm", "batch": "group_norm", "none": "dr_g
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class Range:
+    """
+    The interval a config value must lie in; a bound of `None` is unbounded.
+
+    Args:
+        low (`float`, *optional*): the lowest allowed value.
+        high (`float`, *optional*): the highest allowed value.
+        low_open (`bool`, *optional*, defaults to `False`): whether `low` itself is excluded.
+        high_open (`bool`, *optional*, defaults to `False`): whether `high` itself is excluded.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        # Written so that NaN, which compares False with everything, is outside every range.
+        above = self.low is None or value > self.low or (not self.low_open and value == self.low)
+        below = self.high is None or value < self.high or (not self.high_open and value == self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0.0)
+POSITIVE = Range(0.0, low_open=True)
+UNIT_INTERVAL = Range(0.0, 1.0)
+
+# Every config value with a range, checked when the config is built (`None`, where a field allows it, is not checked).
+# The ranges are TRL GRPOConfig's where it has the field (documented there or implied by how TRL uses the value; TRL
+# itself checks few of them), so that no value TRL accepts is refused: beta=0 loads no reference model, top_k 0 (TRL,
+# transformers) and -1 (vLLM) disable top-k, top_entropy_quantile 0 keeps only the highest-entropy token, and
+# num_completions_to_print 0 prints none. `delta` (> 1) is checked with the other TRL options.
+FIELD_RANGES: dict[str, Range] = {
+    # Batch layout (TrainingArguments and TRL): a 0 here ends in a ZeroDivisionError or an empty rollout.
+    "per_device_train_batch_size": AT_LEAST_ONE,
+    "micro_train_batch_size": AT_LEAST_ONE,
+    "per_device_eval_batch_size": AT_LEAST_ONE,
+    "gradient_accumulation_steps": AT_LEAST_ONE,
+    "steps_per_generation": AT_LEAST_ONE,
+    "generation_batch_size": AT_LEAST_ONE,
+    "rollout_batch_size": AT_LEAST_ONE,
+    "micro_rollout_batch_size": AT_LEAST_ONE,
+    "n_samples_per_prompt": AT_LEAST_ONE,
+    "num_generations_eval": AT_LEAST_ONE,
+    "prompt_max_len": AT_LEAST_ONE,
+    "generate_max_len": AT_LEAST_ONE,
+    "max_epochs": AT_LEAST_ONE,
+    "pad_to_multiple_of": AT_LEAST_ONE,
+    "log_prob_chunk_size": AT_LEAST_ONE,
+    "buffer_limit": Range(0),
+    # Sampling
+    "temperature": POSITIVE,
+    "top_p": Range(0.0, 1.0, low_open=True),
+    "top_k": Range(-1),
+    "min_p": UNIT_INTERVAL,
+    "repetition_penalty": POSITIVE,
+    # Algorithm
+    "learning_rate": NON_NEGATIVE,
+    "critic_learning_rate": NON_NEGATIVE,
+    "gamma": UNIT_INTERVAL,
+    "lambd": UNIT_INTERVAL,
+    # core.losses.policy_loss clips the ratio below at 1 - eps_clip, which must stay positive.
+    "eps_clip": Range(0.0, 1.0, high_open=True),
+    "eps_clip_high": NON_NEGATIVE,
+    "dual_clip": Range(1.0, low_open=True),
+    "value_clip": POSITIVE,
+    "advantage_clip": POSITIVE,
+    "high_entropy_token_ratio": UNIT_INTERVAL,
+    "off_policy_mask_threshold": NON_NEGATIVE,
+    "sapo_temperature_neg": POSITIVE,
+    "sapo_temperature_pos": POSITIVE,
+    "vespo_k_pos": NON_NEGATIVE,
+    "vespo_lambda_pos": NON_NEGATIVE,
+    "vespo_k_neg": NON_NEGATIVE,
+    "vespo_lambda_neg": NON_NEGATIVE,
+    "entropy_coef": NON_NEGATIVE,
+    "entropy_coef_min": NON_NEGATIVE,
+    "entropy_coef_max": NON_NEGATIVE,
+    "entropy_coef_delta": NON_NEGATIVE,
+    "entropy_target": NON_NEGATIVE,
+    # KL and reference
+    "init_kl_coef": NON_NEGATIVE,
+    "kl_target": POSITIVE,
+    "kl_horizon": AT_LEAST_ONE,
+    "ref_model_mixup_alpha": UNIT_INTERVAL,
+    "ref_model_sync_steps": AT_LEAST_ONE,
+    # Models
+    "freezing_actor_steps": Range(-1),
+    "ema_beta": UNIT_INTERVAL,
+    "ptx_coef": NON_NEGATIVE,
+    "aux_loss_coef": NON_NEGATIVE,
+    "router_aux_loss_coef": NON_NEGATIVE,
+    # Rewards, robustness, logging
+    "max_reward_failure_rate": UNIT_INTERVAL,
+    "max_skipped_fraction": UNIT_INTERVAL,
+    "max_consecutive_nonfinite_steps": AT_LEAST_ONE,
+    "num_completions_to_print": Range(0),
+    # vLLM
+    "vllm_gpu_memory_utilization": Range(0.0, 1.0, low_open=True),
+    "vllm_max_model_length": AT_LEAST_ONE,
+    "vllm_tensor_parallel_size": AT_LEAST_ONE,
+    "vllm_server_port": Range(1, 65535),
+    "vllm_server_timeout": POSITIVE,
+    # Before clip_max: a given cap has already been copied into clip_max (its deprecated alias).
+    "vllm_importance_sampling_cap": POSITIVE,
+    "vllm_importance_sampling_clip_max": POSITIVE,
+    "vllm_importance_sampling_clip_min": NON_NEGATIVE,
+}
+# What a value at or past a bound means, where the range alone would not say.
+RANGE_HINTS = {
+    "temperature": "for greedy decoding use do_sample=False in generation_kwargs",
+    "top_k": "0 or -1 disables top-k",
+    "freezing_actor_steps": "-1: the actor trains from the start",
+    "entropy_coef": "a bonus for entropy",
+}
+
 # (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
 # and a contradictory pair is rejected; the default applies when neither is given.
 ALIASES: tuple[tuple[str, str, Any], ...] = (
@@ -142,7 +269,8 @@ class RFTConfig(TrainingArguments):
         generate_max_len (`int`, *optional*, defaults to `512`):
             Longest completion in tokens. Alias: `max_completion_length` (TRL's default).
         temperature, top_p, top_k, repetition_penalty (*optional*):
-            Sampling settings, as in `transformers.GenerationConfig`.
+            Sampling settings, as in `transformers.GenerationConfig`; `top_k` 0 (TRL's default) or -1 (vLLM's) disables
+            top-k.
         generation_kwargs (`dict`, *optional*):
             Further keyword arguments for `generate`; they override the settings above.
         suppress_media_tokens (`bool`, *optional*, defaults to `True`):
@@ -171,7 +299,8 @@ class RFTConfig(TrainingArguments):
         loss_agg_mode (`str`, *optional*, defaults to `"token-mean"`):
             How token losses are averaged; TRL's `loss_type` maps onto it.
         high_entropy_token_ratio (`float`, *optional*):
-            Train only on this fraction of highest-entropy tokens (https://arxiv.org/abs/2506.01939).
+            Train only on this fraction of highest-entropy tokens (https://arxiv.org/abs/2506.01939), in [0, 1]; 0
+            keeps only the highest-entropy token (TRL's).
             Alias: `top_entropy_quantile`.
         advantage_clip (`float`, *optional*):
             Clamp advantages to [-advantage_clip, advantage_clip] before the loss; `None` leaves them as they are.
@@ -257,8 +386,14 @@ class RFTConfig(TrainingArguments):
     # Overridden TrainingArguments defaults, TRL GRPOConfig's: RL needs the raw columns; log every 10 steps,
     # checkpoint activations, and train in bf16 unless fp16 is set.
     logging_steps: float = field(default=10, metadata={"help": "Log every this many optimizer steps."})
-    gradient_checkpointing: bool = field(
-        default=True, metadata={"help": "Recompute activations in backward (TRL's default) to save memory."}
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in backward to save memory; unset: True (TRL's default) unless the "
+            "deprecated gradient_checkpointing is given.",
+            "nargs": "?",
+            "const": True,
+        },
     )
     bf16: bool | None = field(
         default=None, metadata={"help": "Train in bfloat16; unset: True unless fp16 is set (TRL's default)."}
@@ -556,6 +691,15 @@ class RFTConfig(TrainingArguments):
         self._adapt_to_a_cpu_launch()
         if self.bf16 is None:
             self.bf16 = not self.fp16  # TRL's default
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            # TRL's default, given under transformers' new name: TRL's own `gradient_checkpointing=True` makes
+            # transformers warn (a FutureWarning) on every run. A deprecated `gradient_checkpointing` the user gives
+            # still applies, with transformers' warning.
+            self.activation_checkpointing = True
+        if not torch.accelerator.is_available():
+            # Pinned host memory only speeds copies to an accelerator: without one, torch ignores it with a warning on
+            # every DataLoader. transformers turns it off for use_cpu; a CPU-only machine is the same case.
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.accelerator_config.dispatch_batches is None:
             # Batches are raw prompt rows, which Accelerate cannot broadcast: every process reads its own share (the
@@ -636,13 +780,8 @@ class RFTConfig(TrainingArguments):
             else:
                 # TRL's "auto" pads only on AWS Neuron, which rft_trl does not run on.
                 self.pad_to_multiple_of = None
-        if self.pad_to_multiple_of is not None:
-            if self.pad_to_multiple_of < 1:
-                raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
-            if self.packing_samples:
-                raise ValueError(
-                    "pad_to_multiple_of pads padded batches; packing_samples=True has no padding to size."
-                )
+        if self.pad_to_multiple_of is not None and self.packing_samples:
+            raise ValueError("pad_to_multiple_of pads padded batches; packing_samples=True has no padding to size.")
         for name, reason in UNSUPPORTED_TRL_OPTIONS.items():
             if getattr(self, name) != defaults[name]:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported by PPOTrainerVL: {reason}.")
@@ -660,12 +799,6 @@ class RFTConfig(TrainingArguments):
             raise ValueError(f"model_init_kwargs must be a dict, got {type(self.model_init_kwargs).__name__}.")
         if self.delta is not None and self.delta <= 1.0:
             raise ValueError(f"delta={self.delta} caps the importance ratio from above: it must be > 1.")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
-        if self.num_generations_eval is not None and self.num_generations_eval < 1:
-            raise ValueError(f"num_generations_eval must be >= 1, got {self.num_generations_eval}.")
-        if self.entropy_coef < 0:
-            raise ValueError(f"entropy_coef must be >= 0 (a bonus for entropy), got {self.entropy_coef}.")
         if self.use_vllm:
             self._check_vllm_options(defaults)
 
@@ -705,8 +838,6 @@ class RFTConfig(TrainingArguments):
         if self.vllm_model_impl not in ("vllm", "transformers"):
             raise ValueError(f"vllm_model_impl must be 'vllm' or 'transformers', got {self.vllm_model_impl!r}.")
         if self.vllm_mode == "colocate":
-            if self.vllm_tensor_parallel_size < 1:
-                raise ValueError(f"vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}.")
             for name in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_weight_sync_dir"):
                 if getattr(self, name) != defaults[name]:
                     raise ValueError(f"{name} is a server-mode option; vllm_mode is 'colocate'.")
@@ -757,49 +888,22 @@ class RFTConfig(TrainingArguments):
 
     def _check_ranges(self) -> None:
         """
-        Refuse out-of-range values when the config is built, naming the setting (and its alias) and the range, rather
-        than letting them fail later inside transformers or torch.
+        Refuse out-of-range values (`FIELD_RANGES`) when the config is built, naming the setting (and the TRL alias
+        the user may have used), the range and the value, rather than letting them fail later inside transformers or
+        torch (a `per_device_train_batch_size` of 0 was a ZeroDivisionError).
         """
         aliases = {ours: theirs for ours, theirs, _ in ALIASES}
-
-        def named(field_name: str) -> str:
-            return f"{field_name} ({aliases[field_name]})" if field_name in aliases else field_name
-
-        # (field, lowest allowed, whether the lowest is excluded)
-        ranges = [
-            ("n_samples_per_prompt", 1, False),
-            ("generate_max_len", 1, False),
-            ("prompt_max_len", 1, False),
-            ("max_epochs", 1, False),
-            ("learning_rate", 0.0, False),
-            ("temperature", 0.0, True),
-            ("init_kl_coef", 0.0, False),
-            ("eps_clip", 0.0, False),
-            ("top_k", 0, False),
-            ("gamma", 0.0, False),
-            ("lambd", 0.0, False),
-            ("critic_learning_rate", 0.0, False),
-            ("value_clip", 0.0, True),
-            ("advantage_clip", 0.0, True),
-            ("rollout_batch_size", 1, False),
-            ("micro_rollout_batch_size", 1, False),
-        ]
-        for field_name, lowest, strict in ranges:
-            value = getattr(self, field_name)
-            if value is None:
+        for name, allowed in FIELD_RANGES.items():
+            value = getattr(self, name)
+            if value is None or value in allowed:
                 continue
-            if value < lowest or (strict and value == lowest):
-                bound = f"> {lowest}" if strict else f">= {lowest}"
-                hint = (
-                    " (for greedy decoding use do_sample=False in generation_kwargs)"
-                    if field_name == "temperature"
-                    else ""
-                )
-                raise ValueError(f"{named(field_name)} must be {bound}, got {value}{hint}.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if self.gamma > 1.0 or self.lambd > 1.0:
-            raise ValueError(f"gamma and lambd must be in [0, 1], got gamma={self.gamma}, lambd={self.lambd}.")
+            shown = f"{name} ({aliases[name]})" if name in aliases else name
+            hint = f" ({RANGE_HINTS[name]})" if name in RANGE_HINTS else ""
+            raise ValueError(f"{shown} must be {allowed}, got {value}{hint}.")
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(
+                f"entropy_coef_min={self.entropy_coef_min} is above entropy_coef_max={self.entropy_coef_max}."
+            )
 
     def _resolve_rollout_size(self) -> None:
         sizers = [
@@ -852,8 +956,6 @@ class RFTConfig(TrainingArguments):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        if self.n_samples_per_prompt < 1 or self.rollout_batch_size < 1 or self.max_epochs < 1:
-            raise ValueError("n_samples_per_prompt, rollout_batch_size and max_epochs must be >= 1.")
         if self.advantage_estimator in ("group_norm", "dr_grpo", "rloo", "reinforce++-baseline"):
             if self.n_samples_per_prompt < 2:
                 raise ValueError(
@@ -872,26 +974,14 @@ class RFTConfig(TrainingArguments):
                     "function's group-normalised scores: it needs advantage_estimator 'group_norm' (or scale_rewards) "
                     f"and reward_weights, not advantage_estimator={self.advantage_estimator!r} or a reward_recipe."
                 )
-        if self.eps_clip_high is not None and self.eps_clip_high < self.eps_clip:
-            raise ValueError(f"eps_clip_high={self.eps_clip_high} must be >= eps_clip={self.eps_clip}.")
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip={self.dual_clip} must be > 1.")
-        if self.high_entropy_token_ratio is not None and not 0.0 < self.high_entropy_token_ratio <= 1.0:
-            raise ValueError(f"high_entropy_token_ratio={self.high_entropy_token_ratio} must be in (0, 1].")
         if self.kl_target is not None and self.init_kl_coef <= 0:
             raise ValueError("kl_target needs init_kl_coef > 0 for the adaptive controller to scale.")
-        if not 0.0 <= self.max_reward_failure_rate <= 1.0 or not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError("max_reward_failure_rate and max_skipped_fraction must be in [0, 1].")
         rollout_samples = self.rollout_batch_size * self.n_samples_per_prompt
         if 0 < self.buffer_limit < rollout_samples:
             raise ValueError(
                 f"buffer_limit={self.buffer_limit} would drop samples of the current rollout ({rollout_samples} "
                 f"samples); set 0 (no limit) or at least {rollout_samples}."
             )
-        if self.ptx_coef < 0 or self.aux_loss_coef < 0:
-            raise ValueError("ptx_coef and aux_loss_coef must be >= 0.")
-        if self.max_consecutive_nonfinite_steps < 1:
-            raise ValueError("max_consecutive_nonfinite_steps must be >= 1.")
 
     def __getstate__(self) -> dict:
         # The Trainer pickles its arguments (training_args.bin, uploaded by push_to_hub): never with a token in them.
