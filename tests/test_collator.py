@@ -217,7 +217,7 @@ def test_video_rows(vl_processor, tmp_path):
     assert batch.multimodal_inputs["video_grid_thw"].tolist() == [[2, 4, 4]] * 3
     assert [sample["video_grid_thw"].shape[0] for sample in batch.sample_multimodal_inputs] == [1, 1, 1]
     assert batch.skipped == [
-        SkippedRow("bad", "inconsistent_frames", "video frames have different sizes [(56, 56), (60, 56)]")
+        SkippedRow("bad", "inconsistent_frames", "video frames have different sizes [(56, 56), (60, 56)]", "videos")
     ]
 
 

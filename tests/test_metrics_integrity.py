@@ -59,9 +59,9 @@ def test_media_repairs_are_logged_once_and_counted(tmp_path, caplog):
         (entry,) = train_logs(tmp_path, rows, max_steps=1)
     assert entry["data/repaired/image_downscaled"] == 2.0
     messages = [r.getMessage() for r in caplog.records if "media repaired" in r.getMessage()]
-    # The first repair of the kind names its row; the second is counted, not logged again.
+    # The first repair of the kind names its row by dataset index; the second is counted, not logged again.
     assert messages == [
-        "Row 0: media repaired (image_downscaled). Later repairs of this kind are counted in "
+        "Dataset index 0: media repaired (image_downscaled). Later repairs of this kind are counted in "
         "data/repaired/image_downscaled."
     ]
 

@@ -21,13 +21,22 @@ the per-sample pieces for each completion; it never runs the processor again, wh
 Prompts longer than `prompt_max_len` after media expansion are rejected (reason `"prompt_too_long"`), never
 truncated: cutting the left of a chat prompt drops its system turn and template head, and cutting through a media
 span would leave placeholder tokens that no longer match the media features.
+
+A rejected row is named in logs and errors by its dataset index when the data pipeline gave it one (under
+[`~rft_trl.data.rows.ROW_INDEX`]; else by its position among the rows this collator has seen) and by the column at
+fault. Media that `datasets` could not decode reach the collator undecoded (see [`rft_trl.data.rows`]) and go through
+the same loaders as paths and bytes: repaired and counted, or skipped and counted. A call whose every row is skipped
+returns an empty batch, unless rows to replace them were given ([`PromptCollator.replacing_from`], as the trainer does
+for training rollouts).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,6 +51,7 @@ from .multimodal import (
     probe_processor,
     split_processor_output,
 )
+from .rows import MEDIA_ERRORS, RESERVED_KEYS, ROW_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +60,29 @@ MEDIA_COLUMNS = {"image": ("image", "images"), "video": ("video", "videos"), "au
 
 
 class SkippedRow(NamedTuple):
-    """A row the collator dropped: `row` is its id-column value when it has one, else its index."""
+    """
+    A row the collator dropped: `row` is its id-column value when it has one, else its dataset index (its position
+    among the rows the collator has seen when it has none); `column` is the column at fault, when one is.
+    """
 
     row: Any
     reason: str
     detail: str
+    column: str | None = None
 
 
 class BadSampleError(ValueError):
     """A row that cannot be used, raised at once when `on_bad_sample="raise"`."""
 
-    def __init__(self, description: str, reason: str, detail: str):
-        super().__init__(f"{description} is unusable ({reason}): {detail}")
+    def __init__(self, description: str, reason: str, detail: str, column: str | None = None):
+        super().__init__(f"{description} is unusable ({reason}): {_in_column(column)}{detail}")
         self.reason = reason
         self.detail = detail
+        self.column = column
+
+
+def _in_column(column: str | None) -> str:
+    return "" if column is None else f"column {column!r}: "
 
 
 class TooManyBadSamplesError(RuntimeError):
@@ -71,10 +90,11 @@ class TooManyBadSamplesError(RuntimeError):
 
 
 class _Reject(Exception):
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, column: str | None = None):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.column = column
 
 
 @dataclass
@@ -110,7 +130,8 @@ class PromptBatch:
         skipped (`list[SkippedRow]`):
             The rows of this call that were dropped, with their reasons.
         kept (`list[int]`):
-            The position, among the rows of this call, of each kept row.
+            The position, among the rows of this call, of each kept row; positions from `len(rows)` on are replacement
+            rows (see [`PromptCollator.replacing_from`]).
     """
 
     input_ids: torch.Tensor
@@ -173,7 +194,8 @@ class PromptCollator:
             run: with the defaults, the fourth bad row among the first 32 aborts, and later on more than 10%.
         id_column (`str`, *optional*, defaults to `"id"`):
             Column naming a row in messages and in `SkippedRow.row`, when a row has it; otherwise rows are named by
-            their position among all rows this collator has seen.
+            their dataset index ([`~rft_trl.data.rows.ROW_INDEX`]), or when they have none by their position among
+            all rows this collator has seen.
         audio_too_long (`str`, *optional*, defaults to `"truncate"`):
             Audio longer than the feature extractor's window (`n_samples`): `"truncate"` keeps the start and counts a
             repair, `"reject"` skips the row with reason `"audio_too_long"`.
@@ -236,6 +258,12 @@ class PromptCollator:
         self._skip_counts: Counter[str] = Counter()
         self._repair_counts: Counter[str] = Counter()
         self._repairs_logged: set[str] = set()
+        # Every skip so far by (column or None, reason), for the error that stops a run; never reset.
+        self._skip_totals: Counter[tuple[str | None, str]] = Counter()
+        # Dataset indices of the training rows skipped so far: a replacement row among them is passed over, not
+        # counted again.
+        self._skipped_indices: set[Any] = set()
+        self._replacements: Iterable[Mapping[str, Any]] | None = None
 
     def _configure_media(self) -> None:
         """The bounds to load each media kind the processor takes into."""
@@ -270,6 +298,23 @@ class PromptCollator:
 
     # ------------------------------------------------------------------------------------------------- collate
 
+    @contextmanager
+    def replacing_from(self, rows: Iterable[Mapping[str, Any]] | None) -> Iterator[PromptCollator]:
+        """
+        Within this context, a call whose every row is skipped collates rows from `rows` in their place, as many at
+        a time as the call had, until one is kept; rows skipped before (by dataset index) are passed over. Every row
+        drawn counts towards `max_skip_fraction` like any other, and when `rows` run out with none kept,
+        [`TooManyBadSamplesError`] is raised. `None` keeps the plain behaviour (an empty batch).
+
+        The trainer uses it for training rollouts, with rows drawn from the training set (see
+        [`~rft_trl.data.rows.ReplacementRows`]), so that a batch of bad rows costs those rows, not the run.
+        """
+        previous, self._replacements = self._replacements, rows
+        try:
+            yield self
+        finally:
+            self._replacements = previous
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> PromptBatch:
         """
         Collate rows into a [`PromptBatch`].
@@ -280,17 +325,36 @@ class PromptCollator:
 
         Returns:
             [`PromptBatch`]: the kept rows, in order. It is empty (`len(batch) == 0`) only when every row was
-            skipped and the skip limit still holds, which needs `max_skip_fraction` near 1 or tiny batches.
+            skipped, the skip limit still holds and no replacement rows were given (see [`replacing_from`]), which
+            needs `max_skip_fraction` near 1 or tiny batches.
 
         Raises:
             [`BadSampleError`]: with `on_bad_sample="raise"`, on the first bad row.
-            [`TooManyBadSamplesError`]: when skipped rows exceed `max_skip_fraction`.
+            [`TooManyBadSamplesError`]: when skipped rows exceed `max_skip_fraction`, or when every row was skipped
+            and the replacement rows ran out.
             `KeyError`: when a row has no `prompt` key (a dataset schema error, never skipped).
         """
         kept: list[tuple[Mapping[str, Any], _Row]] = []
         kept_positions: list[int] = []
         skipped: list[SkippedRow] = []
-        for position, row in enumerate(rows):
+        self._collate_rows(rows, 0, kept, kept_positions, skipped)
+        self._check_skip_limit(skipped)
+        if not kept and rows and self._replacements is not None:
+            self._collate_replacements(len(rows), kept, kept_positions, skipped)
+        batch = self._assemble(kept, skipped)
+        batch.kept = kept_positions
+        return batch
+
+    def _collate_rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        offset: int,
+        kept: list[tuple[Mapping[str, Any], _Row]],
+        kept_positions: list[int],
+        skipped: list[SkippedRow],
+    ) -> None:
+        """Prepare each row on its own, appending it to `kept` (at position `offset + i`) or to `skipped`."""
+        for position, row in enumerate(rows, start=offset):
             if "prompt" not in row:
                 raise KeyError(f"Dataset rows need a 'prompt' column; this row has {sorted(row)}.")
             index = self.rows_seen
@@ -305,10 +369,38 @@ class PromptCollator:
             self._repair_counts.update(repairs)
             kept.append((row, prepared))
             kept_positions.append(position)
-        self._check_skip_limit(skipped)
-        batch = self._assemble(kept, skipped)
-        batch.kept = kept_positions
-        return batch
+
+    def _collate_replacements(
+        self,
+        size: int,
+        kept: list[tuple[Mapping[str, Any], _Row]],
+        kept_positions: list[int],
+        skipped: list[SkippedRow],
+    ) -> None:
+        """Every row of the call was skipped: collate replacement rows, `size` at a time, until one is kept."""
+        logger.warning(
+            "Every row of this batch of %d was skipped (%s); drawing replacement rows from the training set.",
+            size,
+            ", ".join(sorted({entry.reason for entry in skipped})),
+        )
+        fresh = (
+            row
+            for row in self._replacements
+            if row.get(ROW_INDEX) is None or row[ROW_INDEX] not in self._skipped_indices
+        )
+        drawn = 0
+        while not kept:
+            rows = list(itertools.islice(fresh, size))
+            if not rows:
+                raise TooManyBadSamplesError(
+                    f"Every row of a batch of {size} was skipped, and so were the {drawn} replacement rows drawn from "
+                    f"the training set after it. Skipped so far: {self._skip_summary()}. Fix the data."
+                )
+            new_skips: list[SkippedRow] = []
+            self._collate_rows(rows, size + drawn, kept, kept_positions, new_skips)
+            skipped.extend(new_skips)
+            self._check_skip_limit(new_skips)
+            drawn += len(rows)
 
     def _log_new_repairs(self, row: Mapping[str, Any], index: int, repairs: list[str]) -> None:
         # Every repair is counted (data/repaired/<code>); the first of each kind is also logged, naming the row.
@@ -324,19 +416,40 @@ class PromptCollator:
                 )
 
     def _describe(self, row: Mapping[str, Any], index: int) -> tuple[Any, str]:
+        """A row's name (its id, else its dataset index, else `index`) and how messages call it."""
+        name, description = index, f"Row {index}"
+        if row.get(ROW_INDEX) is not None:
+            name, description = row[ROW_INDEX], f"Dataset index {row[ROW_INDEX]}"
         row_id = row.get(self.id_column)
         if row_id is None:
-            return index, f"Row {index}"
-        return row_id, f"Row {index} ({self.id_column}={row_id!r})"
+            return name, description
+        return row_id, f"{description} ({self.id_column}={row_id!r})"
 
     def _skip(self, row: Mapping[str, Any], index: int, rejection: _Reject) -> SkippedRow:
         name, description = self._describe(row, index)
         if self.on_bad_sample == "raise":
-            raise BadSampleError(description, rejection.reason, rejection.detail) from rejection
-        logger.warning("%s skipped (%s): %s", description, rejection.reason, rejection.detail)
+            raise BadSampleError(description, rejection.reason, rejection.detail, rejection.column) from rejection
+        logger.warning(
+            "%s skipped (%s): %s%s", description, rejection.reason, _in_column(rejection.column), rejection.detail
+        )
         self.rows_skipped += 1
         self._skip_counts[rejection.reason] += 1
-        return SkippedRow(name, rejection.reason, rejection.detail)
+        self._skip_totals[(rejection.column, rejection.reason)] += 1
+        if self._replacements is not None and row.get(ROW_INDEX) is not None:
+            # Only while training rows are replaceable: an eval row's index names a row of another dataset.
+            self._skipped_indices.add(row[ROW_INDEX])
+        return SkippedRow(name, rejection.reason, rejection.detail, rejection.column)
+
+    def _skip_summary(self) -> str:
+        """Every skip so far by column and reason: `column 'image': corrupt_image 2, missing_file 1; ...`."""
+        by_column: dict[str | None, list[str]] = {}
+        totals = sorted(self._skip_totals.items(), key=lambda entry: (entry[0][0] or "", entry[0][1]))
+        for (column, reason), count in totals:
+            by_column.setdefault(column, []).append(f"{reason} {count}")
+        return "; ".join(
+            f"{'no column' if column is None else f'column {column!r}'}: {', '.join(reasons)}"
+            for column, reasons in by_column.items()
+        )
 
     def _check_skip_limit(self, skipped: list[SkippedRow]) -> None:
         fraction = self.rows_skipped / max(self.rows_seen, self.min_rows_for_skip_fraction)
@@ -345,8 +458,8 @@ class PromptCollator:
         latest = "; ".join(f"{entry.row}: {entry.reason}: {entry.detail}" for entry in skipped[-3:])
         raise TooManyBadSamplesError(
             f"{self.rows_skipped} of {self.rows_seen} rows skipped, above max_skip_fraction={self.max_skip_fraction} "
-            f"(of at least {self.min_rows_for_skip_fraction} rows). Latest: {latest}. Fix the data, or raise "
-            "max_skip_fraction to accept more losses."
+            f"(of at least {self.min_rows_for_skip_fraction} rows). Skipped so far: {self._skip_summary()}. Latest: "
+            f"{latest}. Fix the data, or raise max_skip_fraction to accept more losses."
         )
 
     def _assemble(self, kept: list[tuple[Mapping[str, Any], _Row]], skipped: list[SkippedRow]) -> PromptBatch:
@@ -377,7 +490,7 @@ class PromptCollator:
             columns={
                 name: [row.get(name) for row, _ in kept]
                 for name in dict.fromkeys(name for row, _ in kept for name in row)
-                if name != "prompt"
+                if name != "prompt" and name not in RESERVED_KEYS
             },
             skipped=skipped,
             sample_media=[prepared.media for _, prepared in kept],
@@ -388,10 +501,19 @@ class PromptCollator:
 
     def _prepare_row(self, row: Mapping[str, Any], repairs: list[str]) -> _Row:
         """Validate, render, load and process one row; raises `_Reject` with a reason code on any problem."""
-        raw_media = self._collect_media(row)
+        raw_media, columns = self._collect_media(row)
+        decode_errors = row.get(MEDIA_ERRORS) or {}
+        for column, error in decode_errors.items():
+            if column not in columns.values():
+                media_columns = ", ".join(name for names in MEDIA_COLUMNS.values() for name in names)
+                raise _Reject(
+                    "undecodable_media",
+                    f"datasets cannot decode it ({error}), and it is not a media column loaded here ({media_columns})",
+                    column,
+                )
         counts = {kind: len(items) for kind, items in raw_media.items()}
-        text, add_special_tokens, messages = self._render(row["prompt"], counts)
-        media = self._load_media(raw_media, repairs)
+        text, add_special_tokens, messages = self._render(row["prompt"], counts, columns)
+        media = self._load_media(raw_media, columns, decode_errors, repairs)
         input_ids, token_fields, multimodal_inputs = self._process(text, media, add_special_tokens)
         if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
             raise _Reject(
@@ -402,30 +524,40 @@ class PromptCollator:
         loaded = {kind: items for kind, items in media.items() if items}
         return _Row(input_ids, token_fields, multimodal_inputs, text, loaded, messages)
 
-    def _collect_media(self, row: Mapping[str, Any]) -> dict[str, list[Any]]:
-        """The raw media items of a row per kind, from its singular or plural column."""
+    def _collect_media(self, row: Mapping[str, Any]) -> tuple[dict[str, list[Any]], dict[str, str]]:
+        """
+        The raw media items of a row per kind, from its singular or plural column, and the column of each kind the
+        row has (holding items, an empty list or `None`).
+        """
         media: dict[str, list[Any]] = {}
+        columns: dict[str, str] = {}
         for kind, (single, plural) in MEDIA_COLUMNS.items():
             one, many = row.get(single), row.get(plural)
             if one is not None and many is not None:
                 raise _Reject("media_mismatch", f"row has both {single!r} and {plural!r}; use one")
+            column = plural if many is not None or (one is None and plural in row) else single
+            if column in row:
+                columns[kind] = column
             if many is not None and not isinstance(many, (list, tuple)):
-                raise _Reject("unsupported_input", f"column {plural!r} must hold a list, got {type(many).__name__}")
+                raise _Reject(
+                    "unsupported_input", f"column {plural!r} must hold a list, got {type(many).__name__}", plural
+                )
             items = [one] if one is not None else list(many or [])
             if any(item is None for item in items):
-                raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be")
+                raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be", plural)
             if items and kind in self.layout.unusable:
-                raise _Reject("unsupported_media", self.layout.unusable[kind])
+                raise _Reject("unsupported_media", self.layout.unusable[kind], column)
             if items and kind not in self.media_kinds:
                 raise _Reject(
                     "unsupported_media",
                     f"row has {len(items)} {kind}(s) but {type(self.processing_class).__name__} cannot process "
                     f"{kind}s (it takes {', '.join(self.media_kinds) or 'text only'})",
+                    column,
                 )
             media[kind] = items
-        return media
+        return media, columns
 
-    def _render(self, prompt: Any, counts: dict[str, int]) -> tuple[str, bool, list | None]:
+    def _render(self, prompt: Any, counts: dict[str, int], columns: dict[str, str]) -> tuple[str, bool, list | None]:
         """
         Render a prompt to text; returns it, whether the tokenizer should add its special tokens, and the messages
         rendered (`None` for a plain-text prompt).
@@ -443,11 +575,21 @@ class PromptCollator:
             prompt = _with_media_parts(prompt, counts)
             placeholders = self._count_placeholders(prompt)
         for kind in MEDIA_KINDS:
-            if placeholders[kind] != counts[kind]:
+            if placeholders[kind] == counts[kind]:
+                continue
+            column = columns.get(kind)
+            if counts[kind] == 0 and column is not None:
+                # A column of the row holds None (or nothing) where the prompt wants media: the item is missing.
                 raise _Reject(
-                    "media_mismatch",
-                    f"prompt has {placeholders[kind]} {kind} part(s) but the row has {counts[kind]} {kind}(s)",
+                    f"missing_{kind}",
+                    f"prompt has {placeholders[kind]} {kind} part(s) but the column holds no {kind}",
+                    column,
                 )
+            raise _Reject(
+                "media_mismatch",
+                f"prompt has {placeholders[kind]} {kind} part(s) but the row has {counts[kind]} {kind}(s)",
+                column,
+            )
         # The template already holds every special token; letting the tokenizer add a BOS would double it.
         text = self.processing_class.apply_chat_template(
             prompt, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
@@ -470,18 +612,37 @@ class PromptCollator:
             placeholders.update(part.get("type") for part in content if part.get("type") in MEDIA_KINDS)
         return placeholders
 
-    def _load_media(self, raw_media: dict[str, list[Any]], repairs: list[str]) -> dict[str, list[Any]]:
-        try:
-            return {
-                "image": [load_image(item, self.image_bounds, repairs) for item in raw_media["image"]],
-                "video": [load_video(item, self.video_bounds, repairs) for item in raw_media["video"]],
-                "audio": [
-                    load_audio(item, self.sampling_rate, self.audio_max_samples, self.audio_too_long, repairs)
-                    for item in raw_media["audio"]
-                ],
-            }
-        except MediaError as error:
-            raise _Reject(error.reason, error.detail) from error
+    def _load_media(
+        self,
+        raw_media: dict[str, list[Any]],
+        columns: dict[str, str],
+        decode_errors: Mapping[str, str],
+        repairs: list[str],
+    ) -> dict[str, list[Any]]:
+        """Load every item, naming the column (and the item of a list) that fails."""
+        media: dict[str, list[Any]] = {}
+        for kind, items in raw_media.items():
+            column = columns.get(kind)
+            media[kind] = []
+            for position, item in enumerate(items):
+                try:
+                    media[kind].append(self._load_item(kind, item, repairs))
+                except MediaError as error:
+                    detail = error.detail if len(items) == 1 else f"item {position}: {error.detail}"
+                    if column in decode_errors:
+                        detail = f"{detail} (datasets: {decode_errors[column]})"
+                    raise _Reject(error.reason, detail, column) from error
+            if items and column in decode_errors:
+                # `datasets` could not decode the column (e.g. `Audio()` without torchcodec); the loaders here could.
+                repairs.append(f"{kind}_decoded_by_rft_trl")
+        return media
+
+    def _load_item(self, kind: str, item: Any, repairs: list[str]) -> Any:
+        if kind == "image":
+            return load_image(item, self.image_bounds, repairs)
+        if kind == "video":
+            return load_video(item, self.video_bounds, repairs)
+        return load_audio(item, self.sampling_rate, self.audio_max_samples, self.audio_too_long, repairs)
 
     def _process(
         self, text: str, media: dict[str, list[Any]], add_special_tokens: bool
