@@ -57,7 +57,7 @@ EMA_NAME = "ema.safetensors"
 REFERENCE_NAME = "reference.safetensors"
 KILL_AT_SAVE_ENV = "RFT_TRL_KILL_AT_SAVE"
 # Where a save can be cut short, in order; `during_rotation` is after an old checkpoint was renamed aside.
-SAVE_POINTS = ("before_weights", "after_weights", "before_marker", "before_rename", "during_rotation")
+SAVE_POINTS = ("before_weights", "after_weights", "before_marker", "before_rename", "after_commit", "during_rotation")
 
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
@@ -260,6 +260,7 @@ def commit_checkpoint(staging: str, final: str, step: int) -> None:
     _fsync(os.path.dirname(final) or ".")
     if aside is not None:
         shutil.rmtree(aside)
+    kill_point("after_commit", step)
 
 
 @contextmanager

@@ -23,8 +23,10 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,6 +56,7 @@ from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
 from ..data.media import load_image
 from ..data.multimodal import ProcessorLayout, probe_processor
+from ..data.rows import ROW_INDEX, IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
@@ -79,6 +82,7 @@ from .checkpointing import (
     write_trainer_checkpoint,
 )
 from .experience_maker import ExperienceMaker, Rollout
+from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .progress import ReadablePrinterCallback, ReadableProgressCallback
@@ -188,34 +192,6 @@ class RolloutStream(torch.utils.data.IterableDataset):
             )
 
 
-# The dataset index a row carries through evaluation, so that Accelerate's padding repeats are counted once.
-ROW_INDEX = "__rft_trl_row_index__"
-
-
-class IndexedRows(torch.utils.data.Dataset):
-    """A dataset's rows, each with its index under [`ROW_INDEX`] (removed again before the rows are used)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], ROW_INDEX: index}
-
-
-class IndexedStream(torch.utils.data.IterableDataset):
-    """A streaming dataset's rows, each with its position in the stream under [`ROW_INDEX`]."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __iter__(self):
-        for index, row in enumerate(self.dataset):
-            yield {**row, ROW_INDEX: index}
-
-
 # Rollout metrics that count things: summed when rollouts (or processes) are merged.
 _COUNT_METRICS = (
     "data/skipped",
@@ -300,7 +276,7 @@ class PolicyAndValue(nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         """Whether the actor recomputes activations in backward (TRL's generation context reads it)."""
-        return self.actor.hf_model.is_gradient_checkpointing
+        return self.actor.hf_model.is_activation_checkpointing
 
     def activation_checkpointing_enable(
         self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
@@ -407,6 +383,22 @@ def check_trainer_hooks(trainer_class: type = Trainer) -> None:
             f"transformers {transformers.__version__}'s Trainer lacks methods PPOTrainerVL builds on: {uses}. "
             "Install the transformers version rft_trl pins (see pyproject.toml)."
         )
+
+
+# transformers 5.23 renamed gradient checkpointing to activation checkpointing; TRL 1.16's generation context still
+# calls the old names (`is_gradient_checkpointing`, `gradient_checkpointing_disable/enable`), which warn on every call.
+_TRL_CHECKPOINTING_DEPRECATION = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
+
+
+@contextmanager
+def unwrapped_for_generation(model: nn.Module, accelerator, gather_deepspeed3_params: bool):
+    """TRL's `unwrap_model_for_generation`, without the deprecation warnings of TRL's own calls into transformers."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TRL_CHECKPOINTING_DEPRECATION, category=FutureWarning)
+        with unwrap_model_for_generation(
+            model, accelerator, gather_deepspeed3_params=gather_deepspeed3_params
+        ) as unwrapped:
+            yield unwrapped
 
 
 class PPOTrainerVL(Trainer):
@@ -528,6 +520,8 @@ class PPOTrainerVL(Trainer):
             max_skip_fraction=args.max_skipped_fraction,
             chat_template_kwargs=args.chat_template_kwargs,
         )
+        # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
+        self._replacement_rows: ReplacementRows | None = None
         self.kl_ctl = (
             AdaptiveKLController(args.init_kl_coef, args.kl_target, args.kl_horizon)
             if args.kl_target
@@ -563,6 +557,8 @@ class PPOTrainerVL(Trainer):
         self._nonfinite_guard = NonFiniteGuard(args.max_consecutive_nonfinite_steps)
         self._peft = isinstance(actor.model, PeftModel)
         self._reference = initial_model
+        # Set when training starts (`train`): see `_fingerprint_reference`.
+        self._reference_fingerprint: dict[str, list[float]] | None = None
         self._completions_table: list[dict] = []
         self._completion_rewards: dict[str, list[float]] = {}
         self._completion_prompts: list = []
@@ -1031,10 +1027,17 @@ class PPOTrainerVL(Trainer):
         )
 
     def get_train_dataloader(self):
-        dataset = self.train_dataset
-        if is_stream(dataset):
+        # Rows are read one by one with their dataset index, so that a bad media item costs its row (see
+        # rft_trl.data.rows); a batch whose every row is bad is replaced with rows drawn from the same set.
+        if is_stream(self.train_dataset):
+            rows = IndexedStream(self.train_dataset)
             block = self.args.rollout_batch_size * self.accelerator.num_processes
-            dataset = RolloutStream(dataset, block, self.args.micro_steps_per_rollout)
+            dataset = RolloutStream(rows, block, self.args.micro_steps_per_rollout)
+        else:
+            rows = dataset = IndexedRows(self.train_dataset)
+        self._replacement_rows = ReplacementRows(
+            rows, self.args.seed, self.accelerator.process_index, self.accelerator.num_processes
+        )
         return self._get_dataloader(
             dataset=dataset,
             description="Training",
@@ -1062,8 +1065,9 @@ class PPOTrainerVL(Trainer):
         # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward. A vLLM engine
         # samples with its own copy (synced module by module first), so the policy only scores: layer by layer.
         self._sync_rollout_engine()
-        with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self._gather_for_rollout()
+        with (
+            unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()),
+            self.collator.replacing_from(self._replacement_rows),
         ):
             rollout = self.experience_maker.make_experience(rows)
         if self.rollout_engine is not None:
@@ -1540,10 +1544,8 @@ class PPOTrainerVL(Trainer):
         self.experience_maker.trainer_state = self.state
         self._sync_rollout_engine()
         for batch in dataloader:
-            indices = [row.pop(ROW_INDEX) for row in batch.rows]
-            with unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self._gather_for_rollout()
-            ):
+            indices = [row[ROW_INDEX] for row in batch.rows]  # the collator names skipped rows by it too
+            with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
                 samples, completions, prompts, out = self.experience_maker.generate_and_score(
                     batch.rows, samples_per_prompt, sampling
                 )
@@ -1695,10 +1697,46 @@ class PPOTrainerVL(Trainer):
             "kl_controller": self.kl_ctl.state_dict(),
             "entropy_controller": self.entropy_controller.state_dict(),
             "nonfinite": self._nonfinite_guard.state_dict(),
+            "reference_fingerprint": self._reference_fingerprint,
         }
+
+    def _fingerprint_reference(self) -> dict[str, list[float]] | None:
+        """
+        The fingerprint of the KL reference as this run built it (`None` without a reference, or with
+        `sync_ref_model`, whose checkpoints hold the reference's weights themselves).
+        """
+        if self._reference_fn is None or self.args.sync_ref_model:
+            return None
+        if self._reference is not None:
+            return weights_fingerprint(self._reference)
+        # PEFT: the reference is the frozen base under the adapter; what trains (the adapter) is left out.
+        trainable = {name for name, parameter in self.actor.model.named_parameters() if parameter.requires_grad}
+        return weights_fingerprint(self.actor.model, skip=trainable.__contains__)
+
+    def _check_reference(self, checkpoint: str, recorded: dict[str, list[float]] | None) -> None:
+        """Refuse to resume `checkpoint` against another KL reference than the one it was trained against."""
+        if self._reference_fingerprint is None:
+            return
+        if recorded is None:
+            logger.warning(
+                "%s records no fingerprint of its KL reference (written before rft_trl recorded one): the reference "
+                "this run built cannot be checked against the one the checkpoint was trained with.",
+                checkpoint,
+            )
+            return
+        difference = fingerprint_difference(recorded, self._reference_fingerprint)
+        if difference is not None:
+            raise CheckpointError(
+                f"{checkpoint} was trained against another KL reference than the one this run built: {difference}. "
+                "The reference is the model given to the trainer (with PEFT, the base under the adapter) before the "
+                "checkpoint's weights are loaded, so a resumed run must build it as the interrupted run did (the "
+                "same model, and any warm-up or preprocessing of it before the trainer). Rebuild it that way, or "
+                "start a new run."
+            )
 
     def _restore_rft_state(self, checkpoint: str) -> None:
         state, ema = load_rft_state(checkpoint, self.accelerator.device)
+        self._check_reference(checkpoint, state.get("reference_fingerprint"))
         self._step = state["micro_step"]
         self._ptx_position = state["ptx_position"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -1766,6 +1804,8 @@ class PPOTrainerVL(Trainer):
         if resume_from_checkpoint not in (None, False) and self.args.should_save:
             remove_partial_checkpoints(self.args.output_dir)
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        # Before any step: what every checkpoint of this run records, and what a resume is checked against.
+        self._reference_fingerprint = self._fingerprint_reference()
         if checkpoint is not None:
             check_resumable(
                 checkpoint, self._optimizer_steps_per_rollout, needs_optimizer_file=not self.is_deepspeed_enabled
