@@ -22,10 +22,10 @@ sizes and the learning rate):
 Any option can also come from a YAML file: `--config recipe.yaml` (see `examples/recipes/`).
 """
 
-from rft_trl.scripts import DEMO_RUNS, end_launched_process, parse_and_run
+from rft_trl.scripts import end_launched_process, parse_and_run
 
 if __name__ == "__main__":
-    # The built-in demo's task and length (rft_trl.scripts.DEMO_RUNS) over the tiny-model defaults; a --config YAML
-    # overrides these, and the command line overrides both.
-    parse_and_run(DEMO_RUNS["grpo_audio"])
+    # The built-in tiny model runs the demo (rft_trl.scripts.DEMO_RUNS over TINY_DEMO_DEFAULTS); a real model starts
+    # from TRL's defaults. A --config YAML overrides the defaults, and the command line overrides both.
+    parse_and_run("grpo_audio")
     end_launched_process()  # a distributed launch: see its docstring

@@ -23,10 +23,10 @@ On GPUs, with a real checkpoint, a `datasets` dataset (`prompt`, `image`, `answe
 Any option can also come from a YAML file: `--config recipe.yaml` (see `examples/recipes/`).
 """
 
-from rft_trl.scripts import DEMO_RUNS, end_launched_process, parse_and_run
+from rft_trl.scripts import end_launched_process, parse_and_run
 
 if __name__ == "__main__":
-    # The built-in demo's task and length (rft_trl.scripts.DEMO_RUNS) over the tiny-model defaults; a --config YAML
-    # overrides these, and the command line overrides both.
-    parse_and_run(DEMO_RUNS["ppo_vl"])
+    # The built-in tiny model runs the demo (rft_trl.scripts.DEMO_RUNS over TINY_DEMO_DEFAULTS); a real model starts
+    # from TRL's defaults. A --config YAML overrides the defaults, and the command line overrides both.
+    parse_and_run("ppo_vl")
     end_launched_process()  # a distributed launch: see its docstring

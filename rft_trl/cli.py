@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         print(env_report())
         return 0
     if command in ("grpo", "ppo"):
-        from .scripts import DEMO_RUNS, end_launched_process, parse_and_run
+        from .scripts import end_launched_process, parse_and_run
 
-        parse_and_run(DEMO_RUNS["grpo_vl" if command == "grpo" else "ppo_vl"], rest)
+        parse_and_run("grpo_vl" if command == "grpo" else "ppo_vl", rest)
         end_launched_process()  # a distributed launch (accelerate launch -m rft_trl.cli): see its docstring
         return 0
     print(f"rft-trl: unknown command {command!r}\n{USAGE}", file=sys.stderr)

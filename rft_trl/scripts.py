@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset, load_dataset
 from transformers import AutoConfig, AutoProcessor
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
-from transformers.trainer_utils import SaveStrategy
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .data.collator import PromptCollator
@@ -29,6 +29,7 @@ from .rewards import accuracy_reward, format_reward, think_format_reward
 from .testing import TINY_MODEL_KINDS, build_tiny_model, make_task_dataset
 from .testing.vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS
 from .trainers.ppo_trainer_vl import PPOTrainerVL, actor_class
+from .trainers.progress import progress_logger
 from .trainers.rft_config import RFTConfig
 from .trainers.sft import supervised_warmup
 
@@ -46,8 +47,8 @@ TASKS = {
 
 # Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/test_learning.py):
 # 16 prompts x 8 samples per rollout, generated in one batch, replayed as 4 optimizer steps of 32 samples. The
-# examples start from these so that they run with no arguments; a real model needs its own (at least
-# learning_rate, and batch sizes that fit its memory).
+# examples start from these when they run the built-in tiny model (no `--model_name_or_path`), so that they run with
+# no arguments; a real model never gets them: it starts from RFTConfig's defaults (TRL's), see `parse_args`.
 TINY_DEMO_DEFAULTS = {
     "num_train_samples": 512,
     "num_eval_samples": 64,
@@ -76,39 +77,98 @@ TINY_DEMO_DEFAULTS = {
     "save_total_limit": 2,
     # fp32 and no activation checkpointing: the tiny models are CPU-sized (TRL's defaults are bf16 and checkpointing).
     "bf16": False,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
 }
 
 
-# What each example script (and the `rft-trl` command) runs with no arguments, over TINY_DEMO_DEFAULTS: the task
-# and how long the built-in demo trains.
+# What each script (and the `rft-trl` command) is, whatever the model: its output directory, and PPO's critic.
+SCRIPT_DEFAULTS = {
+    "grpo_vl": {"output_dir": "outputs/grpo_vl"},
+    "grpo_text": {"output_dir": "outputs/grpo_text"},
+    "grpo_audio": {"output_dir": "outputs/grpo_audio"},
+    "ppo_vl": {"output_dir": "outputs/ppo_vl", "advantage_estimator": "gae"},
+}
+
+# What each script runs on the built-in tiny model (no `--model_name_or_path`), over TINY_DEMO_DEFAULTS: the task,
+# how long the demo trains, and the demo's own tuning. None of it reaches a run of a real model.
 DEMO_RUNS = {
-    "grpo_vl": {"dataset_name": "colour", "max_steps": 1000, "eval_steps": 250, "output_dir": "outputs/grpo_vl"},
-    "grpo_text": {"dataset_name": "text", "max_steps": 300, "eval_steps": 100, "output_dir": "outputs/grpo_text"},
-    "grpo_audio": {"dataset_name": "pitch", "max_steps": 120, "eval_steps": 40, "output_dir": "outputs/grpo_audio"},
+    "grpo_vl": {"dataset_name": "colour", "max_steps": 1000, "eval_steps": 250},
+    "grpo_text": {"dataset_name": "text", "max_steps": 300, "eval_steps": 100},
+    "grpo_audio": {"dataset_name": "pitch", "max_steps": 120, "eval_steps": 40},
     "ppo_vl": {
         "dataset_name": "colour",
-        "advantage_estimator": "gae",
         "critic_learning_rate": 3e-3,
         # lambda = 1: advantages are Monte-Carlo returns minus values, not a young critic's bootstrapped guesses.
         "lambd": 1.0,
         "max_steps": 500,
         "eval_steps": 100,
-        "output_dir": "outputs/ppo_vl",
     },
 }
 
 
-def parse_and_run(defaults: dict, argv: list[str] | None = None) -> PPOTrainerVL:
+def parse_args(script: str, argv: list[str] | None = None) -> tuple[ScriptArguments, RFTConfig, ModelConfig]:
     """
     Parse `argv` (or the command line) with TRL's `TrlParser` into [`ScriptArguments`], [`RFTConfig`] and TRL's
-    `ModelConfig`, over `TINY_DEMO_DEFAULTS` and `defaults` (a `--config` YAML overrides those, flags override both),
-    and run [`main`].
+    `ModelConfig`, over the defaults of `script` (a key of `SCRIPT_DEFAULTS`); a `--config` YAML overrides the
+    defaults, flags override both.
+
+    A run of the built-in tiny model (no `model_name_or_path`, in the YAML or the flags) starts from
+    `TINY_DEMO_DEFAULTS` and the script's `DEMO_RUNS` entry; a run of a real model (a recipe's `--tiny` smoke test
+    included) from `RFTConfig`'s defaults, which are TRL's `GRPOConfig`'s. Which of the two applied is printed when
+    the run starts.
     """
-    parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
-    parser.set_defaults(**{**TINY_DEMO_DEFAULTS, **defaults})
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    return main(script_args, training_args, model_args)
+    if script not in SCRIPT_DEFAULTS:
+        raise ValueError(f"Unknown script {script!r}: use one of {', '.join(SCRIPT_DEFAULTS)}.")
+
+    def parse(defaults: dict) -> tuple[ScriptArguments, RFTConfig, ModelConfig]:
+        parser = TrlParser((ScriptArguments, RFTConfig, ModelConfig))
+        parser.set_defaults(**defaults)
+        return parser.parse_args_and_config(args=argv)
+
+    # First the model alone (the YAML or the flags may name it): the training arguments' defaults depend on it.
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    asks_for_help = "-h" in arguments or "--help" in arguments
+    model_args, _ = TrlParser((ModelConfig,)).parse_args_and_config(args=arguments, return_remaining_strings=True)
+    built_in = model_args.model_name_or_path is None and not asks_for_help
+    defaults = {**TINY_DEMO_DEFAULTS, **DEMO_RUNS[script]} if built_in else {}
+    parsed = parse({**defaults, **SCRIPT_DEFAULTS[script]})
+    if parsed[1].should_log:
+        progress_logger().info(defaults_in_use(script, parsed, built_in, argv))
+    return parsed
+
+
+# The demo defaults named in the line that starts a run of the built-in tiny model.
+_NAMED_DEMO_DEFAULTS = ("learning_rate", "beta", "max_completion_length", "freeze_encoder", "num_generations")
+
+
+def defaults_in_use(
+    script: str, parsed: tuple[ScriptArguments, RFTConfig, ModelConfig], built_in: bool, argv: list[str] | None
+) -> str:
+    """The line that starts a run: the model, which defaults it starts from, and the recipe (`--config`) over them."""
+    script_args, _, model_args = parsed
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # TrlParser reads `--config PATH` (two words) only.
+    recipe = arguments[arguments.index("--config") + 1] if "--config" in arguments[:-1] else None
+    over = f", then the recipe {recipe}" if recipe else ""
+    if built_in:
+        demo = {**TINY_DEMO_DEFAULTS, **DEMO_RUNS[script]}
+        named = ", ".join(f"{name} {demo[name]}" for name in _NAMED_DEMO_DEFAULTS if name in demo)
+        kind = script_args.tiny_model_kind or TASKS.get(script_args.dataset_name, ("?",))[0]
+        task = script_args.dataset_name
+        return (
+            f"rft_trl {script}: the built-in tiny {kind} model on the {task!r} task, from the tiny demo's defaults "
+            f"(rft_trl.scripts.TINY_DEMO_DEFAULTS: {named}, ...){over}, then the command line."
+        )
+    smoke = " (--tiny: replaced by its tiny stand-in)" if script_args.tiny else ""
+    return (
+        f"rft_trl {script}: {model_args.model_name_or_path}{smoke}, from RFTConfig's defaults (TRL GRPOConfig's)"
+        f"{over}, then the command line."
+    )
+
+
+def parse_and_run(script: str, argv: list[str] | None = None) -> PPOTrainerVL:
+    """[`parse_args`] for `script`, then [`main`]."""
+    return main(*parse_args(script, argv))
 
 
 def end_launched_process() -> None:
@@ -137,9 +197,9 @@ REWARD_FUNCS: dict[str, Callable] = {
 # Used when no `--reward_funcs` is given: accuracy trained on, format logged (weights 1 and 0).
 DEFAULT_REWARD_FUNCS = ("accuracy_reward", "format_reward")
 
-# `--tiny`: optimizer steps and completion tokens of a recipe's smoke test, and the synthetic task per tiny kind
-# whose modality is not images.
-TINY_SMOKE_STEPS = 2
+# `--tiny`: rollouts and completion tokens of a recipe's smoke test, and the synthetic task per tiny kind whose
+# modality is not images.
+TINY_SMOKE_ROLLOUTS = 2
 TINY_SMOKE_COMPLETION_LENGTH = 8
 TINY_TASK_OF_KIND = {"qwen2_audio": "pitch", "qwen2": "text"}
 
@@ -187,8 +247,10 @@ class ScriptArguments:
         tiny (`bool`, *optional*, defaults to `False`):
             Smoke-test a recipe on the CPU: its model is replaced by the built-in tiny model of its family
             (`tiny_model_kind`, which the recipe names), its dataset by the synthetic task of that family's modality
-            (`tiny_dataset_name`), and the run is cut to `TINY_SMOKE_STEPS` optimizer steps with short completions.
-            Every other setting (batch layout, LoRA, estimator, loss, checkpointing) runs as written.
+            (`tiny_dataset_name`), and the run is cut to `TINY_SMOKE_ROLLOUTS` rollouts with short completions. A
+            recipe that saves checkpoints saves one at the end of each rollout (so the smoke run resumes as the real
+            one does). Every other setting (batch layout, LoRA, estimator, loss, checkpoint rotation) runs as
+            written.
         tiny_dataset_name (`str`, *optional*):
             The synthetic task of `--tiny` (`colour`, `video`, `pitch`, `text`); by default the one of the tiny
             family's modality (`pitch` for `qwen2_audio`, `text` for `qwen2`, else `colour`).
@@ -319,11 +381,6 @@ def whole_model(training_args: RFTConfig) -> Iterator[None]:
         training_args.deepspeed_plugin.set_deepspeed_weakref()
 
 
-def _resuming(training_args: RFTConfig) -> bool:
-    value = training_args.resume_from_checkpoint
-    return value not in (None, False) and str(value).lower() != "false"
-
-
 def load_reward_funcs(script_args: ScriptArguments) -> list[Callable | str]:
     """The reward model (if any) then the `reward_funcs`, by name in `REWARD_FUNCS` or by dotted import path."""
     funcs: list[Callable | str] = []
@@ -349,8 +406,10 @@ def load_reward_funcs(script_args: ScriptArguments) -> list[Callable | str]:
 def use_tiny_stand_in(script_args: ScriptArguments, training_args: RFTConfig, model_args: ModelConfig) -> None:
     """
     `--tiny`: swap the recipe's model for the tiny model of its family, its dataset for a synthetic task, and cut
-    the run to `TINY_SMOKE_STEPS` steps; everything else in the recipe runs as written.
+    the run to `TINY_SMOKE_ROLLOUTS` rollouts, checkpointed (if the recipe saves) at the end of each; everything else
+    in the recipe runs as written.
     """
+    steps_per_rollout = training_args.micro_steps_per_rollout // training_args.gradient_accumulation_steps
     kind = script_args.tiny_model_kind
     if kind is None:
         raise ValueError(
@@ -359,12 +418,13 @@ def use_tiny_stand_in(script_args: ScriptArguments, training_args: RFTConfig, mo
         )
     task = script_args.tiny_dataset_name or TINY_TASK_OF_KIND.get(kind, "colour")
     logger.info(
-        "--tiny: %s replaced by the tiny %s model, %s by the synthetic %r task, %d steps",
+        "--tiny: %s replaced by the tiny %s model, %s by the synthetic %r task, %d rollouts of %d steps",
         model_args.model_name_or_path,
         kind,
         script_args.dataset_name,
         task,
-        TINY_SMOKE_STEPS,
+        TINY_SMOKE_ROLLOUTS,
+        steps_per_rollout,
     )
     # The stand-in is built in memory: loading options of the real checkpoint do not apply to it.
     model_args.model_name_or_path = None
@@ -374,12 +434,13 @@ def use_tiny_stand_in(script_args: ScriptArguments, training_args: RFTConfig, mo
     script_args.prompt_column, script_args.answer_column, script_args.prompt_template = "prompt", "answer", None
     script_args.num_eval_samples = min(script_args.num_eval_samples, 8)
     script_args.reward_model_name_or_path = None
-    training_args.max_steps = TINY_SMOKE_STEPS
+    training_args.max_steps = TINY_SMOKE_ROLLOUTS * steps_per_rollout
     # Both names of the alias pair: RFTConfig resolved them into each other when it was parsed.
     length = min(training_args.generate_max_len, TINY_SMOKE_COMPLETION_LENGTH)
     training_args.generate_max_len = training_args.max_completion_length = length
-    # The final save_model still runs; a checkpoint after 2 steps would end mid-rollout, which cannot resume.
-    training_args.save_strategy = SaveStrategy.NO
+    if training_args.save_strategy != SaveStrategy.NO:
+        # The recipe's checkpointing, at the smoke run's scale: one checkpoint per rollout (a resumable boundary).
+        training_args.save_strategy, training_args.save_steps = SaveStrategy.STEPS, steps_per_rollout
     training_args.push_to_hub = False
 
 
@@ -418,6 +479,18 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
     if script_args.tiny:
         use_tiny_stand_in(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_data(script_args, training_args.seed)
+    if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
+        if training_args.load_best_model_at_end:
+            raise ValueError(
+                f"load_best_model_at_end needs evaluation, but {script_args.dataset_name!r} has no evaluation split: "
+                "name one with --dataset_test_split, or set load_best_model_at_end false."
+            )
+        progress_logger().info(
+            "No evaluation split (--dataset_test_split) for %r: evaluation is off (eval_strategy %r -> 'no').",
+            script_args.dataset_name,
+            training_args.eval_strategy.value,
+        )
+        training_args.eval_strategy, training_args.do_eval = IntervalStrategy.NO, False
     if model_args.model_name_or_path is None:
         if script_args.dataset_name not in TASKS:
             raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
@@ -426,8 +499,10 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
             model, processing_class = build_tiny_model(
                 script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed
             )
-            # A resumed run loads its warmed-up and trained weights from the checkpoint.
-            if script_args.format_warmup_steps > 0 and not _resuming(training_args):
+            # A resumed run warms up again, identically (the same model seed, rows and warm-up seed): the KL
+            # reference is the warmed-up model the checkpoint was trained against (the trainer checks it), and the
+            # trained weights then come from the checkpoint.
+            if script_args.format_warmup_steps > 0:
                 format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
     else:
         model = model_args.model_name_or_path

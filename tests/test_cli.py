@@ -73,3 +73,24 @@ def test_the_demo_checkpoints_and_resumes_from_the_newest_checkpoint(tmp_path):
     assert [entry["step"] for entry in steps] == [1, 2, 3]
     # Steps 1-2 come from the checkpoint's history, unchanged; step 3 trained on from there.
     assert steps[:2] == [entry for entry in first if "loss" in entry]
+
+
+def test_a_real_model_on_a_dataset_without_a_test_split_trains_with_evaluation_off(tmp_path, capsys):
+    """`eval_strategy steps` and no test split: evaluation is turned off with one line, not a crash at start."""
+    from rft_trl.testing import save_tiny_model
+
+    model_dir, data_dir = tmp_path / "model", tmp_path / "data"
+    save_tiny_model("qwen2", str(model_dir))
+    data_dir.mkdir()
+    rows = [{"prompt": f"Say the word {word}.", "answer": word} for word in ("red", "blue", "green", "cyan")]
+    (data_dir / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["grpo", "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir), "--use_cpu", "true"]
+    argv += ["--bf16", "false", "--max_steps", "1", "--num_generations", "2", "--per_device_train_batch_size", "4"]
+    argv += ["--max_completion_length", "4", "--eval_strategy", "steps", "--eval_steps", "1", "--report_to", "none"]
+    argv += ["--reward_plot", "false", "--logging_steps", "1", "--output_dir", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"No evaluation split (--dataset_test_split) for {str(data_dir)!r}: evaluation is off" in out
+    history = json.loads((tmp_path / "out" / "log_history.json").read_text())
+    assert [entry["step"] for entry in history if "loss" in entry] == [1]
+    assert not any("eval_loss" in entry or "eval_reward" in entry for entry in history)

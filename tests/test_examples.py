@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import rft_trl.scripts
+from rft_trl import RFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -199,3 +200,42 @@ def test_ppo_vl_trains_and_saves_the_critic_and_evaluates(example_runs):
     assert all(math.isfinite(entry["train/critic_loss"]) for entry in log_history if "loss" in entry)
     eval_rewards = [entry["eval_reward"] for entry in log_history if "eval_reward" in entry]
     assert eval_rewards and all(0.0 <= reward <= 1.0 for reward in eval_rewards)
+
+
+# TRL's GRPOConfig fields that the tiny demo sets otherwise: a real model must get TRL's values, not the demo's.
+DEMO_TUNED_FIELDS = (
+    "learning_rate", "beta", "max_completion_length", "num_generations", "lr_scheduler_type", "logging_steps",
+    "gradient_accumulation_steps", "per_device_train_batch_size", "eval_strategy", "save_steps", "bf16",
+    "activation_checkpointing", "use_bias_correction_kl", "max_steps",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("script", ["grpo_vl.py", "grpo_text.py", "grpo_audio.py", "ppo_vl.py"])
+def test_a_real_model_gets_trls_defaults_not_the_demos(monkeypatch, capsys, script):
+    from trl import GRPOConfig
+
+    _, training_args, model_args = parse_example(
+        monkeypatch, script, "--model_name_or_path", "org/real-model", "--use_cpu", "true"
+    )
+    assert model_args.model_name_or_path == "org/real-model"
+    trl_defaults = GRPOConfig(output_dir="x", use_cpu=True)
+    for name in DEMO_TUNED_FIELDS:
+        assert getattr(training_args, name) == getattr(trl_defaults, name), name
+    # What the script is stays: its output directory, and PPO's critic; the demo's critic tuning does not.
+    assert training_args.output_dir == f"outputs/{script.removesuffix('.py')}"
+    assert training_args.advantage_estimator == ("gae" if script == "ppo_vl.py" else "group_norm")
+    assert training_args.lambd == RFTConfig(output_dir="x", use_cpu=True).lambd
+    first_line = "org/real-model, from RFTConfig's defaults (TRL GRPOConfig's), then the command line"
+    assert first_line in capsys.readouterr().out
+    # Control: the same script without a model is the tiny demo, and says so.
+    _, demo_args, _ = parse_example(monkeypatch, script)
+    assert (demo_args.learning_rate, demo_args.beta) == (1e-3, 0.1) != (trl_defaults.learning_rate, trl_defaults.beta)
+    first_line = "from the tiny demo's defaults (rft_trl.scripts.TINY_DEMO_DEFAULTS: learning_rate 0.001"
+    assert first_line in capsys.readouterr().out
+
+
+def test_a_recipe_names_itself_in_the_first_line(monkeypatch, capsys):
+    recipe = RECIPES / "grpo_vl_qwen2_5_vl_3b_lora.yaml"
+    _, training_args, _ = parse_example(monkeypatch, "grpo_vl.py", "--config", str(recipe), "--use_cpu", "true")
+    assert training_args.learning_rate == 1e-5  # the recipe's
+    assert f"then the recipe {recipe}, then the command line" in capsys.readouterr().out

@@ -24,7 +24,7 @@ RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
 REPLACED_BY_TINY = {
     "model_name_or_path", "dataset_name", "dataset_train_split", "dataset_test_split", "prompt_column",
     "answer_column", "prompt_template", "max_steps", "max_completion_length", "save_strategy", "report_to",
-    "output_dir", "num_eval_samples", "reward_model_name_or_path", "push_to_hub", "logging_steps",
+    "output_dir", "num_eval_samples", "reward_model_name_or_path", "push_to_hub", "logging_steps", "save_steps",
 }  # fmt: skip
 NOT_IN_TRAINING_ARGS = {
     "tiny_model_kind", "tiny_dataset_name", "reward_funcs", "format_warmup_steps", "use_peft", "lora_r",
@@ -46,17 +46,25 @@ def test_every_recipe_runs_two_steps_on_its_tiny_family_stand_in(recipe, tmp_pat
 
     history = json.loads((out / "log_history.json").read_text())
     steps = [entry for entry in history if "loss" in entry and "eval_loss" not in entry]
-    assert [entry["step"] for entry in steps] == [1, 2]
+    trained = json.loads((out / "training_args.json").read_text())
+    # Two rollouts of the recipe's own batch layout, checkpointed after each where the recipe saves.
+    samples_per_rollout = trained["rollout_batch_size"] * trained["num_generations"] * trained["num_iterations"]
+    steps_per_rollout = samples_per_rollout // (
+        trained["per_device_train_batch_size"] * trained["gradient_accumulation_steps"]
+    )
+    assert [entry["step"] for entry in steps] == list(range(1, 2 * steps_per_rollout + 1))
+    saves = values.get("save_strategy", "steps") != "no"
+    expected_checkpoints = [f"checkpoint-{steps_per_rollout}", f"checkpoint-{2 * steps_per_rollout}"] if saves else []
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == expected_checkpoints
     # Each of the recipe's reward functions scored every rollout, none of them failing.
     for name in values.get("reward_funcs", ["accuracy_reward", "format_reward"]):
         assert f"rewards/{name}/mean" in steps[0], name
         assert steps[0][f"rollout/reward_failures/{name}"] == 0
     # The recipe's own settings ran as written.
-    trained = json.loads((out / "training_args.json").read_text())
     for key, value in values.items():
         if key not in REPLACED_BY_TINY | NOT_IN_TRAINING_ARGS:
             assert trained[key] == value, key
-    assert trained["max_steps"] == 2
+    assert trained["max_steps"] == 2 * steps_per_rollout
     # What it saves: the adapter (LoRA) or the whole model, and the critic of a PPO recipe.
     files = {path.name for path in out.iterdir()}
     assert ("adapter_model.safetensors" in files) == bool(values.get("use_peft"))
@@ -89,7 +97,7 @@ def test_a_recipe_naming_another_family_than_its_model_is_refused(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model_name_or_path: {model}\ntiny_model_kind: qwen2_5_vl\ndataset_name: colour\n")
     with pytest.raises(ValueError, match=r"tiny_model_kind='qwen2_5_vl' but .* is a 'qwen2_vl' model"):
-        cli.main(["grpo", "--config", str(recipe), "--output_dir", str(tmp_path / "out")])
+        cli.main(["grpo", "--config", str(recipe), "--use_cpu", "true", "--output_dir", str(tmp_path / "out")])
 
 
 def test_tiny_needs_the_recipe_family(tmp_path):
