@@ -540,5 +540,9 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
     # Every process leaves together, with its process group closed: a process that exits while another is still
     # writing the model can abort in the collective backend's teardown (seen with gloo under ZeRO-3).
     trainer.accelerator.wait_for_everyone()
+    # vLLM's engine shuts down first, through its own shutdown: left to its exit-time finalizer it would destroy its
+    # process groups after end_training had destroyed them all ("Invalid process group specified").
+    if trainer.rollout_engine is not None:
+        trainer.rollout_engine.close()
     trainer.accelerator.end_training()
     return trainer

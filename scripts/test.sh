@@ -3,12 +3,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# vLLM's CPU build, in its own environment, for tests/test_vllm.py. A failure here is not fatal: those tests then
-# skip, printing the reason (the tail of .venv-vllm.log).
-if bash scripts/setup_vllm.sh > .venv-vllm.log 2>&1; then
+# vLLM's CPU build, in its own environment, for tests/test_vllm.py. A failed build fails the run: the real-engine
+# tests need it. Only a reduced run asked for by name (RFT_TRL_TESTS_WITHOUT_VLLM=1) goes on without it (and does not
+# build it); those tests then skip, saying why, and the run says it was reduced, first and last.
+WITHOUT_VLLM=${RFT_TRL_TESTS_WITHOUT_VLLM:-0}
+if [ "$WITHOUT_VLLM" != 0 ] && [ "$WITHOUT_VLLM" != 1 ]; then
+  echo "RFT_TRL_TESTS_WITHOUT_VLLM must be 1 (a reduced run without the vLLM tests) or 0 (the full run)," \
+    "not '$WITHOUT_VLLM'" >&2
+  exit 2
+fi
+export RFT_TRL_TESTS_WITHOUT_VLLM=$WITHOUT_VLLM  # read by tests/test_vllm.py
+reduced_run_notice() {
+  echo "REDUCED RUN (RFT_TRL_TESTS_WITHOUT_VLLM=1): without the vLLM tests" \
+    "(tests/test_vllm.py's real-engine tests skip). The full run, as CI runs it, leaves the variable unset." >&2
+}
+if [ "$WITHOUT_VLLM" = 1 ]; then
+  reduced_run_notice
+elif bash scripts/setup_vllm.sh > .venv-vllm.log 2>&1; then
   tail -n 1 .venv-vllm.log
 else
-  echo "scripts/setup_vllm.sh failed (see .venv-vllm.log): the vLLM tests will skip" >&2
+  echo "scripts/setup_vllm.sh failed; the end of .venv-vllm.log:" >&2
+  tail -n 40 .venv-vllm.log >&2
+  echo "scripts/setup_vllm.sh failed (log above, all of it in .venv-vllm.log): the vLLM tests need .venv-vllm." \
+    "Fix the build, or run the reduced suite without the vLLM tests:" \
+    "RFT_TRL_TESTS_WITHOUT_VLLM=1 bash scripts/test.sh" >&2
+  exit 1
 fi
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check rft_trl tests examples bench
@@ -20,5 +39,8 @@ set -e
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests" >&2
   exit 1
+fi
+if [ "$WITHOUT_VLLM" = 1 ]; then
+  reduced_run_notice
 fi
 exit "$status"

@@ -347,6 +347,18 @@ class VLLMColocateEngine(VLLMEngine):
             self.llm.wake_up()
             self.sleeping = False
 
+    def close(self) -> None:
+        """
+        Shut the engine down now, through vLLM's own shutdown of its engine core (the one its exit-time finalizer
+        runs, which this detaches); the engine generates no more. Call it before the training's process group is
+        destroyed (`accelerator.end_training()`): the shutdown destroys vLLM's process groups, and the default group
+        when one is still there (the one vLLM started in a single process, or the launch's). Left to the
+        finalizer, after `end_training` had destroyed the default group and every group with it, vLLM's teardown
+        destroyed its own groups a second time and ended the process with a traceback ("Invalid process group
+        specified"). A second call does nothing.
+        """
+        self.llm.llm_engine.engine_core.shutdown()
+
 
 def _cpu_shared_memory_names() -> list[str]:
     """vLLM's CPU tensor-parallel shared-memory segments in /dev/shm (Linux), by name."""
