@@ -3,6 +3,7 @@ skipped and counted under data/skipped/<reason>, logged with its dataset index a
 replaced, and the skip limit still stops a run whose data are mostly bad, naming the columns and reasons."""
 
 import io
+import json
 import logging
 
 import numpy as np
@@ -224,3 +225,53 @@ def test_audio_and_video_features_decode_here_when_datasets_cannot(tmp_path, cap
         assert collator.pop_repair_counts()[f"data/repaired/{kind}_decoded_by_rft_trl"] == 1
         assert [(entry.row, entry.reason, entry.column) for entry in batch.skipped] == [(1, "missing_file", column)]
         assert f"Dataset index 1 skipped (missing_file): column {column!r}: " in caplog.text
+
+
+def test_an_eval_batch_of_only_bad_rows_is_left_out_and_counted(tmp_path, caplog):
+    # Eval batches of 2 in dataset order: [0, 1], [2, 3] (a missing file and None: nothing to generate), [4, 5], ...
+    model, processor = build_tiny_model("qwen2_5_vl")
+    args = tiny_config(str(tmp_path / "out"), per_device_eval_batch_size=2)
+    reward = RecordingReward()
+    trainer = PPOTrainerVL(
+        model, [reward], args, train_dataset=make_colour_dataset(4), eval_dataset=_dataset(tmp_path, "image"),
+        processing_class=processor,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        metrics = trainer.evaluate()
+    assert "Evaluation: Every row of this batch was skipped as bad input" in caplog.text
+    assert "missing_file in column 'image'" in caplog.text and "missing_image in column 'image'" in caplog.text
+    assert {name: value for name, value in metrics.items() if "skipped" in name} == {
+        f"eval_data/skipped/{reason}": 1.0 for reason in BAD.values()
+    }
+    # Control: the other batches were evaluated, every good row and no bad one.
+    assert reward.uids == GOOD and np.isfinite(metrics["eval_reward"])
+
+
+def test_a_resume_draws_the_same_replacement_rows_as_the_uninterrupted_run(tmp_path):
+    """Two all-bad batches, one before the checkpoint and one after: the second is replaced by the same rows."""
+    bad = _bad_values(tmp_path)
+    dataset = _dataset(tmp_path, "image", bad={2: bad[2], 3: bad[3], 6: bad[2], 7: bad[3]})
+
+    def run(output_dir, resume=None):
+        model, processor = build_tiny_model("qwen2_5_vl")
+        args = tiny_config(output_dir, shuffle_dataset=False, max_steps=4, save_strategy="steps", save_steps=2)
+        reward = RecordingReward()
+        trainer = PPOTrainerVL(model, [reward], args, train_dataset=dataset, processing_class=processor)
+        trainer.train(resume_from_checkpoint=resume)
+        return [entry for entry in trainer.state.log_history if "loss" in entry and entry["step"] > 2], reward.uids
+
+    uninterrupted, _ = run(str(tmp_path / "a"))
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    assert json.loads((checkpoint / "rft_state.json").read_text())["replacement_passes"] == [1]
+    resumed, resumed_uids = run(str(tmp_path / "b"), resume=str(checkpoint))
+    assert resumed == uninterrupted
+    # Control: a checkpoint without the passes (as before they were recorded) replaces step 4's batch with the first
+    # pass's rows again, and the run after the checkpoint differs.
+    state = json.loads((checkpoint / "rft_state.json").read_text())
+    del state["replacement_passes"]
+    (checkpoint / "rft_state.json").write_text(json.dumps(state))
+    marker = json.loads((checkpoint / "checkpoint_complete.json").read_text())  # the sizes it lists must hold
+    marker["files"]["rft_state.json"] = (checkpoint / "rft_state.json").stat().st_size
+    (checkpoint / "checkpoint_complete.json").write_text(json.dumps(marker))
+    forgetful, forgetful_uids = run(str(tmp_path / "c"), resume=str(checkpoint))
+    assert forgetful_uids != resumed_uids and forgetful != uninterrupted

@@ -151,18 +151,24 @@ class ReplacementRows:
         seed (`int`, *optional*, defaults to `0`): seed of the random order.
         shard (`int`, *optional*, defaults to `0`), num_shards (`int`, *optional*, defaults to `1`):
             this process's index and the number of processes.
+        passes (`int`, *optional*, defaults to `0`): passes already begun (a resumed run's, from its checkpoint).
     """
 
-    def __init__(self, rows, seed: int = 0, shard: int = 0, num_shards: int = 1):
-        self.rows, self.shard, self.num_shards = rows, shard, num_shards
-        self.generator = torch.Generator().manual_seed(seed + shard)
+    def __init__(self, rows, seed: int = 0, shard: int = 0, num_shards: int = 1, passes: int = 0):
+        self.rows, self.seed, self.shard, self.num_shards = rows, seed, shard, num_shards
+        # Passes begun so far; each pass's order depends only on it (and the seed and shard), so a checkpoint that
+        # records it lets a resumed run draw the same rows as the uninterrupted one.
+        self.passes = passes
 
     def __iter__(self) -> Iterator[dict]:
         if isinstance(self.rows, torch.utils.data.IterableDataset):
             yield from itertools.islice(self.rows, self.shard, None, self.num_shards)
             return
+        # A seed of its own per (shard, pass): shard + num_shards * pass never repeats.
+        generator = torch.Generator().manual_seed(self.seed + self.shard + self.num_shards * self.passes)
+        self.passes += 1
         size = len(self.rows)
-        start, stride = (int(value) for value in torch.randint(size, (2,), generator=self.generator))
+        start, stride = (int(value) for value in torch.randint(size, (2,), generator=generator))
         while math.gcd(stride, size) != 1:  # ends: 1 is coprime to every size
             stride = (stride + 1) % size
         for step in range(size):

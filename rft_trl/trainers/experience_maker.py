@@ -32,7 +32,7 @@ from ..core import (
     rollout_importance_weights,
     rollout_mismatch_metrics,
 )
-from ..data.collator import PromptBatch, PromptCollator
+from ..data.collator import PromptBatch, PromptCollator, SkippedRow
 from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
@@ -42,6 +42,18 @@ from .replay_buffer_utils import BufferItem
 from .rft_config import RFTConfig
 
 logger = logging.getLogger(__name__)
+
+
+class EmptyBatchError(ValueError):
+    """Every row of a batch was skipped as bad input: there is nothing to generate from (`skipped` says why)."""
+
+    def __init__(self, skipped: list[SkippedRow]):
+        causes = sorted({(row.reason, row.column or "-") for row in skipped})
+        described = ", ".join(f"{reason} in column {column!r}" for reason, column in causes)
+        super().__init__(
+            f"Every row of this batch was skipped as bad input (rows {[row.row for row in skipped]}: {described})."
+        )
+        self.skipped = skipped
 
 
 @dataclass
@@ -152,8 +164,7 @@ class ExperienceMaker:
                 encodings.clear()  # new media, and the weights may have changed since the last rollout
         batch = self.collator(rows)
         if len(batch) == 0:
-            reasons = sorted({skipped.reason for skipped in batch.skipped})
-            raise ValueError(f"Every prompt of this batch was rejected as bad input ({', '.join(reasons)}).")
+            raise EmptyBatchError(batch.skipped)
         samples = self._generate(batch, n, sampling_kwargs)
         samples["kept_rows"] = batch.kept
         single = batch.columns.get("image") or [None] * len(batch)

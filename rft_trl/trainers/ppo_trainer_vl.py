@@ -81,7 +81,7 @@ from .checkpointing import (
     staged_checkpoint,
     write_trainer_checkpoint,
 )
-from .experience_maker import ExperienceMaker, Rollout
+from .experience_maker import EmptyBatchError, ExperienceMaker, Rollout
 from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
@@ -522,6 +522,8 @@ class PPOTrainerVL(Trainer):
         )
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None
+        # Replacement passes begun before this run (restored from a checkpoint by `_restore_rft_state`).
+        self._replacement_passes = 0
         self.kl_ctl = (
             AdaptiveKLController(args.init_kl_coef, args.kl_target, args.kl_horizon)
             if args.kl_target
@@ -1036,7 +1038,11 @@ class PPOTrainerVL(Trainer):
         else:
             rows = dataset = IndexedRows(self.train_dataset)
         self._replacement_rows = ReplacementRows(
-            rows, self.args.seed, self.accelerator.process_index, self.accelerator.num_processes
+            rows,
+            self.args.seed,
+            self.accelerator.process_index,
+            self.accelerator.num_processes,
+            passes=self._replacement_passes,
         )
         return self._get_dataloader(
             dataset=dataset,
@@ -1546,9 +1552,15 @@ class PPOTrainerVL(Trainer):
         for batch in dataloader:
             indices = [row[ROW_INDEX] for row in batch.rows]  # the collator names skipped rows by it too
             with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
-                samples, completions, prompts, out = self.experience_maker.generate_and_score(
-                    batch.rows, samples_per_prompt, sampling
-                )
+                try:
+                    samples, completions, prompts, out = self.experience_maker.generate_and_score(
+                        batch.rows, samples_per_prompt, sampling
+                    )
+                except EmptyBatchError as error:
+                    # The eval set is what it is (no replacement rows): the batch's rows are counted as skipped
+                    # (eval_data/skipped/*) and the evaluation goes on with the next batch.
+                    logger.warning("Evaluation: %s The batch is left out.", error)
+                    continue
                 if with_loss:
                     rollout = self.experience_maker.experience_from(
                         samples, completions, prompts, out, samples_per_prompt
@@ -1677,6 +1689,9 @@ class PPOTrainerVL(Trainer):
                 self._optimizer_steps_per_rollout,
             )
         save_optimizer = not (self.args.save_only_model or self.args.disable_ds_ckpt)
+        # Every process's replacement passes (each draws its own), gathered on all processes; the main one writes them.
+        passes = 0 if self._replacement_rows is None else self._replacement_rows.passes
+        self._replacement_passes_per_process = gather_object([passes])
         with staged_checkpoint(final, self.args.should_save, self.accelerator.wait_for_everyone, step) as staging:
             write_trainer_checkpoint(self, staging, run_dir, trial, save_optimizer)
             if self.args.should_save:
@@ -1698,6 +1713,7 @@ class PPOTrainerVL(Trainer):
             "entropy_controller": self.entropy_controller.state_dict(),
             "nonfinite": self._nonfinite_guard.state_dict(),
             "reference_fingerprint": self._reference_fingerprint,
+            "replacement_passes": self._replacement_passes_per_process,
         }
 
     def _fingerprint_reference(self) -> dict[str, list[float]] | None:
@@ -1743,6 +1759,9 @@ class PPOTrainerVL(Trainer):
         if "entropy_controller" in state:  # checkpoints written before the entropy controller have none
             self.entropy_controller.load_state_dict(state["entropy_controller"])
         self._nonfinite_guard.load_state_dict(state["nonfinite"])
+        passes = state.get("replacement_passes", [])  # checkpoints written before it have none
+        if len(passes) == self.accelerator.num_processes:
+            self._replacement_passes = passes[self.accelerator.process_index]
         # The checkpoint ends a rollout: the next micro-step generates a fresh one.
         self._micro_batches = []
         self._ema_state = ema
