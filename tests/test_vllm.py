@@ -349,6 +349,75 @@ def test_colocate_tensor_parallel_size_must_divide_the_processes(tmp_path):
         )
 
 
+# Run in the vLLM environment: the tiny Qwen2 (heads of 64 / 4 = 16) in colocate mode, then in server mode against a
+# stand-in server on the CPU (its /server_info as vLLM's gives it: the device and the served model's path). Prints
+# each construction's outcome as JSON.
+HEAD_DIM_16_SCRIPT = """
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from rft_trl import PPOTrainerVL
+from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, save_tiny_model, tiny_config
+
+out = sys.argv[1]
+path = save_tiny_model("qwen2", out + "/model")
+info = {"vllm_config": {"device_config": {"device": "cpu"},
+                        "model_config": {"model": path, "logprobs_mode": "processed_logprobs"}}}
+answers = {"/health": {}, "/v1/models": {"data": [{"id": path}]}, "/server_info": info}
+
+class Server(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(answers[self.path.split("?")[0]]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+modes = {
+    "colocate": {"vllm_mode": "colocate", "vllm_enforce_eager": True},
+    "server": {"vllm_mode": "server", "vllm_server_base_url": f"http://127.0.0.1:{server.server_port}"},
+}
+results = {}
+for mode, options in modes.items():
+    model, tokenizer = build_tiny_model("qwen2")
+    args = tiny_config(out + "/" + mode, use_vllm=True, **options)
+    try:
+        rows = make_task_dataset("text", 4)
+        PPOTrainerVL(model, [length_reward], args, train_dataset=rows, processing_class=tokenizer)
+        results[mode] = None
+    except ValueError as error:
+        results[mode] = str(error)
+print("RESULTS", json.dumps(results))
+"""
+
+
+def test_a_head_dimension_the_cpu_attention_cannot_run_is_refused_at_construction(tmp_path):
+    # vLLM's CPU attention has kernels for the head sizes its backend declares (32, 64, 80, ...); with heads of 16 the
+    # engine used to build and the first rollout died ("Unsupported CPU attention configuration: head_dim=16"). Both
+    # modes now refuse the model when the engine is built, with the reason and the fix. (The head_dim 32 models of the
+    # other tests are the control.)
+    require_vllm_environment()
+    completed = subprocess.run(
+        [str(VLLM_PYTHON), "-c", HEAD_DIM_16_SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        env=VLLM_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-6000:]}"
+    assert completed.returncode == 0, output
+    results = json.loads(completed.stdout.split("RESULTS ", 1)[1])
+    for mode, error in results.items():
+        assert error is not None, f"{mode}: the engine was built"
+        assert "Qwen2ForCausalLM" in error and "attention heads of dimension 16" in error, error
+        assert "vLLM's CPU attention (CPU_ATTN) cannot run: it supports head dimensions 32, 64," in error, error
+        assert "on a GPU" in error and "head_dim >= 32" in error, error
+    # Refused before anything ran: no generation reached the kernel.
+    assert "Unsupported CPU attention configuration" not in completed.stdout + completed.stderr
+
+
 def test_zero3_two_processes_sync_gathered_weights_to_the_server(tmp_path, vllm_vl_server):
     # ZeRO-3 on 2 CPU processes, server mode: every rank gathers each module's shards in turn while rank 0 writes
     # the weights for the server, which both ranks then sample from. A large learning rate moves the policy far in 4

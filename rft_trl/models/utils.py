@@ -38,7 +38,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from ..core import compute_approx_kl as compute_approx_kl  # re-exported: the seed's lightrft.models.utils name
 from ..core import masked_mean as masked_mean  # re-exported: the seed's lightrft.models.utils name
-from ..data.multimodal import ProcessorLayout, extend_token_fields, is_token_field
+from ..data.multimodal import MEDIA_KINDS, ProcessorLayout, extend_token_fields, is_token_field
 from .packing import packed_seq_lens_from_sample_ids, pad_packed, unpack_values
 
 logger = logging.getLogger(__name__)
@@ -471,6 +471,7 @@ class ModelInputs:
         self.accepted = frozenset(p.name for p in parameters if p.kind not in variadic)
         self.token_fields = tuple(sorted(name for name in self.accepted if is_token_field(name)))
         self.aliases = dict(aliases or {})
+        self._model = model
         self._positions = position_source(model)
 
     def check_packable(self) -> None:
@@ -521,7 +522,7 @@ class ModelInputs:
     def collect(self, inputs: Mapping[str, torch.Tensor | None]) -> tuple[dict, dict]:
         """
         Sort keyword inputs into media fields and per-token fields, renaming aliases and dropping `None`s and
-        empty tensors.
+        empty tensors, with media content in the dtype of the towers that encode it ([`ModelInputs.media_dtype`]).
 
         Returns:
             `tuple[dict, dict]`: the media fields and the per-token fields.
@@ -554,7 +555,42 @@ class ModelInputs:
                 "processor's value (a completion's tokens extended with 0); without it the media tokens would be "
                 "placed or attended to as text."
             )
+        # Processors return float32 pixels and features whatever the model's dtype, and not every tower casts them
+        # (Kimi-K2.5's patch embedding meets them with bfloat16 weights and fails): media content is cast here, where
+        # every forward and generate of the actor, critic and reward model gets its inputs. Only content: floating
+        # fields of two or more dimensions (pixels, spectrograms). A 1-D floating field holds one number per item
+        # (Qwen-Omni's `video_second_per_grid`), which positions are computed from and bfloat16 would round; integer
+        # fields (grids, sizes, masks) and `mm_encoder_outputs` are never touched.
+        dtype = self.media_dtype
+        for name, value in media.items():
+            if dtype is not None and isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() > 1:
+                media[name] = value.to(dtype)
         return media, tokens
+
+    @property
+    def media_dtype(self) -> torch.dtype | None:
+        """
+        The dtype media content reaches the model in: that of the parameters of the towers that consume it, found by
+        transformers' own `get_encoder(modality)` (the vision tower for images and videos, the audio tower), else, when
+        the model names no tower there, the model's `dtype` (its first floating parameter). `None` (the inputs are left
+        as they came) when its towers are in different dtypes, since which field feeds which tower is not known here.
+
+        The towers, not the model as a whole: a model mixes dtypes where a tower does not. Modules kept in float32 by
+        `_keep_in_fp32_modules_strict` (the routers of DeepSeek-V3 inside Kimi-K2.5), LoRA adapters PEFT upcasts, or
+        `cast_lm_head_to_fp32` on tied embeddings (Kimi-K2.5's: the input embedding's weight turns float32 while the
+        tower stays bfloat16) make `model.dtype` or the embeddings' dtype an accident. A float32 model (mixed precision
+        under autocast) keeps float32 inputs. Read at every call, so a model cast after this object was built is
+        followed.
+        """
+        towers = {
+            id(tower): tower
+            for tower in map(self._model.get_encoder, MEDIA_KINDS)
+            if tower is not None and tower is not self._model
+        }
+        if not towers:
+            return self._model.dtype
+        dtypes = {next(p.dtype for p in tower.parameters() if p.is_floating_point()) for tower in towers.values()}
+        return dtypes.pop() if len(dtypes) == 1 else None
 
     def position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, fields: Mapping[str, torch.Tensor]

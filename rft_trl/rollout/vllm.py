@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -272,7 +273,12 @@ class VLLMColocateEngine(VLLMEngine):
         # The engine runs in this process, so that weights pass as tensors (an engine process cannot take them).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.platforms import current_platform
 
+        if current_platform.is_cpu():
+            # The model config the engine will build (no weights are read): refused here, not at the first rollout.
+            check_cpu_attention(EngineArgs(model=model_path, **llm_kwargs).create_model_config())
         self.sleep_mode = bool(llm_kwargs.get("enable_sleep_mode"))
         # One process: vLLM's single-process executor. Several (a distributed launch): each process runs its own
         # engine on its own device and prompts, in the launch's process group (vLLM's external launcher, TRL's way).
@@ -360,6 +366,41 @@ class VLLMColocateEngine(VLLMEngine):
         self.llm.llm_engine.engine_core.shutdown()
 
 
+def check_cpu_attention(model_config) -> None:
+    """
+    Refuse a model whose attention vLLM's CPU build cannot run, before any rollout.
+
+    vLLM's CPU platform runs every attention but multi-head latent attention (its own CPU MLA backend) with the
+    `CPU_ATTN` backend, whose kernels exist for the head sizes the backend declares (`get_supported_head_sizes`).
+    vLLM checks none of this when it builds the engine: another head size (16, the tiny Qwen2's) builds, then kills
+    the first generation ("Unsupported CPU attention configuration: head_dim=16"), and a server with it.
+
+    Args:
+        model_config (`vllm.config.ModelConfig`):
+            The engine's model config: vLLM's own head size (`head_dim`, else `hidden_size // num_attention_heads`
+            of the text config) and MLA flag.
+
+    Raises:
+        `ValueError`: naming the model, its head dimension, the head dimensions the CPU build supports and the fix.
+    """
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    if model_config.use_mla:
+        return
+    backend = AttentionBackendEnum.CPU_ATTN.get_class()
+    head_size = model_config.get_head_size()
+    if backend.supports_head_size(head_size):
+        return
+    architectures = ", ".join(model_config.architectures or []) or "the model"
+    supported = ", ".join(map(str, backend.get_supported_head_sizes()))
+    raise ValueError(
+        f"{architectures} ({model_config.model}) has attention heads of dimension {head_size}, which vLLM's CPU "
+        f"attention ({backend.get_name()}) cannot run: it supports head dimensions {supported}. Generate with vLLM "
+        "on a GPU, use a model whose head dimension is one of those (e.g. head_dim >= 32), or leave use_vllm off "
+        "(transformers' generate runs any head dimension)."
+    )
+
+
 def _cpu_shared_memory_names() -> list[str]:
     """vLLM's CPU tensor-parallel shared-memory segments in /dev/shm (Linux), by name."""
     return sorted(path.name for path in Path("/dev/shm").glob("*cpushm*"))
@@ -425,7 +466,9 @@ class VLLMServerEngine(VLLMEngine):
         self.session = requests.Session()
         self._wait_for_server(timeout)
         self.model = self._get("/v1/models")["data"][0]["id"]
-        self._check_logprobs_mode(need_log_probs)
+        config = self._server_config()
+        self._check_logprobs_mode(config, need_log_probs)
+        self._check_cpu_attention(config)
         self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="rft_trl_vllm_sync_"))
         self.sync_dir.mkdir(parents=True, exist_ok=True)
 
@@ -466,11 +509,14 @@ class VLLMServerEngine(VLLMEngine):
         if response.status_code != 200:
             raise RuntimeError(f"vLLM server request {path} failed ({response.status_code}): {response.text[:2000]}")
 
-    def _check_logprobs_mode(self, need_log_probs: bool) -> None:
+    def _server_config(self) -> dict:
+        """The server's `VllmConfig`, as its `/server_info` gives it (a dict of its sub-configs)."""
         info = self._get("/server_info", params={"config_format": "json"})
         config = info.get("vllm_config", info)
-        if isinstance(config, str):
-            config = json.loads(config)
+        return json.loads(config) if isinstance(config, str) else config
+
+    @staticmethod
+    def _check_logprobs_mode(config: dict, need_log_probs: bool) -> None:
         mode = (config.get("model_config") or {}).get("logprobs_mode")
         if need_log_probs and mode != "processed_logprobs":
             raise ValueError(
@@ -478,6 +524,34 @@ class VLLMServerEngine(VLLMEngine):
                 "recomputes (after temperature), biasing the mismatch correction. Restart it with "
                 "`--logprobs-mode processed_logprobs`."
             )
+
+    def _check_cpu_attention(self, config: dict) -> None:
+        """
+        On a server running on the CPU, [`check_cpu_attention`] on the model it serves, with vLLM's model config built
+        here from the server's (which needs vLLM in this environment and the model readable from here).
+        """
+        if str((config.get("device_config") or {}).get("device")) != "cpu":
+            return
+        if importlib.util.find_spec("vllm") is None:
+            logger.info(
+                "The vLLM server at %s runs on the CPU; the head dimension of its attention is not checked here (no "
+                "vLLM in this environment): one its CPU attention cannot run fails the first rollout.",
+                self.base_url,
+            )
+            return
+        from vllm.config import ModelConfig
+
+        served = config.get("model_config") or {}
+        try:
+            model_config = ModelConfig(
+                model=served.get("model") or self.model,
+                revision=served.get("revision"),
+                trust_remote_code=bool(served.get("trust_remote_code")),
+            )
+        except (OSError, ValueError) as error:
+            logger.info("The served model's config cannot be read here to check its head dimension: %s", error)
+            return
+        check_cpu_attention(model_config)
 
     def _generate(self, requests, params):
         """Text prompts in one `/v1/completions` call (token ids in, as TRL does); prompts with media one
