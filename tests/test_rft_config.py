@@ -1,5 +1,6 @@
 """RFTConfig: TRL aliases, contradiction errors, derived sizes and every checked field."""
 
+import logging
 import math
 import re
 import warnings
@@ -342,3 +343,17 @@ def test_pin_memory_control_warns_without_an_accelerator():
         warnings.simplefilter("always")
         list(torch.utils.data.DataLoader([torch.zeros(1)], pin_memory=True))
     assert any(OWN_SETTING_WARNINGS.search(str(w.message)) for w in caught)
+
+
+def test_the_deprecated_gradient_checkpointing_given_over_the_new_name_is_applied_and_both_are_named(caplog):
+    # transformers keeps the new name and drops the old one silently; our defaults use the new name, so the old one
+    # given over them is the user's word (e.g. `--gradient_checkpointing true` on the tiny demo).
+    with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.rft_config"):
+        args = RFTConfig(output_dir="x", use_cpu=True, activation_checkpointing=False, gradient_checkpointing=True)
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert "gradient_checkpointing=True applies" in caplog.text
+    caplog.clear()
+    # Control: agreeing names, or one name alone, say nothing.
+    with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.rft_config"):
+        args = RFTConfig(output_dir="x", use_cpu=True, activation_checkpointing=False, gradient_checkpointing=False)
+    assert args.activation_checkpointing is False and "applies" not in caplog.text

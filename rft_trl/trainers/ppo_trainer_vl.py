@@ -49,6 +49,7 @@ from transformers import (
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import ModelOutput
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
@@ -61,8 +62,10 @@ from ..models.actor import Actor
 from ..models.actor_al import ActorAL
 from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
+from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32, unwrap_model
+from ..models.verification import verify_model
 from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from ..rewards.functions import completion_text
@@ -593,6 +596,7 @@ class PPOTrainerVL(Trainer):
         self.aux_loss_enabled = bool(getattr(actor.hf_model.config.get_text_config(), "output_router_logits", False))
         self._place_reward_models()
         self._aux_loss_coef = self._resolve_aux_loss_coef()
+        self._missing_aux_loss_warned = False
         self._check_deepspeed_saving()
         self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
         # TRL's attribute: the reference policy's transformers model (None without a separate reference model).
@@ -621,6 +625,18 @@ class PPOTrainerVL(Trainer):
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
+        if args.verify_model:
+            self._verify_model()
+
+    def _verify_model(self) -> None:
+        """`verify_model`: the policy's log-probs through rft_trl against its own forward, before any step."""
+        if is_deepspeed_zero3_enabled():
+            # The policy is partitioned until DeepSpeed's engine starts with training; its forward cannot run here.
+            logger.info("verify_model: not run under ZeRO-3 (the policy is partitioned before training starts).")
+            return
+        # A cache of its own: the run's cache and its counts start clean.
+        encodings = MediaEncodings(self.actor.model) if self.experience_maker.media_encodings is not None else None
+        verify_model(self.actor, self.collator, packing=self.actor.packing_samples, media_encodings=encodings)
 
     @property
     def reward_func_names(self) -> list[str]:
@@ -974,6 +990,28 @@ class PPOTrainerVL(Trainer):
             return self.args.aux_loss_coef
         return text_config.to_dict().get("router_aux_loss_coef", 0.0) or 0.0
 
+    def _router_aux_loss(self, output: ModelOutput) -> torch.Tensor | None:
+        """
+        The router load-balancing loss the policy's forward returned, or `None` (warned once) when it returned none.
+
+        Not every mixture-of-experts model computes one: Llama 4's and GLM-4.6V's multimodal outputs have no
+        `aux_loss` field, Llama 4's text model leaves it `None` even with `output_router_logits`, and no model
+        computes one with `output_router_logits` off. `ModelOutput.get` reads an absent field and a `None` one alike
+        (a `ModelOutput` holds only the fields that are set); such a model trains without the term.
+        """
+        aux_loss = output.get("aux_loss")
+        if aux_loss is None and not self._missing_aux_loss_warned:
+            self._missing_aux_loss_warned = True
+            logger.warning(
+                "router_aux_loss_coef=%s, but %s returned no router auxiliary loss (a %s without aux_loss; "
+                "output_router_logits=%s in its text config). Training without it.",
+                self._aux_loss_coef,
+                type(self.actor.hf_model).__name__,
+                type(output).__name__,
+                self.actor.hf_model.config.get_text_config().to_dict().get("output_router_logits"),
+            )
+        return aux_loss
+
     @staticmethod
     def _zero3_partitioned(module: nn.Module) -> bool:
         if not is_deepspeed_zero3_enabled():
@@ -1297,8 +1335,10 @@ class PPOTrainerVL(Trainer):
             ptx = sft_loss(self.actor, self._next_ptx_batch())
             self._record("train/ptx_loss", ptx)
             loss = loss + args.ptx_coef * ptx
-        if self._aux_loss_coef and out["output"].aux_loss is not None:
-            loss = loss + self._aux_loss_coef * out["output"].aux_loss
+        if self._aux_loss_coef:
+            aux_loss = self._router_aux_loss(out["output"])
+            if aux_loss is not None:
+                loss = loss + self._aux_loss_coef * aux_loss
         # TRL's `policy_loss`: the actor's loss before the entropy bonus (KL included); ours is train/policy_loss.
         self._record("policy_loss", loss, tokens)
         if "new_entropy" in batch:

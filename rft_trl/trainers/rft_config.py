@@ -345,6 +345,11 @@ class RFTConfig(TrainingArguments):
             instead of encoding the pixels once per sample and pass (see
             [`~rft_trl.models.media_encodings.MediaEncodings`]; where it is not verified exact, or under ZeRO-3, the
             pixels are encoded as before, the reason logged). The update and the reference encode for themselves.
+        verify_model (`bool`, *optional*, defaults to `True`):
+            Before training, check on a tiny synthetic batch built with the run's processor that the policy's
+            log-probs through rft_trl (padded; packed with `packing_samples`; with cached encoder outputs) equal the
+            model's own forward on each sample alone, and refuse the model, naming the check and the measured
+            difference, where they do not (see [`~rft_trl.models.verification`]). Logged once, with its cost.
 
         > Rewards
 
@@ -486,6 +491,9 @@ class RFTConfig(TrainingArguments):
     log_prob_chunk_size: int = field(default=256, metadata={"help": "Tokens per chunk of the fused log-probs."})
     cache_encoder_outputs: bool = field(
         default=True, metadata={"help": "Encode each prompt's images/videos once per rollout's no-grad passes."}
+    )
+    verify_model: bool = field(
+        default=True, metadata={"help": "Check the model's log-probs against its own forward before training."}
     )
 
     # Rewards
@@ -691,6 +699,18 @@ class RFTConfig(TrainingArguments):
         self._adapt_to_a_cpu_launch()
         if self.bf16 is None:
             self.bf16 = not self.fp16  # TRL's default
+        both = (self.activation_checkpointing, self.gradient_checkpointing)
+        if None not in both and both[0] != both[1]:
+            # transformers would keep the new name and drop the deprecated one without a word. A default of ours
+            # (the tiny demo's, or tiny_config's) is given under the new name, so a deprecated name given over it is
+            # the user's word (`--gradient_checkpointing true` on the demo): it wins, and both are named.
+            logger.warning(
+                "activation_checkpointing=%s and the deprecated gradient_checkpointing=%s were both given: "
+                "gradient_checkpointing=%s applies. Give only activation_checkpointing.",
+                *both,
+                both[1],
+            )
+            self.activation_checkpointing = self.gradient_checkpointing
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             # TRL's default, given under transformers' new name: TRL's own `gradient_checkpointing=True` makes
             # transformers warn (a FutureWarning) on every run. A deprecated `gradient_checkpointing` the user gives

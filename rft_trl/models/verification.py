@@ -1,0 +1,244 @@
+"""
+Verification on the user's own model, at construction: what a run relies on is measured on a tiny synthetic batch
+built with the user's processor and run through the user's model, and refused, naming the model class, the feature
+and the measured difference, when it does not hold. A list of families rft_trl tested is documentation; this is the
+guarantee for the model at hand.
+
+What is checked (each against the model's own forward on each sample alone: the processor called on that sample's
+row alone, no position ids passed, full-vocabulary log-softmax):
+
+- **padded**: the actor's log-probs of a left-padded batch (prompts of several lengths and media kinds), through the
+  path the run uses (the fused head when `fused_log_probs`), so a processor field the model misreads, a wrong
+  position or token type, or a fused head that differs from the logits shows;
+- **packed** (with `packing_samples`): the same samples packed into one row, so any layer that carries state across
+  packed samples (linear attention, convolutions, recurrent or chunked layers) shows;
+- **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
+  the cached encoder outputs equal those with the pixels.
+
+Every logit must be finite. The tolerance follows the model's dtype (`TOLERANCE`): float32 proves exactness; half
+precision only catches differences above its rounding noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.collator import PromptCollator
+from ..data.multimodal import extend_token_fields
+from .packing import pack_sequences
+
+logger = logging.getLogger(__name__)
+
+# Largest difference in action log-probs (nats) accepted per dtype of the model's weights.
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-6, torch.bfloat16: 0.1, torch.float16: 0.05}
+# Completion tokens appended to every synthetic prompt.
+COMPLETION_TEXT = "The answer is blue, I think."
+COMPLETION_TOKENS = 5
+
+
+class ModelVerificationError(ValueError):
+    """The user's model does not do what the run relies on: which check, by how much, and the fix."""
+
+
+@dataclass
+class CheckResult:
+    """One check: its name, the largest difference measured (nats), and the tolerance it was held to."""
+
+    name: str
+    difference: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.difference <= self.tolerance
+
+
+def _image(seed: int, size: tuple[int, int] = (56, 56)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
+    """
+    Batches of rows in the dataset format rft_trl reads (chat messages, plural media columns): per media kind the
+    processor takes, one row with one such item and two text-only rows (prompts of several lengths, so the batch is
+    padded and a packed row holds several samples); two text-only rows when it takes none. Kinds are not mixed in a
+    batch: some families (GLM-4.xV) take images and videos in separate forwards only.
+    """
+    sampling_rate = getattr(getattr(collator.processing_class, "feature_extractor", None), "sampling_rate", 16000)
+    media = {
+        "image": lambda: [_image(0)],
+        "video": lambda: [[np.asarray(_image(t, (56, 56))) for t in range(4)]],
+        "audio": lambda: [np.sin(np.arange(sampling_rate) * 2 * np.pi * 440 / sampling_rate).astype(np.float32)],
+    }
+    columns = {f"{kind}s": None for kind in collator.media_kinds}
+    text = [
+        {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
+        for question in ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
+    ]
+    batches = []
+    for kind in collator.media_kinds:
+        content = [{"type": kind}, {"type": "text", "text": f"Describe this {kind} in one word."}]
+        batches.append(
+            [{**columns, "prompt": [{"role": "user", "content": content}], f"{kind}s": media[kind]()}, *text]
+        )
+    return batches or [text]
+
+
+def _completion(collator: PromptCollator, device: torch.device) -> torch.Tensor:
+    ids = collator.tokenizer(COMPLETION_TEXT, add_special_tokens=False)["input_ids"][:COMPLETION_TOKENS]
+    return torch.tensor(ids, dtype=torch.long, device=device)  # [A]
+
+
+def _to(value, device: torch.device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+@torch.no_grad()
+def _alone_log_probs(model, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
+    """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
+    batch = collator([row])
+    device = completion.device
+    sequence = torch.cat([batch.input_ids.to(device), completion[None]], dim=1)  # [1, P + A]
+    tokens = {name: _to(v, device) for name, v in extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
+    # What the processor returns for this sample alone: no empty media fields for a text-only row.
+    media = {name: _to(value, device) for name, value in batch.multimodal_inputs.items() if value.numel() > 0}
+    try:
+        logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
+    except Exception as error:
+        raise ModelVerificationError(
+            f"verify_model: {type(model).__name__} cannot run a synthetic prompt built with the processor "
+            f"({type(collator.processing_class).__name__}): {type(error).__name__}: {error}. The processor does not "
+            "fit the model: pass the processor saved with this model."
+        ) from error
+    if not torch.isfinite(logits).all():
+        raise ModelVerificationError(
+            f"verify_model: {type(model).__name__} returns non-finite logits on a synthetic prompt built with its "
+            f"processor ({type(collator.processing_class).__name__}): the processor's fields do not fit the model. "
+            "Pass the processor saved with this model."
+        )
+    log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
+    return log_probs[-completion.shape[0] :]  # [A]
+
+
+def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return float((got.float() - expected.float()).abs().max())
+
+
+@torch.no_grad()
+def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, packing: bool, media_encodings):
+    """The largest difference of each check on one batch of `rows`, each row followed by `completion`."""
+    device = completion.device
+    expected = torch.stack([_alone_log_probs(actor.model, collator, row, completion) for row in rows])  # [N, A]
+    batch = collator(rows)
+    if len(batch) != len(rows):
+        raise ModelVerificationError(
+            f"verify_model: the processor ({type(collator.processing_class).__name__}) rejected a synthetic prompt: "
+            f"{batch.skipped}"
+        )
+    prompts = batch.input_ids.to(device)  # [N, P], left-padded
+    sequences = torch.cat([prompts, completion.expand(len(rows), -1)], dim=1)  # [N, P + A]
+    completion_mask = torch.ones_like(sequences[:, prompts.shape[1] :])  # [N, A]
+    attention_mask = torch.cat([batch.attention_mask.to(device), completion_mask], dim=1)  # [N, P + A]
+    tokens = {k: _to(v, device) for k, v in extend_token_fields(batch.token_fields, sequences.shape[1]).items()}
+    media = {k: _to(v, device) for k, v in batch.multimodal_inputs.items()}
+    num_actions = completion.shape[0]
+    padded = actor(sequences, num_actions, attention_mask, **tokens, **media)  # [N, A]
+    differences = {"padded": _difference(padded, expected)}
+    if packing:
+        packed, lengths = pack_sequences(sequences, attention_mask)  # [1, T]
+        packed_tokens = {k: pack_sequences(v, attention_mask)[0] for k, v in tokens.items()}
+        log_probs = actor(packed, [num_actions] * len(rows), packed_seq_lens=lengths, **packed_tokens, **media)
+        differences["packed"] = _difference(log_probs.view(len(rows), -1), expected)
+    if media_encodings is not None and media_encodings.reason is None and collator.media_kinds:
+        cached = media_encodings.model_inputs(batch.sample_multimodal_inputs, device)
+        log_probs = actor(sequences, num_actions, attention_mask, **tokens, **cached)
+        differences["encoder cache"] = _difference(log_probs, padded)
+        media_encodings.clear()
+    return differences
+
+
+@torch.no_grad()
+def verify_model(
+    actor,
+    collator: PromptCollator,
+    *,
+    packing: bool,
+    media_encodings=None,
+) -> list[CheckResult]:
+    """
+    Run the checks of this module on `actor`'s model and refuse what does not hold.
+
+    Args:
+        actor ([`Actor`]): the policy, as the run will call it (its fused head and packing settings).
+        collator ([`PromptCollator`]): the run's collator (its processor and layout); its counters are not touched.
+        packing (`bool`): check packed samples too (`packing_samples`).
+        media_encodings ([`MediaEncodings`], *optional*): the run's encoder-output cache, checked against the pixels
+            when it is in use; cleared afterwards.
+
+    Returns:
+        `list[CheckResult]`: the checks made, each within its tolerance.
+
+    Raises:
+        [`ModelVerificationError`]: naming the model class, the check and the measured difference.
+    """
+    model = actor.model
+    hf_model = actor.hf_model
+    name = type(hf_model).__name__
+    dtype = next(hf_model.parameters()).dtype
+    tolerance = TOLERANCE.get(dtype, 0.1)
+    device = next(hf_model.parameters()).device
+    own = PromptCollator(
+        collator.processing_class, layout=collator.layout, chat_template_kwargs=collator.chat_template_kwargs
+    )
+    completion = _completion(own, device)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    differences: dict[str, float] = {}
+    try:
+        for rows in synthetic_batches(own):
+            for check, difference in _check_batch(actor, own, rows, completion, packing, media_encodings).items():
+                differences[check] = max(differences.get(check, 0.0), difference)
+    finally:
+        model.train(was_training)
+    results = [CheckResult(check, difference, tolerance) for check, difference in differences.items()]
+    elapsed = time.perf_counter() - start
+    summary = ", ".join(f"{r.name} {r.difference:.2e}" for r in results)
+    logger.info(
+        "verify_model: %s (%s) against its own forward on each sample alone: %s (tolerance %.0e), %.2f s.",
+        name, str(dtype).removeprefix("torch."), summary, tolerance, elapsed,
+    )  # fmt: skip
+    for result in results:
+        if not result.passed:
+            raise ModelVerificationError(_refusal(name, result, str(dtype).removeprefix("torch.")))
+    return results
+
+
+def _refusal(name: str, result: CheckResult, dtype: str) -> str:
+    measured = f"by {result.difference:.3g} nats (tolerance {result.tolerance:g} in {dtype})"
+    if result.name == "packed":
+        return (
+            f"verify_model: {name} gives packed log-probs that differ from each sample alone {measured}: a layer of "
+            "this model carries state across packed samples (linear attention, a convolution, a recurrent or chunked "
+            "layer) that transformers does not reset at sample boundaries. Train it with packing_samples=False."
+        )
+    if result.name == "encoder cache":
+        return (
+            f"verify_model: {name}'s log-probs with its cached encoder outputs differ from those with the pixels "
+            f"{measured}. Train it with cache_encoder_outputs=False."
+        )
+    return (
+        f"verify_model: {name}'s log-probs through rft_trl (a padded batch) differ from its own forward on each "
+        f"sample alone {measured}: the model reads some input differently in a batch (a processor field, "
+        "positions or token types), or its fused head differs from its logits (try fused_log_probs=False). Please "
+        "report it with `rft-trl env`; verify_model=False skips this check at your own risk."
+    )

@@ -1,0 +1,114 @@
+"""
+`verify_model`: before training, the trainer checks on a tiny synthetic batch built with the run's processor that the
+policy's log-probs through rft_trl equal the model's own forward on each sample alone, and refuses, naming the model
+class, the check and the measured difference, what does not hold. Shown on models the tiny-family matrix does not
+build: Qwen3.5 (linear-attention layers whose convolution and recurrent state run across packed samples), and a family
+the matrix passes with a leaking layer injected.
+"""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+from rft_trl import PPOTrainerVL
+from rft_trl.models.verification import ModelVerificationError, verify_model
+from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, make_text_dataset, tiny_config
+from rft_trl.testing.families.common import text_kwargs
+from rft_trl.testing.tokenizer import build_tiny_tokenizer
+
+
+def tiny_qwen3_5():
+    """A tiny Qwen3.5 text model (one linear-attention layer, one full-attention layer) with the tiny tokenizer."""
+    tokenizer = build_tiny_tokenizer(seed=0)
+    config = Qwen3_5TextConfig(
+        **text_kwargs(tokenizer), head_dim=32, layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Qwen3_5ForCausalLM(config).eval(), tokenizer
+
+
+def build(tmp_path, model, processor, dataset, **config):
+    return PPOTrainerVL(
+        model, [length_reward], tiny_config(str(tmp_path), **config), train_dataset=dataset, processing_class=processor
+    )
+
+
+def test_qwen3_5_trains_padded_and_its_packing_is_refused_with_the_measured_difference(tmp_path, caplog):
+    model, tokenizer = tiny_qwen3_5()
+    with caplog.at_level(logging.INFO, logger="rft_trl.models.verification"):
+        build(tmp_path, model, tokenizer, make_text_dataset(4))
+    assert (
+        "verify_model: Qwen3_5ForCausalLM (float32) against its own forward on each sample alone: padded"
+        in caplog.text
+    )
+    with pytest.raises(ModelVerificationError, match=r"Qwen3_5ForCausalLM gives packed log-probs") as refused:
+        build(tmp_path, model, tokenizer, make_text_dataset(4), packing_samples=True)
+    assert "packing_samples=False" in str(refused.value)
+    measured = float(str(refused.value).split("alone by ")[1].split(" nats")[0])
+    assert measured > 1e-4  # the leak the issue measured (8e-4), far above float32 rounding
+    # verify_model=False is read: the check (and only the check) is skipped.
+    build(tmp_path, model, tokenizer, make_text_dataset(4), packing_samples=True, verify_model=False)
+
+
+class LeakAcrossSamples(nn.Module):
+    """
+    A decoder layer followed by a causal token shift (a width-2 convolution over the sequence) that zeroes padding
+    first, as linear-attention layers do: exact on padded batches, but a packed sample's first token sees the previous
+    sample's last one.
+    """
+
+    def __init__(self, layer: nn.Module, padding: dict):
+        super().__init__()
+        self.layer, self.padding = layer, padding
+
+    def forward(self, hidden_states, *args, **kwargs):
+        output = self.layer(hidden_states, *args, **kwargs)
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, H]
+        mask = self.padding.get("mask")
+        if mask is not None and mask.shape == hidden.shape[:2]:
+            hidden = hidden * mask[..., None].to(hidden.dtype)
+        hidden = hidden + 0.5 * torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def inject_leak(model, layers: nn.ModuleList) -> None:
+    """Wrap the first of `layers` in [`LeakAcrossSamples`], which reads the padding `model` was called with."""
+    padding: dict = {}
+
+    def remember_padding(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        padding["mask"] = mask if mask is not None and mask.dim() == 2 else None
+
+    model.register_forward_pre_hook(remember_padding, with_kwargs=True)
+    layers[0] = LeakAcrossSamples(layers[0], padding)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen2_5_vl"])
+def test_a_layer_leaking_across_packed_samples_is_caught_in_a_family_the_matrix_passes(tmp_path, kind):
+    model, processor = build_tiny_model(kind)
+    dataset = make_text_dataset(4) if kind == "qwen2" else make_colour_dataset(4)
+    # Control: the family as built packs exactly.
+    trainer = build(tmp_path, model, processor, dataset, packing_samples=True)
+    results = verify_model(trainer.actor, trainer.collator, packing=True)
+    assert {result.name for result in results} >= {"padded", "packed"} and all(r.difference < 1e-5 for r in results)
+    inject_leak(model, model.model.language_model.layers if kind == "qwen2_5_vl" else model.model.layers)
+    # Padded still exact (the layer zeroes padding), so the model trains unpacked...
+    build(tmp_path, model, processor, dataset)
+    # ...and packing is refused, naming the model and the measured leak.
+    with pytest.raises(ModelVerificationError, match=rf"{type(model).__name__} gives packed log-probs .* by \d"):
+        build(tmp_path, model, processor, dataset, packing_samples=True)
+
+
+@pytest.mark.parametrize("other", ["llava", "qwen3_vl"])
+def test_a_processor_of_another_family_is_named_at_construction(tmp_path, other):
+    # Before verify_model these failed at the first rollout: an IndexError, or Qwen3-VL's pixels in Qwen2.5-VL's
+    # patch embedding ("shape '[-1, 3, 2, 14, 14]' is invalid").
+    model, _ = build_tiny_model("qwen2_5_vl")
+    _, processor = build_tiny_model(other)
+    with pytest.raises(ModelVerificationError, match="Qwen2_5_VLForConditionalGeneration cannot run") as refused:
+        build(tmp_path, model, processor, make_colour_dataset(4))
+    assert type(processor).__name__ in str(refused.value) and "pass the processor saved with" in str(refused.value)
