@@ -227,9 +227,9 @@ def test_probe_finds_kinds_fields_token_types_and_media_tokens(vl_processor, aud
 def test_a_kind_the_processor_fails_on_is_left_out_and_its_rows_refused_with_the_reason(vl_processor, monkeypatch):
     """A sub-processor the model's template cannot use (Gemma 4's audio beside an image-only model) must not stop
     image training, and a row with that kind must be refused with the processor's own error, not misprocessed."""
-    real = multimodal._probe_media
+    real = multimodal.synthetic_media
     monkeypatch.setattr(
-        multimodal, "_probe_media", lambda kind, proc: "not a video" if kind == "video" else real(kind, proc)
+        multimodal, "synthetic_media", lambda kind, proc: "not a video" if kind == "video" else real(kind, proc)
     )
     layout = probe_processor(vl_processor)
     assert layout.media_kinds == ("image",) and "video" not in layout.fields
@@ -241,6 +241,6 @@ def test_a_kind_the_processor_fails_on_is_left_out_and_its_rows_refused_with_the
     )
     assert len(batch) == 1 and [s.reason for s in batch.skipped] == ["unsupported_media"]
     assert "could not process a row with two videos" in batch.skipped[0].detail
-    monkeypatch.setattr(multimodal, "_probe_media", lambda kind, proc: "broken")
+    monkeypatch.setattr(multimodal, "synthetic_media", lambda kind, proc: "broken")
     with pytest.raises(ValueError, match="could not process a row with two images.*could not process a row with two"):
         probe_processor(vl_processor)

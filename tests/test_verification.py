@@ -14,7 +14,7 @@ from torch import nn
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 from rft_trl import PPOTrainerVL
-from rft_trl.models.verification import ModelVerificationError, verify_model
+from rft_trl.models.verification import ModelVerificationError, synthetic_batches, verify_model
 from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, make_text_dataset, tiny_config
 from rft_trl.testing.families.common import text_kwargs
 from rft_trl.testing.tokenizer import build_tiny_tokenizer
@@ -112,3 +112,18 @@ def test_a_processor_of_another_family_is_named_at_construction(tmp_path, other)
     with pytest.raises(ModelVerificationError, match="Qwen2_5_VLForConditionalGeneration cannot run") as refused:
         build(tmp_path, model, processor, make_colour_dataset(4))
     assert type(processor).__name__ in str(refused.value) and "pass the processor saved with" in str(refused.value)
+
+
+def test_a_frame_sampling_video_processor_gets_as_many_frames_as_it_samples(tmp_path):
+    # Gemma 4's video processor samples 32 frames by default and rejects a shorter video: the synthetic video has
+    # as many frames as the processor samples (TRL's tiny Gemma 4 failed here with 4 frames).
+    model, processor = build_tiny_model("qwen3_vl")
+    processor.video_processor.do_sample_frames, processor.video_processor.num_frames = True, 32
+    processor.video_processor.fps = None
+    trainer = build(tmp_path, model, processor, make_colour_dataset(4))
+    (video_batch,) = [rows for rows in synthetic_batches(trainer.collator) if rows[0]["videos"]]
+    assert len(video_batch[0]["videos"][0]) == 32
+    # Control: a processor that does not sample frames gets the 4-frame minimum.
+    processor.video_processor.do_sample_frames = False
+    (video_batch,) = [rows for rows in synthetic_batches(trainer.collator) if rows[0]["videos"]]
+    assert len(video_batch[0]["videos"][0]) == 4

@@ -83,6 +83,12 @@ def require_vllm_environment() -> None:
     )
 
 
+def run_in_vllm_environment(command: list[str], timeout: int = 600) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `command` (a `.venv-vllm` interpreter's) from the repository root: the result, and its output's tail."""
+    completed = subprocess.run(command, cwd=ROOT, env=VLLM_ENV, capture_output=True, text=True, timeout=timeout)
+    return completed, f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-6000:]}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -142,15 +148,7 @@ def test_readme_command_trains_and_exits_cleanly(tmp_path):
     lines = (ROOT / "README.md").read_text().splitlines()
     command = shlex.split(next(line for line in lines if line.startswith(".venv-vllm/bin/python ")), comments=True)
     short = ["--max_steps", "4", "--logging_steps", "1", "--output_dir", str(tmp_path)]
-    completed = subprocess.run(
-        [str(ROOT / command[0]), *command[1:], *short],
-        cwd=ROOT,
-        env=VLLM_ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    output = f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-6000:]}"
+    completed, output = run_in_vllm_environment([str(ROOT / command[0]), *command[1:], *short], timeout=900)
     assert completed.returncode == 0, output
     assert "Traceback" not in completed.stdout + completed.stderr, output
     steps = [e for e in json.loads((tmp_path / "log_history.json").read_text()) if "loss" in e]
@@ -398,15 +396,7 @@ def test_a_head_dimension_the_cpu_attention_cannot_run_is_refused_at_constructio
     # modes now refuse the model when the engine is built, with the reason and the fix. (The head_dim 32 models of the
     # other tests are the control.)
     require_vllm_environment()
-    completed = subprocess.run(
-        [str(VLLM_PYTHON), "-c", HEAD_DIM_16_SCRIPT, str(tmp_path)],
-        cwd=ROOT,
-        env=VLLM_ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = f"{completed.stdout[-3000:]}\n--- stderr ---\n{completed.stderr[-6000:]}"
+    completed, output = run_in_vllm_environment([str(VLLM_PYTHON), "-c", HEAD_DIM_16_SCRIPT, str(tmp_path)])
     assert completed.returncode == 0, output
     results = json.loads(completed.stdout.split("RESULTS ", 1)[1])
     for mode, error in results.items():

@@ -314,7 +314,12 @@ def processor_media_kinds(processing_class: Any) -> tuple[str, ...]:
     return tuple(kind for kind in MEDIA_KINDS if MEDIA_PROCESSOR_ATTRIBUTES[kind] in attributes)
 
 
-def _probe_media(kind: str, processing_class: ProcessorMixin) -> Any:
+def synthetic_media(kind: str, processing_class: ProcessorMixin) -> Any:
+    """
+    One synthetic item of a media kind that `processing_class` takes: a 64 x 64 image, a video of as many frames as
+    its video processor samples (at least 4), or 1 s of a tone at its feature extractor's rate. What the layout probe
+    and `verify_model` feed the processor.
+    """
     if kind == "image":
         return Image.new("RGB", (64, 64), (120, 30, 200))
     if kind == "video":
@@ -369,7 +374,7 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
         text_only = set(text_only[0].tolist())
     for kind in kinds:
         text = _probe_prompt(processing_class, [kind, kind])
-        items = [_probe_media(kind, processing_class) for _ in range(2)]
+        items = [synthetic_media(kind, processing_class) for _ in range(2)]
         # Images nested per row, as the collator passes them.
         kwargs: dict[str, Any] = {{"image": "images", "video": "videos", "audio": "audio"}[kind]: items}
         if kind == "image":

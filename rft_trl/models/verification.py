@@ -25,12 +25,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..data.collator import PromptCollator
-from ..data.multimodal import extend_token_fields
+from ..data.multimodal import extend_token_fields, synthetic_media
 from .packing import pack_sequences
 
 logger = logging.getLogger(__name__)
@@ -59,11 +57,6 @@ class CheckResult:
         return self.difference <= self.tolerance
 
 
-def _image(seed: int, size: tuple[int, int] = (56, 56)) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     """
     Batches of rows in the dataset format rft_trl reads (chat messages, plural media columns): per media kind the
@@ -71,12 +64,6 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     padded and a packed row holds several samples); two text-only rows when it takes none. Kinds are not mixed in a
     batch: some families (GLM-4.xV) take images and videos in separate forwards only.
     """
-    sampling_rate = getattr(getattr(collator.processing_class, "feature_extractor", None), "sampling_rate", 16000)
-    media = {
-        "image": lambda: [_image(0)],
-        "video": lambda: [[np.asarray(_image(t, (56, 56))) for t in range(4)]],
-        "audio": lambda: [np.sin(np.arange(sampling_rate) * 2 * np.pi * 440 / sampling_rate).astype(np.float32)],
-    }
     columns = {f"{kind}s": None for kind in collator.media_kinds}
     text = [
         {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
@@ -85,9 +72,8 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     batches = []
     for kind in collator.media_kinds:
         content = [{"type": kind}, {"type": "text", "text": f"Describe this {kind} in one word."}]
-        batches.append(
-            [{**columns, "prompt": [{"role": "user", "content": content}], f"{kind}s": media[kind]()}, *text]
-        )
+        item = synthetic_media(kind, collator.processing_class)
+        batches.append([{**columns, "prompt": [{"role": "user", "content": content}], f"{kind}s": [item]}, *text])
     return batches or [text]
 
 
@@ -104,6 +90,11 @@ def _to(value, device: torch.device):
 def _alone_log_probs(model, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
     """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
     batch = collator([row])
+    if len(batch) == 0:
+        raise ModelVerificationError(
+            f"verify_model: the processor ({type(collator.processing_class).__name__}) rejected a synthetic prompt: "
+            f"{batch.skipped}"
+        )
     device = completion.device
     sequence = torch.cat([batch.input_ids.to(device), completion[None]], dim=1)  # [1, P + A]
     tokens = {name: _to(v, device) for name, v in extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
@@ -206,7 +197,16 @@ def verify_model(
     differences: dict[str, float] = {}
     try:
         for rows in synthetic_batches(own):
-            for check, difference in _check_batch(actor, own, rows, completion, packing, media_encodings).items():
+            try:
+                checked = _check_batch(actor, own, rows, completion, packing, media_encodings)
+            except ModelVerificationError:
+                raise
+            except Exception as error:  # the run's own forward would fail the same way at its first step
+                raise ModelVerificationError(
+                    f"verify_model: {name}'s forward through rft_trl failed on a synthetic batch built with its "
+                    f"processor: {type(error).__name__}: {error}"
+                ) from error
+            for check, difference in checked.items():
                 differences[check] = max(differences.get(check, 0.0), difference)
     finally:
         model.train(was_training)
