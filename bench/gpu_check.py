@@ -52,7 +52,9 @@ from transformers import PrinterCallback, Qwen2_5_VLForConditionalGeneration  # 
 
 from rft_trl import ActorVL, PPOTrainerVL, RFTConfig  # noqa: E402
 from rft_trl.data import PromptCollator  # noqa: E402
+from rft_trl.models.media_encodings import MediaEncodings  # noqa: E402
 from rft_trl.models.packing import pack_sequences  # noqa: E402
+from rft_trl.models.verification import verify_model  # noqa: E402
 from rft_trl.testing import build_tiny_model, count_tower_images, load_processing_class  # noqa: E402
 from rft_trl.testing.datasets import colour_square_image  # noqa: E402
 from rft_trl.testing.vocabulary import COLOURS  # noqa: E402
@@ -445,7 +447,56 @@ def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
     report("b9", samples_per_step=samples, micro_batches=samples // options.micro_batch, **results, **ratios)
 
 
-SECTIONS = {"exact": check_exact, "memory": check_memory, "b7": run_b7, "b8": run_b8, "b9": run_b9}
+def run_verify(path: str, options, dtype, device: str, attention: str) -> None:
+    """B14 at this size: `verify_model`'s time beside the first optimizer step it precedes, and what it measured."""
+    prompts, n, length = 4, 8, options.completion_length
+    rows = Dataset.from_list(image_rows(prompts * 2, options.image_size))
+    samples = prompts * n
+    trainer = PPOTrainerVL(
+        path,
+        [length_reward],
+        RFTConfig(
+            output_dir=tempfile.mkdtemp(prefix="gpu_check_verify_"),
+            rollout_batch_size=prompts,
+            num_generations=n,
+            micro_rollout_batch_size=samples,
+            per_device_train_batch_size=options.micro_batch,
+            gradient_accumulation_steps=samples // options.micro_batch,
+            max_completion_length=length,
+            generation_kwargs={"min_new_tokens": length},
+            packing_samples=attention == "flash_attention_2",
+            verify_model=False,
+            **{**trainer_settings(options, device, attention, dtype), "max_steps": 1},
+        ),
+        train_dataset=rows,
+        processing_class=load_processing_class(path),
+    )
+    trainer.remove_callback(PrinterCallback)
+    encodings = MediaEncodings(trainer.actor.model) if trainer.experience_maker.media_encodings is not None else None
+    start = time.perf_counter()
+    results = verify_model(
+        trainer.actor, trainer.collator, packing=trainer.actor.packing_samples, media_encodings=encodings
+    )
+    verify_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train()
+    first_step_s = time.perf_counter() - start
+    differences = {result.name: result.difference for result in results}
+    report("verify", verify_s=verify_s, first_step_s=first_step_s, verify_over_first_step=verify_s / first_step_s,
+           differences=differences, tolerance=results[0].tolerance)  # fmt: skip
+    del trainer
+    release_memory(device)
+
+
+# verify second: it is short, and the 9-minute stop of gpu_check.sh cuts the sections that come last.
+SECTIONS = {
+    "exact": check_exact,
+    "verify": run_verify,
+    "memory": check_memory,
+    "b7": run_b7,
+    "b8": run_b8,
+    "b9": run_b9,
+}
 
 
 def main() -> int:

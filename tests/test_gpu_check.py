@@ -38,5 +38,9 @@ def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     assert b9["frozen_cached"]["images_encoded_per_unique_image"] == 1, b9
     assert 2 <= b9["trained_cached"]["images_encoded_per_unique_image"] < 16, b9
     assert b9["frozen_pixels"]["images_encoded_per_unique_image"] == 16, b9
+    # verify_model beside the first step: exact in fp32 on the CPU.
+    verify = sections["verify"]
+    assert 0 < verify["verify_s"] < verify["first_step_s"], verify
+    assert verify["differences"]["padded"] < 1e-5 and verify["differences"]["encoder cache"] < 1e-5, verify
     # This environment has no vLLM: the section says so and how to get it.
     assert "pip install rft_trl[vllm]" in sections["b8"]["skipped"]
