@@ -6,7 +6,8 @@ One row per tiny family of `rft_trl.testing` (real architecture, real processor,
 - the actor's padded action log-probs equal the model's own forward on each sample alone (processor called on that
   sample, no position ids, full-vocabulary log-softmax), to 1e-5, for every media kind the processor takes and for
   image + audio in one sample (Omni);
-- packed log-probs equal padded ones to 1e-5, or packing is refused by name at construction;
+- packed log-probs equal the model's own forward on each sample alone to 1e-5, or packing is refused at construction
+  (by name, or by `verify_model` with the measured difference);
 - the critic's values equal its value head on its backbone's own forward of each sample alone;
 - LoRA trains only the adapter, and with the adapter disabled the log-probs are exactly the base model's;
 - two GRPO steps through `PPOTrainerVL`, padded and packed, change the parameters and log finite metrics.
@@ -29,6 +30,7 @@ from rft_trl.data.multimodal import concat_multimodal_inputs, extend_token_field
 from rft_trl.models import Actor, Critic
 from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEncodings
 from rft_trl.models.packing import pack_sequences
+from rft_trl.models.verification import ModelVerificationError, verify_model
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
 
 # The policy families: the reward model has no LM head, and the refused families have their own test.
@@ -192,7 +194,7 @@ def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_packed_equals_padded_or_is_refused(kind):
+def test_packed_equals_each_sample_alone_or_is_refused(kind):
     model, processor, layout, collator, padded_actor = setup(kind)
     try:
         packed_actor = Actor(padded_actor.model, packing_samples=True)
@@ -200,15 +202,23 @@ def test_packed_equals_padded_or_is_refused(kind):
         # Refused by name, with the fix; never silently wrong.
         assert type(model).__name__ in str(error) and "packing_samples=False" in str(error)
         return
+    largest = 0.0
     for rows in batches_for(processor, layout.media_kinds):
-        _, sequences, attention_mask, action_mask, fields = rollout(padded_actor, collator, rows)
-        padded = padded_actor(sequences, action_mask.shape[1], attention_mask, **fields)
+        batch, sequences, attention_mask, action_mask, fields = rollout(padded_actor, collator, rows)
         packed, lengths = pack_sequences(sequences, attention_mask)
         for name in collator.layout.token_fields:
             fields[name] = pack_sequences(fields[name], attention_mask)[0]
         num_actions = action_mask.sum(-1).tolist()
-        log_probs = packed_actor(packed, num_actions, packed_seq_lens=lengths, **fields)
-        torch.testing.assert_close(log_probs[0], padded[action_mask], atol=1e-5, rtol=0, msg=kind)
+        log_probs = packed_actor(packed, num_actions, packed_seq_lens=lengths, **fields)[0].split(num_actions)
+        prompt_width = batch.input_ids.shape[1]
+        for i, row in enumerate(rows):
+            completion = sequences[i, prompt_width : prompt_width + num_actions[i]]
+            expected = own_forward_log_probs(model, processor, row, completion)
+            largest = max(largest, float((log_probs[i] - expected).abs().max()))
+    if largest > 1e-5:
+        # A family whose packed samples are not kept apart is refused when the trainer is built (verify_model).
+        with pytest.raises(ModelVerificationError, match=rf"{type(model).__name__} gives packed log-probs"):
+            verify_model(packed_actor, collator, packing=True)
 
 
 @pytest.mark.parametrize("kind", KINDS)
