@@ -8,7 +8,8 @@ One row per tiny family of `rft_trl.testing` (real architecture, real processor,
   image + audio in one sample (Omni);
 - packed log-probs equal the model's own forward on each sample alone to 1e-5, or packing is refused at construction
   (by name, or by `verify_model` with the measured difference);
-- the critic's values equal its value head on its backbone's own forward of each sample alone;
+- the critic's values equal its value head on its backbone's own forward of each sample alone, or the critic is
+  refused by name (a family without a headless model);
 - LoRA trains only the adapter, and with the adapter disabled the log-probs are exactly the base model's;
 - two GRPO steps through `PPOTrainerVL`, padded and packed, change the parameters and log finite metrics.
 
@@ -225,7 +226,12 @@ def test_packed_equals_each_sample_alone_or_is_refused(kind):
 def test_critic_values_equal_its_backbones_own_forward(kind):
     # The critic (PPO with GAE) reads its value head at the states the actions are taken in, on the same positions.
     model, processor, layout, collator, actor = setup(kind)
-    critic = Critic(model)
+    try:
+        critic = Critic(model)
+    except ValueError as error:
+        # A family without a headless model in transformers (Llama 4) is refused by name, with the fix.
+        assert type(model).__name__ in str(error) and "other than 'gae'" in str(error)
+        return
     rows = batches_for(processor, layout.media_kinds)[0]
     batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
     values = critic(sequences, action_mask.shape[1], attention_mask, **fields)

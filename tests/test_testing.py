@@ -14,6 +14,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from rft_trl.data import probe_processor
 from rft_trl.testing import (
     COLOURS,
     MEDIA_PLACEHOLDER_TOKENS,
@@ -91,12 +92,14 @@ def test_builders_are_deterministic(kind):
 
 
 def _media_kinds(processing_class) -> list[str]:
-    """The media a processor takes, read off its sub-processors."""
+    """
+    The media a processor takes: those of its sub-processors that rft_trl's layout probe can use. A sub-processor
+    kept as released beside a chat template and model without that kind (Gemma 4's video and audio ones) is left out,
+    as the probe leaves it out of training (rows holding it are refused with the processor's error).
+    """
     if not isinstance(processing_class, ProcessorMixin):
         return []
-    attributes = processing_class.get_attributes()
-    kinds = [kind for kind in ("image", "video") if f"{kind}_processor" in attributes]
-    return kinds + ["audio"] * ("feature_extractor" in attributes or "audio_processor" in attributes)
+    return list(probe_processor(processing_class).media_kinds)
 
 
 def _processor_inputs(processing_class, media_kind: str | None) -> dict:

@@ -1,9 +1,9 @@
 """
 `verify_model`: before training, the trainer checks on a tiny synthetic batch built with the run's processor that the
 policy's log-probs through rft_trl equal the model's own forward on each sample alone, and refuses, naming the model
-class, the check and the measured difference, what does not hold. Shown on models the tiny-family matrix does not
-build: Qwen3.5 (linear-attention layers whose convolution and recurrent state run across packed samples), and a family
-the matrix passes with a leaking layer injected.
+class, the check and the measured difference, what does not hold. Shown on a Qwen3.5 text model (linear-attention
+layers whose convolution and recurrent state run across packed samples; the matrix's Qwen3.5 VLMs are refused the same
+way), on a family the matrix passes with a leaking layer injected, and on processors of another family.
 """
 
 import logging

@@ -115,6 +115,14 @@ class Critic(nn.Module):
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
+        if backbone.get_output_embeddings() is not None:
+            # transformers has no headless class for some families (Llama 4: AutoModel builds the language model with
+            # its head), and their output carries logits, not the last hidden state the value head reads.
+            raise ValueError(
+                f"{type(backbone).__name__} ({backbone.config.model_type}) has no model without its language-model "
+                "head in transformers, so a critic cannot read its last hidden state; train it with an advantage "
+                "estimator other than 'gae'."
+            )
         if freeze_encoder:
             freeze_non_language_parameters(backbone)
         hidden_size = backbone.config.get_text_config().hidden_size

@@ -45,6 +45,8 @@ ENCODER_OUTPUT_MODEL_TYPES = frozenset(
     {
         "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker",
         "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl", "idefics3", "smolvlm", "mistral3",
+        "qwen3_5", "qwen3_5_moe", "lfm2_vl",
+        "gemma4", "glm46v", "aya_vision", "llama4",
     }
 )  # fmt: skip
 MODALITIES = ("image", "video")

@@ -203,7 +203,15 @@ def language_model_lora_targets(model: PreTrainedModel) -> str:
         `str`: a regex that `re.fullmatch`es the qualified names of the language model's `nn.Linear` modules.
     """
     prefix, decoder = _language_model_prefix(model)
-    leaves = sorted({name.rsplit(".", 1)[-1] for name, m in decoder.named_modules() if isinstance(m, nn.Linear)})
+    # A Linear subclass with its own forward is no linear layer to PEFT (Llama 4's MoE router returns its scores and
+    # logits as a tuple, which a LoRA wrapper cannot add to).
+    leaves = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, m in decoder.named_modules()
+            if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
+        }
+    )
     if not leaves:
         raise ValueError(f"The language model of {type(model).__name__} has no nn.Linear layer to adapt with LoRA.")
     head = rf"{re.escape(prefix)}\." if prefix else ""

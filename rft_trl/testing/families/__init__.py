@@ -15,10 +15,15 @@ from functools import partial
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
+from .aya_vision import build_tiny_aya_vision
 from .gemma import build_tiny_gemma3
+from .gemma4 import build_tiny_gemma4
 from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
+from .glm46v import build_tiny_glm46v
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
+from .lfm2 import build_tiny_lfm2_vl
+from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
 from .phi4 import build_tiny_phi4_multimodal
@@ -31,24 +36,32 @@ from .qwen import (
     build_tiny_qwen3_vl_moe,
     build_tiny_reward_model,
 )
+from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
     "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
     "qwen2_5_vl": partial(build_tiny_qwen2_vl, version="2.5"),
     "qwen3_vl": build_tiny_qwen3_vl,
     "qwen3_vl_moe": build_tiny_qwen3_vl_moe,
+    "qwen3_5": build_tiny_qwen3_5,
+    "qwen3_5_moe": build_tiny_qwen3_5_moe,
     "qwen2_5_omni": build_tiny_qwen2_5_omni,
     "qwen3_omni_moe": build_tiny_qwen3_omni_moe,
     "qwen2_audio": build_tiny_qwen2_audio,
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
+    "glm46v": build_tiny_glm46v,
     "gemma3": build_tiny_gemma3,
+    "gemma4": build_tiny_gemma4,
     "llava": build_tiny_llava,
     "llava_onevision": build_tiny_llava_onevision,
     "internvl": build_tiny_internvl,
     "idefics3": build_tiny_idefics3,
     "smolvlm": build_tiny_smolvlm,
     "mistral3": build_tiny_mistral3,
+    "aya_vision": build_tiny_aya_vision,
+    "llama4": build_tiny_llama4,
+    "lfm2_vl": build_tiny_lfm2_vl,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,

@@ -161,7 +161,7 @@ def qwen3_vision_config(position_grid: int, **kwargs) -> dict:
     )
 
 
-def _qwen3_vl_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
+def qwen3_vl_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
     # The Qwen vision tokens are among the tiny tokenizer's own; only the template drops the audio part.
     tokenizer = family_tokenizer(seed, [], image=QWEN_IMAGE_PLACEHOLDER, video=QWEN_VIDEO_PLACEHOLDER)
     # Videos are bounded by the pixels summed over their frames: 4 tokens a pair of frames, up to 16 frames. Frames
@@ -204,7 +204,7 @@ def build_tiny_qwen3_vl(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]
         `tuple[PreTrainedModel, Qwen3VLProcessor]`: the model in eval mode and a processor that handles images (a
         56x56 image is 4 tokens) and videos (lists of frames; each pair of frames gets a `<t seconds>` timestamp).
     """
-    tokenizer, processor, config_args = _qwen3_vl_config_args(seed)
+    tokenizer, processor, config_args = qwen3_vl_config_args(seed)
     return init_model(Qwen3VLForConditionalGeneration, Qwen3VLConfig(**config_args), seed, tokenizer), processor
 
 
@@ -219,7 +219,7 @@ def build_tiny_qwen3_vl_moe(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMi
     Returns:
         `tuple[PreTrainedModel, Qwen3VLProcessor]`: the model in eval mode and [`build_tiny_qwen3_vl`]'s processor.
     """
-    tokenizer, processor, config_args = _qwen3_vl_config_args(seed)
+    tokenizer, processor, config_args = qwen3_vl_config_args(seed)
     config_args["text_config"].update(
         num_experts=NUM_EXPERTS,
         num_experts_per_tok=NUM_EXPERTS_PER_TOKEN,
