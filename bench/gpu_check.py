@@ -401,35 +401,48 @@ def run_b8(path: str, options, dtype, device: str, attention: str) -> None:
     )
 
 
-def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
+def rollout_trainer(path: str, options, dtype, device: str, attention: str, rows, callbacks: list, **overrides):
+    """
+    A `PPOTrainerVL` on the saved model for the b9 and verify sections: rollouts of 4 prompts x 8 samples of
+    `completion_length` tokens (forced), replayed in micro-batches of `micro_batch`; `overrides` set any field.
+    """
     prompts, n, length = 4, 8, options.completion_length
+    settings = {
+        "output_dir": tempfile.mkdtemp(prefix="gpu_check_"),
+        "rollout_batch_size": prompts,
+        "num_generations": n,
+        "micro_rollout_batch_size": prompts * n,
+        "per_device_train_batch_size": options.micro_batch,
+        "gradient_accumulation_steps": prompts * n // options.micro_batch,
+        "max_completion_length": length,
+        "generation_kwargs": {"min_new_tokens": length},
+        **trainer_settings(options, device, attention, dtype),
+        **overrides,
+    }
+    trainer = PPOTrainerVL(
+        path,
+        [length_reward],
+        RFTConfig(**settings),
+        train_dataset=rows,
+        processing_class=load_processing_class(path),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
+    prompts, n = 4, 8
     rows = Dataset.from_list(image_rows(prompts * options.steps * 2, options.image_size))
     samples = prompts * n
     results = {}
     for freeze_encoder in (True, False):
         for cache in (True, False):
             clock = StepClock()
-            trainer = PPOTrainerVL(
-                path,
-                [length_reward],
-                RFTConfig(
-                    output_dir=tempfile.mkdtemp(prefix="gpu_check_b9_"),
-                    rollout_batch_size=prompts,
-                    num_generations=n,
-                    micro_rollout_batch_size=samples,
-                    per_device_train_batch_size=options.micro_batch,
-                    gradient_accumulation_steps=samples // options.micro_batch,
-                    max_completion_length=length,
-                    generation_kwargs={"min_new_tokens": length},
-                    freeze_encoder=freeze_encoder,
-                    cache_encoder_outputs=cache,
-                    **trainer_settings(options, device, attention, dtype),
-                ),
-                train_dataset=rows,
-                processing_class=load_processing_class(path),
-                callbacks=[clock],
-            )
-            trainer.remove_callback(PrinterCallback)
+            trainer = rollout_trainer(
+                path, options, dtype, device, attention, rows, [clock],
+                freeze_encoder=freeze_encoder, cache_encoder_outputs=cache,
+            )  # fmt: skip
             images = count_tower_images(trainer)
             trainer.train()
             name = f"{'frozen' if freeze_encoder else 'trained'}_{'cached' if cache else 'pixels'}"
@@ -449,29 +462,11 @@ def run_b9(path: str, options, dtype, device: str, attention: str) -> None:
 
 def run_verify(path: str, options, dtype, device: str, attention: str) -> None:
     """B14 at this size: `verify_model`'s time beside the first optimizer step it precedes, and what it measured."""
-    prompts, n, length = 4, 8, options.completion_length
-    rows = Dataset.from_list(image_rows(prompts * 2, options.image_size))
-    samples = prompts * n
-    trainer = PPOTrainerVL(
-        path,
-        [length_reward],
-        RFTConfig(
-            output_dir=tempfile.mkdtemp(prefix="gpu_check_verify_"),
-            rollout_batch_size=prompts,
-            num_generations=n,
-            micro_rollout_batch_size=samples,
-            per_device_train_batch_size=options.micro_batch,
-            gradient_accumulation_steps=samples // options.micro_batch,
-            max_completion_length=length,
-            generation_kwargs={"min_new_tokens": length},
-            packing_samples=attention == "flash_attention_2",
-            verify_model=False,
-            **{**trainer_settings(options, device, attention, dtype), "max_steps": 1},
-        ),
-        train_dataset=rows,
-        processing_class=load_processing_class(path),
-    )
-    trainer.remove_callback(PrinterCallback)
+    rows = Dataset.from_list(image_rows(8, options.image_size))
+    trainer = rollout_trainer(
+        path, options, dtype, device, attention, rows, [],
+        packing_samples=attention == "flash_attention_2", verify_model=False, max_steps=1,
+    )  # fmt: skip
     encodings = MediaEncodings(trainer.actor.model) if trainer.experience_maker.media_encodings is not None else None
     start = time.perf_counter()
     results = verify_model(

@@ -85,6 +85,7 @@ from rft_trl.testing.families.common import (
     token_ids,
     vision_tower,
 )
+from rft_trl.testing.families.gemma4 import GEMMA4_TOKENS, GEMMA4_VIDEO_TOKEN, gemma4_token_ids
 from rft_trl.testing.families.qwen import QWEN_VISION_TOKENS
 
 Builder = Callable[[], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]
@@ -282,17 +283,7 @@ def _qwen3_5(moe: bool) -> tuple[PreTrainedModel, ProcessorMixin]:
 def _gemma4() -> tuple[PreTrainedModel, ProcessorMixin]:
     # The fewest soft tokens Gemma 4's image processor supports (70): 630 patches of 16 pixels pooled 3x3.
     soft_tokens = 70
-    # Gemma4Processor checks for the audio tokens on every call, audio or not (an operator-precedence slip in its
-    # `validate_inputs`), so the tokenizer names them too.
-    named = {
-        "boi_token": "<|image>",
-        "image_token": "<|image|>",
-        "eoi_token": "<image|>",
-        "boa_token": "<|audio>",
-        "audio_token": "<|audio|>",
-        "eoa_token": "<audio|>",
-    }
-    video = "<|video|>"
+    named, video = GEMMA4_TOKENS, GEMMA4_VIDEO_TOKEN
     tokenizer = family_tokenizer(
         SEED, [*named.values(), video], image=named["image_token"], video=video, named_tokens=named
     )
@@ -330,16 +321,7 @@ def _gemma4() -> tuple[PreTrainedModel, ProcessorMixin]:
         vision_config=vision_config,
         audio_config=None,
         tie_word_embeddings=True,
-        **token_ids(
-            tokenizer,
-            boi_token_id=named["boi_token"],
-            eoi_token_id=named["eoi_token"],
-            image_token_id=named["image_token"],
-            video_token_id=video,
-            boa_token_id=named["boa_token"],
-            eoa_token_index=named["eoa_token"],
-            audio_token_id=named["audio_token"],
-        ),
+        **gemma4_token_ids(tokenizer),
     )
     return init_model(Gemma4ForConditionalGeneration, config, SEED, tokenizer), processor
 

@@ -40,6 +40,22 @@ GEMMA4_TOKENS = {
 }
 # Gemma4Processor adds this token to the tokenizer itself; adding it first keeps the vocabulary the model's.
 GEMMA4_VIDEO_TOKEN = "<|video|>"
+
+
+def gemma4_token_ids(tokenizer) -> dict[str, int]:
+    """The ids of Gemma 4's special tokens (`GEMMA4_TOKENS`, `GEMMA4_VIDEO_TOKEN`), under `Gemma4Config`'s names."""
+    return token_ids(
+        tokenizer,
+        boi_token_id=GEMMA4_TOKENS["boi_token"],
+        eoi_token_id=GEMMA4_TOKENS["eoi_token"],
+        image_token_id=GEMMA4_TOKENS["image_token"],
+        video_token_id=GEMMA4_VIDEO_TOKEN,
+        boa_token_id=GEMMA4_TOKENS["boa_token"],
+        eoa_token_index=GEMMA4_TOKENS["eoa_token"],
+        audio_token_id=GEMMA4_TOKENS["audio_token"],
+    )
+
+
 # Sliding window of the local layer: above any test prompt, as the released one is above most real ones.
 GEMMA4_SLIDING_WINDOW = 512
 
@@ -103,15 +119,6 @@ def build_tiny_gemma4(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         vision_config=vision_config,
         audio_config=None,
         tie_word_embeddings=False,
-        **token_ids(
-            tokenizer,
-            boi_token_id=GEMMA4_TOKENS["boi_token"],
-            eoi_token_id=GEMMA4_TOKENS["eoi_token"],
-            image_token_id=GEMMA4_TOKENS["image_token"],
-            video_token_id=GEMMA4_VIDEO_TOKEN,
-            boa_token_id=GEMMA4_TOKENS["boa_token"],
-            eoa_token_index=GEMMA4_TOKENS["eoa_token"],
-            audio_token_id=GEMMA4_TOKENS["audio_token"],
-        ),
+        **gemma4_token_ids(tokenizer),
     )
     return init_model(Gemma4ForConditionalGeneration, config, seed, tokenizer), processor

@@ -51,7 +51,16 @@ GLM_ROPE_PARAMETERS = {
 }
 
 
-def _glm4v_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
+def glm4v_config_args(
+    seed: int,
+    image_processor_class: type = Glm4vImageProcessor,
+    video_processor_class: type = Glm4vVideoProcessor,
+    processor_class: type = Glm4vProcessor,
+) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
+    """
+    The tiny GLM-4.xV tokenizer, processor (of the given classes: GLM-4.6V has its own, with the same settings) and
+    config arguments (`text_config`, `vision_config`, the token ids), as dicts for any GLM-4.xV config class.
+    """
     tokenizer = family_tokenizer(
         seed,
         list(GLM4V_TOKENS.values()),
@@ -61,15 +70,15 @@ def _glm4v_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMix
     # Both processors bound the pixels summed over the (at least two) frames, an image counting as two. Frames arrive
     # decoded (a list of images), so none are sampled, and the timestamps assume 24 fps.
     image_processor, video_processor = patch_processors(
-        Glm4vImageProcessor,
-        Glm4vVideoProcessor,
+        image_processor_class,
+        video_processor_class,
         PATCH_SIZE,
         image_frames=(2, 2),
         video_frames=(2, MAX_VIDEO_FRAMES),
         video_kwargs={"do_sample_frames": False},
     )
     processor = make_processor(
-        Glm4vProcessor, tokenizer, image_processor=image_processor, video_processor=video_processor
+        processor_class, tokenizer, image_processor=image_processor, video_processor=video_processor
     )
     # A 4x4 grid of learned position embeddings (56 / 14), bicubically resampled to each image's grid. The vision MLP
     # is `out_hidden_size` wide and the merger `intermediate_size` wide, as released.
@@ -99,7 +108,7 @@ def build_tiny_glm4v(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         videos (lists of frames; each pair of frames becomes one timestamped `<|begin_of_image|>...<|end_of_image|>`
         block inside `<|begin_of_video|>...<|end_of_video|>`).
     """
-    tokenizer, processor, config_args = _glm4v_config_args(seed)
+    tokenizer, processor, config_args = glm4v_config_args(seed)
     return init_model(Glm4vForConditionalGeneration, Glm4vConfig(**config_args), seed, tokenizer), processor
 
 
@@ -115,7 +124,7 @@ def build_tiny_glm4v_moe(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin
     Returns:
         `tuple[PreTrainedModel, Glm4vProcessor]`: the model in eval mode and its processor.
     """
-    tokenizer, processor, config_args = _glm4v_config_args(seed)
+    tokenizer, processor, config_args = glm4v_config_args(seed)
     config_args["text_config"].update(
         n_routed_experts=NUM_EXPERTS,
         num_experts_per_tok=NUM_EXPERTS_PER_TOKEN,

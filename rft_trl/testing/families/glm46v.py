@@ -16,18 +16,8 @@ from transformers.models.glm46v import (
     Glm46VVideoProcessor,
 )
 
-from .common import (
-    MAX_VIDEO_FRAMES,
-    PATCH_SIZE,
-    family_tokenizer,
-    init_model,
-    make_processor,
-    patch_processors,
-    patch_vision_config,
-    text_kwargs,
-    token_ids,
-)
-from .glm import GLM4V_TOKENS, GLM_ROPE_PARAMETERS
+from .common import init_model
+from .glm import glm4v_config_args
 
 
 def build_tiny_glm46v(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -46,29 +36,10 @@ def build_tiny_glm46v(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         videos (lists of frames; each pair of frames becomes one timestamped `<|begin_of_image|>...<|end_of_image|>`
         block inside `<|begin_of_video|>...<|end_of_video|>`).
     """
-    tokenizer = family_tokenizer(
-        seed,
-        list(GLM4V_TOKENS.values()),
-        image="<|begin_of_image|><|image|><|end_of_image|>",
-        video="<|begin_of_video|><|video|><|end_of_video|>",
+    tokenizer, processor, config_args = glm4v_config_args(
+        seed, Glm46VImageProcessor, Glm46VVideoProcessor, Glm46VProcessor
     )
-    # As GLM-4.1V's: both processors bound the pixels summed over the (at least two) frames, an image counting as two;
-    # frames arrive decoded, so none are sampled.
-    image_processor, video_processor = patch_processors(
-        Glm46VImageProcessor,
-        Glm46VVideoProcessor,
-        PATCH_SIZE,
-        image_frames=(2, 2),
-        video_frames=(2, MAX_VIDEO_FRAMES),
-        video_kwargs={"do_sample_frames": False},
-    )
-    processor = make_processor(
-        Glm46VProcessor, tokenizer, image_processor=image_processor, video_processor=video_processor
-    )
-    config = Glm46VConfig(
-        text_config={"model_type": "glm4v_text", **text_kwargs(tokenizer), "rope_parameters": GLM_ROPE_PARAMETERS},
-        vision_config={"model_type": "glm4v_vision", **patch_vision_config(PATCH_SIZE, image_size=4 * PATCH_SIZE)},
-        tie_word_embeddings=False,
-        **token_ids(tokenizer, **GLM4V_TOKENS),
-    )
+    text_config = {"model_type": "glm4v_text", **config_args.pop("text_config")}
+    vision_config = {"model_type": "glm4v_vision", **config_args.pop("vision_config")}
+    config = Glm46VConfig(text_config=text_config, vision_config=vision_config, **config_args)
     return init_model(Glm46VForConditionalGeneration, config, seed, tokenizer), processor
