@@ -240,6 +240,12 @@ class Actor(nn.Module):
             Elsewhere the model's logits are used, and the reason is logged once.
         log_prob_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens whose logits exist at once on the fused path (benchmark B3).
+        suppressed_token_ids (`list[int]`, *optional*):
+            Tokens of probability zero in what [`forward`] scores: its log-probs and entropies are those of the
+            softmax over the other tokens, the distribution sampling draws from when it never emits these (HF
+            `suppress_tokens`, a vLLM logit bias of -100). [`PPOTrainerVL`] sets it to [`media_token_ids`] under
+            `suppress_media_tokens`, for the policy and the reference alike. By default nothing is suppressed: the
+            full-vocabulary softmax, as the model's own forward gives.
 
     Attributes:
         modality (`str`):
@@ -281,6 +287,7 @@ class Actor(nn.Module):
         model_init_kwargs: dict | None = None,
         fused_log_probs: bool = True,
         log_prob_chunk_size: int = 256,
+        suppressed_token_ids: list[int] | None = None,
     ):
         super().__init__()
         model = load_pretrained_model(
@@ -304,6 +311,7 @@ class Actor(nn.Module):
             self.inputs.check_packable()
         self.fused_log_probs = fused_log_probs
         self.log_prob_chunk_size = log_prob_chunk_size
+        self.suppressed_token_ids = list(suppressed_token_ids or [])
         self._unfused_reason_logged = False
 
     @property
@@ -427,7 +435,8 @@ class Actor(nn.Module):
                 Lengths of the packed samples (requires `packing_samples=True`; such an actor also takes ordinary
                 padded batches, see [`rft_trl.models.utils.resolve_packing`]).
             temperature (`float`, *optional*, defaults to `1.0`):
-                The sampling temperature; log-probs are those of `softmax(logits / temperature)`.
+                The sampling temperature; log-probs are those of `softmax(logits / temperature)`, over the tokens
+                outside `suppressed_token_ids`.
             return_entropy (`bool`, *optional*, defaults to `False`):
                 Also return the entropy of each action's next-token distribution (same temperature).
             wrapped_model (`nn.Module`, *optional*):
@@ -463,11 +472,12 @@ class Actor(nn.Module):
         else:
             output = model(**forward_inputs)
             logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
+            scoring = {"temperature": temperature, "suppressed_ids": self.suppressed_token_ids or None}
             if return_entropy:
                 # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
-                results = list(log_probs_and_entropy_from_logits(logits, labels, temperature=temperature))
+                results = list(log_probs_and_entropy_from_logits(logits, labels, **scoring))
             else:
-                results = [log_probs_from_logits(logits, labels, temperature=temperature)]
+                results = [log_probs_from_logits(logits, labels, **scoring)]
         if return_output:
             results.append(output)
         return results[0] if len(results) == 1 else tuple(results)
@@ -565,6 +575,7 @@ class Actor(nn.Module):
                 bias=head.bias,
                 temperature=temperature,
                 chunk_size=self.log_prob_chunk_size,
+                suppressed_ids=self.suppressed_token_ids or None,
             )
             # Empty, but computed from the scores: a wrapper that searches the autograd graph from the forward's
             # outputs for the parameters in use (DDP with find_unused_parameters) finds the head's and the

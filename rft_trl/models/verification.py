@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from ..data.collator import PromptCollator
 from ..data.multimodal import extend_token_fields, synthetic_media
@@ -87,8 +88,13 @@ def _to(value, device: torch.device):
 
 
 @torch.no_grad()
-def _alone_log_probs(model, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
-    """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
+def _alone_log_probs(
+    model, collator: PromptCollator, row: dict, completion: torch.Tensor, suppressed: list[int]
+) -> torch.Tensor:
+    """
+    The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax of the
+    logits as `generate(suppress_tokens=suppressed)` processes them (the actor's `suppressed_token_ids`).
+    """
     batch = collator([row])
     if len(batch) == 0:
         raise ModelVerificationError(
@@ -114,7 +120,10 @@ def _alone_log_probs(model, collator: PromptCollator, row: dict, completion: tor
             f"processor ({type(collator.processing_class).__name__}): the processor's fields do not fit the model. "
             "Pass the processor saved with this model."
         )
-    log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
+    scores = logits[0, :-1].float()  # [P + A - 1, V]
+    if suppressed:
+        scores = SuppressTokensLogitsProcessor(suppressed, device=scores.device)(sequence, scores)
+    log_probs = scores.log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
     return log_probs[-completion.shape[0] :]  # [A]
 
 
@@ -128,7 +137,10 @@ def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
 def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, packing: bool, media_encodings):
     """The largest difference of each check on one batch of `rows`, each row followed by `completion`."""
     device = completion.device
-    expected = torch.stack([_alone_log_probs(actor.model, collator, row, completion) for row in rows])  # [N, A]
+    suppressed = actor.suppressed_token_ids
+    expected = torch.stack(
+        [_alone_log_probs(actor.model, collator, row, completion, suppressed) for row in rows]
+    )  # [N, A]
     batch = collator(rows)
     if len(batch) != len(rows):
         raise ModelVerificationError(

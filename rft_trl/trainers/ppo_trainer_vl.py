@@ -752,6 +752,12 @@ class PPOTrainerVL(Trainer):
                 model_init_kwargs=args.model_init_kwargs,
                 **args.log_prob_kwargs(),
             )
+        # Actions are scored under the distribution they are sampled from: what generation never emits has
+        # probability zero in the rollout's, the reference's and the update's log-probs alike.
+        never_sampled = set((args.generation_kwargs or {}).get("suppress_tokens") or ())
+        if args.suppress_media_tokens:
+            never_sampled |= set(actor.media_token_ids)
+        actor.suppressed_token_ids = sorted(never_sampled)
         if args.disable_dropout:
             disable_dropout_in_model(actor)
         if args.cast_lm_head_to_fp32:
@@ -917,6 +923,8 @@ class PPOTrainerVL(Trainer):
             reference = copy.deepcopy(self.actor)
         if self.args.cast_lm_head_to_fp32:
             cast_lm_head_to_fp32(reference.hf_model)  # a no-op on a copy of the (cast) policy
+        # The KL compares the two policies over the tokens the rollout can sample.
+        reference.suppressed_token_ids = list(self.actor.suppressed_token_ids)
         reference.requires_grad_(False)
         reference.eval()
         if self.args.disable_dropout:

@@ -275,6 +275,9 @@ class RFTConfig(TrainingArguments):
             Further keyword arguments for `generate`; they override the settings above.
         suppress_media_tokens (`bool`, *optional*, defaults to `True`):
             Forbid media placeholder tokens in completions: a completion that contains one breaks the next forward.
+            The actions' log-probs (rollout, reference, update) are then those of the softmax without these tokens
+            (and without `generation_kwargs["suppress_tokens"]`), the distribution the completions were sampled
+            from, so that the vLLM importance ratio stays 1 on an unchanged policy.
 
         > Algorithm
 
