@@ -23,16 +23,13 @@ import logging
 import math
 import os
 import tempfile
-import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset, IterableDataset
-from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
@@ -50,7 +47,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import ModelOutput
-from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
 from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
@@ -66,7 +63,6 @@ from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32, unwrap_model
 from ..models.verification import verify_model
-from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
 from ..rewards.functions import completion_text
 from ..rollout import iter_checkpoint_weights
@@ -88,246 +84,17 @@ from .experience_maker import EmptyBatchError, ExperienceMaker, Rollout
 from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
+from .metrics import eval_metrics, merge_rollout_metrics
+from .model_card import write_model_card
+from .policy_and_value import PolicyAndValue
 from .progress import ReadablePrinterCallback, ReadableProgressCallback
 from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
+from .sampling import PromptRows, RolloutSampler, RolloutStream, is_stream
 from .sft import build_sft_batch, sft_loss
+from .trainer_hooks import check_trainer_hooks, unwrapped_for_generation
 
 logger = logging.getLogger(__name__)
-
-REWARD_CURVE_NAME = "reward_curve.png"
-
-
-class RolloutSampler(Sampler[int]):
-    """
-    Yields prompt indices so that each rollout's prompts come `repeats` times in a row.
-
-    With `num_processes` ranks, a block holds `num_processes * rollout_batch_size` distinct indices; the DataLoader
-    cuts it into per-rank batches of `rollout_batch_size` and Accelerate hands batch `r` of every block to rank `r`,
-    so each rank sees its own prompts `repeats` times, once per training micro-batch of the rollout.
-
-    Args:
-        num_rows (`int`): dataset size.
-        block_size (`int`): prompts per rollout over all ranks.
-        repeats (`int`): training micro-batches per rollout.
-        shuffle (`bool`): draw prompts in a seeded random order (reshuffled per epoch).
-        seed (`int`): the shuffle seed.
-    """
-
-    def __init__(self, num_rows: int, block_size: int, repeats: int, shuffle: bool = True, seed: int = 0):
-        if num_rows < block_size:
-            raise ValueError(
-                f"The dataset has {num_rows} rows, fewer than one rollout needs ({block_size} prompts over all "
-                f"processes): lower rollout_batch_size or add rows."
-            )
-        self.num_rows, self.block_size, self.repeats = num_rows, block_size, repeats
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
-        else:
-            order = list(range(self.num_rows))
-        for start in range(0, self.num_rows - self.block_size + 1, self.block_size):
-            block = order[start : start + self.block_size]
-            for _ in range(self.repeats):
-                yield from block
-
-    def __len__(self) -> int:
-        return (self.num_rows // self.block_size) * self.block_size * self.repeats
-
-
-class PromptRows:
-    """
-    A batch of raw dataset rows, as the train and eval dataloaders yield them.
-
-    Deliberately not a list: Accelerate moves batches to the device by walking every list and dict inside them,
-    and an audio column holds thousands of Python floats per row. Rows are collated (and media processed) once per
-    rollout by the trainer instead.
-    """
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __contains__(self, key: str) -> bool:
-        # transformers.Trainer looks for "labels" in a batch to count loss tokens; rows have none.
-        return False
-
-
-def is_stream(dataset) -> bool:
-    """Whether `dataset` is iterable-only (a streaming `datasets.IterableDataset` or a torch `IterableDataset`)."""
-    return isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset))
-
-
-class RolloutStream(torch.utils.data.IterableDataset):
-    """
-    A streaming training set cut into rollouts, as [`RolloutSampler`] cuts a map-style one: blocks of `block_size`
-    consecutive rows (a last, incomplete block is dropped), each block yielded `repeats` times. Accelerate gives each
-    process its `block_size / num_processes` rows of every block.
-    """
-
-    def __init__(self, dataset, block_size: int, repeats: int):
-        self.dataset, self.block_size, self.repeats = dataset, block_size, repeats
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):  # reshuffles a shuffled `datasets` stream
-            self.dataset.set_epoch(epoch)
-
-    def __iter__(self):
-        block, blocks = [], 0
-        for row in self.dataset:
-            block.append(row)
-            if len(block) == self.block_size:
-                for _ in range(self.repeats):
-                    yield from block
-                block, blocks = [], blocks + 1
-        if blocks == 0:
-            raise ValueError(
-                f"The streaming dataset ended after {len(block)} rows, fewer than one rollout needs "
-                f"({self.block_size} prompts over all processes): lower rollout_batch_size or add rows."
-            )
-
-
-# Rollout metrics that count things: summed when rollouts (or processes) are merged.
-_COUNT_METRICS = (
-    "data/skipped",
-    "data/repaired",
-    "rollout/reward_failures",
-    "rollout/reward_abstained",
-    "rollout/num_samples",
-    "rollout/tokens",
-)
-
-
-def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, float]:
-    """
-    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`,
-    `*/min`) and maxima (`max_*`, `*_max`, `*/max`) kept, the rest averaged over the rollouts that report them.
-    """
-    merged: dict[str, list[float]] = defaultdict(list)
-    for metrics in per_rollout:
-        for name, value in metrics.items():
-            merged[name].append(value)
-    result = {}
-    for name, values in merged.items():
-        last = name.rsplit("/", 1)[-1]
-        if name.startswith(_COUNT_METRICS):
-            result[name] = sum(values)
-        elif last == "min" or last.startswith("min_") or last.endswith("_min"):
-            result[name] = min(values)
-        elif last == "max" or last.startswith("max_") or last.endswith("_max"):
-            result[name] = max(values)
-        else:
-            result[name] = sum(values) / len(values)
-    return result
-
-
-def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
-    """
-    Evaluation metrics from `(key, reward, valid, completion length, {function: score})` records of all processes,
-    each key (a row index, and the sample number when several completions are sampled per row) counted once.
-    """
-    unique = list({record[0]: record for record in reversed(records)}.values())
-    rewards = torch.tensor([r[1] for r in unique if r[2]], dtype=torch.float64)
-    lengths = torch.tensor([r[3] for r in unique], dtype=torch.float64)
-    metrics = {
-        f"{prefix}_reward": rewards.mean().item() if rewards.numel() else float("nan"),
-        f"{prefix}_reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-        f"{prefix}_completions/mean_length": lengths.mean().item() if lengths.numel() else float("nan"),
-        f"{prefix}_reward_failures": float(sum(not r[2] for r in unique)),
-        f"{prefix}_num_samples": float(len(unique)),
-    }
-    for name in dict.fromkeys(name for record in unique for name in record[4]):
-        # A function's scores where it scored (NaN where it failed or did not apply).
-        scores = torch.tensor([r[4][name] for r in unique if name in r[4]], dtype=torch.float64)
-        scores = scores[scores.isfinite()]
-        if scores.numel():
-            metrics[f"{prefix}_rewards/{name}/mean"] = scores.mean().item()
-            metrics[f"{prefix}_rewards/{name}/std"] = scores.std().item() if scores.numel() > 1 else 0.0
-    return metrics
-
-
-class PolicyAndValue(nn.Module):
-    """
-    The actor and the critic as one module, so one `accelerator.prepare` carries both: `trainer.model` when a critic
-    trains (as TRL's `PPOTrainer` wraps policy and value); without one, `trainer.model` is the policy itself.
-    """
-
-    def __init__(self, actor: Actor, critic: nn.Module | None = None):
-        super().__init__()
-        self.actor = actor
-        self.critic = critic
-        self.config = actor.hf_model.config
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-        if self.critic is not None:
-            self.critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.actor.gradient_checkpointing_disable()
-        if self.critic is not None:
-            self.critic.gradient_checkpointing_disable()
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        """Whether the actor recomputes activations in backward (TRL's generation context reads it)."""
-        return self.actor.hf_model.is_activation_checkpointing
-
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
-    ) -> None:
-        """What `Trainer` calls for `gradient_checkpointing=True` (transformers 5): checkpoint actor and critic."""
-        if every_n_layers != 1 or offload:
-            raise ValueError(
-                "PPOTrainerVL checkpoints every layer without offloading; drop every_n_layers/offload from "
-                "activation_checkpointing_kwargs."
-            )
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
-
-    def forward(
-        self,
-        sequences: torch.Tensor,
-        num_actions: int | list[int],
-        attention_mask: torch.Tensor | None = None,
-        packed_seq_lens: list[int] | None = None,
-        temperature: float = 1.0,
-        return_entropy: bool = False,
-        with_actor: bool = True,
-        with_values: bool = False,
-        **multimodal_inputs: torch.Tensor,
-    ) -> dict[str, Any]:
-        """
-        One forward of whichever halves the step trains (the DDP/DeepSpeed wrapper must see a single call).
-
-        Returns:
-            `dict`: `log_probs` (and `entropy`, `output`) when `with_actor`, `values` when `with_values`; all
-            `[B, A]` padded or `[1, sum(A)]` packed.
-        """
-        result: dict[str, Any] = {}
-        common = {"attention_mask": attention_mask, "packed_seq_lens": packed_seq_lens, **multimodal_inputs}
-        if with_actor:
-            outputs = self.actor(
-                sequences,
-                num_actions,
-                temperature=temperature,
-                return_entropy=return_entropy,
-                return_output=True,
-                **common,
-            )
-            result["log_probs"], result["output"] = outputs[0], outputs[-1]
-            if return_entropy:
-                result["entropy"] = outputs[1]
-        if with_values:
-            result["values"] = self.critic(sequences, num_actions, **common)
-        return result
 
 
 class _EMACallback(TrainerCallback):
@@ -349,59 +116,6 @@ def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
     if "audio" in media_kinds:
         return ActorAL
     return Actor
-
-
-# Private `transformers.Trainer` methods PPOTrainerVL overrides or calls, and what relies on each. They are checked
-# when a trainer is built: if a transformers release renames or removes one, training would silently lose that
-# guarantee, so the trainer refuses to start instead.
-TRAINER_HOOKS = {
-    "_prepare_inputs": "rollouts (each micro-batch is generated and scored here)",
-    "_get_train_sampler": "rollout-shaped batches of prompts",
-    "_get_dataloader": "the train and eval dataloaders",
-    "_get_grad_norm": "the non-finite step guard (it decides there, before optimizer.step)",
-    "_save": "saving the actor in Hugging Face format",
-    "_save_checkpoint": "crash-safe checkpoints",
-    "_save_optimizer_and_scheduler": "crash-safe checkpoints (the optimizer state)",
-    "_save_scaler": "crash-safe checkpoints (the grad scaler)",
-    "_save_rng_state": "crash-safe checkpoints and exact resume (the RNG states)",
-    "_load_from_checkpoint": "exact resume (the actor, adapter and critic weights)",
-    "_load_best_model": "load_best_model_at_end",
-    "_get_output_dir": "crash-safe checkpoints (the run directory)",
-}
-
-
-def check_trainer_hooks(trainer_class: type = Trainer) -> None:
-    """
-    Raise when a private `Trainer` method rft_trl relies on ([`TRAINER_HOOKS`]) is missing from `trainer_class`.
-
-    Raises:
-        `RuntimeError`: naming the method, what depends on it and the installed transformers version.
-    """
-    import transformers
-
-    missing = [name for name in TRAINER_HOOKS if not callable(getattr(trainer_class, name, None))]
-    if missing:
-        uses = "; ".join(f"{name} ({TRAINER_HOOKS[name]})" for name in missing)
-        raise RuntimeError(
-            f"transformers {transformers.__version__}'s Trainer lacks methods PPOTrainerVL builds on: {uses}. "
-            "Install the transformers version rft_trl pins (see pyproject.toml)."
-        )
-
-
-# transformers 5.23 renamed gradient checkpointing to activation checkpointing; TRL 1.16's generation context still
-# calls the old names (`is_gradient_checkpointing`, `gradient_checkpointing_disable/enable`), which warn on every call.
-_TRL_CHECKPOINTING_DEPRECATION = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
-
-
-@contextmanager
-def unwrapped_for_generation(model: nn.Module, accelerator, gather_deepspeed3_params: bool):
-    """TRL's `unwrap_model_for_generation`, without the deprecation warnings of TRL's own calls into transformers."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TRL_CHECKPOINTING_DEPRECATION, category=FutureWarning)
-        with unwrap_model_for_generation(
-            model, accelerator, gather_deepspeed3_params=gather_deepspeed3_params
-        ) as unwrapped:
-            yield unwrapped
 
 
 class PPOTrainerVL(Trainer):
@@ -1940,74 +1654,5 @@ class PPOTrainerVL(Trainer):
             license (`str`, *optional*):
                 Card metadata (TRL's `push_to_hub(dataset_name=...)` passes the first); `tags` join `rft_trl`'s own.
         """
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        plot_reward_curve(self.state.log_history, os.path.join(output_dir, REWARD_CURVE_NAME))
-        finetuned_from = finetuned_from or self.actor.hf_model.name_or_path or None
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        card_data = ModelCardData(
-            library_name="peft" if self._peft else "transformers",
-            base_model=finetuned_from,
-            datasets=[dataset_name] if dataset_name else None,
-            language=language,
-            license=license,
-            tags=list(
-                dict.fromkeys([*self._tag_names, self.args.advantage_estimator, *self.media_kinds, *extra_tags])
-            ),
-        )
-        ModelCard(f"---\n{card_data.to_yaml()}\n---\n{self._model_card_body(model_name, finetuned_from)}").save(
-            os.path.join(output_dir, "README.md")
-        )
-
-    def _model_card_body(self, model_name: str | None, finetuned_from: str | None) -> str:
-        """The card's Markdown below the metadata."""
-
-        def last(key: str) -> str:
-            values = [entry[key] for entry in self.state.log_history if key in entry]
-            return f"{values[-1]:.4f}" if values else "not measured"
-
-        args = self.args
-        title = model_name or os.path.basename(os.path.abspath(args.output_dir))
-        origin = f"[{finetuned_from}](https://huggingface.co/{finetuned_from})" if finetuned_from else "a model"
-        inputs = " + ".join(["text", *self.media_kinds])
-        if self._peft:
-            loading = (
-                "from peft import PeftModel\n\n"
-                f'model = PeftModel.from_pretrained(base_model, "{self.hub_model_id or title}")  # base_model: '
-                "the model this adapter was trained on"
-            )
-        else:
-            loading = (
-                "from transformers import AutoModelForMultimodalLM\n\n"
-                f'model = AutoModelForMultimodalLM.from_pretrained("{self.hub_model_id or title}")'
-                if self.media_kinds
-                else "from transformers import AutoModelForCausalLM\n\n"
-                f'model = AutoModelForCausalLM.from_pretrained("{self.hub_model_id or title}")'
-            )
-        settings = {
-            "advantage_estimator": args.advantage_estimator,
-            "n_samples_per_prompt": args.n_samples_per_prompt,
-            "rollout_batch_size": args.rollout_batch_size,
-            "max_epochs": args.max_epochs,
-            "learning_rate": args.learning_rate,
-            "init_kl_coef": args.init_kl_coef,
-            "eps_clip": args.eps_clip,
-            "loss_agg_mode": args.loss_agg_mode,
-            "generate_max_len": args.generate_max_len,
-            "optimizer steps": self.state.global_step,
-        }
-        rows = "\n".join(f"| `{name}` | {value} |" for name, value in settings.items())
-        return (
-            f"# {title}\n\n"
-            f"{'A LoRA adapter for' if self._peft else 'A fine-tune of'} {origin} ({inputs} input), trained "
-            f"with reinforcement learning by `rft_trl`'s `PPOTrainerVL`.\n\n"
-            f"## Results\n\n"
-            f"| metric | value |\n| --- | --- |\n"
-            f"| final rollout reward (`reward`) | {last('reward')} |\n"
-            f"| final eval reward (`eval_reward`, greedy) | {last('eval_reward')} |\n\n"
-            f"![Mean reward per optimizer step]({REWARD_CURVE_NAME})\n\n"
-            f"## Training settings\n\n| setting | value |\n| --- | --- |\n{rows}\n\n"
-            f"## Loading\n\n```python\n{loading}\n```\n"
-        )
+        if self.is_world_process_zero():
+            write_model_card(self, model_name, dataset_name, tags, finetuned_from, language, license)
