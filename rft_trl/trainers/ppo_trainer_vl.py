@@ -35,7 +35,6 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
-    AutoModelForSequenceClassification,
     AutoProcessor,
     AutoTokenizer,
     PreTrainedModel,
@@ -61,7 +60,7 @@ from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import cast_lm_head_to_fp32, unwrap_model
+from ..models.utils import cast_lm_head_to_fp32, load_pretrained_model, unwrap_model
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rewards.functions import completion_text
@@ -400,8 +399,9 @@ class PPOTrainerVL(Trainer):
         funcs: list, reward_processing_classes: Any, args: RFTConfig
     ) -> tuple[list, list[PreTrainedTokenizerBase | None]]:
         """
-        TRL's reward models: an entry that is a model id or local path (not an http(s) URL) is loaded with
-        `AutoModelForSequenceClassification.from_pretrained(..., num_labels=1, **model_init_kwargs)`; each model gets
+        TRL's reward models: an entry that is a model id or local path (not an http(s) URL) is loaded as
+        `AutoModelForSequenceClassification.from_pretrained(..., num_labels=1)` with the run's model settings
+        ([`RFTConfig.model_kwargs`]: dtype, `model_init_kwargs`, `trust_remote_code`); each model gets
         its tokenizer from `reward_processing_classes` (one per reward function, or a single one for a single
         function) or from the model's own path.
 
@@ -412,9 +412,15 @@ class PPOTrainerVL(Trainer):
         funcs = list(funcs)
         for index, func in enumerate(funcs):
             if isinstance(func, str) and not func.startswith(("http://", "https://")):
-                init_kwargs = dict(args.model_init_kwargs or {})
-                init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-                funcs[index] = AutoModelForSequenceClassification.from_pretrained(func, num_labels=1, **init_kwargs)
+                settings = args.model_kwargs()
+                funcs[index] = load_pretrained_model(
+                    func,
+                    head="sequence_classification",
+                    num_labels=1,
+                    bf16=settings["bf16"],
+                    trust_remote_code=settings["trust_remote_code"],
+                    init_kwargs=settings["model_init_kwargs"],
+                )
         if reward_processing_classes is None:
             tokenizers = [None] * len(funcs)
         elif isinstance(reward_processing_classes, (list, tuple)):
@@ -457,13 +463,11 @@ class PPOTrainerVL(Trainer):
         else:
             actor = actor_class(layout.media_kinds)(
                 model,
-                bf16=args.bf16,
                 peft_config=peft_config,
                 packing_samples=args.packing_samples,
                 freeze_encoder=args.freeze_encoder,
                 media_token_ids=list(layout.media_token_ids),
-                trust_remote_code=args.trust_remote_code,
-                model_init_kwargs=args.model_init_kwargs,
+                **args.model_kwargs(from_path=isinstance(model, str)),
                 **args.log_prob_kwargs(),
             )
         # Actions are scored under the distribution they are sampled from: what generation never emits has
@@ -532,6 +536,7 @@ class PPOTrainerVL(Trainer):
             "model_impl": args.vllm_model_impl,
             "enable_sleep_mode": args.vllm_enable_sleep_mode,
             "enforce_eager": args.vllm_enforce_eager,
+            "trust_remote_code": args.model_kwargs()["trust_remote_code"],
         }
         path = self._engine_model_path(actor, processing_class)
         engine = VLLMColocateEngine(path, llm_kwargs, num_processes=num_processes, tp_group=tp_group, **common)
@@ -597,9 +602,9 @@ class PPOTrainerVL(Trainer):
         # GAE needs values: a critic initialised from the given path, or else from the actor's weights.
         return Critic(
             critic if isinstance(critic, str) else actor,
-            bf16=args.bf16,
             packing_samples=args.packing_samples,
             freeze_encoder=args.freeze_encoder,
+            **args.model_kwargs(from_path=isinstance(critic, str)),
         )
 
     def _build_reference(self, initial_model: nn.Module | None, model_path: str | None) -> Callable | None:
@@ -611,6 +616,7 @@ class PPOTrainerVL(Trainer):
                 if isinstance(initial_model, Actor)
                 else actor_class(self.media_kinds)(
                     initial_model,
+                    **self.args.model_kwargs(from_path=False),
                     **self.args.log_prob_kwargs(),
                 )
             )
@@ -630,7 +636,7 @@ class PPOTrainerVL(Trainer):
                 )
             reference = actor_class(self.media_kinds)(
                 model_path,
-                bf16=self.args.bf16,
+                **self.args.model_kwargs(),
                 **self.args.log_prob_kwargs(),
             )
         else:
