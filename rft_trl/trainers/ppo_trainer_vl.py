@@ -49,7 +49,7 @@ from transformers.utils import ModelOutput
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
-from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
+from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
 from ..data.media import load_image
 from ..data.multimodal import ProcessorLayout, probe_processor
@@ -1100,16 +1100,11 @@ class PPOTrainerVL(Trainer):
         Returns:
             `torch.BoolTensor` of shape `[B, A]`, inside `mask`; all `False` when no process has a valid token.
         """
-        mask = mask.bool()
-        local = entropies.detach()[mask].float()
+        local = entropies.detach()[mask.bool()].float()
         # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
         padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=float("-inf"))
         gathered = self.accelerator.gather(padded)
-        gathered = gathered[torch.isfinite(gathered)]
-        if gathered.numel() == 0:
-            return torch.zeros_like(mask)
-        cutoff = torch.quantile(gathered, threshold)
-        return (entropies.detach() >= cutoff) & mask
+        return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
 
     @staticmethod
     @torch.no_grad()
