@@ -63,12 +63,13 @@ class LeakAcrossSamples(nn.Module):
     """
     A decoder layer followed by a causal token shift (a width-2 convolution over the sequence) that zeroes padding
     first, as linear-attention layers do: exact on padded batches, but a packed sample's first token sees the previous
-    sample's last one.
+    sample's last one. With `takes_seq_idx`, it does not shift across the sample boundaries a `seq_idx` keyword marks
+    (as causal-conv1d's kernel does).
     """
 
-    def __init__(self, layer: nn.Module, padding: dict):
+    def __init__(self, layer: nn.Module, padding: dict, takes_seq_idx: bool):
         super().__init__()
-        self.layer, self.padding = layer, padding
+        self.layer, self.padding, self.takes_seq_idx = layer, padding, takes_seq_idx
 
     def forward(self, hidden_states, *args, **kwargs):
         output = self.layer(hidden_states, *args, **kwargs)
@@ -76,11 +77,16 @@ class LeakAcrossSamples(nn.Module):
         mask = self.padding.get("mask")
         if mask is not None and mask.shape == hidden.shape[:2]:
             hidden = hidden * mask[..., None].to(hidden.dtype)
-        hidden = hidden + 0.5 * torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)  # [B, T, H]
+        seq_idx = kwargs.get("seq_idx")
+        if self.takes_seq_idx and seq_idx is not None:
+            same_sample = torch.cat([torch.zeros_like(seq_idx[:, :1]), (seq_idx[:, 1:] == seq_idx[:, :-1]).int()], 1)
+            previous = previous * same_sample[..., None].to(hidden.dtype)
+        hidden = hidden + 0.5 * previous
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def inject_leak(model, layers: nn.ModuleList) -> None:
+def inject_leak(model, layers: nn.ModuleList, takes_seq_idx: bool = False) -> None:
     """Wrap the first of `layers` in [`LeakAcrossSamples`], which reads the padding `model` was called with."""
     padding: dict = {}
 
@@ -89,7 +95,7 @@ def inject_leak(model, layers: nn.ModuleList) -> None:
         padding["mask"] = mask if mask is not None and mask.dim() == 2 else None
 
     model.register_forward_pre_hook(remember_padding, with_kwargs=True)
-    layers[0] = LeakAcrossSamples(layers[0], padding)
+    layers[0] = LeakAcrossSamples(layers[0], padding, takes_seq_idx)
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen2_5_vl"])
@@ -109,6 +115,18 @@ def test_a_layer_leaking_across_packed_samples_is_caught_in_a_family_the_matrix_
         build(tmp_path, model, processor, dataset, packing_samples=True)
     assert f"cu_seq_lens_q/k and max_length_q/k: {IGNORED}; seq_idx: {IGNORED}" in str(e.value)
     assert "No layer of this model takes them" in str(e.value)
+
+
+def test_a_leaking_layer_that_takes_sample_boundaries_is_told_apart_from_one_that_ignores_them(tmp_path):
+    # The refusal tells a layer that keeps samples apart when given seq_idx (as causal-conv1d's kernel does on CUDA)
+    # from one that ignores it (the test above: both ignored), though rft_trl passes no boundaries yet.
+    model, tokenizer = build_tiny_model("qwen2")
+    inject_leak(model, model.model.layers, takes_seq_idx=True)
+    with pytest.raises(ModelVerificationError, match=r"Qwen2ForCausalLM gives packed log-probs .* by \d") as refused:
+        build(tmp_path, model, tokenizer, make_text_dataset(4), packing_samples=True)
+    message = str(refused.value)
+    assert f"cu_seq_lens_q/k and max_length_q/k: {IGNORED}; seq_idx: taken (the logits change)" in message
+    assert "Its layers take them, but rft_trl does not pass them yet" in message
 
 
 @pytest.mark.parametrize("other", ["llava", "qwen3_vl"])

@@ -177,17 +177,19 @@ def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, pa
 
 @dataclass
 class BoundaryAnswer:
-    """What a model did when a packed forward also got `arguments`: the error it raised, or if its logits changed."""
+    """
+    What a model did when a packed forward also got `arguments` (the names of one set of [`SAMPLE_BOUNDARIES`]):
+    `outcome` says it in words; `refused` when it raised a `ValueError` (how transformers' torch fallbacks name the
+    kernel that would honour the boundaries), `changed` when it ran and its logits changed.
+    """
 
     arguments: str
-    error: str | None
-    changed: bool
+    outcome: str
+    refused: bool = False
+    changed: bool = False
 
     def __str__(self) -> str:
-        if self.error is not None:
-            return f"{self.arguments}: {self.error}"
-        outcome = "taken (the logits change)" if self.changed else "ignored (the logits do not change)"
-        return f"{self.arguments}: {outcome}"
+        return f"{self.arguments}: {self.outcome}"
 
 
 @torch.no_grad()
@@ -227,11 +229,15 @@ def told_sample_boundaries(actor, collator: PromptCollator, completion: torch.Te
         boundaries = {k: _to(v, device) for k, v in collated.items() if k not in ("input_ids", "labels")}
         try:
             logits = actor.model(**inputs, **boundaries).logits  # [1, T, V]
-        except Exception as error:  # transformers' own words on what would keep the samples apart
-            message = str(error).rstrip(".")
-            answers.append(BoundaryAnswer(arguments, f"{type(error).__name__}: {message}", changed=False))
+        except ValueError as error:  # transformers' own words on what would keep the samples apart
+            answers.append(BoundaryAnswer(arguments, f"ValueError: {str(error).rstrip('.')}", refused=True))
+        except Exception as error:  # a forward that takes no such keywords
+            answers.append(BoundaryAnswer(arguments, f"not taken ({type(error).__name__}: {error})"))
         else:
-            answers.append(BoundaryAnswer(arguments, None, changed=not torch.equal(logits, plain)))
+            if torch.equal(logits, plain):
+                answers.append(BoundaryAnswer(arguments, "ignored (the logits do not change)"))
+            else:
+                answers.append(BoundaryAnswer(arguments, "taken (the logits change)", changed=True))
     return answers
 
 
@@ -313,7 +319,7 @@ def verify_model(
 def _refusal(name: str, result: CheckResult, dtype: str, answers: list[BoundaryAnswer] | None = None) -> str:
     measured = f"by {result.difference:.3g} nats (tolerance {result.tolerance:g} in {dtype})"
     if result.name == "packed":
-        if any(answer.error is not None for answer in answers):
+        if any(answer.refused for answer in answers):
             verdict = (
                 "Exact packing needs what those errors name, on a device its kernels run on, and rft_trl passing "
                 "these boundaries to the model, which it does not yet."
