@@ -15,7 +15,7 @@ row alone, no position ids passed, full-vocabulary log-softmax):
   what the model's own layers answer when told where the samples start, as transformers' packed collator tells them
   (`DataCollatorWithFlattening`: `cu_seq_lens_q`/`cu_seq_lens_k`/`max_length_q`/`max_length_k`, and `seq_idx`): on
   transformers 5.25 the torch fallbacks of the linear-attention and convolution kernels refuse them, naming the
-  package (flash-linear-attention, causal-conv1d) whose CUDA kernel would keep the samples apart;
+  package (flash-linear-attention, causal-conv1d) whose kernel would keep the samples apart;
 - **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
   the cached encoder outputs equal those with the pixels.
 
