@@ -22,7 +22,7 @@ from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
 from .glm46v import build_tiny_glm46v
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
-from .lfm2 import build_tiny_lfm2_vl
+from .lfm2 import build_tiny_lfm2, build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
@@ -36,7 +36,7 @@ from .qwen import (
     build_tiny_qwen3_vl_moe,
     build_tiny_reward_model,
 )
-from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe
+from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe, build_tiny_qwen3_5_text
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
     "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
@@ -65,5 +65,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,
+    "qwen3_5_text": build_tiny_qwen3_5_text,
+    "lfm2": build_tiny_lfm2,
     "qwen2_reward": build_tiny_reward_model,
 }
