@@ -35,8 +35,6 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
-    AutoProcessor,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -52,19 +50,17 @@ from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions
 from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from ..data.collator import PromptCollator
 from ..data.media import load_image
-from ..data.multimodal import ProcessorLayout, probe_processor
+from ..data.multimodal import probe_processor
 from ..data.rows import ROW_INDEX, IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
-from ..models.actor_al import ActorAL
-from ..models.actor_vl import ActorVL
-from ..models.critic import Critic
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import cast_lm_head_to_fp32, load_pretrained_model, unwrap_model
+from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rewards.functions import completion_text
 from ..rollout import iter_checkpoint_weights
+from .builders import actor_class, build_actor, build_critic, load_processing_class, load_reward_models
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -106,15 +102,6 @@ class _EMACallback(TrainerCallback):
         # A step skipped for a non-finite gradient left the weights as they were: nothing to average.
         if not self.trainer._nonfinite_guard.skip_step:
             self.trainer._update_ema()
-
-
-def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
-    """The seed's face of a policy taking `media_kinds`: `ActorVL` with images or videos, `ActorAL` with audio only."""
-    if "image" in media_kinds or "video" in media_kinds:
-        return ActorVL
-    if "audio" in media_kinds:
-        return ActorAL
-    return Actor
 
 
 class PPOTrainerVL(Trainer):
@@ -185,10 +172,10 @@ class PPOTrainerVL(Trainer):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
         if processing_class is None:
-            processing_class = self._load_processing_class(model, args)
+            processing_class = load_processing_class(model, args)
         # What the processor takes and returns, decided once: the collator, the actor and the logs use it.
         layout = probe_processor(processing_class)
-        actor = self._build_actor(model, layout, args, peft_config)
+        actor = build_actor(model, layout, args, peft_config)
         actor.inputs.check_processor(layout, type(processing_class).__name__)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
@@ -201,7 +188,7 @@ class PPOTrainerVL(Trainer):
                 "the whole packed row, which is usually slower than padding on %s.",
                 actor.hf_model.config._attn_implementation,
             )
-        critic = self._build_critic(critic, actor, args)
+        critic = build_critic(critic, actor, args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         funcs = [f for f in funcs if f is not None]
         if reward_model is not None:
@@ -213,9 +200,7 @@ class PPOTrainerVL(Trainer):
                 "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), or the "
                 "seed's reward_model / remote_rm_url."
             )
-        self.reward_funcs, self.reward_processing_classes = self._load_reward_models(
-            funcs, reward_processing_classes, args
-        )
+        self.reward_funcs, self.reward_processing_classes = load_reward_models(funcs, reward_processing_classes, args)
         self.reward_scorer = RewardScorer(
             [
                 SequenceClassificationReward(func, tokenizer, args.chat_template_kwargs)
@@ -378,112 +363,6 @@ class PPOTrainerVL(Trainer):
             )
             args.dataloader_num_workers = 0
 
-    @staticmethod
-    def _load_processing_class(model, args: RFTConfig):
-        """The processor (or tokenizer) saved with the model: from its path, or from the path a model object was
-        loaded from (as TRL does)."""
-        if isinstance(model, str):
-            source = model
-        else:
-            hf_model = model.hf_model if isinstance(model, Actor) else unwrap_model(model)
-            source = hf_model.config._name_or_path
-            if not source:
-                raise ValueError(
-                    f"{type(hf_model).__name__} was not loaded from a path, so its processor cannot be found: pass "
-                    "processing_class (the model's processor or tokenizer)."
-                )
-        return AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-
-    @staticmethod
-    def _load_reward_models(
-        funcs: list, reward_processing_classes: Any, args: RFTConfig
-    ) -> tuple[list, list[PreTrainedTokenizerBase | None]]:
-        """
-        TRL's reward models: an entry that is a model id or local path (not an http(s) URL) is loaded as
-        `AutoModelForSequenceClassification.from_pretrained(..., num_labels=1)` with the run's model settings
-        ([`RFTConfig.model_kwargs`]: dtype, `model_init_kwargs`, `trust_remote_code`); each model gets
-        its tokenizer from `reward_processing_classes` (one per reward function, or a single one for a single
-        function) or from the model's own path.
-
-        Returns:
-            `tuple`: the reward functions with the models loaded, and one tokenizer per function (`None` for those
-            that are not models).
-        """
-        funcs = list(funcs)
-        for index, func in enumerate(funcs):
-            if isinstance(func, str) and not func.startswith(("http://", "https://")):
-                settings = args.model_kwargs()
-                funcs[index] = load_pretrained_model(
-                    func,
-                    head="sequence_classification",
-                    num_labels=1,
-                    bf16=settings["bf16"],
-                    trust_remote_code=settings["trust_remote_code"],
-                    init_kwargs=settings["model_init_kwargs"],
-                )
-        if reward_processing_classes is None:
-            tokenizers = [None] * len(funcs)
-        elif isinstance(reward_processing_classes, (list, tuple)):
-            tokenizers = list(reward_processing_classes)
-        else:
-            tokenizers = [reward_processing_classes]
-        if len(tokenizers) != len(funcs):
-            raise ValueError(
-                f"The number of reward processing classes ({len(tokenizers)}) must match the number of reward "
-                f"functions ({len(funcs)}): one per function (None for the functions that are not models)."
-            )
-        for index, (func, tokenizer) in enumerate(zip(funcs, tokenizers)):
-            if isinstance(func, PreTrainedModel):
-                if tokenizer is None:
-                    source = func.config._name_or_path
-                    if not source:
-                        raise ValueError(
-                            f"reward model {index} ({type(func).__name__}) was not loaded from a path, so its "
-                            "tokenizer cannot be found: pass it in reward_processing_classes."
-                        )
-                    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-                tokenizers[index] = tokenizer
-            elif tokenizer is not None:
-                raise ValueError(
-                    f"reward_processing_classes[{index}] is given, but reward function {index} is not a "
-                    "sequence-classification model, which alone uses one: pass None at that position."
-                )
-        return funcs, tokenizers
-
-    @staticmethod
-    def _build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) -> Actor:
-        if isinstance(model, Actor):
-            if args.model_init_kwargs:
-                raise ValueError("model_init_kwargs apply when the model is given as a path; this actor is built.")
-            # A built actor keeps its own log-prob settings; fused_log_probs=False turns the fused path off.
-            model.fused_log_probs = model.fused_log_probs and args.fused_log_probs
-            # Never sample the tokens media bring into a prompt, whatever the actor was built with.
-            model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
-            actor = model
-        else:
-            actor = actor_class(layout.media_kinds)(
-                model,
-                peft_config=peft_config,
-                packing_samples=args.packing_samples,
-                freeze_encoder=args.freeze_encoder,
-                media_token_ids=list(layout.media_token_ids),
-                **args.model_kwargs(from_path=isinstance(model, str)),
-                **args.log_prob_kwargs(),
-            )
-        # Actions are scored under the distribution they are sampled from: what generation never emits has
-        # probability zero in the rollout's, the reference's and the update's log-probs alike.
-        never_sampled = set((args.generation_kwargs or {}).get("suppress_tokens") or ())
-        if args.suppress_media_tokens:
-            never_sampled |= set(actor.media_token_ids)
-        actor.suppressed_token_ids = sorted(never_sampled)
-        if args.disable_dropout:
-            disable_dropout_in_model(actor)
-        if args.cast_lm_head_to_fp32:
-            if is_deepspeed_zero3_enabled():
-                raise ValueError("cast_lm_head_to_fp32=True is not supported under ZeRO-3 (a partitioned LM head).")
-            cast_lm_head_to_fp32(actor.hf_model)
-        return actor
-
     def _build_rollout_engine(self, actor: Actor, processing_class):
         """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server)."""
         from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
@@ -587,25 +466,6 @@ class PPOTrainerVL(Trainer):
             model = model.actor.model
         if engine.sync_weights(model, self.state.global_step):
             self.accelerator.wait_for_everyone()
-
-    @staticmethod
-    def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
-        if critic is not None and args.advantage_estimator != "gae":
-            raise ValueError(
-                f"A critic is only used by advantage_estimator='gae' (got {args.advantage_estimator!r}); drop the "
-                f"critic or set advantage_estimator='gae'."
-            )
-        if isinstance(critic, nn.Module):
-            return critic
-        if critic is None and args.advantage_estimator != "gae":
-            return None
-        # GAE needs values: a critic initialised from the given path, or else from the actor's weights.
-        return Critic(
-            critic if isinstance(critic, str) else actor,
-            packing_samples=args.packing_samples,
-            freeze_encoder=args.freeze_encoder,
-            **args.model_kwargs(from_path=isinstance(critic, str)),
-        )
 
     def _build_reference(self, initial_model: nn.Module | None, model_path: str | None) -> Callable | None:
         if self.args.init_kl_coef == 0 and initial_model is None:
