@@ -118,7 +118,7 @@ def build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) ->
             packing_samples=args.packing_samples,
             freeze_encoder=args.freeze_encoder,
             media_token_ids=list(layout.media_token_ids),
-            **args.model_kwargs(from_path=isinstance(model, str)),
+            **args.model_kwargs(),  # a built model with model_init_kwargs is refused, as in TRL
             **args.log_prob_kwargs(),
         )
     # Actions are scored under the distribution they are sampled from: what generation never emits has

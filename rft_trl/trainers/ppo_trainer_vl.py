@@ -47,7 +47,7 @@ from transformers.utils import ModelOutput
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
-from ..core import compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
+from ..core import high_entropy_mask
 from ..data.collator import PromptCollator
 from ..data.media import load_image
 from ..data.multimodal import probe_processor
@@ -81,6 +81,7 @@ from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_schedu
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .metrics import eval_metrics, merge_rollout_metrics
 from .model_card import write_model_card
+from .objective import actor_objective, critic_objective, off_policy_sequence_mask
 from .policy_and_value import PolicyAndValue
 from .progress import ReadablePrinterCallback, ReadableProgressCallback
 from .replay_buffer import NaiveReplayBuffer
@@ -870,77 +871,32 @@ class PPOTrainerVL(Trainer):
         return fields
 
     def training_step_actor(self, batch: dict, mask: torch.Tensor, out: dict) -> torch.Tensor:
-        """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx)."""
+        """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx) - entropy bonus."""
         args = self.args
-        log_probs = batch["new_log_probs"]
-        old_log_probs = batch["action_log_probs"] if batch["action_log_probs"] is not None else log_probs.detach()
-        advantages = batch["advantages"]
-        if args.advantage_clip is not None:
-            advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
         entropy_mask = None
-        tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
         if args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0:
             entropy_mask = self.get_high_entropy_mask(batch["new_entropy"], mask, 1 - args.high_entropy_token_ratio)
-        sequence_weight = None
-        if args.off_policy_mask_threshold is not None:
-            sequence_weight = self.get_off_policy_mask(
-                advantages, log_probs, old_log_probs, mask, args.off_policy_mask_threshold
-            )
-        loss, metrics = policy_loss(
-            log_probs,
-            old_log_probs,
-            advantages,
+        controller = self.entropy_controller
+        objective = actor_objective(
+            batch,
             mask,
-            eps_clip_low=args.eps_clip,
-            eps_clip_high=args.eps_clip_high,
-            dual_clip=args.dual_clip,
-            importance_sampling_level=args.importance_sampling_level,
-            use_cpg_loss=args.use_cpg_loss,
+            args,
+            kl_coef=self.kl_ctl.value,
+            entropy_coef=controller.applied() if controller.enabled else None,
             entropy_mask=entropy_mask,
-            loss_agg_mode=args.loss_agg_mode,
-            norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
-            ratio_cap=args.delta,
-            sequence_weight=sequence_weight,
-            token_weight=batch.get("importance_weights"),
-            surrogate=args.policy_surrogate,
-            sapo_temperatures=(args.sapo_temperature_pos, args.sapo_temperature_neg),
-            vespo_gamma=(args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg),
+            ptx_loss=sft_loss(self.actor, self._next_ptx_batch()) if args.ptx_coef > 0 else None,
+            aux_loss=self._router_aux_loss(out["output"]) if self._aux_loss_coef else None,
+            aux_loss_coef=self._aux_loss_coef,
+            off_policy_mask=self.get_off_policy_mask,
         )
-        for name, value in metrics.items():
-            # TRL's clip ratios keep their names; ours go under train/.
-            self._record(name if name.startswith("clip_ratio/") else f"train/{name}", value, tokens)
-        self._record("train/policy_loss", loss, tokens)
-        if batch["base_action_log_probs"] is not None:
-            kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
-            self._record("kl", masked_mean(kl, mask), tokens)
-            if args.use_kl_loss:
-                if args.use_bias_correction_kl:
-                    # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio
-                    # makes its gradient the unbiased gradient of the current policy's KL (TRL's default).
-                    kl = kl * torch.where(mask, log_probs - old_log_probs, 0).exp()
-                loss = loss + self.kl_ctl.value * masked_mean(kl, mask)
-        if args.ptx_coef > 0:
-            ptx = sft_loss(self.actor, self._next_ptx_batch())
-            self._record("train/ptx_loss", ptx)
-            loss = loss + args.ptx_coef * ptx
-        if self._aux_loss_coef:
-            aux_loss = self._router_aux_loss(out["output"])
-            if aux_loss is not None:
-                loss = loss + self._aux_loss_coef * aux_loss
-        # TRL's `policy_loss`: the actor's loss before the entropy bonus (KL included); ours is train/policy_loss.
-        self._record("policy_loss", loss, tokens)
-        if "new_entropy" in batch:
-            entropy = batch["new_entropy"]
-            self._record("entropy", masked_mean(entropy, mask), tokens)
-            if self.entropy_controller.enabled:
-                # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
-                acting = mask if entropy_mask is None else mask & entropy_mask
-                loss = loss - self.entropy_controller.applied() * masked_mean(entropy, acting)
-                if self.model.training:  # not during evaluation's loss
-                    self.entropy_controller.observe(torch.where(acting, entropy, 0.0).sum(), acting.sum())
-                    if self.accelerator.sync_gradients:
-                        self.entropy_controller.step(lambda t: self.accelerator.reduce(t, reduction="sum"))
-        return loss
+        for name, (value, weight) in objective.metrics.items():
+            self._record(name, value, weight)
+        acting = objective.acting_mask
+        if acting is not None and self.model.training:  # not during evaluation's loss
+            controller.observe(torch.where(acting, batch["new_entropy"], 0.0).sum(), acting.sum())
+            if self.accelerator.sync_gradients:
+                controller.step(lambda t: self.accelerator.reduce(t, reduction="sum"))
+        return objective.loss
 
     @property
     def entropy_coef(self) -> float:
@@ -967,7 +923,6 @@ class PPOTrainerVL(Trainer):
         return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
 
     @staticmethod
-    @torch.no_grad()
     def get_off_policy_mask(
         advantages: torch.Tensor,
         per_token_logps: torch.Tensor,
@@ -975,31 +930,10 @@ class PPOTrainerVL(Trainer):
         mask: torch.Tensor,
         off_policy_threshold: float,
     ) -> torch.Tensor:
-        """
-        TRL's off-policy sequence mask (DeepSeek-V3.2): a sequence with a negative advantage is dropped when the
-        mean over its tokens of ``log pi_sampling - log pi_current`` exceeds `off_policy_threshold`.
-
-        Args:
-            advantages (`torch.Tensor` of shape `[B, 1]` or `[B, A]`): advantages; per token, a sequence's sign is
-                that of its mean over the valid tokens.
-            per_token_logps (`torch.Tensor` of shape `[B, A]`): the current policy's log-probs.
-            sampling_per_token_logps (`torch.Tensor` of shape `[B, A]`): the log-probs the tokens were sampled with;
-                NaN (unscorable) tokens count as no divergence.
-            mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
-            off_policy_threshold (`float`): the largest mean divergence a negative-advantage sequence may have.
-
-        Returns:
-            `torch.Tensor` of shape `[B, 1]`, `mask`'s dtype: 1 to keep the sequence, 0 to drop it.
-        """
-        weight = mask.to(per_token_logps.dtype)
-        divergence = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0) * weight
-        mean_divergence = divergence.sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
-        if advantages.shape[-1] == 1:
-            sequence_advantage = advantages
-        else:
-            sequence_advantage = (advantages * weight).sum(-1, keepdim=True)  # [B, 1], the sign of the mean
-        keep = (sequence_advantage >= 0) | (mean_divergence <= off_policy_threshold)
-        return keep.to(mask.dtype)
+        """TRL's static method of this name: [`rft_trl.trainers.objective.off_policy_sequence_mask`]."""
+        return off_policy_sequence_mask(
+            advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
+        )
 
     def _next_ptx_batch(self) -> dict[str, Any]:
         """The next `micro_train_batch_size` rows of `ptx_dataset`, cycling through a seeded order."""
@@ -1013,14 +947,10 @@ class PPOTrainerVL(Trainer):
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
-        tokens = mask.sum()
-        loss, metrics = value_loss(
-            batch["new_values"], batch["values"], batch["returns"], mask, value_clip=self.args.value_clip
-        )
-        for name, value in metrics.items():
-            self._record(f"train/{name}", value, tokens)
-        self._record("train/critic_loss", loss, tokens)
-        return loss
+        objective = critic_objective(batch, mask, self.args.value_clip)
+        for name, (value, weight) in objective.metrics.items():
+            self._record(name, value, weight)
+        return objective.loss
 
     def _update_ema(self) -> None:
         beta = self.args.ema_beta
