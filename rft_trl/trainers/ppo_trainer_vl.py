@@ -51,14 +51,13 @@ from ..core import high_entropy_mask
 from ..data.collator import PromptCollator
 from ..data.media import load_image
 from ..data.multimodal import probe_processor
-from ..data.rows import ROW_INDEX, IndexedRows, IndexedStream, ReplacementRows
+from ..data.rows import IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
-from ..rewards.functions import completion_text
 from ..rollout import iter_checkpoint_weights
 from .builders import actor_class, build_actor, build_critic, load_processing_class, load_reward_models
 from .checkpointing import (
@@ -75,11 +74,12 @@ from .checkpointing import (
     staged_checkpoint,
     write_trainer_checkpoint,
 )
-from .experience_maker import EmptyBatchError, ExperienceMaker, Rollout
+from .evaluation import evaluate_rollouts
+from .experience_maker import ExperienceMaker, Rollout
 from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
-from .metrics import eval_metrics, merge_rollout_metrics
+from .metrics import merge_rollout_metrics
 from .model_card import write_model_card
 from .objective import actor_objective, critic_objective, off_policy_sequence_mask
 from .policy_and_value import PolicyAndValue
@@ -1089,59 +1089,10 @@ class PPOTrainerVL(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        dataloader = self.get_eval_dataloader(dataset)
-        was_training = self.model.training
-        self.model.eval()
-        # One greedy completion per prompt by default; TRL's num_generations_eval samples that many instead.
-        samples_per_prompt = self.args.num_generations_eval or 1
-        sampling = self.args.sampling_kwargs()
-        if self.args.num_generations_eval is None:
-            sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        records, losses, shown = [], [], []
-        # The loss needs a baseline: RLOO's leave-one-out has none for a single sample per prompt.
-        with_loss = not (self.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
-        self.experience_maker.trainer_state = self.state
-        self._sync_rollout_engine()
-        for batch in dataloader:
-            indices = [row[ROW_INDEX] for row in batch.rows]  # the collator names skipped rows by it too
-            with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
-                try:
-                    samples, completions, prompts, out = self.experience_maker.generate_and_score(
-                        batch.rows, samples_per_prompt, sampling
-                    )
-                except EmptyBatchError as error:
-                    # The eval set is what it is (no replacement rows): the batch's rows are counted as skipped
-                    # (eval_data/skipped/*) and the evaluation goes on with the next batch.
-                    logger.warning("Evaluation: %s The batch is left out.", error)
-                    continue
-                if with_loss:
-                    rollout = self.experience_maker.experience_from(
-                        samples, completions, prompts, out, samples_per_prompt
-                    )
-            if with_loss:
-                losses.extend(self._loss_without_update(rollout))
-            lengths = samples["action_mask"].sum(-1).tolist()
-            for i, length in enumerate(lengths):
-                row = samples["kept_rows"][i // samples_per_prompt]
-                key = (indices[row], i % samples_per_prompt)
-                components = {name: float(scores[i]) for name, scores in out.components.items()}
-                records.append((key, float(out.rewards[i]), bool(out.valid[i]), length, components))
-                if self.args.log_completions:
-                    shown.append((key, prompts[i], completion_text(completions[i]), float(out.rewards[i]), components))
-        data_counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
-        if was_training:
-            self.model.train()
-        metrics = eval_metrics(gather_object(records), metric_key_prefix)
-        losses = gather_object(losses)
-        if losses:
-            metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
-        for counts in gather_object([data_counts]):  # rows skipped or repaired, summed over the processes
-            for name, count in counts.items():
-                key = f"{metric_key_prefix}_{name}"
-                metrics[key] = metrics.get(key, 0.0) + float(count)
+        metrics, shown = evaluate_rollouts(self, dataset, metric_key_prefix)
         self.log(metrics)
         if self.args.log_completions:
-            self._log_eval_completions(gather_object(shown), metric_key_prefix)
+            self._log_eval_completions(shown, metric_key_prefix)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -1177,22 +1128,6 @@ class PPOTrainerVL(Trainer):
             return super().get_eval_dataloader(IndexedStream(dataset))
         finally:
             self.args.dataloader_num_workers = workers
-
-    @torch.no_grad()
-    def _loss_without_update(self, rollout: Rollout) -> list[float]:
-        """The training loss of each micro-batch of `rollout`, without a gradient or an update (TRL's `eval_loss`)."""
-        # The training buffer's collation (micro-batch size, packing, padding); its items are left alone.
-        collate, size = self.replay_buffer.collate_fn, self.replay_buffer.sample_batch_size
-        # The loss records training metrics as it goes: keep them out of the training logs.
-        training_metrics, self._metrics = self._metrics, defaultdict(list)
-        try:
-            losses = []
-            for start in range(0, len(rollout.items), size):
-                batch = collate(rollout.items[start : start + size]).to_device(self.accelerator.device)
-                losses.append(self.compute_loss(self.model_wrapped, batch).item())
-        finally:
-            self._metrics = training_metrics
-        return losses
 
     # ------------------------------------------------------------------------------------------------ saving
 
