@@ -24,6 +24,7 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
+from transformers import Qwen3ASRProcessor
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
@@ -65,8 +66,12 @@ def _row(processor, parts: dict[str, list], question="What is shown?") -> dict:
     return row
 
 
-def batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
-    """Rows covering every media kind the processor takes: one item, none, two of different sizes, and mixes."""
+def batches_for(processor, layout) -> list[list[dict]]:
+    """
+    Rows covering every media kind the processor takes (its probed `layout`): one item, none, two of different sizes
+    (in one row, or in two rows for a kind the processor takes one of per prompt), and mixes.
+    """
+    kinds = layout.media_kinds
     rate = processor.feature_extractor.sampling_rate if "audio" in kinds else 16000
     batches = []
     if "image" in kinds:
@@ -76,7 +81,8 @@ def batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
         batches.append([_row(processor, {"video": [_video(0)]}), _row(processor, {})])
     if "audio" in kinds:
         clips = [_clip(rate, 1.0, 300.0), _clip(rate, 0.5, 2400.0)]
-        batches.append([_row(processor, {"audio": clips[:1]}), _row(processor, {}), _row(processor, {"audio": clips})])
+        two = [{"audio": clips[1:]}] if "audio" in layout.one_per_prompt else [{"audio": clips}]
+        batches.append([_row(processor, parts) for parts in [{"audio": clips[:1]}, {}, *two]])
     if "image" in kinds and "audio" in kinds:
         mixed = {"image": [_image((30, 200, 30))], "audio": [_clip(rate, 1.0, 600.0)]}
         batches.append([_row(processor, mixed), _row(processor, {"audio": [_clip(rate, 0.5, 300.0)]})])
@@ -96,6 +102,8 @@ def alone_inputs(processor, row) -> dict:
     if row.get("audios"):
         kwargs["audio"] = row["audios"]
         kwargs["sampling_rate"] = processor.feature_extractor.sampling_rate
+    if isinstance(processor, Qwen3ASRProcessor) and not kwargs:
+        kwargs["audio"] = None  # its processor requires `audio` in every call
     if kwargs:
         return processor(text=[text], return_tensors="pt", **kwargs)
     return processor(text=[text], return_tensors="pt")
@@ -145,7 +153,7 @@ def test_padded_log_probs_equal_the_models_own_forward(kind):
     model, processor, layout, collator, actor = setup(kind)
     # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits).
     assert actor._fusable_head() is model.get_output_embeddings()
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
         log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)
         prompt_width = batch.input_ids.shape[1]
@@ -169,7 +177,7 @@ def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
         assert cache.reason is not None and model.config.model_type in cache.reason or not visual, cache.reason
         return
     assert cache.reason is None
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch = collator(rows)
         per_sample = repeat_multimodal_inputs(batch.sample_multimodal_inputs, 2)
         input_ids = batch.input_ids.repeat_interleave(2, dim=0)
@@ -204,7 +212,7 @@ def test_packed_equals_each_sample_alone_or_is_refused(kind):
         assert type(model).__name__ in str(error) and "packing_samples=False" in str(error)
         return
     largest = 0.0
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch, sequences, attention_mask, action_mask, fields = rollout(padded_actor, collator, rows)
         packed, lengths = pack_sequences(sequences, attention_mask)
         for name in collator.layout.token_fields:
@@ -232,7 +240,7 @@ def test_critic_values_equal_its_backbones_own_forward(kind):
         # A family without a headless model in transformers (Llama 4) is refused by name, with the fix.
         assert type(model).__name__ in str(error) and "other than 'gae'" in str(error)
         return
-    rows = batches_for(processor, layout.media_kinds)[0]
+    rows = batches_for(processor, layout)[0]
     batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
     values = critic(sequences, action_mask.shape[1], attention_mask, **fields)
     prompt_width = batch.input_ids.shape[1]
@@ -266,7 +274,7 @@ def test_generation_never_emits_media_tokens(kind):
         return logits
 
     model.get_output_embeddings().register_forward_hook(prefer_media_tokens)
-    rows = batches_for(processor, layout.media_kinds)[0]
+    rows = batches_for(processor, layout)[0]
     prompt_width = collator(rows).input_ids.shape[1]
     unsuppressed = rollout(actor, collator, rows, suppress_media_tokens=False)[1][:, prompt_width:]
     # Without suppression the policy emits nothing but media tokens: the check below can fail.
@@ -291,9 +299,7 @@ def test_lora_trains_the_adapter_only_and_disables_exactly(kind):
         for name, param in actor.named_parameters():
             if "lora_B" in name:  # B starts at 0 (the identity): make the adapter change the model
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    _, sequences, attention_mask, action_mask, fields = rollout(
-        base, collator, batches_for(processor, layout.media_kinds)[0]
-    )
+    _, sequences, attention_mask, action_mask, fields = rollout(base, collator, batches_for(processor, layout)[0])
     width = action_mask.shape[1]
     reference = base(sequences, width, attention_mask, **fields)
     assert not torch.allclose(actor(sequences, width, attention_mask, **fields), reference)
@@ -313,7 +319,7 @@ def trainable_snapshot(module):
 def test_two_grpo_steps_change_the_parameters(tmp_path, kind, packing):
     model, processor = build_tiny_model(kind)
     layout = probe_processor(processor)
-    rows = [row for rows in batches_for(processor, layout.media_kinds) for row in rows]
+    rows = [row for rows in batches_for(processor, layout) for row in rows]
     args = tiny_config(str(tmp_path / "out"), packing_samples=packing, freeze_encoder=False)
     try:
         trainer = PPOTrainerVL(

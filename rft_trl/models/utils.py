@@ -32,6 +32,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
     MODEL_FOR_MULTIMODAL_LM_MAPPING,
+    MODEL_FOR_PRETRAINING_MAPPING,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
 )
 from transformers.utils import is_flash_attn_2_available
@@ -439,9 +440,16 @@ def position_source(model: PreTrainedModel) -> GenerationMixin:
     if isinstance(model, GenerationMixin):
         return model
     config = model.config
-    mappings = (MODEL_FOR_MULTIMODAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING)
+    # Last, the pretraining classes, where transformers files some generating ones (AudioFlamingo3's) and many that
+    # do not generate (BERT's): only a generating class numbers positions.
+    mappings = (
+        MODEL_FOR_MULTIMODAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_PRETRAINING_MAPPING,
+    )
     for mapping in mappings:
-        if type(config) in mapping:
+        if type(config) in mapping and issubclass(mapping[type(config)], GenerationMixin):
             with torch.device("meta"):
                 return mapping[type(config)](config)
     raise ValueError(

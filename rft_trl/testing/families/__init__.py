@@ -37,6 +37,7 @@ from .qwen import (
     build_tiny_reward_model,
 )
 from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe, build_tiny_qwen3_5_text
+from .speech import build_tiny_audioflamingo3, build_tiny_qwen3_asr
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
     "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
@@ -48,6 +49,8 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "qwen2_5_omni": build_tiny_qwen2_5_omni,
     "qwen3_omni_moe": build_tiny_qwen3_omni_moe,
     "qwen2_audio": build_tiny_qwen2_audio,
+    "qwen3_asr": build_tiny_qwen3_asr,
+    "audioflamingo3": build_tiny_audioflamingo3,
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
