@@ -24,7 +24,14 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
-from transformers import Qwen3ASRProcessor
+from transformers import (
+    GraniteSpeechConfig,
+    GraniteSpeechForConditionalGeneration,
+    Qwen3ASRProcessor,
+    VoxtralConfig,
+    VoxtralForConditionalGeneration,
+    VoxtralProcessor,
+)
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
@@ -34,9 +41,10 @@ from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEnco
 from rft_trl.models.packing import pack_sequences
 from rft_trl.models.verification import ModelVerificationError, verify_model
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
+from rft_trl.testing.families.common import family_tokenizer, whisper_feature_extractor
 
 # The policy families: the reward model has no LM head, and the refused families have their own test.
-KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal")]
+KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal", "minicpmv4_6")]
 COMPLETION_TOKENS = 5
 
 
@@ -359,3 +367,85 @@ def test_a_processor_that_does_not_fit_the_model_is_refused_at_construction(tmp_
         r"Qwen2_5_VLForConditionalGeneration.forward does not take",
     ):
         PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path)), processing_class=audio_processor)
+
+
+# Tiny text and audio towers for the refused speech families (refused before any weight or processor is used).
+TINY_TEXT = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+TINY_TEXT |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+def tiny_voxtral():
+    audio = {"num_mel_bins": 32, "intermediate_size": 32, "hidden_size": 16, "num_hidden_layers": 1}
+    audio |= {"num_attention_heads": 2, "max_source_positions": 100}
+    config = VoxtralConfig(audio_config=audio, text_config={"model_type": "llama", **TINY_TEXT}, audio_token_id=5)
+    return VoxtralForConditionalGeneration(config)
+
+
+def tiny_granite_speech():
+    encoder = {"input_dim": 32, "num_layers": 1, "hidden_dim": 16, "feedforward_mult": 2, "num_heads": 2}
+    encoder |= {"dim_head": 8, "output_dim": 8}
+    projector = {"model_type": "blip_2_qformer", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    projector |= {"intermediate_size": 32, "encoder_hidden_size": 16}
+    config = GraniteSpeechConfig(
+        encoder_config=encoder,
+        projector_config=projector,
+        text_config={"model_type": "granite", **TINY_TEXT},
+        audio_token_id=5,
+    )
+    return GraniteSpeechForConditionalGeneration(config)
+
+
+def test_voxtral_is_refused_by_name_before_its_processor_is_probed(tmp_path):
+    # Beside its own processor (which takes no audio in __call__) the trainer used to fail inside the layout probe
+    # with the processor's error; the refusal names the model, the reason and what would make it work.
+    model = tiny_voxtral()
+    tokenizer = family_tokenizer(0, ["[AUDIO]"], audio="[AUDIO]")
+    processor = VoxtralProcessor(feature_extractor=whisper_feature_extractor(), tokenizer=tokenizer)
+    message = (
+        r"VoxtralForConditionalGeneration \(voxtral\) is not supported by rft_trl: its processor takes audio only "
+        r"through apply_chat_template .* a VoxtralProcessor.__call__ that takes audio would make it work"
+    )
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")), processing_class=processor)
+
+
+def test_granite_speech_is_refused_by_name_before_its_processor_is_loaded(tmp_path):
+    # Its processor cannot be built without torchaudio: the model (or its path, whose config alone is read) is refused
+    # before the trainer looks for one.
+    model = tiny_granite_speech()
+    message = (
+        r"GraniteSpeechForConditionalGeneration \(granite_speech\) is not supported by rft_trl: its feature "
+        r"extractor needs torchaudio .* a tiny builder in the model matrix with torchaudio installed would make it "
+        r"work"
+    )
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")))
+    model.save_pretrained(tmp_path / "granite")
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(str(tmp_path / "granite"), [length_reward], tiny_config(str(tmp_path / "out")))
+
+
+def test_a_processor_batching_media_on_another_axis_is_refused_at_construction(tmp_path):
+    # MiniCPM-V 4.6's processor lays two prompts' images side by side on the last axis of one pixel_values, and its
+    # model reads only pixel_values[:1]: samples concatenated on the first axis would lose every image but the first.
+    model, processor = build_tiny_model("minicpmv4_6")
+    with pytest.raises(
+        ValueError,
+        match=r"MiniCPMV4_6Processor batches the image fields of two prompts otherwise than one after the other on "
+        r"the first axis \('pixel_values' \(1, 3, 14, 896\) alone, \(1, 3, 14, 1792\) for two: batched on axis 3 "
+        r"of 4\)",
+    ):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")), processing_class=processor)
+    # The refusal is warranted: the first-axis concatenation of two samples processed alone fails in the model.
+    collator_rows = [
+        _row(processor, {"image": [_image((200, 30, 30))]}),
+        _row(processor, {"image": [_image((9, 9, 9))]}),
+    ]
+    alone = [split_processor_output(alone_inputs(processor, row)) for row in collator_rows]
+    input_ids = torch.cat([ids for ids, *_ in alone])
+    with pytest.raises(RuntimeError, match="must match the size of tensor"):
+        model(input_ids=input_ids, **concat_multimodal_inputs([media for *_, media in alone]))

@@ -25,6 +25,7 @@ from .internvl import build_tiny_internvl
 from .lfm2 import build_tiny_lfm2, build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
+from .minicpmv import build_tiny_minicpmv4_6
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
 from .phi4 import build_tiny_phi4_multimodal
 from .qwen import (
@@ -65,6 +66,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "aya_vision": build_tiny_aya_vision,
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
+    "minicpmv4_6": build_tiny_minicpmv4_6,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,
