@@ -406,9 +406,9 @@ def test_voxtral_is_refused_by_name_before_its_processor_is_probed(tmp_path):
         r"through apply_chat_template .* a VoxtralProcessor.__call__ that takes audio would make it work"
     )
     with pytest.raises(ValueError, match=message):
-        Actor(model)
-    with pytest.raises(ValueError, match=message):
         PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")), processing_class=processor)
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
 
 
 def test_granite_speech_is_refused_by_name_before_its_processor_is_loaded(tmp_path):
@@ -421,9 +421,9 @@ def test_granite_speech_is_refused_by_name_before_its_processor_is_loaded(tmp_pa
         r"work"
     )
     with pytest.raises(ValueError, match=message):
-        Actor(model)
-    with pytest.raises(ValueError, match=message):
         PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")))
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
     model.save_pretrained(tmp_path / "granite")
     with pytest.raises(ValueError, match=message):
         PPOTrainerVL(str(tmp_path / "granite"), [length_reward], tiny_config(str(tmp_path / "out")))
