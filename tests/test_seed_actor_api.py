@@ -15,9 +15,11 @@ from rft_trl.models.actor import MediaTokenTypes, media_token_type_codes
 from rft_trl.models.packing import pack_sequences
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model
 
-# The multimodal policy families (the reward model has no LM head, phi4_multimodal is refused, the rest are text).
+# The multimodal policy families (the reward model has no LM head, phi4_multimodal and minicpmv4_6 are refused, the
+# rest are text).
 TEXT_KINDS = ("qwen2", "qwen3", "qwen3_5_text", "lfm2")
-KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal", *TEXT_KINDS)]
+REFUSED = ("phi4_multimodal", "minicpmv4_6")
+KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", *REFUSED, *TEXT_KINDS)]
 COMPLETION = [[57, 91, 130, 402], [88, 402, 403, 403]]  # plain-text tokens, EOS 402, then pad 403
 
 

@@ -55,7 +55,7 @@ from ..data.rows import IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import cast_lm_head_to_fp32
+from ..models.utils import cast_lm_head_to_fp32, check_supported
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rollout import iter_checkpoint_weights
@@ -172,6 +172,8 @@ class PPOTrainerVL(Trainer):
     ):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
+        # A family rft_trl refuses is named before its processor is loaded or probed (Voxtral's fails the probe first).
+        check_supported(model.hf_model if isinstance(model, Actor) else model, args.trust_remote_code)
         if processing_class is None:
             processing_class = load_processing_class(model, args)
         # What the processor takes and returns, decided once: the collator, the actor and the logs use it.

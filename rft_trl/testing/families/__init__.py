@@ -25,6 +25,7 @@ from .internvl import build_tiny_internvl
 from .lfm2 import build_tiny_lfm2, build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
+from .minicpmv import build_tiny_minicpmv4_6
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
 from .phi4 import build_tiny_phi4_multimodal
 from .qwen import (
@@ -37,6 +38,7 @@ from .qwen import (
     build_tiny_reward_model,
 )
 from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe, build_tiny_qwen3_5_text
+from .speech import build_tiny_audioflamingo3, build_tiny_qwen3_asr
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
     "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
@@ -48,6 +50,8 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "qwen2_5_omni": build_tiny_qwen2_5_omni,
     "qwen3_omni_moe": build_tiny_qwen3_omni_moe,
     "qwen2_audio": build_tiny_qwen2_audio,
+    "qwen3_asr": build_tiny_qwen3_asr,
+    "audioflamingo3": build_tiny_audioflamingo3,
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
@@ -62,6 +66,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "aya_vision": build_tiny_aya_vision,
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
+    "minicpmv4_6": build_tiny_minicpmv4_6,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,
