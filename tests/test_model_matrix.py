@@ -4,7 +4,8 @@ One row per tiny family of `rft_trl.testing` (real architecture, real processor,
 
 - generation never emits the tokens media bring into a prompt, even when the policy prefers them;
 - the actor's padded action log-probs equal the model's own forward on each sample alone (processor called on that
-  sample, no position ids, full-vocabulary log-softmax), to 1e-5, for every media kind the processor takes and for
+  sample, no position ids, the per-token types the model's own `generate` gave the completion, full-vocabulary
+  log-softmax), to 1e-5, for every media kind the processor takes and for
   image + audio in one sample (Omni);
 - packed log-probs equal the model's own forward on each sample alone to 1e-5, or packing is refused at construction
   (by name, or by `verify_model` with the measured difference);
@@ -27,11 +28,11 @@ from PIL import Image
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
-from rft_trl.data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
+from rft_trl.data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from rft_trl.models import Actor, Critic
 from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEncodings
 from rft_trl.models.packing import pack_sequences
-from rft_trl.models.verification import ModelVerificationError, verify_model
+from rft_trl.models.verification import ModelVerificationError, generated_token_fields, verify_model
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
 
 # The policy families: the reward model has no LM head, and the refused families have their own test.
@@ -65,8 +66,35 @@ def _row(processor, parts: dict[str, list], question="What is shown?") -> dict:
     return row
 
 
+def takes_text_only(processor) -> bool:
+    """Whether the processor processes a prompt without media (PaliGemma's needs an image in every call)."""
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "Say red."}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    try:
+        processor(text=[text], return_tensors="pt")
+    except ValueError:
+        return False
+    return True
+
+
 def batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
-    """Rows covering every media kind the processor takes: one item, none, two of different sizes, and mixes."""
+    """
+    Rows covering every media kind the processor takes: one item, none (where the processor takes a prompt without
+    media), two of different sizes, and mixes.
+    """
+    batches = _batches_for(processor, kinds)
+    if not kinds or takes_text_only(processor):
+        return batches
+    media_rows = [
+        [row for row in rows if any(row[column] for column in ("images", "videos", "audios"))] for rows in batches
+    ]
+    return [rows for rows in media_rows if rows]
+
+
+def _batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
     rate = processor.feature_extractor.sampling_rate if "audio" in kinds else 16000
     batches = []
     if "image" in kinds:
@@ -101,12 +129,24 @@ def alone_inputs(processor, row) -> dict:
     return processor(text=[text], return_tensors="pt")
 
 
+def alone_with_completion(model, processor, row, completion):
+    """
+    The row alone followed by `completion`: the sequence, the per-token types the model's own `generate` gave it (made
+    to generate `completion`, see `generated_token_fields`) and the media fields.
+    """
+    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row))
+    sequence = torch.cat([ids, completion[None]], dim=1)
+    if tokens:
+        tokens = generated_token_fields(
+            model, {"input_ids": ids, "attention_mask": mask, **tokens, **media}, completion
+        )
+    return sequence, tokens, media
+
+
 @torch.no_grad()
 def own_forward_log_probs(model, processor, row, completion) -> torch.Tensor:
     """Log-probs of `completion` from the model's own forward on the row alone: no position ids, full softmax."""
-    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row))
-    sequence = torch.cat([ids, completion[None]], dim=1)
-    tokens = extend_token_fields(tokens, sequence.shape[1])
+    sequence, tokens, media = alone_with_completion(model, processor, row, completion)
     logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
     log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
     return log_probs[-completion.shape[0] :]
@@ -125,7 +165,7 @@ def rollout(actor, collator, rows, **generation):
         **batch.multimodal_inputs,
         **generation,
     )
-    fields = {**extend_token_fields(batch.token_fields, sequences.shape[1]), **batch.multimodal_inputs}
+    fields = {**actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1]), **batch.multimodal_inputs}
     return batch, sequences, attention_mask, action_mask, fields
 
 
@@ -183,7 +223,7 @@ def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
                     input_ids, attention_mask=attention_mask, max_new_tokens=COMPLETION_TOKENS, do_sample=False,
                     **token_fields, **media,
                 )  # fmt: skip
-                fields = {**extend_token_fields(token_fields, sequences.shape[1]), **media}
+                fields = {**actor.inputs.extend_token_fields(token_fields, sequences.shape[1]), **media}
                 results.append((sequences, actor(sequences, action_mask.shape[1], mask, **fields)))
         torch.testing.assert_close(results[1][0], results[0][0], atol=0, rtol=0, msg=kind)
         torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=0, msg=kind)
@@ -238,9 +278,8 @@ def test_critic_values_equal_its_backbones_own_forward(kind):
     prompt_width = batch.input_ids.shape[1]
     for i, row in enumerate(rows):
         actions = int(action_mask[i].sum())
-        ids, _, tokens, media = split_processor_output(alone_inputs(processor, row))
-        sequence = torch.cat([ids, sequences[i : i + 1, prompt_width : prompt_width + actions]], dim=1)
-        tokens = extend_token_fields(tokens, sequence.shape[1])
+        completion = sequences[i, prompt_width : prompt_width + actions]
+        sequence, tokens, media = alone_with_completion(model, processor, row, completion)
         with torch.no_grad():
             hidden = critic.hf_backbone(
                 input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media

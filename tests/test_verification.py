@@ -3,18 +3,26 @@
 policy's log-probs through rft_trl equal the model's own forward on each sample alone, and refuses, naming the model
 class, the check and the measured difference, what does not hold. Shown on a Qwen3.5 text model (linear-attention
 layers whose convolution and recurrent state run across packed samples; the matrix's Qwen3.5 VLMs are refused the same
-way), on a family the matrix passes with a leaking layer injected, and on processors of another family.
+way), on a family the matrix passes with a leaking layer injected, on processors of another family, and on the
+completion's token types (PaliGemma's generate types its completion 1).
 """
 
 import logging
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 from rft_trl import PPOTrainerVL
-from rft_trl.models.verification import ModelVerificationError, synthetic_batches, verify_model
+from rft_trl.models.utils import ModelInputs
+from rft_trl.models.verification import (
+    ModelVerificationError,
+    generated_token_fields,
+    synthetic_batches,
+    verify_model,
+)
 from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, make_text_dataset, tiny_config
 from rft_trl.testing.families.common import text_kwargs
 from rft_trl.testing.tokenizer import build_tiny_tokenizer
@@ -127,3 +135,49 @@ def test_a_frame_sampling_video_processor_gets_as_many_frames_as_it_samples(tmp_
     processor.video_processor.do_sample_frames = False
     (video_batch,) = [rows for rows in synthetic_batches(trainer.collator) if rows[0]["videos"]]
     assert len(video_batch[0]["videos"][0]) == 4
+
+
+def paligemma_prompt(processor, question="What is it?"):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+@torch.no_grad()
+def test_a_completion_gets_the_token_types_the_models_generate_gives_it(tmp_path, monkeypatch):
+    # PaliGemma's token_type_ids mark its bidirectional prefix 0 and the causal suffix 1, which its generate gives
+    # every generated token. The independent reference: the processor's own types for a suffix (the training target).
+    model, processor = build_tiny_model("paligemma")
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    prompt = processor(text=[paligemma_prompt(processor)], images=[[image]], return_tensors="pt")
+    with_suffix = processor(
+        text=[paligemma_prompt(processor)], images=[[image]], suffix=["blue sky"], return_tensors="pt"
+    )
+    suffix_types = with_suffix["token_type_ids"][0, prompt["input_ids"].shape[1] :]
+    assert suffix_types.tolist() == [1] * len(suffix_types)  # the suffix (with its eos) is type 1
+    completion = with_suffix["input_ids"][0, prompt["input_ids"].shape[1] :]
+    trainer = build(tmp_path, model, processor, make_colour_dataset(4))
+    width = with_suffix["input_ids"].shape[1]
+    derived = trainer.actor.inputs.extend_token_fields({"token_type_ids": prompt["token_type_ids"]}, width)
+    assert torch.equal(derived["token_type_ids"], with_suffix["token_type_ids"])
+    inputs = {k: v for k, v in prompt.items() if k != "labels"}
+    generated = generated_token_fields(model, inputs, completion)
+    assert torch.equal(generated["token_type_ids"], with_suffix["token_type_ids"])
+    # The types matter: typed 0 (text, the old constant), the completion joins the bidirectional prefix.
+    sequence = with_suffix["input_ids"]
+
+    def log_probs(token_type_ids):
+        logits = model(input_ids=sequence, pixel_values=prompt["pixel_values"], token_type_ids=token_type_ids).logits
+        return logits[0, :-1].log_softmax(-1).gather(-1, sequence[0, 1:, None])[-len(completion) :, 0]
+
+    zero = torch.nn.functional.pad(prompt["token_type_ids"], (0, len(completion)))
+    assert (log_probs(zero) - log_probs(with_suffix["token_type_ids"])).abs().max() > 1e-4
+    # Control: a completion typed 0 is refused by verify_model, naming the model and the measured difference.
+    monkeypatch.setattr(
+        ModelInputs, "completion_token_types", lambda self, fields: {k: v.new_zeros(len(v)) for k, v in fields.items()}
+    )
+    with pytest.raises(
+        ModelVerificationError,
+        match=r"PaliGemmaForConditionalGeneration's per-token type fields over a completion, .* differ from those "
+        r"its own generate gives the completion by 1 ",
+    ):
+        build(tmp_path, model, processor, make_colour_dataset(4))

@@ -4,10 +4,13 @@ A processor's output has three parts, told apart by its shape, never by a list o
 
 - **the sequence**: `input_ids` and `attention_mask`;
 - **per-token fields**: outputs with the shape of `input_ids`, the token types transformers models read
-  (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention, ...). They travel
-  with the sequence like `attention_mask` and are extended over completions with 0, the type of a text token (a
-  completion never holds a media token). Only integer `*token_type_ids` fields are known to extend that way; any
-  other per-token output is refused by name;
+  (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention or PaliGemma's
+  bidirectional prefix, ...). They travel with the sequence like `attention_mask` and are extended over completions
+  with the value the model's own `generate` gives a generated token ([`~rft_trl.models.utils.ModelInputs`] reads it
+  off the model: 0, the text type, for most families, 1, the causal suffix, for PaliGemma). Only integer
+  `*token_type_ids` fields are known to extend that way; any other per-token output is refused by name;
+- **targets**: `labels`, which some processors (PaliGemma's) build for supervised fine-tuning, are loss targets,
+  never an input of the forwards rft_trl runs: dropped;
 - **media fields**: everything else (`pixel_values`, `image_grid_thw`, `image_sizes`, `pixel_attention_mask`,
   `input_features`, `feature_attention_mask`, ...), one opaque `dict[str, torch.Tensor]` per sample, handed to the
   model as keyword arguments.
@@ -49,6 +52,8 @@ MEDIA_KINDS = ("image", "video", "audio")
 # The processor attribute that processes each media kind.
 MEDIA_PROCESSOR_ATTRIBUTES = {"image": "image_processor", "video": "video_processor", "audio": "feature_extractor"}
 SEQUENCE_FIELDS = ("input_ids", "attention_mask")
+# Loss targets a processor may build for supervised fine-tuning (PaliGemma's `labels`): not model inputs here.
+TARGET_FIELDS = ("labels",)
 TOKEN_TYPE_SUFFIX = "token_type_ids"
 
 # A sample's shape per field: `None` when the sample does not have the field.
@@ -72,7 +77,7 @@ def split_processor_output(
 
     Returns:
         `tuple`: `input_ids` `[B, L]`, `attention_mask` `[B, L]` (or `None`), the per-token fields (each `[B, L]`)
-        and the media fields.
+        and the media fields (`labels` are left out).
 
     Raises:
         `ValueError`: on a value that is not a tensor with at least one dimension, or an output shaped like the tokens
@@ -82,7 +87,7 @@ def split_processor_output(
     attention_mask = output.get("attention_mask")
     token_fields, media_fields = {}, {}
     for name, value in output.items():
-        if name in SEQUENCE_FIELDS:
+        if name in SEQUENCE_FIELDS or name in TARGET_FIELDS:
             continue
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             raise ValueError(
@@ -93,8 +98,9 @@ def split_processor_output(
             if not is_token_field(name) or value.is_floating_point():
                 raise ValueError(
                     f"The processor returned {name!r} with one value per token ({tuple(value.shape)}), but rft_trl "
-                    f"only knows how to extend integer '*{TOKEN_TYPE_SUFFIX}' fields over a completion (with 0, the "
-                    "text type). This model family is not supported; please open an issue naming the field."
+                    f"only knows how to extend integer '*{TOKEN_TYPE_SUFFIX}' fields over a completion (as the "
+                    "model's generate does). This model family is not supported; please open an issue naming the "
+                    "field."
                 )
             token_fields[name] = value
         else:
@@ -239,10 +245,17 @@ def repeat_multimodal_inputs(per_sample: list[Mapping[str, torch.Tensor]], n: in
 
 
 def extend_token_fields(
-    token_fields: Mapping[str, torch.Tensor], width: int, side: str = "right"
+    token_fields: Mapping[str, torch.Tensor],
+    width: int,
+    side: str = "right",
+    values: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """
-    Extend per-token fields to `width` columns with 0 (the text type), e.g. a prompt's over its completion.
+    Extend per-token fields to `width` columns, e.g. a prompt's over its completion, or over left padding.
+
+    A completion's values are the model's (what its `generate` gives a generated token, read off the model by
+    [`~rft_trl.models.utils.ModelInputs.completion_token_types`]): extend a prompt's fields over its completion
+    through [`~rft_trl.models.utils.ModelInputs.extend_token_fields`], which passes them here.
 
     Args:
         token_fields (`Mapping[str, torch.Tensor]`):
@@ -251,19 +264,28 @@ def extend_token_fields(
             The width to reach.
         side (`str`, *optional*, defaults to `"right"`):
             Where the new columns go: `"right"` (a completion after its prompt) or `"left"` (left padding).
+        values (`Mapping[str, torch.Tensor]`, *optional*):
+            Per field, the value of each row's new columns, shape `[B]`; a field without one gets 0 (the text type,
+            and what padding gets).
 
     Returns:
         `dict[str, torch.Tensor]`: fields of shape `[B, width]`.
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    values = values or {}
     extended = {}
     for name, value in token_fields.items():
         missing = width - value.shape[-1]
         if missing < 0:
             raise ValueError(f"Per-token field {name!r} has {value.shape[-1]} columns, more than the {width} asked.")
-        pad = (0, missing) if side == "right" else (missing, 0)
-        extended[name] = torch.nn.functional.pad(value, pad) if missing else value
+        if not missing:
+            extended[name] = value
+            continue
+        new = value.new_zeros(value.shape[0], missing)  # [B, missing]
+        if name in values:
+            new += values[name].to(value).view(-1, 1)
+        extended[name] = torch.cat([value, new] if side == "right" else [new, value], dim=-1)
     return extended
 
 
@@ -370,7 +392,11 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
     if kinds:
         tokenizer = processing_class.tokenizer
         added = set(tokenizer.added_tokens_decoder)
-        text_only = processing_class(text=[_probe_prompt(processing_class, [])], return_tensors="pt")["input_ids"]
+        prompt = _probe_prompt(processing_class, [])
+        try:
+            text_only = processing_class(text=[prompt], return_tensors="pt")["input_ids"]
+        except Exception:  # a processor that needs media in every call (PaliGemma): the prompt's own tokens
+            text_only = processing_class.tokenizer(text=[prompt], return_tensors="pt")["input_ids"]
         text_only = set(text_only[0].tolist())
     for kind in kinds:
         text = _probe_prompt(processing_class, [kind, kind])

@@ -13,7 +13,12 @@ row alone, no position ids passed, full-vocabulary log-softmax):
 - **packed** (with `packing_samples`): the same samples packed into one row, so any layer that carries state across
   packed samples (linear attention, convolutions, recurrent or chunked layers) shows;
 - **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
-  the cached encoder outputs equal those with the pixels.
+  the cached encoder outputs equal those with the pixels;
+- **token types** (for a processor that returns per-token type fields): the fields rft_trl gives a prompt and its
+  completion ([`~rft_trl.models.utils.ModelInputs.extend_token_fields`]) equal those the model's own `generate`
+  holds once it generated that completion ([`generated_token_fields`]), exactly: a completion typed
+  otherwise than generation typed it is scored under another attention pattern or other positions (PaliGemma's
+  generated suffix is causal, type 1; typed 0 it would join the bidirectional prefix).
 
 Every logit must be finite. The tolerance follows the model's dtype (`TOLERANCE`): float32 proves exactness; half
 precision only catches differences above its rounding noise.
@@ -21,14 +26,16 @@ precision only catches differences above its rounding noise.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ..data.collator import PromptCollator
-from ..data.multimodal import extend_token_fields, synthetic_media
+from ..data.multimodal import is_token_field, synthetic_media
 from .packing import pack_sequences
 
 logger = logging.getLogger(__name__)
@@ -65,15 +72,23 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     batch: some families (GLM-4.xV) take images and videos in separate forwards only.
     """
     columns = {f"{kind}s": None for kind in collator.media_kinds}
+    questions = ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
     text = [
         {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
-        for question in ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
+        for question in questions
     ]
+    # A processor that needs media in every call (PaliGemma) gets the kind's item in every row instead.
+    text_only = not collator.media_kinds or len(collator(text)) == len(text)
     batches = []
     for kind in collator.media_kinds:
-        content = [{"type": kind}, {"type": "text", "text": f"Describe this {kind} in one word."}]
         item = synthetic_media(kind, collator.processing_class)
-        batches.append([{**columns, "prompt": [{"role": "user", "content": content}], f"{kind}s": [item]}, *text])
+        rows = [
+            {**columns, "prompt": [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]}
+            for question in (f"Describe this {kind} in one word.", *([] if text_only else questions))
+        ]
+        for row in rows:
+            row[f"{kind}s"] = [item]
+        batches.append(rows + (text if text_only else []))
     return batches or [text]
 
 
@@ -87,17 +102,71 @@ def _to(value, device: torch.device):
 
 
 @torch.no_grad()
-def _alone_log_probs(model, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
-    """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
+def generated_token_fields(
+    model, inputs: Mapping[str, torch.Tensor], completion: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """
+    The per-token type fields the model's own `generate` holds for a prompt and `completion` once it generated it.
+
+    `generate` is made to produce `completion` (greedy, every other token masked, no stop at the eos token); the
+    per-token fields it carries from step to step are recorded after its last step, when they cover the prompt and
+    the whole completion. Read there because the forwards do not show them: with a cache they get the new token's
+    column or nothing (Gemma 3 and PaliGemma drop the field after the prompt), and without one GLM-4.xV's `generate`
+    fails (transformers 5.25).
+
+    Args:
+        model (`PreTrainedModel`): the transformers model (it generates).
+        inputs (`Mapping[str, torch.Tensor]`): the processor's fields for one prompt (`input_ids` `[1, P]`, ...).
+        completion (`torch.LongTensor` of shape `[A]`): the tokens to generate.
+
+    Returns:
+        `dict[str, torch.Tensor]`: each per-token field of `inputs` as `generate` holds it at the end, `[1, P + A]`
+        where `generate` extends it.
+    """
+    prompt_width = inputs["input_ids"].shape[1]
+    forced = completion.tolist()
+    recorded = {}
+
+    def force(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        return [forced[input_ids.shape[-1] - prompt_width]]
+
+    update = model._update_model_kwargs_for_generation
+
+    def record(*args, **kwargs):
+        updated = update(*args, **kwargs)
+        recorded.update({k: v for k, v in updated.items() if is_token_field(k) and isinstance(v, torch.Tensor)})
+        return updated
+
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None  # a completion holding the eos token is generated in full
+    config.max_new_tokens, config.min_new_tokens, config.do_sample = len(forced), None, False
+    # The step update is read on this instance only, for this call: generate's state is not exposed otherwise.
+    model._update_model_kwargs_for_generation = record
+    try:
+        model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=force)
+    finally:
+        del model._update_model_kwargs_for_generation
+    return recorded
+
+
+def _alone_batch(collator: PromptCollator, row: dict):
     batch = collator([row])
     if len(batch) == 0:
         raise ModelVerificationError(
             f"verify_model: the processor ({type(collator.processing_class).__name__}) rejected a synthetic prompt: "
             f"{batch.skipped}"
         )
+    return batch
+
+
+@torch.no_grad()
+def _alone_log_probs(model, inputs, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
+    """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
+    batch = _alone_batch(collator, row)
     device = completion.device
     sequence = torch.cat([batch.input_ids.to(device), completion[None]], dim=1)  # [1, P + A]
-    tokens = {name: _to(v, device) for name, v in extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
+    # The completion's token types as the model's generate gives them (the "token types" check holds them to it).
+    tokens = {k: _to(v, device) for k, v in inputs.extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
     # What the processor returns for this sample alone: no empty media fields for a text-only row.
     media = {name: _to(value, device) for name, value in batch.multimodal_inputs.items() if value.numel() > 0}
     try:
@@ -124,11 +193,36 @@ def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got.float() - expected.float()).abs().max())
 
 
+def _token_type_difference(actor, collator: PromptCollator, row: dict, completion: torch.Tensor) -> float:
+    """
+    The largest difference between the per-token fields rft_trl gives `row`'s prompt and `completion` and those the
+    model's own `generate` holds after generating it; `inf` for a field `generate` does not extend over it.
+    """
+    batch = _alone_batch(collator, row)
+    if not batch.token_fields:
+        return 0.0
+    device = completion.device
+    width = batch.input_ids.shape[1] + completion.shape[0]
+    derived = actor.inputs.extend_token_fields(batch.token_fields, width)
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
+    inputs.update({name: value for name, value in batch.multimodal_inputs.items() if value.numel() > 0})
+    generated = generated_token_fields(actor.hf_model, {k: _to(v, device) for k, v in inputs.items()}, completion)
+    largest = 0.0
+    for name, value in derived.items():
+        other = generated.get(name)
+        if other is None or other.shape != value.shape:
+            return float("inf")
+        largest = max(largest, _difference(value.to(device), other))
+    return largest
+
+
 @torch.no_grad()
 def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, packing: bool, media_encodings):
     """The largest difference of each check on one batch of `rows`, each row followed by `completion`."""
     device = completion.device
-    expected = torch.stack([_alone_log_probs(actor.model, collator, row, completion) for row in rows])  # [N, A]
+    expected = torch.stack(
+        [_alone_log_probs(actor.model, actor.inputs, collator, row, completion) for row in rows]
+    )  # [N, A]
     batch = collator(rows)
     if len(batch) != len(rows):
         raise ModelVerificationError(
@@ -139,11 +233,16 @@ def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, pa
     sequences = torch.cat([prompts, completion.expand(len(rows), -1)], dim=1)  # [N, P + A]
     completion_mask = torch.ones_like(sequences[:, prompts.shape[1] :])  # [N, A]
     attention_mask = torch.cat([batch.attention_mask.to(device), completion_mask], dim=1)  # [N, P + A]
-    tokens = {k: _to(v, device) for k, v in extend_token_fields(batch.token_fields, sequences.shape[1]).items()}
+    tokens = {
+        k: _to(v, device) for k, v in actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1]).items()
+    }
     media = {k: _to(v, device) for k, v in batch.multimodal_inputs.items()}
     num_actions = completion.shape[0]
     padded = actor(sequences, num_actions, attention_mask, **tokens, **media)  # [N, A]
     differences = {"padded": _difference(padded, expected)}
+    if batch.token_fields:
+        # One row per batch (the first holds the batch's media kind): generate without a cache is slow on a real model.
+        differences["token types"] = _token_type_difference(actor, collator, rows[0], completion)
     if packing:
         packed, lengths = pack_sequences(sequences, attention_mask)  # [1, T]
         packed_tokens = {k: pack_sequences(v, attention_mask)[0] for k, v in tokens.items()}
@@ -216,7 +315,11 @@ def verify_model(
     finally:
         collator_logger.setLevel(collator_level)
         model.train(was_training)
-    results = [CheckResult(check, difference, tolerance) for check, difference in differences.items()]
+    # Token types are integers: held to equality.
+    results = [
+        CheckResult(check, difference, 0.0 if check == "token types" else tolerance)
+        for check, difference in differences.items()
+    ]
     elapsed = time.perf_counter() - start
     summary = ", ".join(f"{r.name} {r.difference:.2e}" for r in results)
     logger.info(
@@ -236,6 +339,14 @@ def _refusal(name: str, result: CheckResult, dtype: str) -> str:
             f"verify_model: {name} gives packed log-probs that differ from each sample alone {measured}: a layer of "
             "this model carries state across packed samples (linear attention, a convolution, a recurrent or chunked "
             "layer) that transformers does not reset at sample boundaries. Train it with packing_samples=False."
+        )
+    if result.name == "token types":
+        return (
+            f"verify_model: {name}'s per-token type fields over a completion, as rft_trl extends the prompt's (with "
+            f"what {name}._update_model_kwargs_for_generation appends), differ from those its own generate gives the "
+            f"completion by {result.difference:g} (compared exactly): log-probs would be scored under other token "
+            "types than the completion was generated with. Please report it with `rft-trl env`; verify_model=False "
+            "skips this check at your own risk."
         )
     if result.name == "encoder cache":
         return (

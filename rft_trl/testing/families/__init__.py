@@ -26,6 +26,7 @@ from .lfm2 import build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
+from .paligemma import build_tiny_paligemma
 from .phi4 import build_tiny_phi4_multimodal
 from .qwen import (
     build_tiny_qwen2,
@@ -62,6 +63,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "aya_vision": build_tiny_aya_vision,
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
+    "paligemma": build_tiny_paligemma,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,
