@@ -28,8 +28,9 @@ from PIL import Image
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
-from rft_trl.data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
+from rft_trl.data.multimodal import concat_multimodal_inputs, media_field_names, repeat_multimodal_inputs
 from rft_trl.models import Actor, Critic
+from rft_trl.models.actor import LOGIT_POST_PROCESSING_FIELDS
 from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEncodings
 from rft_trl.models.packing import pack_sequences
 from rft_trl.models.verification import ModelVerificationError, generated_token_fields, verify_model
@@ -134,7 +135,7 @@ def alone_with_completion(model, processor, row, completion):
     The row alone followed by `completion`: the sequence, the per-token types the model's own `generate` gave it (made
     to generate `completion`, see `generated_token_fields`) and the media fields.
     """
-    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row))
+    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row), media_field_names(processor))
     sequence = torch.cat([ids, completion[None]], dim=1)
     if tokens:
         tokens = generated_token_fields(
@@ -183,8 +184,13 @@ def setup(kind, **actor_kwargs):
 @pytest.mark.parametrize("kind", KINDS)
 def test_padded_log_probs_equal_the_models_own_forward(kind):
     model, processor, layout, collator, actor = setup(kind)
-    # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits).
-    assert actor._fusable_head() is model.get_output_embeddings()
+    # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits),
+    # but one whose config post-processes the logits after the head (Gemma 3n's softcapping).
+    text_config = model.config.get_text_config()
+    if any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in LOGIT_POST_PROCESSING_FIELDS):
+        assert actor._fusable_head() is None
+    else:
+        assert actor._fusable_head() is model.get_output_embeddings()
     for rows in batches_for(processor, layout.media_kinds):
         batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
         log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)

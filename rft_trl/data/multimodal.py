@@ -37,7 +37,7 @@ True
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,8 +65,24 @@ def is_token_field(name: str) -> bool:
     return name.endswith(TOKEN_TYPE_SUFFIX)
 
 
+def media_field_names(processing_class: Any) -> frozenset[str]:
+    """
+    The fields a processor's media sub-processors say they return (their `model_input_names`: `pixel_values`,
+    `input_features`, `input_features_mask`, ...): media fields whatever their shape. None for a tokenizer.
+    """
+    if not isinstance(processing_class, ProcessorMixin):
+        return frozenset()
+    attributes = processing_class.get_attributes()
+    return frozenset(
+        name
+        for attribute in MEDIA_PROCESSOR_ATTRIBUTES.values()
+        if attribute in attributes
+        for name in getattr(processing_class, attribute).model_input_names
+    )
+
+
 def split_processor_output(
-    output: Mapping[str, Any],
+    output: Mapping[str, Any], media_names: Collection[str] = ()
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """
     Take a processor's (or tokenizer's) output apart: the sequence, the per-token fields and the media fields.
@@ -74,6 +90,10 @@ def split_processor_output(
     Args:
         output (`Mapping[str, Any]`):
             What `processor(text=..., images=..., return_tensors="pt")` returns.
+        media_names (`Collection[str]`, *optional*):
+            Fields known to be media ([`media_field_names`]): never per-token, even when a sample's happen to have the
+            shape of its tokens (Gemma 3n's `input_features_mask`, one value per mel frame, for a clip with as many
+            frames as the prompt has tokens).
 
     Returns:
         `tuple`: `input_ids` `[B, L]`, `attention_mask` `[B, L]` (or `None`), the per-token fields (each `[B, L]`)
@@ -94,7 +114,7 @@ def split_processor_output(
                 f"The processor returned {name!r} as {type(value).__name__}; rft_trl carries tensors of one or more "
                 "dimensions to the model. Ask the processor for tensors (return_tensors='pt') or drop the field."
             )
-        if value.shape == input_ids.shape:
+        if value.shape == input_ids.shape and name not in media_names:
             if not is_token_field(name) or value.is_floating_point():
                 raise ValueError(
                     f"The processor returned {name!r} with one value per token ({tuple(value.shape)}), but rft_trl "
@@ -416,7 +436,7 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
             )
             logger.warning("%s: rows with %ss will be refused.", unusable[kind], kind)
             continue
-        input_ids, _, tokens, media = split_processor_output(output)
+        input_ids, _, tokens, media = split_processor_output(output, media_field_names(processing_class))
         media_tokens |= (set(input_ids[0].tolist()) - text_only) & added
         token_fields |= set(tokens)
         fields[kind] = tuple(media)

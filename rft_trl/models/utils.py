@@ -204,10 +204,11 @@ def language_model_lora_targets(model: PreTrainedModel) -> str:
     """
     prefix, decoder = _language_model_prefix(model)
     # A Linear subclass with its own forward is no linear layer to PEFT (Llama 4's MoE router returns its scores and
-    # logits as a tuple, which a LoRA wrapper cannot add to).
+    # logits as a tuple, which a LoRA wrapper cannot add to). A Linear in a list is named with its list (Gemma 3n's
+    # `altup_projections.0`): its index alone would also match the decoder layer of that index.
     leaves = sorted(
         {
-            name.rsplit(".", 1)[-1]
+            ".".join(name.split(".")[-2:]) if name.rsplit(".", 1)[-1].isdigit() else name.rsplit(".", 1)[-1]
             for name, m in decoder.named_modules()
             if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
         }
@@ -402,7 +403,6 @@ UNSUPPORTED_MODEL_TYPES = {
         "images padded beside it in a batch (log-probs moved by ~0.5 in a test); generation and training would see "
         "different features"
     ),
-    "gemma3n": "its vision tower needs timm's MobileNetV5 and it has not been verified against its own forward",
     "voxtral": "its processor takes audio only through mistral_common's chat template, not processor(text, audio=...)",
     "granite_speech": (
         "its feature extractor needs torchaudio, and a padded clip's features were measured to differ from the clip "
@@ -484,18 +484,15 @@ class ModelInputs:
 
     def check_packable(self) -> None:
         """
-        Refuse packed forwards for a model whose packed samples transformers cannot keep apart.
+        Refuse packed forwards for a model whose packed samples transformers cannot keep apart by their positions.
+
+        What the positions cannot show (a layer carrying state across samples, bidirectional attention over media
+        tokens that transformers' packed masks mix up across samples, as Gemma 3's) `verify_model` measures on the
+        model at hand; a name is no proof either way (Gemma 3n and PaliGemma take `token_type_ids` and pack exactly).
 
         Raises:
-            `ValueError`: when the model reads `token_type_ids` (bidirectional attention over media tokens, e.g.
-            Gemma 3: transformers' packed masks place those blocks by in-sample position and mix the samples up), or
-            numbers positions in rows without a text row to mark where samples start.
+            `ValueError`: when the model numbers positions in rows without a text row to mark where samples start.
         """
-        if "token_type_ids" in self.accepted:
-            raise ValueError(
-                f"{self.model_name} reads token_type_ids to attend bidirectionally over media tokens, which "
-                "transformers' attention masks get wrong for packed samples; train it with packing_samples=False."
-            )
         probe = torch.zeros(1, 2, dtype=torch.long)
         self.packed_position_ids(probe, [1, 1], {})
 

@@ -338,7 +338,9 @@ def _refusal(name: str, result: CheckResult, dtype: str) -> str:
         return (
             f"verify_model: {name} gives packed log-probs that differ from each sample alone {measured}: a layer of "
             "this model carries state across packed samples (linear attention, a convolution, a recurrent or chunked "
-            "layer) that transformers does not reset at sample boundaries. Train it with packing_samples=False."
+            "layer) that transformers does not reset at sample boundaries, or attends across them (bidirectional "
+            "attention over media tokens, which transformers' packed masks do not keep within a sample). Train it "
+            "with packing_samples=False."
         )
     if result.name == "token types":
         return (

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixi
 
 from .aya_vision import build_tiny_aya_vision
 from .gemma import build_tiny_gemma3
+from .gemma3n import build_tiny_gemma3n
 from .gemma4 import build_tiny_gemma4
 from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
 from .glm46v import build_tiny_glm46v
@@ -53,6 +54,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
     "gemma3": build_tiny_gemma3,
+    "gemma3n": build_tiny_gemma3n,
     "gemma4": build_tiny_gemma4,
     "llava": build_tiny_llava,
     "llava_onevision": build_tiny_llava_onevision,
