@@ -20,7 +20,7 @@ from .gemma import build_tiny_gemma3
 from .gemma3n import build_tiny_gemma3n
 from .gemma4 import build_tiny_gemma4
 from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
-from .glm46v import build_tiny_glm46v
+from .glm46v import build_tiny_glm46v, build_tiny_glm46v_moe
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
 from .lfm2 import build_tiny_lfm2_vl
@@ -53,6 +53,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
+    "glm46v_moe": build_tiny_glm46v_moe,
     "gemma3": build_tiny_gemma3,
     "gemma3n": build_tiny_gemma3n,
     "gemma4": build_tiny_gemma4,
