@@ -181,3 +181,21 @@ def test_a_completion_gets_the_token_types_the_models_generate_gives_it(tmp_path
         r"its own generate gives the completion by 1 ",
     ):
         build(tmp_path, model, processor, make_colour_dataset(4))
+
+
+def test_kimi_k25_in_bfloat16_gets_its_pixels_in_its_towers_dtype(tmp_path):
+    # Kimi-K2.5 loaded in bfloat16 (its DeepSeek-V3 routers stay float32) meets the processor's float32 pixels with a
+    # bfloat16 patch embedding: rft_trl casts media content to the tower's dtype (ModelInputs.media_dtype).
+    model, processor = build_tiny_model("kimi_k25")
+    model.save_pretrained(tmp_path / "kimi")
+    model = type(model).from_pretrained(tmp_path / "kimi", dtype=torch.bfloat16).eval()
+    trainer = build(tmp_path, model, processor, make_colour_dataset(4))
+    assert trainer.actor.inputs.media_dtype == torch.bfloat16
+    (image_batch, *_) = synthetic_batches(trainer.collator)
+    batch = trainer.collator(image_batch)
+    assert batch.multimodal_inputs["pixel_values"].dtype == torch.float32
+    # Control: the model called directly with the processor's pixels fails.
+    with pytest.raises(RuntimeError, match="should be the same"):
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.multimodal_inputs)
+    results = verify_model(trainer.actor, trainer.collator, packing=False)
+    assert [r.name for r in results] == ["padded"] and results[0].difference < 0.01

@@ -101,6 +101,19 @@ def _to(value, device: torch.device):
     return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
+def _own_media(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """
+    A sample's media fields as the model's own forward takes them when called directly: what the processor returned
+    for it alone (no empty fields for a text-only row), floating fields in the model's dtype, as
+    `processor(...).to(model.dtype)` gives them (a bfloat16 tower does not take float32 pixels, e.g. Kimi-K2.5's).
+    """
+    return {
+        name: value.to(device, model.dtype) if value.is_floating_point() else value.to(device)
+        for name, value in batch.multimodal_inputs.items()
+        if value.numel() > 0
+    }
+
+
 @torch.no_grad()
 def generated_token_fields(
     model, inputs: Mapping[str, torch.Tensor], completion: torch.Tensor
@@ -168,7 +181,7 @@ def _alone_log_probs(model, inputs, collator: PromptCollator, row: dict, complet
     # The completion's token types as the model's generate gives them (the "token types" check holds them to it).
     tokens = {k: _to(v, device) for k, v in inputs.extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
     # What the processor returns for this sample alone: no empty media fields for a text-only row.
-    media = {name: _to(value, device) for name, value in batch.multimodal_inputs.items() if value.numel() > 0}
+    media = _own_media(model, batch, device)
     try:
         logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
     except Exception as error:
@@ -205,8 +218,8 @@ def _token_type_difference(actor, collator: PromptCollator, row: dict, completio
     width = batch.input_ids.shape[1] + completion.shape[0]
     derived = actor.inputs.extend_token_fields(batch.token_fields, width)
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
-    inputs.update({name: value for name, value in batch.multimodal_inputs.items() if value.numel() > 0})
-    generated = generated_token_fields(actor.hf_model, {k: _to(v, device) for k, v in inputs.items()}, completion)
+    inputs = {k: _to(v, device) for k, v in inputs.items()} | _own_media(actor.hf_model, batch, device)
+    generated = generated_token_fields(actor.hf_model, inputs, completion)
     largest = 0.0
     for name, value in derived.items():
         other = generated.get(name)

@@ -23,6 +23,7 @@ from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
 from .glm46v import build_tiny_glm46v, build_tiny_glm46v_moe
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
+from .kimi_k25 import build_tiny_kimi_k25
 from .lfm2 import build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
@@ -66,6 +67,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "aya_vision": build_tiny_aya_vision,
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
+    "kimi_k25": build_tiny_kimi_k25,
     "paligemma": build_tiny_paligemma,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
