@@ -141,6 +141,9 @@ def alone_with_completion(model, processor, row, completion):
         tokens = generated_token_fields(
             model, {"input_ids": ids, "attention_mask": mask, **tokens, **media}, completion
         )
+        # A field generate keeps at the prompt's width is read on the prompt only (ERNIE-4.5-VL's
+        # moe_mm_token_type_ids: its later forwards get none, read as text): text (0) over the completion.
+        tokens = {k: torch.nn.functional.pad(v, (0, sequence.shape[1] - v.shape[1])) for k, v in tokens.items()}
     return sequence, tokens, media
 
 

@@ -54,6 +54,7 @@ FUSED_LOG_PROB_MODEL_TYPES = frozenset(
         "qwen3_omni_moe_thinker", "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl",
         "idefics3", "smolvlm", "mistral3", "phi4_multimodal", "gemma4", "glm46v", "aya_vision", "llama4",
         "qwen3_5", "qwen3_5_moe", "lfm2_vl", "paligemma", "kimi_k25",
+        "ernie4_5_vl_moe",
     }
 )  # fmt: skip
 # Config fields of logit post-processing after the head (Gemma-2's softcapping, Cohere's scale, Granite's scaling):

@@ -209,7 +209,11 @@ def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
 def _token_type_difference(actor, collator: PromptCollator, row: dict, completion: torch.Tensor) -> float:
     """
     The largest difference between the per-token fields rft_trl gives `row`'s prompt and `completion` and those the
-    model's own `generate` holds after generating it; `inf` for a field `generate` does not extend over it.
+    model's own `generate` holds after generating it; `inf` for a field it does not hold.
+
+    A field `generate` keeps at the prompt's width is read on the prompt only (ERNIE-4.5-VL's `moe_mm_token_type_ids`:
+    its later forwards get none, which the model reads as text): only the prompt's columns are compared, and
+    rft_trl gives the completion the text type ([`~rft_trl.models.utils.ModelInputs.completion_token_types`]).
     """
     batch = _alone_batch(collator, row)
     if not batch.token_fields:
@@ -223,9 +227,9 @@ def _token_type_difference(actor, collator: PromptCollator, row: dict, completio
     largest = 0.0
     for name, value in derived.items():
         other = generated.get(name)
-        if other is None or other.shape != value.shape:
+        if other is None or other.shape[-1] not in (value.shape[-1], batch.input_ids.shape[1]):
             return float("inf")
-        largest = max(largest, _difference(value.to(device), other))
+        largest = max(largest, _difference(value[..., : other.shape[-1]].to(device), other))
     return largest
 
 

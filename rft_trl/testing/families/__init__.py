@@ -16,6 +16,7 @@ from functools import partial
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
 from .aya_vision import build_tiny_aya_vision
+from .ernie4_5_vl import build_tiny_ernie4_5_vl_moe
 from .gemma import build_tiny_gemma3
 from .gemma3n import build_tiny_gemma3n
 from .gemma4 import build_tiny_gemma4
@@ -68,6 +69,7 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
     "kimi_k25": build_tiny_kimi_k25,
+    "ernie4_5_vl_moe": build_tiny_ernie4_5_vl_moe,
     "paligemma": build_tiny_paligemma,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
