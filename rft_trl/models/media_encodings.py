@@ -46,7 +46,7 @@ ENCODER_OUTPUT_MODEL_TYPES = frozenset(
         "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker",
         "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl", "idefics3", "smolvlm", "mistral3",
         "qwen3_5", "qwen3_5_moe", "lfm2_vl",
-        "gemma4", "glm46v", "aya_vision", "llama4",
+        "gemma4", "glm46v", "aya_vision", "llama4", "kimi_k25", "ernie4_5_vl_moe", "paligemma",
     }
 )  # fmt: skip
 MODALITIES = ("image", "video")
