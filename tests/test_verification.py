@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
 from rft_trl import PPOTrainerVL
+from rft_trl.models.media_encodings import MediaEncodings
 from rft_trl.models.utils import ModelInputs
 from rft_trl.models.verification import (
     ModelVerificationError,
@@ -197,5 +198,6 @@ def test_kimi_k25_in_bfloat16_gets_its_pixels_in_its_towers_dtype(tmp_path):
     # Control: the model called directly with the processor's pixels fails.
     with pytest.raises(RuntimeError, match="should be the same"):
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.multimodal_inputs)
-    results = verify_model(trainer.actor, trainer.collator, packing=False)
-    assert [r.name for r in results] == ["padded"] and results[0].difference < 0.01
+    # ... and so do its encoder's calls that compute the cached encoder outputs.
+    results = verify_model(trainer.actor, trainer.collator, packing=False, media_encodings=MediaEncodings(model))
+    assert [r.name for r in results] == ["padded", "encoder cache"] and all(r.difference < 0.01 for r in results)
