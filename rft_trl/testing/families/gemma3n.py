@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from transformers import PreTrainedModel, ProcessorMixin, SiglipImageProcessor
-from transformers.models.gemma3n import (
-    Gemma3nAudioFeatureExtractor,
-    Gemma3nConfig,
-    Gemma3nForConditionalGeneration,
-    Gemma3nProcessor,
-)
+from transformers.models.gemma3n import Gemma3nAudioFeatureExtractor, Gemma3nProcessor
 
 from .common import (
     AUDIO_SAMPLING_RATE,
@@ -58,6 +53,10 @@ def build_tiny_gemma3n(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         `tuple[PreTrainedModel, Gemma3nProcessor]`: the model in eval mode and its processor (images squashed to 64x64
         pixels, 16 kHz audio).
     """
+    # Imported here: Gemma 3n's config and model import timm, which imports wandb where it is installed; importing
+    # rft_trl.testing loads neither (tests/test_package.py).
+    from transformers.models.gemma3n import Gemma3nConfig, Gemma3nForConditionalGeneration
+
     tokenizer = family_tokenizer(
         seed,
         list(GEMMA3N_TOKENS.values()),
