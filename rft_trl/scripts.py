@@ -28,7 +28,8 @@ from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward, think_format_reward
 from .testing import TINY_MODEL_KINDS, build_tiny_model, make_task_dataset
 from .testing.vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS
-from .trainers.ppo_trainer_vl import PPOTrainerVL, actor_class
+from .trainers.builders import actor_class
+from .trainers.ppo_trainer_vl import PPOTrainerVL
 from .trainers.progress import progress_logger
 from .trainers.rft_config import RFTConfig
 from .trainers.sft import supervised_warmup

@@ -197,3 +197,64 @@ def test_argument_errors():
         log_probs_from_logits(logits, torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"weight must have shape \[V, H\] with H = hidden.shape\[-1\] = 3"):
         log_probs_and_entropy_from_hidden(torch.randn(4, 3), torch.randn(5, 2), torch.zeros(4, dtype=torch.long))
+
+
+def _kept_reference(logits, labels, suppressed, temperature):
+    """log p and H of the softmax over the columns not in `suppressed` only (those columns dropped, not masked)."""
+    vocab = logits.shape[-1]
+    keep = torch.tensor([i for i in range(vocab) if i not in set(suppressed)])
+    new_index = torch.full((vocab,), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(len(keep))
+    log_p = torch.log_softmax(logits.double()[..., keep] / temperature, dim=-1)
+    return log_p.gather(-1, new_index[labels].unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 1000])
+@pytest.mark.parametrize("source", ["logits", "hidden"])
+def test_suppressed_ids_score_the_distribution_generate_samples_from(chunk_size, source):
+    from transformers.generation.logits_process import SuppressTokensLogitsProcessor, TemperatureLogitsWarper
+
+    torch.manual_seed(0)
+    vocab, temperature, suppressed = 11, 0.7, [2, 7, 9]
+    hidden = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, 6, dtype=torch.float64, requires_grad=True)
+    logits = hidden @ weight.T  # [2, 4, V]
+    labels = torch.tensor([[0, 1, 3, 4], [5, 6, 8, 10]])
+    if source == "logits":
+        log_probs, entropy = log_probs_and_entropy_from_logits(
+            logits, labels, temperature=temperature, chunk_size=chunk_size, suppressed_ids=suppressed
+        )
+    else:
+        log_probs, entropy = log_probs_and_entropy_from_hidden(
+            hidden, weight, labels, temperature=temperature, chunk_size=chunk_size, suppressed_ids=suppressed
+        )
+    # Reference 1: transformers' own logits processors, as `generate(suppress_tokens=...)` applies them.
+    flat = logits.detach().reshape(-1, vocab)
+    processed = SuppressTokensLogitsProcessor(suppressed)(None, TemperatureLogitsWarper(temperature)(None, flat))
+    expected = torch.log_softmax(processed, -1).gather(-1, labels.reshape(-1, 1)).reshape(labels.shape)
+    torch.testing.assert_close(log_probs.detach(), expected, rtol=0, atol=1e-12)
+    # Reference 2: the softmax over the kept columns alone, for the entropy and the gradients.
+    ref_log_probs, ref_entropy = _kept_reference(logits, labels, suppressed, temperature)
+    torch.testing.assert_close(entropy.detach(), ref_entropy.detach(), rtol=0, atol=1e-12)
+    grads = torch.autograd.grad((log_probs * 0.3 + entropy * 1.7).sum(), (hidden, weight), retain_graph=True)
+    ref_grads = torch.autograd.grad((ref_log_probs * 0.3 + ref_entropy * 1.7).sum(), (hidden, weight))
+    for grad, ref in zip(grads, ref_grads):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, ref, rtol=0, atol=1e-10)
+    # Control: without suppression the same tokens score the full softmax, which differs.
+    unsuppressed, _ = log_probs_and_entropy_from_logits(logits, labels, temperature=temperature)
+    assert (unsuppressed.detach() - expected).abs().max() > 1e-2
+
+
+def test_suppressed_ids_entropy_alone_and_a_suppressed_label():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    entropy = entropy_from_logits(logits, suppressed_ids=torch.tensor([3]))
+    p = torch.softmax(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), -1)
+    assert entropy.item() == pytest.approx(-(p * p.log()).sum().item(), abs=1e-12)
+    # A suppressed token has probability zero; the others are unchanged by what was never sampled.
+    lp = log_probs_from_logits(logits, torch.tensor([3]), suppressed_ids=[3])
+    assert lp.item() == float("-inf")
+    with pytest.raises(ValueError, match=r"suppressed_ids must be token ids in \[0, 4\)"):
+        log_probs_from_logits(logits, torch.tensor([0]), suppressed_ids=[4])
+    with pytest.raises(ValueError, match="leaves no token"):
+        log_probs_from_logits(logits, torch.tensor([0]), suppressed_ids=[0, 1, 2, 3])

@@ -314,16 +314,14 @@ def test_lm_loss_without_any_label_is_zero():
 def test_high_entropy_mask_by_hand():
     entropy = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.3, 99.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    # 5 valid tokens; ratio 0.5 keeps ceil(2.5) = 3: entropies 0.9, 0.7, 0.5 (the masked 99 is never chosen).
+    # Valid entropies sorted: 0.1, 0.3, 0.5, 0.7, 0.9. The 0.5 quantile is 0.5: keep 0.9, 0.5 and 0.7 (the masked 99
+    # is never chosen).
     expected = torch.tensor([[False, True, True], [True, False, False]])
     assert torch.equal(high_entropy_mask(entropy, mask, 0.5), expected)
-    # ratio 0.2 keeps ceil(1.0) = 1 token: 0.9 (Wang et al.'s 80/20 rule).
-    assert torch.equal(high_entropy_mask(entropy, mask, 0.2), torch.tensor([[False, True, False], [False] * 3]))
-    # Ties are taken in position order: 4 equal entropies, ratio 0.5 -> the first two.
-    ties = high_entropy_mask(torch.ones(2, 2), None, 0.5)
-    assert torch.equal(ties, torch.tensor([[True, True], [False, False]]))
-    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 0"):
-        high_entropy_mask(entropy, mask, 0)
+    # The 0.8 quantile (top_entropy_quantile=0.2) is 0.7 + 0.2 * (0.9 - 0.7) = 0.74: keep 0.9 alone.
+    assert torch.equal(high_entropy_mask(entropy, mask, 0.8), torch.tensor([[False, True, False], [False] * 3]))
+    # Equal entropies at the cutoff are all kept.
+    assert high_entropy_mask(torch.ones(2, 2), torch.ones(2, 2), 0.5).all()
 
 
 def test_trl_clip_ratios_by_hand():
@@ -405,3 +403,29 @@ def test_other_surrogates_refuse_the_clip_options():
         policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), surrogate="sapo", dual_clip=3.0)
     with pytest.raises(ValueError, match="Unknown surrogate 'ppo'"):
         policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), surrogate="ppo")
+
+
+def test_high_entropy_mask_is_trls_get_high_entropy_mask():
+    # TRL's own method is the reference (on one process its gather is the identity).
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from trl import GRPOTrainer
+
+    trl_trainer = SimpleNamespace(accelerator=Accelerator(cpu=True))
+    generator = torch.Generator().manual_seed(0)
+    entropies = torch.rand(3, 7, generator=generator) * 2
+    entropies[1, 2] = entropies[0, 4]  # a tie, kept on both sides of the cutoff alike
+    mask = torch.rand(3, 7, generator=generator) > 0.3
+    for threshold in (0.0, 0.2, 0.5, 0.8, 1.0):
+        expected = GRPOTrainer.get_high_entropy_mask(trl_trainer, entropies, mask, threshold)
+        got = high_entropy_mask(entropies, mask, threshold)
+        assert torch.equal(got, expected), threshold
+    assert 0 < int(high_entropy_mask(entropies, mask, 0.8).sum()) < int(mask.sum())  # the cut does cut
+    assert not high_entropy_mask(entropies, torch.zeros_like(mask), 0.5).any()
+    # The population decides the cutoff: all tokens above the other processes' top entropy are kept, none below.
+    assert torch.equal(
+        high_entropy_mask(entropies, mask, 1.0, population=torch.tensor([10.0])), torch.zeros_like(mask)
+    )
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+        high_entropy_mask(entropies, mask, 1.5)

@@ -70,13 +70,17 @@ def test_saved_adapter_reloads_with_peft_and_reproduces_the_policy(tmp_path):
     inputs, num_actions = fixed_sequence(trainer.processing_class)
     trained = log_probs(trainer.actor, inputs, num_actions)
 
+    # Scored as the run scores: without the media tokens generation never samples.
+    suppressed = trainer.actor.suppressed_token_ids
+    assert suppressed
     base, _ = build_tiny_qwen2_vl(seed=0)
-    reloaded = ActorVL(PeftModel.from_pretrained(base, str(tmp_path / "saved")))
+    reloaded = ActorVL(PeftModel.from_pretrained(base, str(tmp_path / "saved")), suppressed_token_ids=suppressed)
     torch.testing.assert_close(log_probs(reloaded, inputs, num_actions), trained)
 
     # The comparison can fail: the untouched base model scores the same tokens differently.
     untouched, _ = build_tiny_qwen2_vl(seed=0)
-    assert (log_probs(ActorVL(untouched), inputs, num_actions) - trained).abs().max() > 1e-3
+    untouched_actor = ActorVL(untouched, suppressed_token_ids=suppressed)
+    assert (log_probs(untouched_actor, inputs, num_actions) - trained).abs().max() > 1e-3
 
 
 def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 from rft_trl import PPOTrainerVL
 from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, tiny_config
 from rft_trl.trainers.checkpointing import load_saved_weights
-from rft_trl.trainers.ppo_trainer_vl import eval_metrics
+from rft_trl.trainers.metrics import eval_metrics
 
 
 def colour_rows(num_rows):

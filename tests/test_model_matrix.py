@@ -25,6 +25,14 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
+from transformers import (
+    GraniteSpeechConfig,
+    GraniteSpeechForConditionalGeneration,
+    Qwen3ASRProcessor,
+    VoxtralConfig,
+    VoxtralForConditionalGeneration,
+    VoxtralProcessor,
+)
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
@@ -35,9 +43,10 @@ from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEnco
 from rft_trl.models.packing import pack_sequences
 from rft_trl.models.verification import ModelVerificationError, generated_token_fields, verify_model
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
+from rft_trl.testing.families.common import family_tokenizer, whisper_feature_extractor
 
 # The policy families: the reward model has no LM head, and the refused families have their own test.
-KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal")]
+KINDS = [kind for kind in TINY_MODEL_KINDS if kind not in ("qwen2_reward", "phi4_multimodal", "minicpmv4_6")]
 COMPLETION_TOKENS = 5
 
 
@@ -67,35 +76,24 @@ def _row(processor, parts: dict[str, list], question="What is shown?") -> dict:
     return row
 
 
-def takes_text_only(processor) -> bool:
-    """Whether the processor processes a prompt without media (PaliGemma's needs an image in every call)."""
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": "Say red."}]}],
-        add_generation_prompt=True,
-        tokenize=False,
-    )
-    try:
-        processor(text=[text], return_tensors="pt")
-    except ValueError:
-        return False
-    return True
-
-
-def batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
+def batches_for(processor, layout) -> list[list[dict]]:
     """
-    Rows covering every media kind the processor takes: one item, none (where the processor takes a prompt without
-    media), two of different sizes, and mixes.
+    Rows covering every media kind the processor takes (its probed `layout`): one item, none (where the processor
+    takes a prompt without media), two of different sizes (in one row, or in two rows for a kind the processor takes
+    one of per prompt), and mixes.
     """
-    batches = _batches_for(processor, kinds)
-    if not kinds or takes_text_only(processor):
+    batches = _batches_for(processor, layout)
+    if not layout.media_kinds or layout.text_only_error is None:
         return batches
+    # PaliGemma's processor needs an image in every call: its rows without media are left out.
     media_rows = [
         [row for row in rows if any(row[column] for column in ("images", "videos", "audios"))] for rows in batches
     ]
     return [rows for rows in media_rows if rows]
 
 
-def _batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
+def _batches_for(processor, layout) -> list[list[dict]]:
+    kinds = layout.media_kinds
     rate = processor.feature_extractor.sampling_rate if "audio" in kinds else 16000
     batches = []
     if "image" in kinds:
@@ -105,7 +103,8 @@ def _batches_for(processor, kinds: tuple[str, ...]) -> list[list[dict]]:
         batches.append([_row(processor, {"video": [_video(0)]}), _row(processor, {})])
     if "audio" in kinds:
         clips = [_clip(rate, 1.0, 300.0), _clip(rate, 0.5, 2400.0)]
-        batches.append([_row(processor, {"audio": clips[:1]}), _row(processor, {}), _row(processor, {"audio": clips})])
+        two = [{"audio": clips[1:]}] if "audio" in layout.one_per_prompt else [{"audio": clips}]
+        batches.append([_row(processor, parts) for parts in [{"audio": clips[:1]}, {}, *two]])
     if "image" in kinds and "audio" in kinds:
         mixed = {"image": [_image((30, 200, 30))], "audio": [_clip(rate, 1.0, 600.0)]}
         batches.append([_row(processor, mixed), _row(processor, {"audio": [_clip(rate, 0.5, 300.0)]})])
@@ -125,6 +124,8 @@ def alone_inputs(processor, row) -> dict:
     if row.get("audios"):
         kwargs["audio"] = row["audios"]
         kwargs["sampling_rate"] = processor.feature_extractor.sampling_rate
+    if isinstance(processor, Qwen3ASRProcessor) and not kwargs:
+        kwargs["audio"] = None  # its processor requires `audio` in every call
     if kwargs:
         return processor(text=[text], return_tensors="pt", **kwargs)
     return processor(text=[text], return_tensors="pt")
@@ -194,7 +195,7 @@ def test_padded_log_probs_equal_the_models_own_forward(kind):
         assert actor._fusable_head() is None
     else:
         assert actor._fusable_head() is model.get_output_embeddings()
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
         log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)
         prompt_width = batch.input_ids.shape[1]
@@ -218,7 +219,7 @@ def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
         assert cache.reason is not None and model.config.model_type in cache.reason or not visual, cache.reason
         return
     assert cache.reason is None
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch = collator(rows)
         per_sample = repeat_multimodal_inputs(batch.sample_multimodal_inputs, 2)
         input_ids = batch.input_ids.repeat_interleave(2, dim=0)
@@ -253,7 +254,7 @@ def test_packed_equals_each_sample_alone_or_is_refused(kind):
         assert type(model).__name__ in str(error) and "packing_samples=False" in str(error)
         return
     largest = 0.0
-    for rows in batches_for(processor, layout.media_kinds):
+    for rows in batches_for(processor, layout):
         batch, sequences, attention_mask, action_mask, fields = rollout(padded_actor, collator, rows)
         packed, lengths = pack_sequences(sequences, attention_mask)
         for name in collator.layout.token_fields:
@@ -281,7 +282,7 @@ def test_critic_values_equal_its_backbones_own_forward(kind):
         # A family without a headless model in transformers (Llama 4) is refused by name, with the fix.
         assert type(model).__name__ in str(error) and "other than 'gae'" in str(error)
         return
-    rows = batches_for(processor, layout.media_kinds)[0]
+    rows = batches_for(processor, layout)[0]
     batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
     values = critic(sequences, action_mask.shape[1], attention_mask, **fields)
     prompt_width = batch.input_ids.shape[1]
@@ -314,7 +315,7 @@ def test_generation_never_emits_media_tokens(kind):
         return logits
 
     model.get_output_embeddings().register_forward_hook(prefer_media_tokens)
-    rows = batches_for(processor, layout.media_kinds)[0]
+    rows = batches_for(processor, layout)[0]
     prompt_width = collator(rows).input_ids.shape[1]
     unsuppressed = rollout(actor, collator, rows, suppress_media_tokens=False)[1][:, prompt_width:]
     # Without suppression the policy emits nothing but media tokens: the check below can fail.
@@ -339,9 +340,7 @@ def test_lora_trains_the_adapter_only_and_disables_exactly(kind):
         for name, param in actor.named_parameters():
             if "lora_B" in name:  # B starts at 0 (the identity): make the adapter change the model
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    _, sequences, attention_mask, action_mask, fields = rollout(
-        base, collator, batches_for(processor, layout.media_kinds)[0]
-    )
+    _, sequences, attention_mask, action_mask, fields = rollout(base, collator, batches_for(processor, layout)[0])
     width = action_mask.shape[1]
     reference = base(sequences, width, attention_mask, **fields)
     assert not torch.allclose(actor(sequences, width, attention_mask, **fields), reference)
@@ -361,7 +360,7 @@ def trainable_snapshot(module):
 def test_two_grpo_steps_change_the_parameters(tmp_path, kind, packing):
     model, processor = build_tiny_model(kind)
     layout = probe_processor(processor)
-    rows = [row for rows in batches_for(processor, layout.media_kinds) for row in rows]
+    rows = [row for rows in batches_for(processor, layout) for row in rows]
     args = tiny_config(str(tmp_path / "out"), packing_samples=packing, freeze_encoder=False)
     try:
         trainer = PPOTrainerVL(
@@ -401,3 +400,85 @@ def test_a_processor_that_does_not_fit_the_model_is_refused_at_construction(tmp_
         r"Qwen2_5_VLForConditionalGeneration.forward does not take",
     ):
         PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path)), processing_class=audio_processor)
+
+
+# Tiny text and audio towers for the refused speech families (refused before any weight or processor is used).
+TINY_TEXT = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+TINY_TEXT |= {"num_attention_heads": 2, "num_key_value_heads": 1}
+
+
+def tiny_voxtral():
+    audio = {"num_mel_bins": 32, "intermediate_size": 32, "hidden_size": 16, "num_hidden_layers": 1}
+    audio |= {"num_attention_heads": 2, "max_source_positions": 100}
+    config = VoxtralConfig(audio_config=audio, text_config={"model_type": "llama", **TINY_TEXT}, audio_token_id=5)
+    return VoxtralForConditionalGeneration(config)
+
+
+def tiny_granite_speech():
+    encoder = {"input_dim": 32, "num_layers": 1, "hidden_dim": 16, "feedforward_mult": 2, "num_heads": 2}
+    encoder |= {"dim_head": 8, "output_dim": 8}
+    projector = {"model_type": "blip_2_qformer", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    projector |= {"intermediate_size": 32, "encoder_hidden_size": 16}
+    config = GraniteSpeechConfig(
+        encoder_config=encoder,
+        projector_config=projector,
+        text_config={"model_type": "granite", **TINY_TEXT},
+        audio_token_id=5,
+    )
+    return GraniteSpeechForConditionalGeneration(config)
+
+
+def test_voxtral_is_refused_by_name_before_its_processor_is_probed(tmp_path):
+    # Beside its own processor (which takes no audio in __call__) the trainer used to fail inside the layout probe
+    # with the processor's error; the refusal names the model, the reason and what would make it work.
+    model = tiny_voxtral()
+    tokenizer = family_tokenizer(0, ["[AUDIO]"], audio="[AUDIO]")
+    processor = VoxtralProcessor(feature_extractor=whisper_feature_extractor(), tokenizer=tokenizer)
+    message = (
+        r"VoxtralForConditionalGeneration \(voxtral\) is not supported by rft_trl: its processor takes audio only "
+        r"through apply_chat_template .* a VoxtralProcessor.__call__ that takes audio would make it work"
+    )
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")), processing_class=processor)
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
+
+
+def test_granite_speech_is_refused_by_name_before_its_processor_is_loaded(tmp_path):
+    # Its processor cannot be built without torchaudio: the model (or its path, whose config alone is read) is refused
+    # before the trainer looks for one.
+    model = tiny_granite_speech()
+    message = (
+        r"GraniteSpeechForConditionalGeneration \(granite_speech\) is not supported by rft_trl: its feature "
+        r"extractor needs torchaudio .* a tiny builder in the model matrix with torchaudio installed would make it "
+        r"work"
+    )
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")))
+    with pytest.raises(ValueError, match=message):
+        Actor(model)
+    model.save_pretrained(tmp_path / "granite")
+    with pytest.raises(ValueError, match=message):
+        PPOTrainerVL(str(tmp_path / "granite"), [length_reward], tiny_config(str(tmp_path / "out")))
+
+
+def test_a_processor_batching_media_on_another_axis_is_refused_at_construction(tmp_path):
+    # MiniCPM-V 4.6's processor lays two prompts' images side by side on the last axis of one pixel_values, and its
+    # model reads only pixel_values[:1]: samples concatenated on the first axis would lose every image but the first.
+    model, processor = build_tiny_model("minicpmv4_6")
+    with pytest.raises(
+        ValueError,
+        match=r"MiniCPMV4_6Processor batches the image fields of two prompts otherwise than one after the other on "
+        r"the first axis \('pixel_values' \(1, 3, 14, 896\) alone, \(1, 3, 14, 1792\) for two: batched on axis 3 "
+        r"of 4\)",
+    ):
+        PPOTrainerVL(model, [length_reward], tiny_config(str(tmp_path / "out")), processing_class=processor)
+    # The refusal is warranted: the first-axis concatenation of two samples processed alone fails in the model.
+    collator_rows = [
+        _row(processor, {"image": [_image((200, 30, 30))]}),
+        _row(processor, {"image": [_image((9, 9, 9))]}),
+    ]
+    alone = [split_processor_output(alone_inputs(processor, row)) for row in collator_rows]
+    input_ids = torch.cat([ids for ids, *_ in alone])
+    with pytest.raises(RuntimeError, match="must match the size of tensor"):
+        model(input_ids=input_ids, **concat_multimodal_inputs([media for *_, media in alone]))

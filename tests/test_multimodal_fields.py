@@ -258,3 +258,61 @@ def test_a_kind_the_processor_fails_on_is_left_out_and_its_rows_refused_with_the
     monkeypatch.setattr(multimodal, "synthetic_media", lambda kind, proc: "broken")
     with pytest.raises(ValueError, match="could not process a row with two images.*could not process a row with two"):
         probe_processor(vl_processor)
+
+
+def test_a_processor_that_requires_audio_and_takes_one_per_text_is_probed_and_its_rows_collated():
+    # Qwen3-ASR's __call__ requires `audio` (a text-only call raises TypeError) and, like AudioFlamingo3's, takes one
+    # audio per text. The probe learns both from the processor; the collator then processes a prompt without audio
+    # (audio=None) and one with a clip, and refuses a row with two clips by name, instead of crashing or refusing all.
+    clip = np.sin(np.linspace(0, 800 * np.pi, 16000)).astype(np.float32)
+    rows = [{"prompt": "what is it", "audios": [clip]}, {"prompt": "hello", "audios": None}]
+    rows.append({"prompt": "and these", "audios": [clip, clip[:8000]]})
+    for kind, required in (("qwen3_asr", ("audio",)), ("audioflamingo3", ())):
+        processor = build_tiny_model(kind)[1]
+        layout = probe_processor(processor)
+        assert layout.media_kinds == ("audio",) and layout.unusable == {} and layout.text_only_error is None
+        assert layout.fields == {"audio": ("input_features", "input_features_mask")} and layout.empty_rows == {}
+        assert layout.required_arguments == required
+        assert "takes one audio per prompt" in layout.one_per_prompt["audio"]
+        batch = PromptCollator(processor, layout=layout)(rows)
+        assert len(batch) == 2 and [s.reason for s in batch.skipped] == ["unsupported_media"]
+        assert "row has 2 audios" in batch.skipped[0].detail and "must match 1:1" in batch.skipped[0].detail
+        # The one clip's fields are exactly the processor's on that row alone.
+        text = batch.prompt_texts[0]
+        alone = media_of(processor(text=[text], audio=[clip], sampling_rate=16000, return_tensors="pt"))
+        assert_dicts_equal(batch.sample_multimodal_inputs[0], alone)
+        assert batch.sample_multimodal_inputs[1] == {}
+        expected_media_tokens = {"qwen3_asr": ["<|audio_start|>", "<|audio_pad|>", "<|audio_end|>"]}
+        expected_media_tokens["audioflamingo3"] = ["<sound>"]
+        ids = processor.tokenizer.convert_tokens_to_ids(expected_media_tokens[kind])
+        assert layout.media_token_ids == tuple(sorted(ids))
+
+
+def test_a_processor_that_cannot_process_a_prompt_without_media_has_such_rows_refused(monkeypatch):
+    # Were Qwen3-ASR's required `audio` not passed as None, its text-only call would raise: the probe must not fail
+    # on it (the media tokens come from the tokenizer), and rows without audio are refused with the processor's error.
+    monkeypatch.setattr(multimodal, "required_media_arguments", lambda processing_class: ())
+    processor = build_tiny_model("qwen3_asr")[1]
+    layout = probe_processor(processor)
+    assert "could not process a prompt without media (TypeError" in layout.text_only_error
+    assert layout.media_kinds == ("audio",) and len(layout.media_token_ids) == 3
+    clip = np.sin(np.linspace(0, 800 * np.pi, 16000)).astype(np.float32)
+    batch = PromptCollator(processor, layout=layout)(
+        [{"prompt": "hi", "audios": None}, {"prompt": "x", "audio": clip}]
+    )
+    assert len(batch) == 1 and [s.reason for s in batch.skipped] == ["unsupported_input"]
+    assert "without media" in batch.skipped[0].detail
+
+
+def test_media_fields_batched_on_another_axis_are_refused_naming_the_axis():
+    # MiniCPM-V 4.6 lays every image of a batch side by side on the last axis of one `pixel_values` (and its model
+    # reads pixel_values[:1]); the probe finds the axis from two one-image prompts in one call and refuses the kind.
+    processor = build_tiny_model("minicpmv4_6")[1]
+    with pytest.raises(ValueError) as error:
+        probe_processor(processor)
+    assert "'pixel_values' (1, 3, 14, 896) alone, (1, 3, 14, 1792) for two: batched on axis 3 of 4" in str(error.value)
+    assert "'pixel_values_videos'" in str(error.value) and "batched on axis 3 of 4" in str(error.value)
+    # The batch axis is the first whose concatenation of the one-prompt field with itself is the two-prompt field.
+    assert multimodal._batch_axis(torch.ones(2, 3), torch.ones(4, 3)) == 0
+    assert multimodal._batch_axis(torch.ones(1, 3), torch.ones(1, 6)) == 1
+    assert multimodal._batch_axis(torch.ones(1, 3), torch.zeros(2, 3)) is None

@@ -5,37 +5,12 @@ import torch
 
 from rft_trl.models.packing import (
     action_positions_packed,
-    mm_token_type_ids_from_sequences,
     pack_sequences,
-    packed_position_ids,
     packed_seq_lens_from_sample_ids,
     pad_packed,
-    position_ids_from_attention_mask,
     select_action_positions,
     unpack_values,
 )
-
-
-def test_position_ids_from_attention_mask_left_and_right_padding():
-    # Row 0 is left-padded by 2: positions count the attended tokens from 0; padding gets 0.
-    # Row 1 is right-padded by 1 (a completion cut after EOS): 0 1 2 3 then 0.
-    # Row 2 has no padding: 0..4.
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
-    expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 0], [0, 1, 2, 3, 4]])
-    out = position_ids_from_attention_mask(mask)
-    assert out.dtype == torch.long
-    assert torch.equal(out, expected)
-    # A boolean mask gives the same, and the input is not modified.
-    assert torch.equal(position_ids_from_attention_mask(mask.bool()), expected)
-    assert mask[0, 0] == 0
-
-
-def test_packed_position_ids_restart_per_sample():
-    assert torch.equal(packed_position_ids([3, 1, 2]), torch.tensor([[0, 1, 2, 0, 0, 1]]))
-    with pytest.raises(ValueError, match="must be >= 1"):
-        packed_position_ids([2, 0])
-    with pytest.raises(ValueError, match="at least one sample"):
-        packed_position_ids([])
 
 
 def test_packed_seq_lens_from_sample_ids():
@@ -115,11 +90,3 @@ def test_select_action_positions_errors():
         select_action_positions(per_token, sequences, [2], None)
     with pytest.raises(ValueError, match="must be in \\[1, 3\\]"):
         select_action_positions(per_token, sequences, 4, None)
-
-
-def test_mm_token_type_ids_from_sequences():
-    # Image placeholder 7 -> 1, video placeholder 8 -> 2, everything else 0; absent ids are skipped.
-    sequences = torch.tensor([[1, 7, 7, 2, 8, 8, 8, 3]])
-    assert mm_token_type_ids_from_sequences(sequences, 7, 8).tolist() == [[0, 1, 1, 0, 2, 2, 2, 0]]
-    assert mm_token_type_ids_from_sequences(sequences, 7, None).tolist() == [[0, 1, 1, 0, 0, 0, 0, 0]]
-    assert mm_token_type_ids_from_sequences(sequences, None, None).tolist() == [[0] * 8]

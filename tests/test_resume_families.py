@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent(
 
         family, _, variant = kind.partition("+")
         model, processor = build_tiny_model(family)
-        rows = batches_for(processor, probe_processor(processor).media_kinds)[0]
+        rows = batches_for(processor, probe_processor(processor))[0]
         args = RFTConfig(
             output_dir=output_dir,
             n_samples_per_prompt=2,

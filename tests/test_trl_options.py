@@ -22,7 +22,7 @@ from rft_trl.testing import (
     save_tiny_model,
     tiny_config,
 )
-from rft_trl.trainers.ppo_trainer_vl import merge_rollout_metrics
+from rft_trl.trainers.metrics import merge_rollout_metrics
 from rft_trl.trainers.replay_buffer import NaiveReplayBuffer
 from rft_trl.trainers.replay_buffer_utils import remove_padding_in_sequences, split_experience_batch
 from rft_trl.trainers.rft_config import DEPENDENT_TRL_OPTIONS, UNSUPPORTED_TRL_OPTIONS

@@ -8,7 +8,8 @@ from peft import LoraConfig, PeftModel
 from rft_trl import PPOTrainerVL
 from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 from rft_trl.trainers.kl_controller import EntropyController
-from rft_trl.trainers.ppo_trainer_vl import RolloutStream, check_trainer_hooks
+from rft_trl.trainers.sampling import RolloutStream
+from rft_trl.trainers.trainer_hooks import check_trainer_hooks
 
 
 def text_trainer(

@@ -25,6 +25,26 @@ def greedy_sequences(engine, batch, args):
     return generation.sequences.tolist()
 
 
+def scored_differences(trainer, batch, args) -> dict:
+    """
+    The largest |trainer log-prob - engine log-prob| over sampled completions of the synced engine, with the actor
+    scoring as the run does (suppressed media tokens out of the softmax) and, as a control, over the full vocabulary.
+    """
+    maker, actor = trainer.experience_maker, trainer.actor
+    samples = maker._generate(batch, 4, args.sampling_kwargs())
+    mask = samples["action_mask"].bool()
+    differences = {}
+    suppressed = actor.suppressed_token_ids
+    for name, ids in (("suppressed", suppressed), ("full_vocabulary", [])):
+        actor.suppressed_token_ids = ids
+        scored = maker._forward_in_chunks(
+            lambda *a, **k: actor(*a, temperature=args.temperature, **k), samples, maker.media_encodings
+        )
+        differences[name] = (scored - samples["rollout_log_probs"])[mask].abs().max().item()
+    actor.suppressed_token_ids = suppressed
+    return differences
+
+
 def colocate(kind: str, task: str, out: str, lora: bool) -> None:
     import torch
     from peft import LoraConfig
@@ -72,6 +92,8 @@ def colocate(kind: str, task: str, out: str, lora: bool) -> None:
         "syncs": engine.syncs,
         "completion_tokens": sum(len(row) for row in reference),
     }
+    if trainer.actor.suppressed_token_ids:
+        result["scored_difference"] = scored_differences(trainer, batch, args)
     if any("image" in media for media in batch.sample_media):
         # A trainer processor that merges no patches expands each image into four times the engine's tokens.
         other = copy.deepcopy(processing_class)

@@ -56,6 +56,20 @@ def _blocks(num_rows: int, seq_len: int, chunk_size: int):
             yield slice(r0, min(r0 + rows_per_block, num_rows)), slice(0, seq_len)
 
 
+def _suppressed_index(suppressed_ids, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """The ids of ``suppressed_ids`` as a long tensor on ``device`` (``None`` for none), checked against ``V``."""
+    if suppressed_ids is None:
+        return None
+    index = torch.as_tensor(suppressed_ids, dtype=torch.long, device=device).reshape(-1)  # [S]
+    if index.numel() == 0:
+        return None
+    if index.min() < 0 or index.max() >= vocab_size:
+        raise ValueError(f"suppressed_ids must be token ids in [0, {vocab_size}), got {index.tolist()}.")
+    if index.unique().numel() >= vocab_size:
+        raise ValueError("suppressed_ids leaves no token to sample: it must not hold every id of the vocabulary.")
+    return index
+
+
 def _as_3d(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     if logits.dim() < 2:
         raise ValueError(f"logits must have shape [..., T, V], got {tuple(logits.shape)}.")
@@ -67,24 +81,32 @@ def _as_3d(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Te
     return logits.reshape(-1, logits.shape[-2], logits.shape[-1])
 
 
+def _suppress_(z: torch.Tensor, suppressed: torch.Tensor | None) -> torch.Tensor:
+    """``z`` ``[..., V]`` with the ``suppressed`` columns set to ``-inf`` (in place): tokens of probability zero."""
+    return z if suppressed is None else z.index_fill_(-1, suppressed, float("-inf"))
+
+
 def _chunk_forward_(
-    z: torch.Tensor, labels: torch.Tensor | None, with_entropy: bool
+    z: torch.Tensor, labels: torch.Tensor | None, with_entropy: bool, suppressed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """
     ``(logsumexp(z), log p(labels), H)`` of the scaled logits ``z`` ``[..., V]``, each ``[...]``; overwrites ``z``.
+    The ``suppressed`` columns are left out of the distribution (probability zero, no part in the entropy).
 
     Written out (max, shift, exp, sum) rather than with ``logsumexp`` and ``softmax`` so that a chunk costs one
     extra ``[..., V]`` buffer (``p``) instead of three; ``-sum p log p`` is then summed in that same buffer. The sum
     is torch's float32 reduction, more accurate than a matmul-based dot product over 150k terms, which would save
     the buffer but lose an order of magnitude of precision.
     """
-    row_max = z.amax(dim=-1, keepdim=True)  # [..., 1]
+    row_max = _suppress_(z, suppressed).amax(dim=-1, keepdim=True)  # [..., 1]
     p = z.sub_(row_max).exp()  # [..., V], unnormalised
     norm = p.sum(dim=-1, keepdim=True)  # [..., 1]
     log_norm = norm.log()
     log_p = z.sub_(log_norm)
     lse = (row_max + log_norm).squeeze(-1)
     log_probs = None if labels is None else log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if with_entropy and suppressed is not None:
+        log_p.index_fill_(-1, suppressed, 0.0)  # p log p is 0 where p is, not 0 * -inf
     entropy = -p.div_(norm).mul_(log_p).sum(-1) if with_entropy else None
     return lse, log_probs, entropy
 
@@ -98,7 +120,7 @@ class _LogSoftmaxStats(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, with_entropy, temperature, chunk_size):
+    def forward(ctx, logits, labels, with_entropy, temperature, chunk_size, suppressed):
         dtype = _compute_dtype(logits.dtype)
         num_rows, seq_len, _ = logits.shape
         lse = torch.empty(num_rows, seq_len, dtype=dtype, device=logits.device)  # [R, T]
@@ -107,14 +129,14 @@ class _LogSoftmaxStats(torch.autograd.Function):
         for rs, ts in _blocks(num_rows, seq_len, chunk_size):
             z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
             chunk_labels = None if labels is None else labels[rs, ts]
-            lse[rs, ts], chunk_log_probs, chunk_entropy = _chunk_forward_(z, chunk_labels, with_entropy)
+            lse[rs, ts], chunk_log_probs, chunk_entropy = _chunk_forward_(z, chunk_labels, with_entropy, suppressed)
             if chunk_log_probs is not None:
                 log_probs[rs, ts] = chunk_log_probs
             if chunk_entropy is not None:
                 entropy[rs, ts] = chunk_entropy
             # Dropping the chunk before the next one is built halves the peak (a loop variable outlives its turn).
             del z
-        ctx.save_for_backward(logits, labels, lse, entropy if with_entropy else None)
+        ctx.save_for_backward(logits, labels, lse, entropy if with_entropy else None, suppressed)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
@@ -123,20 +145,20 @@ class _LogSoftmaxStats(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_probs, grad_entropy):
-        logits, labels, lse, entropy = ctx.saved_tensors
+        logits, labels, lse, entropy, suppressed = ctx.saved_tensors
         if labels is None:
             grad_log_probs = None
         if entropy is None:
             grad_entropy = None
         if grad_log_probs is None and grad_entropy is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         temperature = ctx.temperature
         dtype = lse.dtype
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [R, T, V]
         num_rows, seq_len, _ = logits.shape
         for rs, ts in _blocks(num_rows, seq_len, ctx.chunk_size):
             # The softmax is rebuilt from the saved log-sum-exp; dividing by the temperature is the chain rule.
-            z = logits[rs, ts].to(dtype, copy=True).div_(temperature)  # [r, t, V]
+            z = _suppress_(logits[rs, ts].to(dtype, copy=True).div_(temperature), suppressed)  # [r, t, V]
             grad_logits[rs, ts] = _grad_z_(
                 z,
                 lse[rs, ts],
@@ -144,14 +166,19 @@ class _LogSoftmaxStats(torch.autograd.Function):
                 None if labels is None else labels[rs, ts],
                 None if grad_log_probs is None else grad_log_probs[rs, ts].to(dtype),
                 None if grad_entropy is None else grad_entropy[rs, ts].to(dtype),
+                suppressed,
             )
             grad_logits[rs, ts] /= temperature
             del z
-        return grad_logits, None, None, None, None
+        return grad_logits, None, None, None, None, None
 
 
 def log_probs_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    suppressed_ids: torch.Tensor | list[int] | None = None,
 ) -> torch.Tensor:
     """
     Log-probability of each label under ``softmax(logits / temperature)``, computed a chunk of rows at a time.
@@ -170,6 +197,9 @@ def log_probs_from_logits(
             Sampling temperature the logits are divided by; must be positive.
         chunk_size (`int`, *optional*, defaults to `1024`):
             Maximum number of tokens whose `V` scores are held in float32 at once.
+        suppressed_ids (`torch.Tensor` or `list[int]`, *optional*):
+            Token ids of probability zero: the distribution is the softmax over the other tokens (what sampling with
+            these tokens suppressed draws from). A label among them has log-probability `-inf`.
 
     Returns:
         `torch.Tensor` of shape `[..., T]`: float32 (float64 for float64 logits) log-probabilities.
@@ -178,11 +208,17 @@ def log_probs_from_logits(
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits, labels)
     labels3 = labels.reshape(logits3.shape[:-1])
-    log_probs, _ = _LogSoftmaxStats.apply(logits3, labels3, False, float(temperature), chunk_size)
+    suppressed = _suppressed_index(suppressed_ids, logits.shape[-1], logits.device)
+    log_probs, _ = _LogSoftmaxStats.apply(logits3, labels3, False, float(temperature), chunk_size, suppressed)
     return log_probs.reshape(labels.shape)
 
 
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+def entropy_from_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    suppressed_ids: torch.Tensor | list[int] | None = None,
+) -> torch.Tensor:
     """
     Entropy of ``softmax(logits / temperature)`` per token, computed a chunk of rows at a time.
 
@@ -197,6 +233,8 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_si
             Temperature the logits are divided by; must be positive.
         chunk_size (`int`, *optional*, defaults to `1024`):
             Maximum number of tokens whose `V` scores are held in float32 at once.
+        suppressed_ids (`torch.Tensor` or `list[int]`, *optional*):
+            Token ids of probability zero: the entropy is that of the softmax over the other tokens.
 
     Returns:
         `torch.Tensor` of shape `[..., T]`: float32 (float64 for float64 logits) entropies in nats.
@@ -204,12 +242,17 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk_si
     _check_temperature(temperature)
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits)
-    _, entropy = _LogSoftmaxStats.apply(logits3, None, True, float(temperature), chunk_size)
+    suppressed = _suppressed_index(suppressed_ids, logits.shape[-1], logits.device)
+    _, entropy = _LogSoftmaxStats.apply(logits3, None, True, float(temperature), chunk_size, suppressed)
     return entropy.reshape(logits.shape[:-1])
 
 
 def log_probs_and_entropy_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    suppressed_ids: torch.Tensor | list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     [`log_probs_from_logits`] and [`entropy_from_logits`] in one pass over the logits.
@@ -227,6 +270,9 @@ def log_probs_and_entropy_from_logits(
             Temperature the logits are divided by; must be positive.
         chunk_size (`int`, *optional*, defaults to `1024`):
             Maximum number of tokens whose `V` scores are held in float32 at once.
+        suppressed_ids (`torch.Tensor` or `list[int]`, *optional*):
+            Token ids of probability zero: the distribution is the softmax over the other tokens (what sampling with
+            these tokens suppressed draws from). A label among them has log-probability `-inf`.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: log-probabilities and entropies, each `[..., T]`, float32 (float64 for
@@ -236,7 +282,8 @@ def log_probs_and_entropy_from_logits(
     _check_chunk_size(chunk_size)
     logits3 = _as_3d(logits, labels)
     labels3 = labels.reshape(logits3.shape[:-1])
-    log_probs, entropy = _LogSoftmaxStats.apply(logits3, labels3, True, float(temperature), chunk_size)
+    suppressed = _suppressed_index(suppressed_ids, logits.shape[-1], logits.device)
+    log_probs, entropy = _LogSoftmaxStats.apply(logits3, labels3, True, float(temperature), chunk_size, suppressed)
     return log_probs.reshape(labels.shape), entropy.reshape(labels.shape)
 
 
@@ -244,7 +291,7 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
     """Log-probs and entropies of ``softmax((hidden @ weight.T + bias) / temperature)`` for ``[N, H]`` hidden."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size, suppressed):
         dtype = _compute_dtype(hidden.dtype)
         num_tokens = hidden.shape[0]
         log_probs = torch.empty(num_tokens, dtype=dtype, device=hidden.device)  # [N]
@@ -253,9 +300,9 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
         for start in range(0, num_tokens, chunk_size):
             rows = slice(start, min(start + chunk_size, num_tokens))
             z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
-            lse[rows], log_probs[rows], entropy[rows] = _chunk_forward_(z, labels[rows], with_entropy=True)
+            lse[rows], log_probs[rows], entropy[rows] = _chunk_forward_(z, labels[rows], True, suppressed)
             del z
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy, suppressed)
         ctx.temperature = temperature
         ctx.chunk_size = chunk_size
         # Without this, autograd hands us zero tensors for an unused output; None lets backward skip that work.
@@ -265,12 +312,12 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_log_probs, grad_entropy):
-        hidden, weight, bias, labels, lse, entropy = ctx.saved_tensors
+        hidden, weight, bias, labels, lse, entropy, suppressed = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         temperature = ctx.temperature
         dtype = lse.dtype
         if grad_log_probs is None and grad_entropy is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [N, H]
         # Low-precision weights accumulate their gradient over chunks in float32, then cast once.
         acc_dtype = _compute_dtype(weight.dtype)
@@ -279,7 +326,7 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
         num_tokens = hidden.shape[0]
         for start in range(0, num_tokens, ctx.chunk_size):
             rows = slice(start, min(start + ctx.chunk_size, num_tokens))
-            z = F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature)  # [c, V]
+            z = _suppress_(F.linear(hidden[rows], weight, bias).to(dtype).div_(temperature), suppressed)  # [c, V]
             grad_z = _grad_z_(
                 z,
                 lse[rows],
@@ -287,6 +334,7 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
                 labels[rows],
                 None if grad_log_probs is None else grad_log_probs[rows].to(dtype),
                 None if grad_entropy is None else grad_entropy[rows].to(dtype),
+                suppressed,
             )
             del z
             # The chain rule through `.to(dtype)` and the division by the temperature.
@@ -303,23 +351,26 @@ class _LogProbsAndEntropyFromHidden(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if need_bias:
             grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def _grad_z_(z, lse, entropy, labels, grad_log_probs, grad_entropy):
+def _grad_z_(z, lse, entropy, labels, grad_log_probs, grad_entropy, suppressed=None):
     """
     Gradient of ``sum(g_lp * log p(y) + g_ent * H)`` with respect to the scaled logits ``z`` ``[..., V]``.
 
     ``d log p(y) / dz = onehot(y) - p`` and ``dH / dz = -p * (log p + H)``, so the gradient is
     ``g_lp * onehot(y) - p * (g_lp + g_ent * (log p + H))``. It is built in the buffer of ``z``, which it
     overwrites, with one more chunk-sized buffer (``p``) only when the entropy term is present. Either gradient
-    may be ``None`` (output unused).
+    may be ``None`` (output unused). The ``suppressed`` columns of ``z`` are ``-inf`` (probability zero): their
+    gradient is zero.
     """
     log_p = z.sub_(lse.unsqueeze(-1))
     if grad_entropy is None:
         grad_z = log_p.exp_().mul_(-grad_log_probs.unsqueeze(-1))
     else:
         p = log_p.exp()
+        if suppressed is not None:
+            log_p.index_fill_(-1, suppressed, 0.0)  # p (log p + H) is 0 where p is, not 0 * -inf
         coef = log_p.add_(entropy.unsqueeze(-1)).mul_(grad_entropy.unsqueeze(-1))
         if grad_log_probs is not None:
             coef.add_(grad_log_probs.unsqueeze(-1))
@@ -336,6 +387,7 @@ def log_probs_and_entropy_from_hidden(
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int = 256,
+    suppressed_ids: torch.Tensor | list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Log-probabilities of ``labels`` and entropies under ``softmax((hidden @ weight.T + bias) / temperature)``,
@@ -362,6 +414,9 @@ def log_probs_and_entropy_from_hidden(
             Maximum number of tokens whose `V` logits exist at once. A step holds two float32 `[chunk_size, V]`
             buffers (311 MB at V = 151,936), so the peak stays under 0.7 of one float32 `[N, V]` tensor down to
             N = 1024 (benchmark B3, `docs/benchmarks_b3.md`); the time per token barely depends on it.
+        suppressed_ids (`torch.Tensor` or `list[int]`, *optional*):
+            Token ids of probability zero: the distribution is the softmax over the other tokens (what sampling with
+            these tokens suppressed draws from). A label among them has log-probability `-inf`.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: log-probabilities and entropies, each of shape `[N]` (the leading dims
@@ -378,7 +433,8 @@ def log_probs_and_entropy_from_hidden(
             f"labels must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, got {tuple(labels.shape)}."
         )
     hidden2 = hidden.reshape(-1, hidden.shape[-1])  # [N, H]
+    suppressed = _suppressed_index(suppressed_ids, weight.shape[0], weight.device)
     log_probs, entropy = _LogProbsAndEntropyFromHidden.apply(
-        hidden2, weight, bias, labels.reshape(-1), float(temperature), chunk_size
+        hidden2, weight, bias, labels.reshape(-1), float(temperature), chunk_size, suppressed
     )
     return log_probs.reshape(labels.shape), entropy.reshape(labels.shape)

@@ -395,31 +395,34 @@ def lm_loss(
     return loss, {"num_tokens": keep.sum().detach()}
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor | None, ratio: float) -> torch.Tensor:
+def high_entropy_mask(
+    entropy: torch.Tensor, mask: torch.Tensor, threshold: float, population: torch.Tensor | None = None
+) -> torch.Tensor:
     """
-    Keep the ``ratio`` fraction of valid tokens with the highest entropy, across the whole batch (the "80/20"
-    forking-token rule of Wang et al. 2025, https://arxiv.org/abs/2506.01939, where ``ratio = 0.2``).
-
-    ``ceil(ratio * n)`` tokens are kept out of ``n`` valid ones; ties at the threshold are broken by position.
+    TRL's top-entropy token selection (`top_entropy_quantile`, the "80/20" forking-token rule of Wang et al. 2025,
+    https://arxiv.org/abs/2506.01939): the valid tokens whose entropy is at least the `threshold` quantile of the
+    `population` of entropies. Equal entropies at the cutoff are all kept, as in TRL.
 
     Args:
         entropy (`torch.Tensor` of shape `[B, A]`):
             Per-token entropy of the policy (see [`rft_trl.core.entropy_from_logits`]).
-        mask (`torch.Tensor` of shape `[B, A]`, *optional*):
-            Valid action tokens; `None` means all.
-        ratio (`float`):
-            Fraction to keep, in `(0, 1]`.
+        mask (`torch.Tensor` of shape `[B, A]`):
+            Valid action tokens.
+        threshold (`float`):
+            The quantile, in `[0, 1]`: `1 - top_entropy_quantile` keeps that top fraction.
+        population (`torch.Tensor` of shape `[N]`, *optional*):
+            The entropies the quantile is taken over: the valid tokens of every process, so that all cut at the same
+            entropy. Defaults to the valid tokens of `entropy`.
 
     Returns:
-        `torch.Tensor` of shape `[B, A]`, boolean, true on kept tokens (always inside `mask`).
+        `torch.BoolTensor` of shape `[B, A]`, inside `mask`; all `False` when the population is empty.
     """
-    if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}.")
-    mask = torch.ones_like(entropy, dtype=torch.bool) if mask is None else mask.bool()
-    num_keep = math.ceil(ratio * int(mask.sum()))
-    flat = torch.where(mask, entropy.detach().float(), -math.inf).reshape(-1)
-    # A stable sort, so that equal entropies are taken in position order and the result is deterministic.
-    order = torch.sort(flat, descending=True, stable=True).indices
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[order[:num_keep]] = True
-    return keep.view_as(mask)
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
+    mask = mask.bool()
+    entropy = entropy.detach()
+    population = entropy[mask].float() if population is None else population.detach().float()  # [N]
+    if population.numel() == 0:
+        return torch.zeros_like(mask)
+    cutoff = torch.quantile(population, threshold)
+    return (entropy >= cutoff) & mask

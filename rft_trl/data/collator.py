@@ -548,6 +548,10 @@ class PromptCollator:
                 raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be", plural)
             if items and kind in self.layout.unusable:
                 raise _Reject("unsupported_media", self.layout.unusable[kind], column)
+            if len(items) > 1 and kind in self.layout.one_per_prompt:
+                raise _Reject(
+                    "unsupported_media", f"row has {len(items)} {kind}s: {self.layout.one_per_prompt[kind]}", column
+                )
             if items and kind not in self.media_kinds:
                 raise _Reject(
                     "unsupported_media",
@@ -556,6 +560,8 @@ class PromptCollator:
                     column,
                 )
             media[kind] = items
+        if self.layout.text_only_error is not None and not any(media.values()):
+            raise _Reject("unsupported_input", self.layout.text_only_error)
         return media, columns
 
     def _render(self, prompt: Any, counts: dict[str, int], columns: dict[str, str]) -> tuple[str, bool, list | None]:
@@ -653,6 +659,8 @@ class PromptCollator:
         fields, with the empty row of every batch-first field the row's media did not fill.
         """
         kwargs: dict[str, Any] = {"return_tensors": "pt", "add_special_tokens": add_special_tokens}
+        # Media keywords the processor requires (Qwen3-ASR's `audio`) are `None` where the row has no such media.
+        kwargs.update(dict.fromkeys(self.layout.required_arguments))
         if media["image"]:
             # Nested per row: some processors (LLaVA-OneVision) read a flat list as one image per row.
             kwargs["images"] = [media["image"]]

@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 MEDIA_KINDS = ("image", "video", "audio")
 # The processor attribute that processes each media kind.
 MEDIA_PROCESSOR_ATTRIBUTES = {"image": "image_processor", "video": "video_processor", "audio": "feature_extractor"}
+# The processor keyword that takes each media kind.
+MEDIA_ARGUMENTS = {"image": "images", "video": "videos", "audio": "audio"}
 SEQUENCE_FIELDS = ("input_ids", "attention_mask")
 # Loss targets a processor may build for supervised fine-tuning (PaliGemma's `labels`): not model inputs here.
 TARGET_FIELDS = ("labels",)
@@ -332,8 +335,17 @@ class ProcessorLayout:
             columns of image tiles, ...): a completion must never hold one.
         unusable (`dict[str, str]`):
             Media kinds the processor has a sub-processor for but could not process in the probe (e.g. a chat
-            template without an audio placeholder), with the processor's error: rows holding them are refused
-            with that reason.
+            template without an audio placeholder), or batches in a way rft_trl cannot carry, with the reason: rows
+            holding them are refused with it.
+        one_per_prompt (`dict[str, str]`):
+            Media kinds the processor takes at most one item of per prompt (AudioFlamingo3, Qwen3-ASR: one audio per
+            text), with its error on two: rows holding more are refused with it.
+        required_arguments (`tuple[str, ...]`):
+            The media keywords the processor's `__call__` requires (Qwen3-ASR's `audio`): a row without that media
+            passes `None` for them.
+        text_only_error (`str`, *optional*):
+            Why the processor could not process a prompt without media, when it could not: such rows are refused with
+            it.
     """
 
     media_kinds: tuple[str, ...] = ()
@@ -342,6 +354,9 @@ class ProcessorLayout:
     empty_rows: dict[str, torch.Tensor] = field(default_factory=dict)
     media_token_ids: tuple[int, ...] = ()
     unusable: dict[str, str] = field(default_factory=dict)
+    one_per_prompt: dict[str, str] = field(default_factory=dict)
+    required_arguments: tuple[str, ...] = ()
+    text_only_error: str | None = None
 
     def kinds_of(self, names: Sequence[str]) -> list[str]:
         """The media kinds whose fields include any of `names`."""
@@ -354,6 +369,21 @@ def processor_media_kinds(processing_class: Any) -> tuple[str, ...]:
         return ()
     attributes = processing_class.get_attributes()
     return tuple(kind for kind in MEDIA_KINDS if MEDIA_PROCESSOR_ATTRIBUTES[kind] in attributes)
+
+
+def required_media_arguments(processing_class: Any) -> tuple[str, ...]:
+    """
+    The media keywords (`images`, `videos`, `audio`) that a processor's `__call__` declares without a default, such as
+    Qwen3-ASR's `audio`: a call for a prompt without that media passes `None` for them.
+    """
+    if not isinstance(processing_class, ProcessorMixin):
+        return ()
+    parameters = inspect.signature(processing_class.__call__).parameters
+    return tuple(
+        name
+        for name in MEDIA_ARGUMENTS.values()
+        if name in parameters and parameters[name].default is inspect.Parameter.empty
+    )
 
 
 def synthetic_media(kind: str, processing_class: ProcessorMixin) -> Any:
@@ -383,14 +413,123 @@ def _probe_prompt(processing_class: ProcessorMixin, parts: list[str]) -> str:
     )
 
 
+def _process_probe(processing_class: ProcessorMixin, kind: str, items_per_prompt: list[int]) -> Mapping[str, Any]:
+    """
+    The processor on one prompt per entry of `items_per_prompt`, each holding that many synthetic items of `kind`, in
+    one call, as the collator calls it (images nested per prompt; the required media keywords of other kinds `None`).
+    """
+    texts = [_probe_prompt(processing_class, [kind] * count) for count in items_per_prompt]
+    items = [[synthetic_media(kind, processing_class) for _ in range(count)] for count in items_per_prompt]
+    argument = MEDIA_ARGUMENTS[kind]
+    kwargs: dict[str, Any] = {name: None for name in required_media_arguments(processing_class)}
+    kwargs[argument] = items if kind == "image" else [item for prompt in items for item in prompt]
+    if kind == "audio":
+        kwargs["sampling_rate"] = processing_class.feature_extractor.sampling_rate
+    return processing_class(text=texts, return_tensors="pt", **kwargs)
+
+
+def _text_only_ids(processing_class: ProcessorMixin) -> tuple[set[int], str | None]:
+    """
+    The ids of the probe's prompt without media, and the processor's error when it cannot process such a prompt
+    (then the tokenizer alone gives the ids: without media there is nothing for the processor to expand).
+    """
+    text = _probe_prompt(processing_class, [])
+    kwargs = {name: None for name in required_media_arguments(processing_class)}
+    try:
+        return set(processing_class(text=[text], return_tensors="pt", **kwargs)["input_ids"][0].tolist()), None
+    except Exception as error:  # the processor's own failure, kept as the reason text-only rows are refused
+        reason = (
+            f"{type(processing_class).__name__} could not process a prompt without media ({type(error).__name__}: "
+            f"{error})"
+        )
+        logger.warning("%s: rows without media will be refused.", reason)
+        return set(processing_class.tokenizer(text)["input_ids"]), reason
+
+
+def _batch_axis(alone: torch.Tensor, pair: torch.Tensor) -> int | None:
+    """
+    The axis along which the processor put two identical samples' `alone` side by side to make `pair`: the first
+    axis whose concatenation of `alone` with itself is exactly `pair`, or `None` when none is.
+    """
+    for axis in range(alone.dim()):
+        if pair.dim() == alone.dim() and torch.equal(torch.cat([alone, alone], dim=axis), pair):
+            return axis
+    return None
+
+
+def _probe_kind(processing_class: ProcessorMixin, kind: str) -> tuple[Mapping[str, Any], str | None]:
+    """
+    Process a row with two items of `kind` alone, or, when the processor refuses that, a row with one; returns the
+    output and the processor's error on two items (`None` when it took them).
+
+    Raises:
+        `ValueError`: with the processor's error, when it cannot process a row with one item either.
+    """
+    name = type(processing_class).__name__
+    try:
+        return _process_probe(processing_class, kind, [2]), None
+    except Exception as two_error:  # the processor's own failure, kept with what was being asked of it
+        two = f"{name} could not process a row with two {kind}s ({type(two_error).__name__}: {two_error})"
+    try:
+        output = _process_probe(processing_class, kind, [1])
+    except Exception as one_error:
+        raise ValueError(
+            f"{two}, nor one ({type(one_error).__name__}: {one_error}); rft_trl needs that to learn its field layout"
+        ) from one_error
+    return output, f"{two}: it takes one {kind} per prompt"
+
+
+def _check_batched_on_first_axis(processing_class: ProcessorMixin, kind: str) -> None:
+    """
+    Refuse a kind whose media fields the processor batches on another axis than the first.
+
+    Two identical one-item prompts in one call must give, for every media field, the one-prompt output concatenated
+    with itself along the first axis, which is how rft_trl batches samples (each processed alone).
+
+    Raises:
+        `ValueError`: naming each field that the processor batches otherwise, and the axis it batches it on (MiniCPM-V
+        4.6 lays every image side by side on the last axis of one `pixel_values`).
+    """
+    try:
+        media_names = media_field_names(processing_class)
+        _, _, _, alone = split_processor_output(_process_probe(processing_class, kind, [1]), media_names)
+        _, _, _, pair = split_processor_output(_process_probe(processing_class, kind, [1, 1]), media_names)
+    except Exception as error:  # the processor's own failure, kept with what was being asked of it
+        raise ValueError(
+            f"{type(processing_class).__name__} could not process two prompts with one {kind} each in one call "
+            f"({type(error).__name__}: {error}); rft_trl needs that to learn how it batches samples"
+        ) from error
+    misfits = []
+    for name, value in alone.items():
+        axis = _batch_axis(value, pair[name]) if name in pair else None
+        if axis != 0:
+            where = "on no axis" if axis is None else f"on axis {axis} of {value.dim()}"
+            misfits.append(f"{name!r} {tuple(value.shape)} alone, {tuple(pair[name].shape)} for two: batched {where}")
+    if misfits:
+        raise ValueError(
+            f"{type(processing_class).__name__} batches the {kind} fields of two prompts otherwise than one after the "
+            f"other on the first axis ({'; '.join(misfits)}); rft_trl concatenates each sample's fields on their "
+            "first axis, and would hand the model samples it does not read. Rows with this kind are refused; a "
+            "processor that batches on the first axis (or a model that reads its samples there) would make it work"
+        )
+
+
 def probe_processor(processing_class: Any) -> ProcessorLayout:
     """
-    Find a processor's field layout by processing one tiny synthetic row per media kind.
+    Find a processor's field layout by processing tiny synthetic rows per media kind.
 
-    For each kind the processor takes, a row holding two items of that kind is processed alone, as the collator
-    processes rows. A media field with a single row for two items is batch-first (its first dimension is the
-    sample); any other field stacks rows of items. Outputs shaped like the tokens are per-token fields. The added
-    tokens in the row's ids that the same prompt without media lacks are the media tokens.
+    For each kind the processor takes:
+
+    - a row holding two items of that kind is processed alone, as the collator processes rows (one item when the
+      processor takes one per prompt: AudioFlamingo3, Qwen3-ASR). A media field with a single row for two items is
+      batch-first (its first dimension is the sample); any other field stacks rows of items. Outputs shaped like the
+      tokens are per-token fields. The added tokens in the row's ids that the same prompt without media lacks are the
+      media tokens;
+    - two one-item prompts are processed in one call: every media field must be the one-prompt field twice, one
+      after the other on the first axis, how rft_trl batches samples processed alone.
+
+    The prompt without media is processed with the required media keywords `None` (Qwen3-ASR requires `audio`); when
+    the processor cannot process it, the tokenizer gives its ids and rows without media are refused.
 
     Args:
         processing_class (`ProcessorMixin` or `PreTrainedTokenizerBase`):
@@ -399,47 +538,37 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
     Returns:
         [`ProcessorLayout`]
 
-    A kind the processor fails on is left out of the layout with the processor's error (`unusable`, logged as a
-    warning): a multimodal processor may carry a sub-processor its chat template or model does not use (Gemma 4's
-    audio feature extractor beside an image-only model).
+    A kind the processor fails on, or batches on another axis (MiniCPM-V 4.6), is left out of the layout with the
+    reason (`unusable`, logged as a warning): a multimodal processor may carry a sub-processor its chat template or
+    model does not use (Gemma 4's audio feature extractor beside an image-only model).
 
     Raises:
-        `ValueError`: when the processor can process none of its media kinds (naming each kind and the processor's
-        error), or returns something rft_trl cannot carry (see [`split_processor_output`]).
+        `ValueError`: when the processor can process none of its media kinds (naming each kind and the reason), or
+        returns something rft_trl cannot carry (see [`split_processor_output`]).
     """
     kinds = processor_media_kinds(processing_class)
-    fields, token_fields, empty_rows, media_tokens, unusable = {}, set(), {}, set(), {}
+    fields, token_fields, empty_rows, media_tokens, unusable, one_per_prompt = {}, set(), {}, set(), {}, {}
+    text_only_error = None
     if kinds:
-        tokenizer = processing_class.tokenizer
-        added = set(tokenizer.added_tokens_decoder)
-        prompt = _probe_prompt(processing_class, [])
-        try:
-            text_only = processing_class(text=[prompt], return_tensors="pt")["input_ids"]
-        except Exception:  # a processor that needs media in every call (PaliGemma): the prompt's own tokens
-            text_only = processing_class.tokenizer(text=[prompt], return_tensors="pt")["input_ids"]
-        text_only = set(text_only[0].tolist())
+        added = set(processing_class.tokenizer.added_tokens_decoder)
+        text_only, text_only_error = _text_only_ids(processing_class)
     for kind in kinds:
-        text = _probe_prompt(processing_class, [kind, kind])
-        items = [synthetic_media(kind, processing_class) for _ in range(2)]
-        # Images nested per row, as the collator passes them.
-        kwargs: dict[str, Any] = {{"image": "images", "video": "videos", "audio": "audio"}[kind]: items}
-        if kind == "image":
-            kwargs["images"] = [items]
-        if kind == "audio":
-            kwargs["sampling_rate"] = processing_class.feature_extractor.sampling_rate
         try:
-            output = processing_class(text=[text], return_tensors="pt", **kwargs)
-        except Exception as error:  # the processor's own failure, kept with what was being asked of it
-            unusable[kind] = (
-                f"{type(processing_class).__name__} could not process a row with two {kind}s "
-                f"({type(error).__name__}: {error}); rft_trl needs that to learn its field layout"
-            )
+            output, two_error = _probe_kind(processing_class, kind)
+            _check_batched_on_first_axis(processing_class, kind)
+        except ValueError as error:
+            unusable[kind] = str(error)
             logger.warning("%s: rows with %ss will be refused.", unusable[kind], kind)
             continue
         input_ids, _, tokens, media = split_processor_output(output, media_field_names(processing_class))
         media_tokens |= (set(input_ids[0].tolist()) - text_only) & added
         token_fields |= set(tokens)
         fields[kind] = tuple(media)
+        if two_error is not None:
+            # One item per prompt: a field cannot be told batch-first from stacking items, and needs no empty row
+            # either way (a sample with the kind has one item, as the processor makes it).
+            one_per_prompt[kind] = two_error
+            continue
         for name, value in media.items():
             if value.shape[0] != 1:
                 continue
@@ -450,7 +579,15 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
         raise ValueError("; ".join(unusable.values()) + ".")
     usable = tuple(kind for kind in kinds if kind not in unusable)
     layout = ProcessorLayout(
-        usable, fields, tuple(sorted(token_fields)), empty_rows, tuple(sorted(media_tokens)), unusable
+        usable,
+        fields,
+        tuple(sorted(token_fields)),
+        empty_rows,
+        tuple(sorted(media_tokens)),
+        unusable,
+        one_per_prompt,
+        required_media_arguments(processing_class),
+        text_only_error,
     )
     logger.debug("Processor layout of %s: %s", type(processing_class).__name__, layout)
     return layout

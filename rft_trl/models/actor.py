@@ -53,10 +53,12 @@ FUSED_LOG_PROB_MODEL_TYPES = frozenset(
         "qwen2", "qwen3", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_audio", "qwen2_5_omni_thinker",
         "qwen3_omni_moe_thinker", "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl",
         "idefics3", "smolvlm", "mistral3", "phi4_multimodal", "gemma4", "glm46v", "aya_vision", "llama4",
-        "qwen3_5", "qwen3_5_moe", "lfm2_vl", "paligemma", "kimi_k25",
-        "ernie4_5_vl_moe",
+        "qwen3_5", "qwen3_5_moe", "lfm2_vl", "qwen3_5_text", "lfm2", "qwen3_asr", "audioflamingo3",
+        "paligemma", "kimi_k25", "ernie4_5_vl_moe",
     }
 )  # fmt: skip
+# The per-token type fields `MediaTokenTypes` rebuilds from the tokens (placeholders marked by media kind).
+DERIVABLE_TOKEN_FIELDS = ("mm_token_type_ids", "token_type_ids")
 # Config fields of logit post-processing after the head (Gemma-2's softcapping, Cohere's scale, Granite's scaling):
 # set, the fused path would miss them.
 LOGIT_POST_PROCESSING_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -241,6 +243,12 @@ class Actor(nn.Module):
             Elsewhere the model's logits are used, and the reason is logged once.
         log_prob_chunk_size (`int`, *optional*, defaults to `256`):
             Tokens whose logits exist at once on the fused path (benchmark B3).
+        suppressed_token_ids (`list[int]`, *optional*):
+            Tokens of probability zero in what [`forward`] scores: its log-probs and entropies are those of the
+            softmax over the other tokens, the distribution sampling draws from when it never emits these (HF
+            `suppress_tokens`, a vLLM logit bias of -100). [`PPOTrainerVL`] sets it to [`media_token_ids`] under
+            `suppress_media_tokens`, for the policy and the reference alike. By default nothing is suppressed: the
+            full-vocabulary softmax, as the model's own forward gives.
 
     Attributes:
         modality (`str`):
@@ -282,6 +290,7 @@ class Actor(nn.Module):
         model_init_kwargs: dict | None = None,
         fused_log_probs: bool = True,
         log_prob_chunk_size: int = 256,
+        suppressed_token_ids: list[int] | None = None,
     ):
         super().__init__()
         model = load_pretrained_model(
@@ -305,6 +314,7 @@ class Actor(nn.Module):
             self.inputs.check_packable()
         self.fused_log_probs = fused_log_probs
         self.log_prob_chunk_size = log_prob_chunk_size
+        self.suppressed_token_ids = list(suppressed_token_ids or [])
         self._unfused_reason_logged = False
 
     @property
@@ -428,7 +438,8 @@ class Actor(nn.Module):
                 Lengths of the packed samples (requires `packing_samples=True`; such an actor also takes ordinary
                 padded batches, see [`rft_trl.models.utils.resolve_packing`]).
             temperature (`float`, *optional*, defaults to `1.0`):
-                The sampling temperature; log-probs are those of `softmax(logits / temperature)`.
+                The sampling temperature; log-probs are those of `softmax(logits / temperature)`, over the tokens
+                outside `suppressed_token_ids`.
             return_entropy (`bool`, *optional*, defaults to `False`):
                 Also return the entropy of each action's next-token distribution (same temperature).
             wrapped_model (`nn.Module`, *optional*):
@@ -464,11 +475,12 @@ class Actor(nn.Module):
         else:
             output = model(**forward_inputs)
             logits, labels = select_action_positions(output.logits, sequences, num_actions, packed_seq_lens)
+            scoring = {"temperature": temperature, "suppressed_ids": self.suppressed_token_ids or None}
             if return_entropy:
                 # One pass over the logits for both (and one logits-sized gradient if both are differentiated).
-                results = list(log_probs_and_entropy_from_logits(logits, labels, temperature=temperature))
+                results = list(log_probs_and_entropy_from_logits(logits, labels, **scoring))
             else:
-                results = [log_probs_from_logits(logits, labels, temperature=temperature)]
+                results = [log_probs_from_logits(logits, labels, **scoring)]
         if return_output:
             results.append(output)
         return results[0] if len(results) == 1 else tuple(results)
@@ -492,7 +504,8 @@ class Actor(nn.Module):
         packed sample's spans never run into the next).
 
         Raises:
-            `ValueError`: when the config declares no media placeholder to derive them from, when a field does not mark
+            `ValueError`: when the config declares no media placeholder to derive them from, when a field is not one
+            of `DERIVABLE_TOKEN_FIELDS` (ERNIE-4.5-VL's `moe_mm_token_type_ids`), when a field does not mark
             media (the model's generate types a text token after a text prompt otherwise than text: PaliGemma's
             `token_type_ids` mark its prefix), or none of the tokens is one although media are given.
         """
@@ -505,6 +518,14 @@ class Actor(nn.Module):
             raise ValueError(
                 f"{self.inputs.model_name} reads {fields} along with media, and its config declares no media "
                 f"placeholder token (`<kind>_token_id` or `<kind>_token_index`) to derive it from: {how}."
+            )
+        # `token_types` rebuilds the placeholder marks of `mm_token_type_ids` and Gemma 3's `token_type_ids`; another
+        # field marks more (ERNIE-4.5-VL's `moe_mm_token_type_ids` also marks the media's boundary tokens).
+        unknown = [name for name in names if name not in DERIVABLE_TOKEN_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"{self.inputs.model_name} reads {', '.join(map(repr, unknown))} along with media, which rft_trl "
+                f"cannot derive from the tokens: {how}."
             )
         text = {name: input_ids.new_zeros(1, 1) for name in names}  # one text token
         not_media = [name for name, value in self.inputs.completion_token_types(text).items() if value.any()]
@@ -575,6 +596,7 @@ class Actor(nn.Module):
                 bias=head.bias,
                 temperature=temperature,
                 chunk_size=self.log_prob_chunk_size,
+                suppressed_ids=self.suppressed_token_ids or None,
             )
             # Empty, but computed from the scores: a wrapper that searches the autograd graph from the forward's
             # outputs for the parameters in use (DDP with find_unused_parameters) finds the head's and the

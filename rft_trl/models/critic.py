@@ -38,7 +38,7 @@ def backbone_of(pretrain_or_model: str | nn.Module, **load_kwargs) -> PreTrained
             into the copy.
         load_kwargs:
             Passed to [`load_pretrained_model`] (`use_flash_attention_2`, `bf16`, `ds_config`, `device_map`,
-            `trust_remote_code`).
+            `trust_remote_code`, `init_kwargs`).
 
     Returns:
         `PreTrainedModel`: the backbone.
@@ -88,6 +88,8 @@ class Critic(nn.Module):
             Passed to `from_pretrained`.
         freeze_encoder (`bool`, *optional*, defaults to `False`):
             In full fine-tuning, freeze the vision or audio tower and its projector.
+        model_init_kwargs (`dict`, *optional*):
+            More `from_pretrained` arguments when `pretrain_or_model` is a path (TRL's `model_init_kwargs`).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Critic(nn.Module):
         peft_config: PeftConfig | None = None,
         trust_remote_code: bool = False,
         freeze_encoder: bool = False,
+        model_init_kwargs: dict | None = None,
     ):
         super().__init__()
         backbone = backbone_of(
@@ -114,6 +117,7 @@ class Critic(nn.Module):
             ds_config=ds_config,
             device_map=device_map,
             trust_remote_code=trust_remote_code,
+            init_kwargs=model_init_kwargs,
         )
         if backbone.get_output_embeddings() is not None:
             # transformers has no headless class for some families (Llama 4: AutoModel builds the language model with

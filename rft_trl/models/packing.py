@@ -20,52 +20,12 @@ import torch
 
 __all__ = [
     "action_positions_packed",
-    "mm_token_type_ids_from_sequences",
     "pack_sequences",
-    "packed_position_ids",
     "packed_seq_lens_from_sample_ids",
     "pad_packed",
-    "position_ids_from_attention_mask",
     "select_action_positions",
     "unpack_values",
 ]
-
-
-def position_ids_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """
-    Positions of the attended tokens of each row, counting from 0 at the first attended token.
-
-    This is the numbering `generate` uses for left-padded prompts, so a later forward on prompt + completion sees the
-    same positions the sampler saw. Padding positions get 0 (they are masked, the value is irrelevant but must be a
-    valid index).
-
-    Args:
-        attention_mask (`torch.Tensor` of shape `[B, L]`):
-            1 (or `True`) on real tokens, 0 on padding.
-
-    Returns:
-        `torch.LongTensor` of shape `[B, L]`.
-    """
-    mask = attention_mask.long()
-    position_ids = mask.cumsum(-1) - 1  # [B, L]
-    return position_ids.clamp(min=0) * mask
-
-
-def packed_position_ids(packed_seq_lens: list[int], device: torch.device | str | None = None) -> torch.Tensor:
-    """
-    Positions of a packed row: `0 .. n_i - 1` for each sample, concatenated.
-
-    Args:
-        packed_seq_lens (`list[int]`):
-            Length of each packed sample; all must be positive.
-        device (`torch.device` or `str`, *optional*):
-            Device of the result.
-
-    Returns:
-        `torch.LongTensor` of shape `[1, sum(packed_seq_lens)]`.
-    """
-    _check_lengths(packed_seq_lens, "packed_seq_lens", minimum=1)
-    return torch.cat([torch.arange(n, device=device) for n in packed_seq_lens]).unsqueeze(0)  # [1, T]
 
 
 def packed_seq_lens_from_sample_ids(sample_ids: torch.Tensor) -> list[int]:
@@ -245,35 +205,6 @@ def select_action_positions(
             f"{sequences.shape[1]}."
         )
     return per_token[:, -num_actions - 1 : -1], sequences[:, -num_actions:]
-
-
-def mm_token_type_ids_from_sequences(
-    sequences: torch.Tensor, image_token_id: int | None, video_token_id: int | None
-) -> torch.Tensor:
-    """
-    Per-token modality types as the transformers processors define them: 0 text, 1 image placeholder,
-    2 video placeholder.
-
-    Rebuilt from the tokens so that it covers the generated completion too (the processor only saw the prompt);
-    M-RoPE models need it to place the vision tokens on their 3D grid.
-
-    Args:
-        sequences (`torch.Tensor` of shape `[B, L]`):
-            Token ids.
-        image_token_id (`int`, *optional*):
-            Id of the image placeholder token (`None` when the model has none).
-        video_token_id (`int`, *optional*):
-            Id of the video placeholder token (`None` when the model has none).
-
-    Returns:
-        `torch.LongTensor` of shape `[B, L]`.
-    """
-    types = torch.zeros_like(sequences, dtype=torch.long)  # [B, L]
-    if image_token_id is not None:
-        types = types.masked_fill(sequences == image_token_id, 1)
-    if video_token_id is not None:
-        types = types.masked_fill(sequences == video_token_id, 2)
-    return types
 
 
 def _check_lengths(lengths: list[int], name: str, minimum: int) -> None:

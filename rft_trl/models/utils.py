@@ -22,6 +22,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMultimodalLM,
+    AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     GenerationMixin,
     PretrainedConfig,
@@ -32,6 +33,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
     MODEL_FOR_MULTIMODAL_LM_MAPPING,
+    MODEL_FOR_PRETRAINING_MAPPING,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
 )
 from transformers.utils import ModelOutput, is_flash_attn_2_available
@@ -151,6 +153,9 @@ def load_pretrained_model(
         auto_class = MODEL_FOR_MULTIMODAL_LM_MAPPING[type(config.thinker_config)]
     elif type(config) in MODEL_FOR_MULTIMODAL_LM_MAPPING:
         auto_class = AutoModelForMultimodalLM
+    elif type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and _generates(MODEL_FOR_PRETRAINING_MAPPING, config):
+        # transformers files some generating multimodal classes under pretraining only (AudioFlamingo3's).
+        auto_class = AutoModelForPreTraining
     else:
         auto_class = AutoModelForCausalLM
     extra = {"num_labels": num_labels} if head == "sequence_classification" else {}
@@ -403,28 +408,50 @@ UNSUPPORTED_MODEL_TYPES = {
         "images padded beside it in a batch (log-probs moved by ~0.5 in a test); generation and training would see "
         "different features"
     ),
-    "voxtral": "its processor takes audio only through mistral_common's chat template, not processor(text, audio=...)",
+    "voxtral": (
+        "its processor takes audio only through apply_chat_template with mistral_common's tokenizer "
+        "(MistralCommonBackend), while rft_trl renders the prompt and calls processor(text, audio=...), which "
+        "VoxtralProcessor refuses; a VoxtralProcessor.__call__ that takes audio would make it work (mistral_common "
+        "1.13 installs from PyPI, but pins numpy<2.4 on Python <= 3.12, and would not change that call)"
+    ),
     "granite_speech": (
-        "its feature extractor needs torchaudio, and a padded clip's features were measured to differ from the clip "
-        "alone"
+        "its feature extractor needs torchaudio (2.11.1 from PyPI imports beside torch 2.14.1 and computes the "
+        "features), and it has not been verified against its own forward: a tiny builder in the model matrix with "
+        "torchaudio installed would make it work"
     ),
 }
 
 
-def check_supported(model: PreTrainedModel) -> None:
+def check_supported(model: PreTrainedModel | str, trust_remote_code: bool = False) -> None:
     """
     Refuse a model family rft_trl knows it cannot train correctly.
+
+    Args:
+        model (`PreTrainedModel` or `str`):
+            The model (PEFT-wrapped or not), or its path, whose config alone is read (no weights).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Passed to `AutoConfig.from_pretrained` for a path.
 
     Raises:
         `ValueError`: naming the family and the reason, for the families of `UNSUPPORTED_MODEL_TYPES`.
     """
-    model_types = {config.model_type for config in (model.config, model.config.get_text_config())}
+    if isinstance(model, str):
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        name = (config.architectures or [config.model_type])[0]
+    else:
+        config, name = unwrap_model(model).config, type(unwrap_model(model)).__name__
+    model_types = {config.model_type, config.get_text_config().model_type}
     for model_type in sorted(model_types & set(UNSUPPORTED_MODEL_TYPES)):
         reason = UNSUPPORTED_MODEL_TYPES[model_type]
         raise ValueError(
-            f"{type(model).__name__} ({model_type}) is not supported by rft_trl: {reason}. See docs/models.md for "
-            "the supported families."
+            f"{name} ({model_type}) is not supported by rft_trl: {reason}. See docs/models.md for the supported "
+            "families."
         )
+
+
+def _generates(mapping: Mapping, config: PretrainedConfig) -> bool:
+    """Whether an auto mapping of transformers has a class for `config` that generates."""
+    return type(config) in mapping and issubclass(mapping[type(config)], GenerationMixin)
 
 
 def position_source(model: PreTrainedModel) -> GenerationMixin:
@@ -439,9 +466,16 @@ def position_source(model: PreTrainedModel) -> GenerationMixin:
     if isinstance(model, GenerationMixin):
         return model
     config = model.config
-    mappings = (MODEL_FOR_MULTIMODAL_LM_MAPPING, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, MODEL_FOR_CAUSAL_LM_MAPPING)
+    # Last, the pretraining classes, where transformers files some generating ones (AudioFlamingo3's) and many that
+    # do not generate (BERT's): only a generating class numbers positions.
+    mappings = (
+        MODEL_FOR_MULTIMODAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_PRETRAINING_MAPPING,
+    )
     for mapping in mappings:
-        if type(config) in mapping:
+        if _generates(mapping, config):
             with torch.device("meta"):
                 return mapping[type(config)](config)
     raise ValueError(

@@ -11,7 +11,11 @@ row alone, no position ids passed, full-vocabulary log-softmax):
   path the run uses (the fused head when `fused_log_probs`), so a processor field the model misreads, a wrong
   position or token type, or a fused head that differs from the logits shows;
 - **packed** (with `packing_samples`): the same samples packed into one row, so any layer that carries state across
-  packed samples (linear attention, convolutions, recurrent or chunked layers) shows;
+  packed samples (linear attention, convolutions, recurrent or chunked layers) shows. When it does, the refusal says
+  what the model's own layers answer when told where the samples start, as transformers' packed collator tells them
+  (`DataCollatorWithFlattening`: `cu_seq_lens_q`/`cu_seq_lens_k`/`max_length_q`/`max_length_k`, and `seq_idx`): on
+  transformers 5.25 the torch fallbacks of the linear-attention and convolution kernels refuse them, naming the
+  package (flash-linear-attention, causal-conv1d) whose kernel would keep the samples apart;
 - **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
   the cached encoder outputs equal those with the pixels;
 - **token types** (for a processor that returns per-token type fields): the fields rft_trl gives a prompt and its
@@ -33,6 +37,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from transformers import DataCollatorWithFlattening
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from ..data.collator import PromptCollator
 from ..data.multimodal import is_token_field, synthetic_media
@@ -45,6 +51,15 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-6, torch.bfloat16: 0.1, torc
 # Completion tokens appended to every synthetic prompt.
 COMPLETION_TEXT = "The answer is blue, I think."
 COMPLETION_TOKENS = 5
+# The text-only prompts, of different lengths (so a batch is padded and a packed row holds several samples).
+TEXT_QUESTIONS = ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
+# The sample boundaries of transformers' packed collator, by the `DataCollatorWithFlattening` option that returns
+# them: flash-attention's varlen arguments, and the per-token sample index linear-attention and convolution kernels
+# take.
+SAMPLE_BOUNDARIES = {
+    "cu_seq_lens_q/k and max_length_q/k": {"return_flash_attn_kwargs": True},
+    "seq_idx": {"return_seq_idx": True},
+}
 
 
 class ModelVerificationError(ValueError):
@@ -68,15 +83,12 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     """
     Batches of rows in the dataset format rft_trl reads (chat messages, plural media columns): per media kind the
     processor takes, one row with one such item and two text-only rows (prompts of several lengths, so the batch is
-    padded and a packed row holds several samples); two text-only rows when it takes none. Kinds are not mixed in a
-    batch: some families (GLM-4.xV) take images and videos in separate forwards only.
+    padded and a packed row holds several samples), or, for a processor that needs media in every call (PaliGemma),
+    three rows with the item; two text-only rows when it takes none. Kinds are not mixed in a batch: some families
+    (GLM-4.xV) take images and videos in separate forwards only.
     """
     columns = {f"{kind}s": None for kind in collator.media_kinds}
-    questions = ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
-    text = [
-        {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
-        for question in questions
-    ]
+    text = _text_rows(collator)
     # A processor that needs media in every call (PaliGemma) gets the kind's item in every row instead.
     text_only = not collator.media_kinds or len(collator(text)) == len(text)
     batches = []
@@ -84,12 +96,21 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
         item = synthetic_media(kind, collator.processing_class)
         rows = [
             {**columns, "prompt": [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]}
-            for question in (f"Describe this {kind} in one word.", *([] if text_only else questions))
+            for question in (f"Describe this {kind} in one word.", *([] if text_only else TEXT_QUESTIONS))
         ]
         for row in rows:
             row[f"{kind}s"] = [item]
         batches.append(rows + (text if text_only else []))
     return batches or [text]
+
+
+def _text_rows(collator: PromptCollator) -> list[dict]:
+    """Two text-only rows with prompts of different lengths, with every media column of the collator empty."""
+    columns = {f"{kind}s": None for kind in collator.media_kinds}
+    return [
+        {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
+        for question in TEXT_QUESTIONS
+    ]
 
 
 def _completion(collator: PromptCollator, device: torch.device) -> torch.Tensor:
@@ -173,8 +194,13 @@ def _alone_batch(collator: PromptCollator, row: dict):
 
 
 @torch.no_grad()
-def _alone_log_probs(model, inputs, collator: PromptCollator, row: dict, completion: torch.Tensor) -> torch.Tensor:
-    """The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax."""
+def _alone_log_probs(
+    model, inputs, collator: PromptCollator, row: dict, completion: torch.Tensor, suppressed: list[int]
+) -> torch.Tensor:
+    """
+    The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax of the
+    logits as `generate(suppress_tokens=suppressed)` processes them (the actor's `suppressed_token_ids`).
+    """
     batch = _alone_batch(collator, row)
     device = completion.device
     sequence = torch.cat([batch.input_ids.to(device), completion[None]], dim=1)  # [1, P + A]
@@ -196,7 +222,10 @@ def _alone_log_probs(model, inputs, collator: PromptCollator, row: dict, complet
             f"processor ({type(collator.processing_class).__name__}): the processor's fields do not fit the model. "
             "Pass the processor saved with this model."
         )
-    log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
+    scores = logits[0, :-1].float()  # [P + A - 1, V]
+    if suppressed:
+        scores = SuppressTokensLogitsProcessor(suppressed, device=scores.device)(sequence, scores)
+    log_probs = scores.log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
     return log_probs[-completion.shape[0] :]  # [A]
 
 
@@ -237,8 +266,9 @@ def _token_type_difference(actor, collator: PromptCollator, row: dict, completio
 def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, packing: bool, media_encodings):
     """The largest difference of each check on one batch of `rows`, each row followed by `completion`."""
     device = completion.device
+    suppressed = actor.suppressed_token_ids
     expected = torch.stack(
-        [_alone_log_probs(actor.model, actor.inputs, collator, row, completion) for row in rows]
+        [_alone_log_probs(actor.model, actor.inputs, collator, row, completion, suppressed) for row in rows]
     )  # [N, A]
     batch = collator(rows)
     if len(batch) != len(rows):
@@ -271,6 +301,72 @@ def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, pa
         differences["encoder cache"] = _difference(log_probs, padded)
         media_encodings.clear()
     return differences
+
+
+@dataclass
+class BoundaryAnswer:
+    """
+    What a model did when a packed forward also got `arguments` (the names of one set of [`SAMPLE_BOUNDARIES`]):
+    `outcome` says it in words; `refused` when it raised a `ValueError` (how transformers' torch fallbacks name the
+    kernel that would honour the boundaries), `changed` when it ran and its logits changed.
+    """
+
+    arguments: str
+    outcome: str
+    refused: bool = False
+    changed: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.arguments}: {self.outcome}"
+
+
+@torch.no_grad()
+def told_sample_boundaries(actor, collator: PromptCollator, completion: torch.Tensor) -> list[BoundaryAnswer]:
+    """
+    What the model's own layers do when a packed forward also tells them where the samples start, as transformers'
+    packed collator (`DataCollatorWithFlattening`) tells them, one set of [`SAMPLE_BOUNDARIES`] at a time.
+
+    transformers' torch fallbacks of the linear-attention and convolution kernels (`chunk_gated_delta_rule`,
+    `causal_conv1d_fn`) raise on these arguments, naming the package whose kernel keeps packed samples apart; layers
+    without such a kernel ignore them. On text-only samples: media towers read keywords of the same names with a
+    meaning of their own.
+
+    Args:
+        actor ([`Actor`]): the policy, whose model and positions ([`ModelInputs`]) are used.
+        collator ([`PromptCollator`]): builds the two text-only samples.
+        completion (`torch.LongTensor` of shape `[A]`): appended to each sample.
+
+    Returns:
+        `list[BoundaryAnswer]`: one per set of arguments.
+    """
+    device = completion.device
+    batch = collator(_text_rows(collator))
+    sequences = torch.cat([batch.input_ids.to(device), completion.expand(len(batch), -1)], dim=1)  # [2, P + A]
+    attention_mask = torch.cat(
+        [batch.attention_mask.to(device), torch.ones_like(sequences[:, batch.input_ids.shape[1] :])], dim=1
+    )  # [2, P + A]
+    packed, lengths = pack_sequences(sequences, attention_mask)  # [1, T]
+    token_fields = actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1])
+    tokens = {name: pack_sequences(_to(v, device), attention_mask)[0] for name, v in token_fields.items()}
+    inputs = actor.inputs.forward_inputs(packed, None, lengths, {}, tokens)
+    plain = actor.model(**inputs).logits  # [1, T, V]
+    samples = [{"input_ids": ids.tolist()} for ids in packed[0].split(lengths)]
+    answers = []
+    for arguments, option in SAMPLE_BOUNDARIES.items():
+        collated = DataCollatorWithFlattening(return_position_ids=False, **option)(samples)
+        boundaries = {k: _to(v, device) for k, v in collated.items() if k not in ("input_ids", "labels")}
+        try:
+            logits = actor.model(**inputs, **boundaries).logits  # [1, T, V]
+        except ValueError as error:  # transformers' own words on what would keep the samples apart
+            answers.append(BoundaryAnswer(arguments, f"ValueError: {str(error).rstrip('.')}", refused=True))
+        except Exception as error:  # a forward that takes no such keywords
+            answers.append(BoundaryAnswer(arguments, f"not taken ({type(error).__name__}: {error})"))
+        else:
+            if torch.equal(logits, plain):
+                answers.append(BoundaryAnswer(arguments, "ignored (the logits do not change)"))
+            else:
+                answers.append(BoundaryAnswer(arguments, "taken (the logits change)", changed=True))
+    return answers
 
 
 @torch.no_grad()
@@ -329,6 +425,9 @@ def verify_model(
                 ) from error
             for check, difference in checked.items():
                 differences[check] = max(differences.get(check, 0.0), difference)
+        # Only for the refusal: what the model's layers do with sample boundaries (its leak is measured above).
+        leaks = packing and differences["packed"] > tolerance
+        answers = told_sample_boundaries(actor, own, completion) if leaks else None
     finally:
         collator_logger.setLevel(collator_level)
         model.train(was_training)
@@ -345,18 +444,28 @@ def verify_model(
     )  # fmt: skip
     for result in results:
         if not result.passed:
-            raise ModelVerificationError(_refusal(name, result, str(dtype).removeprefix("torch.")))
+            raise ModelVerificationError(_refusal(name, result, str(dtype).removeprefix("torch."), answers))
     return results
 
 
-def _refusal(name: str, result: CheckResult, dtype: str) -> str:
+def _refusal(name: str, result: CheckResult, dtype: str, answers: list[BoundaryAnswer] | None = None) -> str:
     measured = f"by {result.difference:.3g} nats (tolerance {result.tolerance:g} in {dtype})"
     if result.name == "packed":
+        if any(answer.refused for answer in answers):
+            verdict = (
+                "Exact packing needs what those errors name, on a device its kernels run on, and rft_trl passing "
+                "these boundaries to the model, which it does not yet."
+            )
+        elif any(answer.changed for answer in answers):
+            verdict = "Its layers take them, but rft_trl does not pass them yet."
+        else:
+            verdict = "No layer of this model takes them."
         return (
             f"verify_model: {name} gives packed log-probs that differ from each sample alone {measured}: a layer of "
             "this model carries state across packed samples (linear attention, a convolution, a recurrent or chunked "
-            "layer) that transformers does not reset at sample boundaries, or attends across them (bidirectional "
-            "attention over media tokens, which transformers' packed masks do not keep within a sample). Train it "
+            "layer, attention over media tokens) that transformers does not reset at sample boundaries from the "
+            "restarting positions alone. Told where the samples start as transformers' packed collator tells it "
+            f"(DataCollatorWithFlattening), the model answers: {'; '.join(map(str, answers))}. {verdict} Train it "
             "with packing_samples=False."
         )
     if result.name == "token types":

@@ -4,7 +4,8 @@ from .checkpointing import CheckpointError, last_complete_checkpoint
 from .experience import Experience, ExperienceVL, map_tensors
 from .guards import NonFiniteGuard, NonFiniteTrainingError
 from .kl_controller import AdaptiveKLController, FixedKLController
-from .ppo_trainer_vl import PolicyAndValue, PPOTrainerVL, RolloutSampler
+from .policy_and_value import PolicyAndValue
+from .ppo_trainer_vl import PPOTrainerVL
 from .replay_buffer import NaiveReplayBuffer, NaiveReplayBufferVL
 from .replay_buffer_utils import (
     BufferItem,
@@ -17,4 +18,5 @@ from .replay_buffer_utils import (
     zero_pad_sequences,
 )
 from .rft_config import RFTConfig
+from .sampling import RolloutSampler
 from .sft import build_sft_batch, supervised_warmup

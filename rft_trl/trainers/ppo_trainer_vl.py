@@ -23,24 +23,18 @@ import logging
 import math
 import os
 import tempfile
-import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset, IterableDataset
-from huggingface_hub import ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
-    AutoModelForSequenceClassification,
-    AutoProcessor,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -50,26 +44,22 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import ModelOutput
-from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
-from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
+from ..core import high_entropy_mask
 from ..data.collator import PromptCollator
 from ..data.media import load_image
-from ..data.multimodal import ProcessorLayout, probe_processor
-from ..data.rows import ROW_INDEX, IndexedRows, IndexedStream, ReplacementRows
+from ..data.multimodal import probe_processor
+from ..data.rows import IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
-from ..models.actor_al import ActorAL
-from ..models.actor_vl import ActorVL
-from ..models.critic import Critic
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import cast_lm_head_to_fp32, unwrap_model
+from ..models.utils import cast_lm_head_to_fp32, check_supported
 from ..models.verification import verify_model
-from ..plotting import plot_reward_curve
 from ..rewards import RewardScorer
-from ..rewards.functions import completion_text
 from ..rollout import iter_checkpoint_weights
+from .builders import actor_class, build_actor, build_critic, load_processing_class, load_reward_models
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -84,250 +74,23 @@ from .checkpointing import (
     staged_checkpoint,
     write_trainer_checkpoint,
 )
-from .experience_maker import EmptyBatchError, ExperienceMaker, Rollout
+from .evaluation import evaluate_rollouts
+from .experience_maker import ExperienceMaker, Rollout
 from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
+from .metrics import merge_rollout_metrics
+from .model_card import write_model_card
+from .objective import actor_objective, critic_objective, off_policy_sequence_mask
+from .policy_and_value import PolicyAndValue
 from .progress import ReadablePrinterCallback, ReadableProgressCallback
 from .replay_buffer import NaiveReplayBuffer
 from .rft_config import RFTConfig
+from .sampling import PromptRows, RolloutSampler, RolloutStream, is_stream
 from .sft import build_sft_batch, sft_loss
+from .trainer_hooks import check_trainer_hooks, unwrapped_for_generation
 
 logger = logging.getLogger(__name__)
-
-REWARD_CURVE_NAME = "reward_curve.png"
-
-
-class RolloutSampler(Sampler[int]):
-    """
-    Yields prompt indices so that each rollout's prompts come `repeats` times in a row.
-
-    With `num_processes` ranks, a block holds `num_processes * rollout_batch_size` distinct indices; the DataLoader
-    cuts it into per-rank batches of `rollout_batch_size` and Accelerate hands batch `r` of every block to rank `r`,
-    so each rank sees its own prompts `repeats` times, once per training micro-batch of the rollout.
-
-    Args:
-        num_rows (`int`): dataset size.
-        block_size (`int`): prompts per rollout over all ranks.
-        repeats (`int`): training micro-batches per rollout.
-        shuffle (`bool`): draw prompts in a seeded random order (reshuffled per epoch).
-        seed (`int`): the shuffle seed.
-    """
-
-    def __init__(self, num_rows: int, block_size: int, repeats: int, shuffle: bool = True, seed: int = 0):
-        if num_rows < block_size:
-            raise ValueError(
-                f"The dataset has {num_rows} rows, fewer than one rollout needs ({block_size} prompts over all "
-                f"processes): lower rollout_batch_size or add rows."
-            )
-        self.num_rows, self.block_size, self.repeats = num_rows, block_size, repeats
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
-        else:
-            order = list(range(self.num_rows))
-        for start in range(0, self.num_rows - self.block_size + 1, self.block_size):
-            block = order[start : start + self.block_size]
-            for _ in range(self.repeats):
-                yield from block
-
-    def __len__(self) -> int:
-        return (self.num_rows // self.block_size) * self.block_size * self.repeats
-
-
-class PromptRows:
-    """
-    A batch of raw dataset rows, as the train and eval dataloaders yield them.
-
-    Deliberately not a list: Accelerate moves batches to the device by walking every list and dict inside them,
-    and an audio column holds thousands of Python floats per row. Rows are collated (and media processed) once per
-    rollout by the trainer instead.
-    """
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __contains__(self, key: str) -> bool:
-        # transformers.Trainer looks for "labels" in a batch to count loss tokens; rows have none.
-        return False
-
-
-def is_stream(dataset) -> bool:
-    """Whether `dataset` is iterable-only (a streaming `datasets.IterableDataset` or a torch `IterableDataset`)."""
-    return isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset))
-
-
-class RolloutStream(torch.utils.data.IterableDataset):
-    """
-    A streaming training set cut into rollouts, as [`RolloutSampler`] cuts a map-style one: blocks of `block_size`
-    consecutive rows (a last, incomplete block is dropped), each block yielded `repeats` times. Accelerate gives each
-    process its `block_size / num_processes` rows of every block.
-    """
-
-    def __init__(self, dataset, block_size: int, repeats: int):
-        self.dataset, self.block_size, self.repeats = dataset, block_size, repeats
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):  # reshuffles a shuffled `datasets` stream
-            self.dataset.set_epoch(epoch)
-
-    def __iter__(self):
-        block, blocks = [], 0
-        for row in self.dataset:
-            block.append(row)
-            if len(block) == self.block_size:
-                for _ in range(self.repeats):
-                    yield from block
-                block, blocks = [], blocks + 1
-        if blocks == 0:
-            raise ValueError(
-                f"The streaming dataset ended after {len(block)} rows, fewer than one rollout needs "
-                f"({self.block_size} prompts over all processes): lower rollout_batch_size or add rows."
-            )
-
-
-# Rollout metrics that count things: summed when rollouts (or processes) are merged.
-_COUNT_METRICS = (
-    "data/skipped",
-    "data/repaired",
-    "rollout/reward_failures",
-    "rollout/reward_abstained",
-    "rollout/num_samples",
-    "rollout/tokens",
-)
-
-
-def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, float]:
-    """
-    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`,
-    `*/min`) and maxima (`max_*`, `*_max`, `*/max`) kept, the rest averaged over the rollouts that report them.
-    """
-    merged: dict[str, list[float]] = defaultdict(list)
-    for metrics in per_rollout:
-        for name, value in metrics.items():
-            merged[name].append(value)
-    result = {}
-    for name, values in merged.items():
-        last = name.rsplit("/", 1)[-1]
-        if name.startswith(_COUNT_METRICS):
-            result[name] = sum(values)
-        elif last == "min" or last.startswith("min_") or last.endswith("_min"):
-            result[name] = min(values)
-        elif last == "max" or last.startswith("max_") or last.endswith("_max"):
-            result[name] = max(values)
-        else:
-            result[name] = sum(values) / len(values)
-    return result
-
-
-def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
-    """
-    Evaluation metrics from `(key, reward, valid, completion length, {function: score})` records of all processes,
-    each key (a row index, and the sample number when several completions are sampled per row) counted once.
-    """
-    unique = list({record[0]: record for record in reversed(records)}.values())
-    rewards = torch.tensor([r[1] for r in unique if r[2]], dtype=torch.float64)
-    lengths = torch.tensor([r[3] for r in unique], dtype=torch.float64)
-    metrics = {
-        f"{prefix}_reward": rewards.mean().item() if rewards.numel() else float("nan"),
-        f"{prefix}_reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-        f"{prefix}_completions/mean_length": lengths.mean().item() if lengths.numel() else float("nan"),
-        f"{prefix}_reward_failures": float(sum(not r[2] for r in unique)),
-        f"{prefix}_num_samples": float(len(unique)),
-    }
-    for name in dict.fromkeys(name for record in unique for name in record[4]):
-        # A function's scores where it scored (NaN where it failed or did not apply).
-        scores = torch.tensor([r[4][name] for r in unique if name in r[4]], dtype=torch.float64)
-        scores = scores[scores.isfinite()]
-        if scores.numel():
-            metrics[f"{prefix}_rewards/{name}/mean"] = scores.mean().item()
-            metrics[f"{prefix}_rewards/{name}/std"] = scores.std().item() if scores.numel() > 1 else 0.0
-    return metrics
-
-
-class PolicyAndValue(nn.Module):
-    """
-    The actor and the critic as one module, so one `accelerator.prepare` carries both: `trainer.model` when a critic
-    trains (as TRL's `PPOTrainer` wraps policy and value); without one, `trainer.model` is the policy itself.
-    """
-
-    def __init__(self, actor: Actor, critic: nn.Module | None = None):
-        super().__init__()
-        self.actor = actor
-        self.critic = critic
-        self.config = actor.hf_model.config
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        self.actor.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-        if self.critic is not None:
-            self.critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.actor.gradient_checkpointing_disable()
-        if self.critic is not None:
-            self.critic.gradient_checkpointing_disable()
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        """Whether the actor recomputes activations in backward (TRL's generation context reads it)."""
-        return self.actor.hf_model.is_activation_checkpointing
-
-    def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
-    ) -> None:
-        """What `Trainer` calls for `gradient_checkpointing=True` (transformers 5): checkpoint actor and critic."""
-        if every_n_layers != 1 or offload:
-            raise ValueError(
-                "PPOTrainerVL checkpoints every layer without offloading; drop every_n_layers/offload from "
-                "activation_checkpointing_kwargs."
-            )
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
-
-    def forward(
-        self,
-        sequences: torch.Tensor,
-        num_actions: int | list[int],
-        attention_mask: torch.Tensor | None = None,
-        packed_seq_lens: list[int] | None = None,
-        temperature: float = 1.0,
-        return_entropy: bool = False,
-        with_actor: bool = True,
-        with_values: bool = False,
-        **multimodal_inputs: torch.Tensor,
-    ) -> dict[str, Any]:
-        """
-        One forward of whichever halves the step trains (the DDP/DeepSpeed wrapper must see a single call).
-
-        Returns:
-            `dict`: `log_probs` (and `entropy`, `output`) when `with_actor`, `values` when `with_values`; all
-            `[B, A]` padded or `[1, sum(A)]` packed.
-        """
-        result: dict[str, Any] = {}
-        common = {"attention_mask": attention_mask, "packed_seq_lens": packed_seq_lens, **multimodal_inputs}
-        if with_actor:
-            outputs = self.actor(
-                sequences,
-                num_actions,
-                temperature=temperature,
-                return_entropy=return_entropy,
-                return_output=True,
-                **common,
-            )
-            result["log_probs"], result["output"] = outputs[0], outputs[-1]
-            if return_entropy:
-                result["entropy"] = outputs[1]
-        if with_values:
-            result["values"] = self.critic(sequences, num_actions, **common)
-        return result
 
 
 class _EMACallback(TrainerCallback):
@@ -340,68 +103,6 @@ class _EMACallback(TrainerCallback):
         # A step skipped for a non-finite gradient left the weights as they were: nothing to average.
         if not self.trainer._nonfinite_guard.skip_step:
             self.trainer._update_ema()
-
-
-def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
-    """The seed's face of a policy taking `media_kinds`: `ActorVL` with images or videos, `ActorAL` with audio only."""
-    if "image" in media_kinds or "video" in media_kinds:
-        return ActorVL
-    if "audio" in media_kinds:
-        return ActorAL
-    return Actor
-
-
-# Private `transformers.Trainer` methods PPOTrainerVL overrides or calls, and what relies on each. They are checked
-# when a trainer is built: if a transformers release renames or removes one, training would silently lose that
-# guarantee, so the trainer refuses to start instead.
-TRAINER_HOOKS = {
-    "_prepare_inputs": "rollouts (each micro-batch is generated and scored here)",
-    "_get_train_sampler": "rollout-shaped batches of prompts",
-    "_get_dataloader": "the train and eval dataloaders",
-    "_get_grad_norm": "the non-finite step guard (it decides there, before optimizer.step)",
-    "_save": "saving the actor in Hugging Face format",
-    "_save_checkpoint": "crash-safe checkpoints",
-    "_save_optimizer_and_scheduler": "crash-safe checkpoints (the optimizer state)",
-    "_save_scaler": "crash-safe checkpoints (the grad scaler)",
-    "_save_rng_state": "crash-safe checkpoints and exact resume (the RNG states)",
-    "_load_from_checkpoint": "exact resume (the actor, adapter and critic weights)",
-    "_load_best_model": "load_best_model_at_end",
-    "_get_output_dir": "crash-safe checkpoints (the run directory)",
-}
-
-
-def check_trainer_hooks(trainer_class: type = Trainer) -> None:
-    """
-    Raise when a private `Trainer` method rft_trl relies on ([`TRAINER_HOOKS`]) is missing from `trainer_class`.
-
-    Raises:
-        `RuntimeError`: naming the method, what depends on it and the installed transformers version.
-    """
-    import transformers
-
-    missing = [name for name in TRAINER_HOOKS if not callable(getattr(trainer_class, name, None))]
-    if missing:
-        uses = "; ".join(f"{name} ({TRAINER_HOOKS[name]})" for name in missing)
-        raise RuntimeError(
-            f"transformers {transformers.__version__}'s Trainer lacks methods PPOTrainerVL builds on: {uses}. "
-            "Install the transformers version rft_trl pins (see pyproject.toml)."
-        )
-
-
-# transformers 5.23 renamed gradient checkpointing to activation checkpointing; TRL 1.16's generation context still
-# calls the old names (`is_gradient_checkpointing`, `gradient_checkpointing_disable/enable`), which warn on every call.
-_TRL_CHECKPOINTING_DEPRECATION = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
-
-
-@contextmanager
-def unwrapped_for_generation(model: nn.Module, accelerator, gather_deepspeed3_params: bool):
-    """TRL's `unwrap_model_for_generation`, without the deprecation warnings of TRL's own calls into transformers."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TRL_CHECKPOINTING_DEPRECATION, category=FutureWarning)
-        with unwrap_model_for_generation(
-            model, accelerator, gather_deepspeed3_params=gather_deepspeed3_params
-        ) as unwrapped:
-            yield unwrapped
 
 
 class PPOTrainerVL(Trainer):
@@ -471,11 +172,13 @@ class PPOTrainerVL(Trainer):
     ):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
+        # A family rft_trl refuses is named before its processor is loaded or probed (Voxtral's fails the probe first).
+        check_supported(model.hf_model if isinstance(model, Actor) else model, args.trust_remote_code)
         if processing_class is None:
-            processing_class = self._load_processing_class(model, args)
+            processing_class = load_processing_class(model, args)
         # What the processor takes and returns, decided once: the collator, the actor and the logs use it.
         layout = probe_processor(processing_class)
-        actor = self._build_actor(model, layout, args, peft_config)
+        actor = build_actor(model, layout, args, peft_config)
         actor.inputs.check_processor(layout, type(processing_class).__name__)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
@@ -488,7 +191,7 @@ class PPOTrainerVL(Trainer):
                 "the whole packed row, which is usually slower than padding on %s.",
                 actor.hf_model.config._attn_implementation,
             )
-        critic = self._build_critic(critic, actor, args)
+        critic = build_critic(critic, actor, args)
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         funcs = [f for f in funcs if f is not None]
         if reward_model is not None:
@@ -500,9 +203,7 @@ class PPOTrainerVL(Trainer):
                 "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), or the "
                 "seed's reward_model / remote_rm_url."
             )
-        self.reward_funcs, self.reward_processing_classes = self._load_reward_models(
-            funcs, reward_processing_classes, args
-        )
+        self.reward_funcs, self.reward_processing_classes = load_reward_models(funcs, reward_processing_classes, args)
         self.reward_scorer = RewardScorer(
             [
                 SequenceClassificationReward(func, tokenizer, args.chat_template_kwargs)
@@ -665,101 +366,6 @@ class PPOTrainerVL(Trainer):
             )
             args.dataloader_num_workers = 0
 
-    @staticmethod
-    def _load_processing_class(model, args: RFTConfig):
-        """The processor (or tokenizer) saved with the model: from its path, or from the path a model object was
-        loaded from (as TRL does)."""
-        if isinstance(model, str):
-            source = model
-        else:
-            hf_model = model.hf_model if isinstance(model, Actor) else unwrap_model(model)
-            source = hf_model.config._name_or_path
-            if not source:
-                raise ValueError(
-                    f"{type(hf_model).__name__} was not loaded from a path, so its processor cannot be found: pass "
-                    "processing_class (the model's processor or tokenizer)."
-                )
-        return AutoProcessor.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-
-    @staticmethod
-    def _load_reward_models(
-        funcs: list, reward_processing_classes: Any, args: RFTConfig
-    ) -> tuple[list, list[PreTrainedTokenizerBase | None]]:
-        """
-        TRL's reward models: an entry that is a model id or local path (not an http(s) URL) is loaded with
-        `AutoModelForSequenceClassification.from_pretrained(..., num_labels=1, **model_init_kwargs)`; each model gets
-        its tokenizer from `reward_processing_classes` (one per reward function, or a single one for a single
-        function) or from the model's own path.
-
-        Returns:
-            `tuple`: the reward functions with the models loaded, and one tokenizer per function (`None` for those
-            that are not models).
-        """
-        funcs = list(funcs)
-        for index, func in enumerate(funcs):
-            if isinstance(func, str) and not func.startswith(("http://", "https://")):
-                init_kwargs = dict(args.model_init_kwargs or {})
-                init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-                funcs[index] = AutoModelForSequenceClassification.from_pretrained(func, num_labels=1, **init_kwargs)
-        if reward_processing_classes is None:
-            tokenizers = [None] * len(funcs)
-        elif isinstance(reward_processing_classes, (list, tuple)):
-            tokenizers = list(reward_processing_classes)
-        else:
-            tokenizers = [reward_processing_classes]
-        if len(tokenizers) != len(funcs):
-            raise ValueError(
-                f"The number of reward processing classes ({len(tokenizers)}) must match the number of reward "
-                f"functions ({len(funcs)}): one per function (None for the functions that are not models)."
-            )
-        for index, (func, tokenizer) in enumerate(zip(funcs, tokenizers)):
-            if isinstance(func, PreTrainedModel):
-                if tokenizer is None:
-                    source = func.config._name_or_path
-                    if not source:
-                        raise ValueError(
-                            f"reward model {index} ({type(func).__name__}) was not loaded from a path, so its "
-                            "tokenizer cannot be found: pass it in reward_processing_classes."
-                        )
-                    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=args.trust_remote_code)
-                tokenizers[index] = tokenizer
-            elif tokenizer is not None:
-                raise ValueError(
-                    f"reward_processing_classes[{index}] is given, but reward function {index} is not a "
-                    "sequence-classification model, which alone uses one: pass None at that position."
-                )
-        return funcs, tokenizers
-
-    @staticmethod
-    def _build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) -> Actor:
-        if isinstance(model, Actor):
-            if args.model_init_kwargs:
-                raise ValueError("model_init_kwargs apply when the model is given as a path; this actor is built.")
-            # A built actor keeps its own log-prob settings; fused_log_probs=False turns the fused path off.
-            model.fused_log_probs = model.fused_log_probs and args.fused_log_probs
-            # Never sample the tokens media bring into a prompt, whatever the actor was built with.
-            model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
-            actor = model
-        else:
-            actor = actor_class(layout.media_kinds)(
-                model,
-                bf16=args.bf16,
-                peft_config=peft_config,
-                packing_samples=args.packing_samples,
-                freeze_encoder=args.freeze_encoder,
-                media_token_ids=list(layout.media_token_ids),
-                trust_remote_code=args.trust_remote_code,
-                model_init_kwargs=args.model_init_kwargs,
-                **args.log_prob_kwargs(),
-            )
-        if args.disable_dropout:
-            disable_dropout_in_model(actor)
-        if args.cast_lm_head_to_fp32:
-            if is_deepspeed_zero3_enabled():
-                raise ValueError("cast_lm_head_to_fp32=True is not supported under ZeRO-3 (a partitioned LM head).")
-            cast_lm_head_to_fp32(actor.hf_model)
-        return actor
-
     def _build_rollout_engine(self, actor: Actor, processing_class):
         """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server)."""
         from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
@@ -812,6 +418,7 @@ class PPOTrainerVL(Trainer):
             "model_impl": args.vllm_model_impl,
             "enable_sleep_mode": args.vllm_enable_sleep_mode,
             "enforce_eager": args.vllm_enforce_eager,
+            "trust_remote_code": args.model_kwargs()["trust_remote_code"],
         }
         path = self._engine_model_path(actor, processing_class)
         engine = VLLMColocateEngine(path, llm_kwargs, num_processes=num_processes, tp_group=tp_group, **common)
@@ -863,25 +470,6 @@ class PPOTrainerVL(Trainer):
         if engine.sync_weights(model, self.state.global_step):
             self.accelerator.wait_for_everyone()
 
-    @staticmethod
-    def _build_critic(critic, actor: Actor, args: RFTConfig) -> nn.Module | None:
-        if critic is not None and args.advantage_estimator != "gae":
-            raise ValueError(
-                f"A critic is only used by advantage_estimator='gae' (got {args.advantage_estimator!r}); drop the "
-                f"critic or set advantage_estimator='gae'."
-            )
-        if isinstance(critic, nn.Module):
-            return critic
-        if critic is None and args.advantage_estimator != "gae":
-            return None
-        # GAE needs values: a critic initialised from the given path, or else from the actor's weights.
-        return Critic(
-            critic if isinstance(critic, str) else actor,
-            bf16=args.bf16,
-            packing_samples=args.packing_samples,
-            freeze_encoder=args.freeze_encoder,
-        )
-
     def _build_reference(self, initial_model: nn.Module | None, model_path: str | None) -> Callable | None:
         if self.args.init_kl_coef == 0 and initial_model is None:
             return None
@@ -891,6 +479,7 @@ class PPOTrainerVL(Trainer):
                 if isinstance(initial_model, Actor)
                 else actor_class(self.media_kinds)(
                     initial_model,
+                    **self.args.model_kwargs(from_path=False),
                     **self.args.log_prob_kwargs(),
                 )
             )
@@ -910,13 +499,15 @@ class PPOTrainerVL(Trainer):
                 )
             reference = actor_class(self.media_kinds)(
                 model_path,
-                bf16=self.args.bf16,
+                **self.args.model_kwargs(),
                 **self.args.log_prob_kwargs(),
             )
         else:
             reference = copy.deepcopy(self.actor)
         if self.args.cast_lm_head_to_fp32:
             cast_lm_head_to_fp32(reference.hf_model)  # a no-op on a copy of the (cast) policy
+        # The KL compares the two policies over the tokens the rollout can sample.
+        reference.suppressed_token_ids = list(self.actor.suppressed_token_ids)
         reference.requires_grad_(False)
         reference.eval()
         if self.args.disable_dropout:
@@ -1282,77 +873,32 @@ class PPOTrainerVL(Trainer):
         return fields
 
     def training_step_actor(self, batch: dict, mask: torch.Tensor, out: dict) -> torch.Tensor:
-        """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx)."""
+        """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx) - entropy bonus."""
         args = self.args
-        log_probs = batch["new_log_probs"]
-        old_log_probs = batch["action_log_probs"] if batch["action_log_probs"] is not None else log_probs.detach()
-        advantages = batch["advantages"]
-        if args.advantage_clip is not None:
-            advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
         entropy_mask = None
-        tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
         if args.high_entropy_token_ratio is not None and args.high_entropy_token_ratio < 1.0:
             entropy_mask = self.get_high_entropy_mask(batch["new_entropy"], mask, 1 - args.high_entropy_token_ratio)
-        sequence_weight = None
-        if args.off_policy_mask_threshold is not None:
-            sequence_weight = self.get_off_policy_mask(
-                advantages, log_probs, old_log_probs, mask, args.off_policy_mask_threshold
-            )
-        loss, metrics = policy_loss(
-            log_probs,
-            old_log_probs,
-            advantages,
+        controller = self.entropy_controller
+        objective = actor_objective(
+            batch,
             mask,
-            eps_clip_low=args.eps_clip,
-            eps_clip_high=args.eps_clip_high,
-            dual_clip=args.dual_clip,
-            importance_sampling_level=args.importance_sampling_level,
-            use_cpg_loss=args.use_cpg_loss,
+            args,
+            kl_coef=self.kl_ctl.value,
+            entropy_coef=controller.applied() if controller.enabled else None,
             entropy_mask=entropy_mask,
-            loss_agg_mode=args.loss_agg_mode,
-            norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
-            ratio_cap=args.delta,
-            sequence_weight=sequence_weight,
-            token_weight=batch.get("importance_weights"),
-            surrogate=args.policy_surrogate,
-            sapo_temperatures=(args.sapo_temperature_pos, args.sapo_temperature_neg),
-            vespo_gamma=(args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg),
+            ptx_loss=sft_loss(self.actor, self._next_ptx_batch()) if args.ptx_coef > 0 else None,
+            aux_loss=self._router_aux_loss(out["output"]) if self._aux_loss_coef else None,
+            aux_loss_coef=self._aux_loss_coef,
+            off_policy_mask=self.get_off_policy_mask,
         )
-        for name, value in metrics.items():
-            # TRL's clip ratios keep their names; ours go under train/.
-            self._record(name if name.startswith("clip_ratio/") else f"train/{name}", value, tokens)
-        self._record("train/policy_loss", loss, tokens)
-        if batch["base_action_log_probs"] is not None:
-            kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
-            self._record("kl", masked_mean(kl, mask), tokens)
-            if args.use_kl_loss:
-                if args.use_bias_correction_kl:
-                    # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio
-                    # makes its gradient the unbiased gradient of the current policy's KL (TRL's default).
-                    kl = kl * torch.where(mask, log_probs - old_log_probs, 0).exp()
-                loss = loss + self.kl_ctl.value * masked_mean(kl, mask)
-        if args.ptx_coef > 0:
-            ptx = sft_loss(self.actor, self._next_ptx_batch())
-            self._record("train/ptx_loss", ptx)
-            loss = loss + args.ptx_coef * ptx
-        if self._aux_loss_coef:
-            aux_loss = self._router_aux_loss(out["output"])
-            if aux_loss is not None:
-                loss = loss + self._aux_loss_coef * aux_loss
-        # TRL's `policy_loss`: the actor's loss before the entropy bonus (KL included); ours is train/policy_loss.
-        self._record("policy_loss", loss, tokens)
-        if "new_entropy" in batch:
-            entropy = batch["new_entropy"]
-            self._record("entropy", masked_mean(entropy, mask), tokens)
-            if self.entropy_controller.enabled:
-                # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
-                acting = mask if entropy_mask is None else mask & entropy_mask
-                loss = loss - self.entropy_controller.applied() * masked_mean(entropy, acting)
-                if self.model.training:  # not during evaluation's loss
-                    self.entropy_controller.observe(torch.where(acting, entropy, 0.0).sum(), acting.sum())
-                    if self.accelerator.sync_gradients:
-                        self.entropy_controller.step(lambda t: self.accelerator.reduce(t, reduction="sum"))
-        return loss
+        for name, (value, weight) in objective.metrics.items():
+            self._record(name, value, weight)
+        acting = objective.acting_mask
+        if acting is not None and self.model.training:  # not during evaluation's loss
+            controller.observe(torch.where(acting, batch["new_entropy"], 0.0).sum(), acting.sum())
+            if self.accelerator.sync_gradients:
+                controller.step(lambda t: self.accelerator.reduce(t, reduction="sum"))
+        return objective.loss
 
     @property
     def entropy_coef(self) -> float:
@@ -1372,19 +918,13 @@ class PPOTrainerVL(Trainer):
         Returns:
             `torch.BoolTensor` of shape `[B, A]`, inside `mask`; all `False` when no process has a valid token.
         """
-        mask = mask.bool()
-        local = entropies.detach()[mask].float()
+        local = entropies.detach()[mask.bool()].float()
         # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
         padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=float("-inf"))
         gathered = self.accelerator.gather(padded)
-        gathered = gathered[torch.isfinite(gathered)]
-        if gathered.numel() == 0:
-            return torch.zeros_like(mask)
-        cutoff = torch.quantile(gathered, threshold)
-        return (entropies.detach() >= cutoff) & mask
+        return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
 
     @staticmethod
-    @torch.no_grad()
     def get_off_policy_mask(
         advantages: torch.Tensor,
         per_token_logps: torch.Tensor,
@@ -1392,31 +932,10 @@ class PPOTrainerVL(Trainer):
         mask: torch.Tensor,
         off_policy_threshold: float,
     ) -> torch.Tensor:
-        """
-        TRL's off-policy sequence mask (DeepSeek-V3.2): a sequence with a negative advantage is dropped when the
-        mean over its tokens of ``log pi_sampling - log pi_current`` exceeds `off_policy_threshold`.
-
-        Args:
-            advantages (`torch.Tensor` of shape `[B, 1]` or `[B, A]`): advantages; per token, a sequence's sign is
-                that of its mean over the valid tokens.
-            per_token_logps (`torch.Tensor` of shape `[B, A]`): the current policy's log-probs.
-            sampling_per_token_logps (`torch.Tensor` of shape `[B, A]`): the log-probs the tokens were sampled with;
-                NaN (unscorable) tokens count as no divergence.
-            mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
-            off_policy_threshold (`float`): the largest mean divergence a negative-advantage sequence may have.
-
-        Returns:
-            `torch.Tensor` of shape `[B, 1]`, `mask`'s dtype: 1 to keep the sequence, 0 to drop it.
-        """
-        weight = mask.to(per_token_logps.dtype)
-        divergence = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0) * weight
-        mean_divergence = divergence.sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
-        if advantages.shape[-1] == 1:
-            sequence_advantage = advantages
-        else:
-            sequence_advantage = (advantages * weight).sum(-1, keepdim=True)  # [B, 1], the sign of the mean
-        keep = (sequence_advantage >= 0) | (mean_divergence <= off_policy_threshold)
-        return keep.to(mask.dtype)
+        """TRL's static method of this name: [`rft_trl.trainers.objective.off_policy_sequence_mask`]."""
+        return off_policy_sequence_mask(
+            advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
+        )
 
     def _next_ptx_batch(self) -> dict[str, Any]:
         """The next `micro_train_batch_size` rows of `ptx_dataset`, cycling through a seeded order."""
@@ -1430,14 +949,10 @@ class PPOTrainerVL(Trainer):
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
-        tokens = mask.sum()
-        loss, metrics = value_loss(
-            batch["new_values"], batch["values"], batch["returns"], mask, value_clip=self.args.value_clip
-        )
-        for name, value in metrics.items():
-            self._record(f"train/{name}", value, tokens)
-        self._record("train/critic_loss", loss, tokens)
-        return loss
+        objective = critic_objective(batch, mask, self.args.value_clip)
+        for name, (value, weight) in objective.metrics.items():
+            self._record(name, value, weight)
+        return objective.loss
 
     def _update_ema(self) -> None:
         beta = self.args.ema_beta
@@ -1576,59 +1091,10 @@ class PPOTrainerVL(Trainer):
             for name, subset in dataset.items():
                 metrics.update(self.evaluate(subset, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
-        dataloader = self.get_eval_dataloader(dataset)
-        was_training = self.model.training
-        self.model.eval()
-        # One greedy completion per prompt by default; TRL's num_generations_eval samples that many instead.
-        samples_per_prompt = self.args.num_generations_eval or 1
-        sampling = self.args.sampling_kwargs()
-        if self.args.num_generations_eval is None:
-            sampling = {**sampling, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        records, losses, shown = [], [], []
-        # The loss needs a baseline: RLOO's leave-one-out has none for a single sample per prompt.
-        with_loss = not (self.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
-        self.experience_maker.trainer_state = self.state
-        self._sync_rollout_engine()
-        for batch in dataloader:
-            indices = [row[ROW_INDEX] for row in batch.rows]  # the collator names skipped rows by it too
-            with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
-                try:
-                    samples, completions, prompts, out = self.experience_maker.generate_and_score(
-                        batch.rows, samples_per_prompt, sampling
-                    )
-                except EmptyBatchError as error:
-                    # The eval set is what it is (no replacement rows): the batch's rows are counted as skipped
-                    # (eval_data/skipped/*) and the evaluation goes on with the next batch.
-                    logger.warning("Evaluation: %s The batch is left out.", error)
-                    continue
-                if with_loss:
-                    rollout = self.experience_maker.experience_from(
-                        samples, completions, prompts, out, samples_per_prompt
-                    )
-            if with_loss:
-                losses.extend(self._loss_without_update(rollout))
-            lengths = samples["action_mask"].sum(-1).tolist()
-            for i, length in enumerate(lengths):
-                row = samples["kept_rows"][i // samples_per_prompt]
-                key = (indices[row], i % samples_per_prompt)
-                components = {name: float(scores[i]) for name, scores in out.components.items()}
-                records.append((key, float(out.rewards[i]), bool(out.valid[i]), length, components))
-                if self.args.log_completions:
-                    shown.append((key, prompts[i], completion_text(completions[i]), float(out.rewards[i]), components))
-        data_counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
-        if was_training:
-            self.model.train()
-        metrics = eval_metrics(gather_object(records), metric_key_prefix)
-        losses = gather_object(losses)
-        if losses:
-            metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
-        for counts in gather_object([data_counts]):  # rows skipped or repaired, summed over the processes
-            for name, count in counts.items():
-                key = f"{metric_key_prefix}_{name}"
-                metrics[key] = metrics.get(key, 0.0) + float(count)
+        metrics, shown = evaluate_rollouts(self, dataset, metric_key_prefix)
         self.log(metrics)
         if self.args.log_completions:
-            self._log_eval_completions(gather_object(shown), metric_key_prefix)
+            self._log_eval_completions(shown, metric_key_prefix)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
@@ -1664,22 +1130,6 @@ class PPOTrainerVL(Trainer):
             return super().get_eval_dataloader(IndexedStream(dataset))
         finally:
             self.args.dataloader_num_workers = workers
-
-    @torch.no_grad()
-    def _loss_without_update(self, rollout: Rollout) -> list[float]:
-        """The training loss of each micro-batch of `rollout`, without a gradient or an update (TRL's `eval_loss`)."""
-        # The training buffer's collation (micro-batch size, packing, padding); its items are left alone.
-        collate, size = self.replay_buffer.collate_fn, self.replay_buffer.sample_batch_size
-        # The loss records training metrics as it goes: keep them out of the training logs.
-        training_metrics, self._metrics = self._metrics, defaultdict(list)
-        try:
-            losses = []
-            for start in range(0, len(rollout.items), size):
-                batch = collate(rollout.items[start : start + size]).to_device(self.accelerator.device)
-                losses.append(self.compute_loss(self.model_wrapped, batch).item())
-        finally:
-            self._metrics = training_metrics
-        return losses
 
     # ------------------------------------------------------------------------------------------------ saving
 
@@ -1932,74 +1382,5 @@ class PPOTrainerVL(Trainer):
             license (`str`, *optional*):
                 Card metadata (TRL's `push_to_hub(dataset_name=...)` passes the first); `tags` join `rft_trl`'s own.
         """
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        plot_reward_curve(self.state.log_history, os.path.join(output_dir, REWARD_CURVE_NAME))
-        finetuned_from = finetuned_from or self.actor.hf_model.name_or_path or None
-        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        card_data = ModelCardData(
-            library_name="peft" if self._peft else "transformers",
-            base_model=finetuned_from,
-            datasets=[dataset_name] if dataset_name else None,
-            language=language,
-            license=license,
-            tags=list(
-                dict.fromkeys([*self._tag_names, self.args.advantage_estimator, *self.media_kinds, *extra_tags])
-            ),
-        )
-        ModelCard(f"---\n{card_data.to_yaml()}\n---\n{self._model_card_body(model_name, finetuned_from)}").save(
-            os.path.join(output_dir, "README.md")
-        )
-
-    def _model_card_body(self, model_name: str | None, finetuned_from: str | None) -> str:
-        """The card's Markdown below the metadata."""
-
-        def last(key: str) -> str:
-            values = [entry[key] for entry in self.state.log_history if key in entry]
-            return f"{values[-1]:.4f}" if values else "not measured"
-
-        args = self.args
-        title = model_name or os.path.basename(os.path.abspath(args.output_dir))
-        origin = f"[{finetuned_from}](https://huggingface.co/{finetuned_from})" if finetuned_from else "a model"
-        inputs = " + ".join(["text", *self.media_kinds])
-        if self._peft:
-            loading = (
-                "from peft import PeftModel\n\n"
-                f'model = PeftModel.from_pretrained(base_model, "{self.hub_model_id or title}")  # base_model: '
-                "the model this adapter was trained on"
-            )
-        else:
-            loading = (
-                "from transformers import AutoModelForMultimodalLM\n\n"
-                f'model = AutoModelForMultimodalLM.from_pretrained("{self.hub_model_id or title}")'
-                if self.media_kinds
-                else "from transformers import AutoModelForCausalLM\n\n"
-                f'model = AutoModelForCausalLM.from_pretrained("{self.hub_model_id or title}")'
-            )
-        settings = {
-            "advantage_estimator": args.advantage_estimator,
-            "n_samples_per_prompt": args.n_samples_per_prompt,
-            "rollout_batch_size": args.rollout_batch_size,
-            "max_epochs": args.max_epochs,
-            "learning_rate": args.learning_rate,
-            "init_kl_coef": args.init_kl_coef,
-            "eps_clip": args.eps_clip,
-            "loss_agg_mode": args.loss_agg_mode,
-            "generate_max_len": args.generate_max_len,
-            "optimizer steps": self.state.global_step,
-        }
-        rows = "\n".join(f"| `{name}` | {value} |" for name, value in settings.items())
-        return (
-            f"# {title}\n\n"
-            f"{'A LoRA adapter for' if self._peft else 'A fine-tune of'} {origin} ({inputs} input), trained "
-            f"with reinforcement learning by `rft_trl`'s `PPOTrainerVL`.\n\n"
-            f"## Results\n\n"
-            f"| metric | value |\n| --- | --- |\n"
-            f"| final rollout reward (`reward`) | {last('reward')} |\n"
-            f"| final eval reward (`eval_reward`, greedy) | {last('eval_reward')} |\n\n"
-            f"![Mean reward per optimizer step]({REWARD_CURVE_NAME})\n\n"
-            f"## Training settings\n\n| setting | value |\n| --- | --- |\n{rows}\n\n"
-            f"## Loading\n\n```python\n{loading}\n```\n"
-        )
+        if self.is_world_process_zero():
+            write_model_card(self, model_name, dataset_name, tags, finetuned_from, language, license)

@@ -275,6 +275,9 @@ class RFTConfig(TrainingArguments):
             Further keyword arguments for `generate`; they override the settings above.
         suppress_media_tokens (`bool`, *optional*, defaults to `True`):
             Forbid media placeholder tokens in completions: a completion that contains one breaks the next forward.
+            The actions' log-probs (rollout, reference, update) are then those of the softmax without these tokens
+            (and without `generation_kwargs["suppress_tokens"]`), the distribution the completions were sampled
+            from, so that the vLLM importance ratio stays 1 on an unchanged policy.
 
         > Algorithm
 
@@ -1020,6 +1023,23 @@ class RFTConfig(TrainingArguments):
     def policy_surrogate(self) -> str:
         """The per-token policy objective `loss_type` selects: `"clip"` (PPO's), `"cispo"`, `"sapo"` or `"vespo"`."""
         return TRL_LOSS_SURROGATES.get(self.loss_type, "clip")
+
+    def model_kwargs(self, from_path: bool = True) -> dict:
+        """
+        How every model the trainer builds is loaded: the policy, the critic, a reloaded reference and the reward
+        models ([`Actor`] / [`Critic`] keyword arguments; the vLLM engine takes the policy's dtype and this
+        `trust_remote_code`). The same dtype, attention implementation (`model_init_kwargs`) and remote-code
+        permission for all of them.
+
+        Args:
+            from_path (`bool`, *optional*, defaults to `True`):
+                Whether the model is loaded from a path. A model derived from one already built (the critic from the
+                policy) keeps what that one was loaded with, so `model_init_kwargs` is left out.
+        """
+        kwargs = {"bf16": self.bf16, "trust_remote_code": self.trust_remote_code}
+        if from_path:
+            kwargs["model_init_kwargs"] = self.model_init_kwargs
+        return kwargs
 
     def log_prob_kwargs(self) -> dict:
         """How every actor of the run (policy and reference) computes log-probs: [`Actor`]'s keyword arguments."""

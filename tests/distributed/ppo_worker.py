@@ -35,7 +35,7 @@ from transformers import HfArgumentParser, TrainerCallback
 from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.rewards.functions import completion_text
 from rft_trl.testing import build_tiny_qwen2_vl, make_colour_dataset
-from rft_trl.trainers.ppo_trainer_vl import RolloutSampler
+from rft_trl.trainers.sampling import RolloutSampler
 
 FAULTS = ("none", "reward_error", "corrupt_image", "nan_loss")
 INJECTED_MESSAGE = "injected reward failure on rank"

@@ -25,9 +25,10 @@ from .glm46v import build_tiny_glm46v, build_tiny_glm46v_moe
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
 from .kimi_k25 import build_tiny_kimi_k25
-from .lfm2 import build_tiny_lfm2_vl
+from .lfm2 import build_tiny_lfm2, build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
+from .minicpmv import build_tiny_minicpmv4_6
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
 from .paligemma import build_tiny_paligemma
 from .phi4 import build_tiny_phi4_multimodal
@@ -40,7 +41,8 @@ from .qwen import (
     build_tiny_qwen3_vl_moe,
     build_tiny_reward_model,
 )
-from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe
+from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe, build_tiny_qwen3_5_text
+from .speech import build_tiny_audioflamingo3, build_tiny_qwen3_asr
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
     "qwen2_vl": partial(build_tiny_qwen2_vl, version="2"),
@@ -52,6 +54,8 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "qwen2_5_omni": build_tiny_qwen2_5_omni,
     "qwen3_omni_moe": build_tiny_qwen3_omni_moe,
     "qwen2_audio": build_tiny_qwen2_audio,
+    "qwen3_asr": build_tiny_qwen3_asr,
+    "audioflamingo3": build_tiny_audioflamingo3,
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
@@ -71,8 +75,11 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "kimi_k25": build_tiny_kimi_k25,
     "ernie4_5_vl_moe": build_tiny_ernie4_5_vl_moe,
     "paligemma": build_tiny_paligemma,
+    "minicpmv4_6": build_tiny_minicpmv4_6,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,
     "qwen3": build_tiny_qwen3,
+    "qwen3_5_text": build_tiny_qwen3_5_text,
+    "lfm2": build_tiny_lfm2,
     "qwen2_reward": build_tiny_reward_model,
 }

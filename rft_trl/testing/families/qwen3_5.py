@@ -1,16 +1,25 @@
-"""Tiny Qwen3.5 (`qwen3_5`) and Qwen3.5-MoE (`qwen3_5_moe`) with Qwen3-VL's processor (transformers pairs them so).
+"""Tiny Qwen3.5 (`qwen3_5`) and Qwen3.5-MoE (`qwen3_5_moe`) with Qwen3-VL's processor (transformers pairs them so), and
+Qwen3.5's text model alone (`qwen3_5_text`, a causal LM with the tiny tokenizer).
 
 Their text models are hybrids: a Gated DeltaNet linear-attention layer (a causal convolution and a recurrent state)
 then a full-attention layer with partial, interleaved M-RoPE. Padded batches are exact; the linear-attention layer
-carries its state across packed samples, so `verify_model` refuses packing with the measured difference.
+carries its state across packed samples, so `verify_model` refuses packing with the measured difference. transformers
+keeps packed samples apart in that layer only when told the boundaries (`cu_seq_lens_q`, `seq_idx`), through the
+flash-linear-attention and causal-conv1d kernels; its torch fallbacks (CPU) refuse them.
 """
 
 from __future__ import annotations
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
-from transformers.models.qwen3_5 import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+from transformers.models.qwen3_5 import (
+    Qwen3_5Config,
+    Qwen3_5ForCausalLM,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5TextConfig,
+)
 from transformers.models.qwen3_5_moe import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
 
+from ..tokenizer import build_tiny_tokenizer
 from .common import (
     HEAD_DIM,
     HIDDEN_SIZE,
@@ -40,13 +49,33 @@ ROPE_PARAMETERS = {
 }
 
 
+def _text_config(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return {**text_kwargs(tokenizer), "head_dim": HEAD_DIM, "rope_parameters": ROPE_PARAMETERS, **LINEAR_ATTENTION}
+
+
 def _config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
     tokenizer, processor, config_args = qwen3_vl_config_args(seed)
-    text_config = {**text_kwargs(tokenizer), "head_dim": HEAD_DIM, "rope_parameters": ROPE_PARAMETERS}
     # Qwen3-VL's vision tower without DeepStack: learned 4x4 position embeddings resampled to each image's grid.
     vision_config = patch_vision_config(QWEN3_PATCH_SIZE, num_position_embeddings=16)
-    config_args.update(text_config={**text_config, **LINEAR_ATTENTION}, vision_config=vision_config)
+    config_args.update(text_config=_text_config(tokenizer), vision_config=vision_config)
     return tokenizer, processor, config_args
+
+
+def build_tiny_qwen3_5_text(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """
+    Build a tiny text-only Qwen3.5 causal LM ([`build_tiny_qwen3_5`]'s text model: one linear-attention layer, one
+    full-attention layer) and its tokenizer, the default Qwen one.
+
+    Args:
+        seed (`int`, *optional*, defaults to `0`):
+            Seeds the tokenizer corpus and the weight initialisation.
+
+    Returns:
+        `tuple[PreTrainedModel, PreTrainedTokenizerFast]`: the model in eval mode and its tokenizer.
+    """
+    tokenizer = build_tiny_tokenizer(seed=seed)
+    config = Qwen3_5TextConfig(**_text_config(tokenizer))
+    return init_model(Qwen3_5ForCausalLM, config, seed, tokenizer), tokenizer
 
 
 def build_tiny_qwen3_5(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:

@@ -1,0 +1,67 @@
+"""Merging rollout metrics over rollouts and processes, and the evaluation metrics of `PPOTrainerVL.evaluate`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+__all__ = ["eval_metrics", "merge_rollout_metrics"]
+
+# Rollout metrics that count things: summed when rollouts (or processes) are merged.
+_COUNT_METRICS = (
+    "data/skipped",
+    "data/repaired",
+    "rollout/reward_failures",
+    "rollout/reward_abstained",
+    "rollout/num_samples",
+    "rollout/tokens",
+)
+
+
+def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, float]:
+    """
+    Merge the metrics of several rollouts (or of one rollout's processes): counts summed, minima (`min_*`, `*_min`,
+    `*/min`) and maxima (`max_*`, `*_max`, `*/max`) kept, the rest averaged over the rollouts that report them.
+    """
+    merged: dict[str, list[float]] = defaultdict(list)
+    for metrics in per_rollout:
+        for name, value in metrics.items():
+            merged[name].append(value)
+    result = {}
+    for name, values in merged.items():
+        last = name.rsplit("/", 1)[-1]
+        if name.startswith(_COUNT_METRICS):
+            result[name] = sum(values)
+        elif last == "min" or last.startswith("min_") or last.endswith("_min"):
+            result[name] = min(values)
+        elif last == "max" or last.startswith("max_") or last.endswith("_max"):
+            result[name] = max(values)
+        else:
+            result[name] = sum(values) / len(values)
+    return result
+
+
+def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
+    """
+    Evaluation metrics from `(key, reward, valid, completion length, {function: score})` records of all processes,
+    each key (a row index, and the sample number when several completions are sampled per row) counted once.
+    """
+    unique = list({record[0]: record for record in reversed(records)}.values())
+    rewards = torch.tensor([r[1] for r in unique if r[2]], dtype=torch.float64)
+    lengths = torch.tensor([r[3] for r in unique], dtype=torch.float64)
+    metrics = {
+        f"{prefix}_reward": rewards.mean().item() if rewards.numel() else float("nan"),
+        f"{prefix}_reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        f"{prefix}_completions/mean_length": lengths.mean().item() if lengths.numel() else float("nan"),
+        f"{prefix}_reward_failures": float(sum(not r[2] for r in unique)),
+        f"{prefix}_num_samples": float(len(unique)),
+    }
+    for name in dict.fromkeys(name for record in unique for name in record[4]):
+        # A function's scores where it scored (NaN where it failed or did not apply).
+        scores = torch.tensor([r[4][name] for r in unique if name in r[4]], dtype=torch.float64)
+        scores = scores[scores.isfinite()]
+        if scores.numel():
+            metrics[f"{prefix}_rewards/{name}/mean"] = scores.mean().item()
+            metrics[f"{prefix}_rewards/{name}/std"] = scores.std().item() if scores.numel() > 1 else 0.0
+    return metrics

@@ -1,0 +1,189 @@
+"""The PPO/GRPO objective of one micro-batch, assembled from `core` functions.
+
+The trainer computes what needs the run's state (the cross-process entropy cutoff, the ptx batch, the MoE router's
+auxiliary loss, the controllers' current coefficients) and hands it here; [`actor_objective`] returns the actor's loss
+with the metrics to record, [`critic_objective`] the critic's. Nothing here reads or changes the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
+from .rft_config import RFTConfig
+
+__all__ = ["Objective", "actor_objective", "critic_objective", "off_policy_sequence_mask"]
+
+
+@dataclass
+class Objective:
+    """
+    A micro-batch's loss and what to record of it.
+
+    Attributes:
+        loss (`torch.Tensor`): the scalar to differentiate.
+        metrics (`dict[str, tuple[torch.Tensor, torch.Tensor | None]]`): each metric's value and weight (the tokens it
+            is a mean over; `None` for a value that is not a mean).
+        acting_mask (`torch.Tensor` of shape `[B, A]`, *optional*): the tokens the entropy bonus acted on.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    acting_mask: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def off_policy_sequence_mask(
+    advantages: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    sampling_per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    off_policy_threshold: float,
+) -> torch.Tensor:
+    """
+    TRL's off-policy sequence mask (DeepSeek-V3.2): a sequence with a negative advantage is dropped when the mean over
+    its tokens of ``log pi_sampling - log pi_current`` exceeds `off_policy_threshold`.
+
+    Args:
+        advantages (`torch.Tensor` of shape `[B, 1]` or `[B, A]`): advantages; per token, a sequence's sign is that of
+            its mean over the valid tokens.
+        per_token_logps (`torch.Tensor` of shape `[B, A]`): the current policy's log-probs.
+        sampling_per_token_logps (`torch.Tensor` of shape `[B, A]`): the log-probs the tokens were sampled with; NaN
+            (unscorable) tokens count as no divergence.
+        mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
+        off_policy_threshold (`float`): the largest mean divergence a negative-advantage sequence may have.
+
+    Returns:
+        `torch.Tensor` of shape `[B, 1]`, `mask`'s dtype: 1 to keep the sequence, 0 to drop it.
+    """
+    weight = mask.to(per_token_logps.dtype)
+    divergence = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0) * weight
+    mean_divergence = divergence.sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
+    if advantages.shape[-1] == 1:
+        sequence_advantage = advantages
+    else:
+        sequence_advantage = (advantages * weight).sum(-1, keepdim=True)  # [B, 1], the sign of the mean
+    keep = (sequence_advantage >= 0) | (mean_divergence <= off_policy_threshold)
+    return keep.to(mask.dtype)
+
+
+def actor_objective(
+    batch: dict[str, torch.Tensor | None],
+    mask: torch.Tensor,
+    args: RFTConfig,
+    kl_coef: float,
+    entropy_coef: float | None,
+    entropy_mask: torch.Tensor | None = None,
+    ptx_loss: torch.Tensor | None = None,
+    aux_loss: torch.Tensor | None = None,
+    aux_loss_coef: float = 0.0,
+    off_policy_mask: Callable[..., torch.Tensor] = off_policy_sequence_mask,
+) -> Objective:
+    """
+    The actor's loss on one micro-batch: the clipped policy loss, + the KL loss, + `ptx_coef` x the ptx loss, +
+    the router's auxiliary loss, - the entropy bonus.
+
+    Args:
+        batch (`dict`): the micro-batch's `[B, A]` fields: `new_log_probs` (differentiable), `action_log_probs` (the
+            rollout's; `None` for an on-policy update, which reuses the new ones detached), `advantages`,
+            `base_action_log_probs` (the reference's, or `None`), `importance_weights` (or `None`) and, for the
+            entropy terms, `new_entropy`.
+        mask (`torch.Tensor` of shape `[B, A]`): the tokens trained on.
+        args ([`RFTConfig`]): the loss settings (clipping, aggregation, KL, surrogate, ...).
+        kl_coef (`float`): the KL controller's coefficient now.
+        entropy_coef (`float`, *optional*): the entropy bonus's coefficient now; `None` for no bonus.
+        entropy_mask (`torch.Tensor` of shape `[B, A]`, *optional*): the high-entropy tokens the policy loss keeps.
+        ptx_loss (`torch.Tensor`, *optional*): the supervised loss of a ptx batch.
+        aux_loss (`torch.Tensor`, *optional*): the MoE router's auxiliary loss.
+        aux_loss_coef (`float`, *optional*, defaults to `0.0`): its weight.
+        off_policy_mask (`Callable`, *optional*): the sequence mask of `off_policy_mask_threshold`, with
+            [`off_policy_sequence_mask`]'s signature (the trainer passes its `get_off_policy_mask` hook, TRL's name).
+
+    Returns:
+        [`Objective`]: the loss, the metrics (TRL's names: `clip_ratio/*`, `kl`, `policy_loss`, `entropy`; ours under
+        `train/`) and the tokens the entropy bonus acted on.
+    """
+    log_probs = batch["new_log_probs"]
+    old_log_probs = batch["action_log_probs"] if batch["action_log_probs"] is not None else log_probs.detach()
+    advantages = batch["advantages"]
+    if args.advantage_clip is not None:
+        advantages = advantages.clamp(-args.advantage_clip, args.advantage_clip)
+    tokens = mask.sum()  # weighs this micro-batch's metrics; 0 when every sample in it is excluded
+    sequence_weight = None
+    if args.off_policy_mask_threshold is not None:
+        sequence_weight = off_policy_mask(advantages, log_probs, old_log_probs, mask, args.off_policy_mask_threshold)
+    loss, policy_metrics = policy_loss(
+        log_probs,
+        old_log_probs,
+        advantages,
+        mask,
+        eps_clip_low=args.eps_clip,
+        eps_clip_high=args.eps_clip_high,
+        dual_clip=args.dual_clip,
+        importance_sampling_level=args.importance_sampling_level,
+        use_cpg_loss=args.use_cpg_loss,
+        entropy_mask=entropy_mask,
+        loss_agg_mode=args.loss_agg_mode,
+        norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
+        ratio_cap=args.delta,
+        sequence_weight=sequence_weight,
+        token_weight=batch.get("importance_weights"),
+        surrogate=args.policy_surrogate,
+        sapo_temperatures=(args.sapo_temperature_pos, args.sapo_temperature_neg),
+        vespo_gamma=(args.vespo_k_pos, args.vespo_lambda_pos, args.vespo_k_neg, args.vespo_lambda_neg),
+    )
+    # TRL's clip ratios keep their names; ours go under train/.
+    metrics = {
+        name if name.startswith("clip_ratio/") else f"train/{name}": (value, tokens)
+        for name, value in policy_metrics.items()
+    }
+    metrics["train/policy_loss"] = (loss, tokens)
+    if batch["base_action_log_probs"] is not None:
+        kl = compute_approx_kl(log_probs, batch["base_action_log_probs"], mask, kl_estimator=args.kl_estimator)
+        metrics["kl"] = (masked_mean(kl, mask), tokens)
+        if args.use_kl_loss:
+            if args.use_bias_correction_kl:
+                # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio makes
+                # its gradient the unbiased gradient of the current policy's KL (TRL's default).
+                kl = kl * torch.where(mask, log_probs - old_log_probs, 0).exp()
+            loss = loss + kl_coef * masked_mean(kl, mask)
+    if ptx_loss is not None:
+        metrics["train/ptx_loss"] = (ptx_loss, None)
+        loss = loss + args.ptx_coef * ptx_loss
+    if aux_loss is not None:
+        loss = loss + aux_loss_coef * aux_loss
+    # TRL's `policy_loss`: the actor's loss before the entropy bonus (KL included); ours is train/policy_loss.
+    metrics["policy_loss"] = (loss, tokens)
+    acting = None
+    if batch.get("new_entropy") is not None:
+        entropy = batch["new_entropy"]
+        metrics["entropy"] = (masked_mean(entropy, mask), tokens)
+        if entropy_coef is not None:
+            # TRL's entropy bonus: the mean entropy of the tokens the policy loss acts on.
+            acting = mask if entropy_mask is None else mask & entropy_mask
+            loss = loss - entropy_coef * masked_mean(entropy, acting)
+    return Objective(loss, metrics, acting)
+
+
+def critic_objective(batch: dict[str, torch.Tensor | None], mask: torch.Tensor, value_clip: float | None) -> Objective:
+    """
+    The critic's clipped value loss on one micro-batch.
+
+    Args:
+        batch (`dict`): `new_values`, `values` (the rollout's) and `returns`, each `[B, A]`.
+        mask (`torch.Tensor` of shape `[B, A]`): the tokens trained on.
+        value_clip (`float`, *optional*): the value clipping range.
+
+    Returns:
+        [`Objective`]: the loss and its metrics under `train/`.
+    """
+    tokens = mask.sum()
+    loss, value_metrics = value_loss(
+        batch["new_values"], batch["values"], batch["returns"], mask, value_clip=value_clip
+    )
+    metrics = {f"train/{name}": (value, tokens) for name, value in value_metrics.items()}
+    metrics["train/critic_loss"] = (loss, tokens)
+    return Objective(loss, metrics)
