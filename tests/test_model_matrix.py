@@ -4,7 +4,8 @@ One row per tiny family of `rft_trl.testing` (real architecture, real processor,
 
 - generation never emits the tokens media bring into a prompt, even when the policy prefers them;
 - the actor's padded action log-probs equal the model's own forward on each sample alone (processor called on that
-  sample, no position ids, full-vocabulary log-softmax), to 1e-5, for every media kind the processor takes and for
+  sample, no position ids, the per-token types the model's own `generate` gave the completion, full-vocabulary
+  log-softmax), to 1e-5, for every media kind the processor takes and for
   image + audio in one sample (Omni);
 - packed log-probs equal the model's own forward on each sample alone to 1e-5, or packing is refused at construction
   (by name, or by `verify_model` with the measured difference);
@@ -35,11 +36,12 @@ from transformers import (
 
 from rft_trl import PPOTrainerVL
 from rft_trl.data import PromptCollator, probe_processor, split_processor_output
-from rft_trl.data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
+from rft_trl.data.multimodal import concat_multimodal_inputs, media_field_names, repeat_multimodal_inputs
 from rft_trl.models import Actor, Critic
+from rft_trl.models.actor import LOGIT_POST_PROCESSING_FIELDS
 from rft_trl.models.media_encodings import ENCODER_OUTPUT_MODEL_TYPES, MediaEncodings
 from rft_trl.models.packing import pack_sequences
-from rft_trl.models.verification import ModelVerificationError, verify_model
+from rft_trl.models.verification import ModelVerificationError, generated_token_fields, verify_model
 from rft_trl.testing import TINY_MODEL_KINDS, build_tiny_model, length_reward, tiny_config
 from rft_trl.testing.families.common import family_tokenizer, whisper_feature_extractor
 
@@ -76,9 +78,21 @@ def _row(processor, parts: dict[str, list], question="What is shown?") -> dict:
 
 def batches_for(processor, layout) -> list[list[dict]]:
     """
-    Rows covering every media kind the processor takes (its probed `layout`): one item, none, two of different sizes
-    (in one row, or in two rows for a kind the processor takes one of per prompt), and mixes.
+    Rows covering every media kind the processor takes (its probed `layout`): one item, none (where the processor
+    takes a prompt without media), two of different sizes (in one row, or in two rows for a kind the processor takes
+    one of per prompt), and mixes.
     """
+    batches = _batches_for(processor, layout)
+    if not layout.media_kinds or layout.text_only_error is None:
+        return batches
+    # PaliGemma's processor needs an image in every call: its rows without media are left out.
+    media_rows = [
+        [row for row in rows if any(row[column] for column in ("images", "videos", "audios"))] for rows in batches
+    ]
+    return [rows for rows in media_rows if rows]
+
+
+def _batches_for(processor, layout) -> list[list[dict]]:
     kinds = layout.media_kinds
     rate = processor.feature_extractor.sampling_rate if "audio" in kinds else 16000
     batches = []
@@ -117,12 +131,27 @@ def alone_inputs(processor, row) -> dict:
     return processor(text=[text], return_tensors="pt")
 
 
+def alone_with_completion(model, processor, row, completion):
+    """
+    The row alone followed by `completion`: the sequence, the per-token types the model's own `generate` gave it (made
+    to generate `completion`, see `generated_token_fields`) and the media fields.
+    """
+    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row), media_field_names(processor))
+    sequence = torch.cat([ids, completion[None]], dim=1)
+    if tokens:
+        tokens = generated_token_fields(
+            model, {"input_ids": ids, "attention_mask": mask, **tokens, **media}, completion
+        )
+        # A field generate keeps at the prompt's width is read on the prompt only (ERNIE-4.5-VL's
+        # moe_mm_token_type_ids: its later forwards get none, read as text): text (0) over the completion.
+        tokens = {k: torch.nn.functional.pad(v, (0, sequence.shape[1] - v.shape[1])) for k, v in tokens.items()}
+    return sequence, tokens, media
+
+
 @torch.no_grad()
 def own_forward_log_probs(model, processor, row, completion) -> torch.Tensor:
     """Log-probs of `completion` from the model's own forward on the row alone: no position ids, full softmax."""
-    ids, mask, tokens, media = split_processor_output(alone_inputs(processor, row))
-    sequence = torch.cat([ids, completion[None]], dim=1)
-    tokens = extend_token_fields(tokens, sequence.shape[1])
+    sequence, tokens, media = alone_with_completion(model, processor, row, completion)
     logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
     log_probs = logits[0, :-1].float().log_softmax(-1).gather(-1, sequence[0, 1:, None])[:, 0]
     return log_probs[-completion.shape[0] :]
@@ -141,7 +170,7 @@ def rollout(actor, collator, rows, **generation):
         **batch.multimodal_inputs,
         **generation,
     )
-    fields = {**extend_token_fields(batch.token_fields, sequences.shape[1]), **batch.multimodal_inputs}
+    fields = {**actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1]), **batch.multimodal_inputs}
     return batch, sequences, attention_mask, action_mask, fields
 
 
@@ -159,8 +188,13 @@ def setup(kind, **actor_kwargs):
 @pytest.mark.parametrize("kind", KINDS)
 def test_padded_log_probs_equal_the_models_own_forward(kind):
     model, processor, layout, collator, actor = setup(kind)
-    # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits).
-    assert actor._fusable_head() is model.get_output_embeddings()
+    # Every family of the matrix takes the fused path (log-probs from hidden states, no [tokens, vocabulary] logits),
+    # but one whose config post-processes the logits after the head (Gemma 3n's softcapping).
+    text_config = model.config.get_text_config()
+    if any(getattr(text_config, name, None) not in (None, 1, 1.0) for name in LOGIT_POST_PROCESSING_FIELDS):
+        assert actor._fusable_head() is None
+    else:
+        assert actor._fusable_head() is model.get_output_embeddings()
     for rows in batches_for(processor, layout):
         batch, sequences, attention_mask, action_mask, fields = rollout(actor, collator, rows)
         log_probs = actor(sequences, action_mask.shape[1], attention_mask, **fields)
@@ -199,7 +233,7 @@ def test_encoder_outputs_computed_once_equal_the_pixels_or_step_aside(kind):
                     input_ids, attention_mask=attention_mask, max_new_tokens=COMPLETION_TOKENS, do_sample=False,
                     **token_fields, **media,
                 )  # fmt: skip
-                fields = {**extend_token_fields(token_fields, sequences.shape[1]), **media}
+                fields = {**actor.inputs.extend_token_fields(token_fields, sequences.shape[1]), **media}
                 results.append((sequences, actor(sequences, action_mask.shape[1], mask, **fields)))
         torch.testing.assert_close(results[1][0], results[0][0], atol=0, rtol=0, msg=kind)
         torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=0, msg=kind)
@@ -254,9 +288,8 @@ def test_critic_values_equal_its_backbones_own_forward(kind):
     prompt_width = batch.input_ids.shape[1]
     for i, row in enumerate(rows):
         actions = int(action_mask[i].sum())
-        ids, _, tokens, media = split_processor_output(alone_inputs(processor, row))
-        sequence = torch.cat([ids, sequences[i : i + 1, prompt_width : prompt_width + actions]], dim=1)
-        tokens = extend_token_fields(tokens, sequence.shape[1])
+        completion = sequences[i, prompt_width : prompt_width + actions]
+        sequence, tokens, media = alone_with_completion(model, processor, row, completion)
         with torch.no_grad():
             hidden = critic.hf_backbone(
                 input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media

@@ -9,6 +9,7 @@ from rft_trl.data import PromptCollator, multimodal
 from rft_trl.data.multimodal import (
     concat_multimodal_inputs,
     extend_token_fields,
+    media_field_names,
     multimodal_shapes,
     probe_processor,
     repeat_multimodal_inputs,
@@ -79,6 +80,19 @@ def test_unknown_per_token_and_non_tensor_outputs_are_refused_by_name():
         split_processor_output({"input_ids": ids, "image_sizes": [[56, 56]]})
     with pytest.raises(ValueError, match="returned 'scale' as Tensor"):
         split_processor_output({"input_ids": ids, "scale": torch.tensor(2.0)})
+
+
+def test_a_media_field_shaped_like_the_tokens_stays_media_and_labels_are_dropped():
+    # Gemma 3n's input_features_mask holds one value per mel frame: a clip with as many frames as the prompt has tokens
+    # gives it the tokens' shape. Its feature extractor declares it, so it is media; PaliGemma's labels are dropped.
+    ids = torch.ones(1, 5, dtype=torch.long)
+    output = {"input_ids": ids, "input_features_mask": torch.ones(1, 5, dtype=torch.bool), "labels": ids}
+    with pytest.raises(ValueError, match="'input_features_mask' with one value per token"):
+        split_processor_output(output)  # control: by its shape alone it would be a per-token field
+    _, _, tokens, media = split_processor_output(output, {"input_features_mask"})
+    assert tokens == {} and list(media) == ["input_features_mask"]
+    processor = build_tiny_model("gemma3n")[1]
+    assert {"pixel_values", "input_features", "input_features_mask"} <= media_field_names(processor)
 
 
 # --------------------------------------------------------------------------------------- concat / split, exact

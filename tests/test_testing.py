@@ -158,14 +158,20 @@ def test_save_and_reload_give_the_same_processor_outputs_and_logits(tmp_path, ki
     assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert loaded_tokenizer.chat_template == tokenizer.chat_template
     assert set(loaded_tokenizer.all_special_tokens) == set(tokenizer.all_special_tokens)
-    for media_kind in [None, *_media_kinds(processing_class)]:
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys() and all(torch.equal(state[k], loaded_state[k]) for k in state)
+    # Gemma 3n's audio embedder projects one padding row (a matrix-vector product), whose CPU kernel rounds by the
+    # weight's memory alignment: equal weights at two addresses give 9e-8 apart there, 4e-7 in the logits.
+    atol = 1e-6 if kind == "gemma3n" else 0
+    # PaliGemma's processor needs an image in every call: no text-only prompt.
+    for media_kind in [*([] if kind == "paligemma" else [None]), *_media_kinds(processing_class)]:
         inputs = _processor_inputs(processing_class, media_kind)
         loaded_inputs = _processor_inputs(loaded_class, media_kind)
         assert inputs.keys() == loaded_inputs.keys(), media_kind
         for key, value in inputs.items():
             assert torch.equal(value, loaded_inputs[key]), (media_kind, key)
         with torch.no_grad():
-            torch.testing.assert_close(loaded(**loaded_inputs).logits, model(**inputs).logits, rtol=0, atol=0)
+            torch.testing.assert_close(loaded(**loaded_inputs).logits, model(**inputs).logits, rtol=0, atol=atol)
 
 
 def _vision_inputs(processor, media_type, media):

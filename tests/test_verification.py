@@ -3,18 +3,26 @@
 policy's log-probs through rft_trl equal the model's own forward on each sample alone, and refuses, naming the model
 class, the check and the measured difference, what does not hold. Shown on the Qwen3.5 and LFM2 text models
 (linear-attention and short-convolution layers whose state runs across packed samples; the matrix's Qwen3.5 and LFM2-VL
-VLMs are refused the same way), on a family the matrix passes with a leaking layer injected, and on processors of
-another family.
+VLMs are refused the same way), on a family the matrix passes with a leaking layer injected, on processors of another
+family, and on the completion's token types (PaliGemma's generate types its completion 1).
 """
 
 import logging
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from rft_trl import PPOTrainerVL
-from rft_trl.models.verification import ModelVerificationError, synthetic_batches, verify_model
+from rft_trl.models.media_encodings import MediaEncodings
+from rft_trl.models.utils import ModelInputs
+from rft_trl.models.verification import (
+    ModelVerificationError,
+    generated_token_fields,
+    synthetic_batches,
+    verify_model,
+)
 from rft_trl.testing import build_tiny_model, length_reward, make_colour_dataset, make_text_dataset, tiny_config
 
 # transformers 5.25's torch fallbacks refuse sample boundaries, naming the kernel that would honour them.
@@ -153,3 +161,68 @@ def test_a_frame_sampling_video_processor_gets_as_many_frames_as_it_samples(tmp_
     processor.video_processor.do_sample_frames = False
     (video_batch,) = [rows for rows in synthetic_batches(trainer.collator) if rows[0]["videos"]]
     assert len(video_batch[0]["videos"][0]) == 4
+
+
+def paligemma_prompt(processor, question="What is it?"):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+@torch.no_grad()
+def test_a_completion_gets_the_token_types_the_models_generate_gives_it(tmp_path, monkeypatch):
+    # PaliGemma's token_type_ids mark its bidirectional prefix 0 and the causal suffix 1, which its generate gives
+    # every generated token. The independent reference: the processor's own types for a suffix (the training target).
+    model, processor = build_tiny_model("paligemma")
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    prompt = processor(text=[paligemma_prompt(processor)], images=[[image]], return_tensors="pt")
+    with_suffix = processor(
+        text=[paligemma_prompt(processor)], images=[[image]], suffix=["blue sky"], return_tensors="pt"
+    )
+    suffix_types = with_suffix["token_type_ids"][0, prompt["input_ids"].shape[1] :]
+    assert suffix_types.tolist() == [1] * len(suffix_types)  # the suffix (with its eos) is type 1
+    completion = with_suffix["input_ids"][0, prompt["input_ids"].shape[1] :]
+    trainer = build(tmp_path, model, processor, make_colour_dataset(4))
+    width = with_suffix["input_ids"].shape[1]
+    derived = trainer.actor.inputs.extend_token_fields({"token_type_ids": prompt["token_type_ids"]}, width)
+    assert torch.equal(derived["token_type_ids"], with_suffix["token_type_ids"])
+    inputs = {k: v for k, v in prompt.items() if k != "labels"}
+    generated = generated_token_fields(model, inputs, completion)
+    assert torch.equal(generated["token_type_ids"], with_suffix["token_type_ids"])
+    # The types matter: typed 0 (text, the old constant), the completion joins the bidirectional prefix.
+    sequence = with_suffix["input_ids"]
+
+    def log_probs(token_type_ids):
+        logits = model(input_ids=sequence, pixel_values=prompt["pixel_values"], token_type_ids=token_type_ids).logits
+        return logits[0, :-1].log_softmax(-1).gather(-1, sequence[0, 1:, None])[-len(completion) :, 0]
+
+    zero = torch.nn.functional.pad(prompt["token_type_ids"], (0, len(completion)))
+    assert (log_probs(zero) - log_probs(with_suffix["token_type_ids"])).abs().max() > 1e-4
+    # Control: a completion typed 0 is refused by verify_model, naming the model and the measured difference.
+    monkeypatch.setattr(
+        ModelInputs, "completion_token_types", lambda self, fields: {k: v.new_zeros(len(v)) for k, v in fields.items()}
+    )
+    with pytest.raises(
+        ModelVerificationError,
+        match=r"PaliGemmaForConditionalGeneration's per-token type fields over a completion, .* differ from those "
+        r"its own generate gives the completion by 1 ",
+    ):
+        build(tmp_path, model, processor, make_colour_dataset(4))
+
+
+def test_kimi_k25_in_bfloat16_gets_its_pixels_in_its_towers_dtype(tmp_path):
+    # Kimi-K2.5 loaded in bfloat16 (its DeepSeek-V3 routers stay float32) meets the processor's float32 pixels with a
+    # bfloat16 patch embedding: rft_trl casts media content to the tower's dtype (ModelInputs.media_dtype).
+    model, processor = build_tiny_model("kimi_k25")
+    model.save_pretrained(tmp_path / "kimi")
+    model = type(model).from_pretrained(tmp_path / "kimi", dtype=torch.bfloat16).eval()
+    trainer = build(tmp_path, model, processor, make_colour_dataset(4))
+    assert trainer.actor.inputs.media_dtype == torch.bfloat16
+    (image_batch, *_) = synthetic_batches(trainer.collator)
+    batch = trainer.collator(image_batch)
+    assert batch.multimodal_inputs["pixel_values"].dtype == torch.float32
+    # Control: the model called directly with the processor's pixels fails.
+    with pytest.raises(RuntimeError, match="should be the same"):
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.multimodal_inputs)
+    # ... and so do its encoder's calls that compute the cached encoder outputs.
+    results = verify_model(trainer.actor, trainer.collator, packing=False, media_encodings=MediaEncodings(model))
+    assert [r.name for r in results] == ["padded", "encoder cache"] and all(r.difference < 0.01 for r in results)

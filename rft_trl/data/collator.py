@@ -48,6 +48,7 @@ from .multimodal import (
     MEDIA_KINDS,
     ProcessorLayout,
     concat_multimodal_inputs,
+    media_field_names,
     probe_processor,
     split_processor_output,
 )
@@ -678,7 +679,9 @@ class PromptCollator:
         except ValueError as error:
             # The processor's own checks, e.g. placeholder tokens typed into the text that no media matches.
             raise _Reject("processor_error", str(error)) from error
-        input_ids, _, token_fields, media_fields = split_processor_output(output)
+        input_ids, _, token_fields, media_fields = split_processor_output(
+            output, media_field_names(self.processing_class)
+        )
         for name, empty in self.layout.empty_rows.items():
             media_fields.setdefault(name, empty)
         return input_ids[0], {name: value[0] for name, value in token_fields.items()}, media_fields

@@ -4,10 +4,13 @@ A processor's output has three parts, told apart by its shape, never by a list o
 
 - **the sequence**: `input_ids` and `attention_mask`;
 - **per-token fields**: outputs with the shape of `input_ids`, the token types transformers models read
-  (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention, ...). They travel
-  with the sequence like `attention_mask` and are extended over completions with 0, the type of a text token (a
-  completion never holds a media token). Only integer `*token_type_ids` fields are known to extend that way; any
-  other per-token output is refused by name;
+  (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention or PaliGemma's
+  bidirectional prefix, ...). They travel with the sequence like `attention_mask` and are extended over completions
+  with the value the model's own `generate` gives a generated token ([`~rft_trl.models.utils.ModelInputs`] reads it
+  off the model: 0, the text type, for most families, 1, the causal suffix, for PaliGemma). Only integer
+  `*token_type_ids` fields are known to extend that way; any other per-token output is refused by name;
+- **targets**: `labels`, which some processors (PaliGemma's) build for supervised fine-tuning, are loss targets,
+  never an input of the forwards rft_trl runs: dropped;
 - **media fields**: everything else (`pixel_values`, `image_grid_thw`, `image_sizes`, `pixel_attention_mask`,
   `input_features`, `feature_attention_mask`, ...), one opaque `dict[str, torch.Tensor]` per sample, handed to the
   model as keyword arguments.
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +55,8 @@ MEDIA_PROCESSOR_ATTRIBUTES = {"image": "image_processor", "video": "video_proces
 # The processor keyword that takes each media kind.
 MEDIA_ARGUMENTS = {"image": "images", "video": "videos", "audio": "audio"}
 SEQUENCE_FIELDS = ("input_ids", "attention_mask")
+# Loss targets a processor may build for supervised fine-tuning (PaliGemma's `labels`): not model inputs here.
+TARGET_FIELDS = ("labels",)
 TOKEN_TYPE_SUFFIX = "token_type_ids"
 
 # A sample's shape per field: `None` when the sample does not have the field.
@@ -63,8 +68,24 @@ def is_token_field(name: str) -> bool:
     return name.endswith(TOKEN_TYPE_SUFFIX)
 
 
+def media_field_names(processing_class: Any) -> frozenset[str]:
+    """
+    The fields a processor's media sub-processors say they return (their `model_input_names`: `pixel_values`,
+    `input_features`, `input_features_mask`, ...): media fields whatever their shape. None for a tokenizer.
+    """
+    if not isinstance(processing_class, ProcessorMixin):
+        return frozenset()
+    attributes = processing_class.get_attributes()
+    return frozenset(
+        name
+        for attribute in MEDIA_PROCESSOR_ATTRIBUTES.values()
+        if attribute in attributes
+        for name in getattr(processing_class, attribute).model_input_names
+    )
+
+
 def split_processor_output(
-    output: Mapping[str, Any],
+    output: Mapping[str, Any], media_names: Collection[str] = ()
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """
     Take a processor's (or tokenizer's) output apart: the sequence, the per-token fields and the media fields.
@@ -72,10 +93,14 @@ def split_processor_output(
     Args:
         output (`Mapping[str, Any]`):
             What `processor(text=..., images=..., return_tensors="pt")` returns.
+        media_names (`Collection[str]`, *optional*):
+            Fields known to be media ([`media_field_names`]): never per-token, even when a sample's happen to have the
+            shape of its tokens (Gemma 3n's `input_features_mask`, one value per mel frame, for a clip with as many
+            frames as the prompt has tokens).
 
     Returns:
         `tuple`: `input_ids` `[B, L]`, `attention_mask` `[B, L]` (or `None`), the per-token fields (each `[B, L]`)
-        and the media fields.
+        and the media fields (`labels` are left out).
 
     Raises:
         `ValueError`: on a value that is not a tensor with at least one dimension, or an output shaped like the tokens
@@ -85,19 +110,20 @@ def split_processor_output(
     attention_mask = output.get("attention_mask")
     token_fields, media_fields = {}, {}
     for name, value in output.items():
-        if name in SEQUENCE_FIELDS:
+        if name in SEQUENCE_FIELDS or name in TARGET_FIELDS:
             continue
         if not isinstance(value, torch.Tensor) or value.dim() == 0:
             raise ValueError(
                 f"The processor returned {name!r} as {type(value).__name__}; rft_trl carries tensors of one or more "
                 "dimensions to the model. Ask the processor for tensors (return_tensors='pt') or drop the field."
             )
-        if value.shape == input_ids.shape:
+        if value.shape == input_ids.shape and name not in media_names:
             if not is_token_field(name) or value.is_floating_point():
                 raise ValueError(
                     f"The processor returned {name!r} with one value per token ({tuple(value.shape)}), but rft_trl "
-                    f"only knows how to extend integer '*{TOKEN_TYPE_SUFFIX}' fields over a completion (with 0, the "
-                    "text type). This model family is not supported; please open an issue naming the field."
+                    f"only knows how to extend integer '*{TOKEN_TYPE_SUFFIX}' fields over a completion (as the "
+                    "model's generate does). This model family is not supported; please open an issue naming the "
+                    "field."
                 )
             token_fields[name] = value
         else:
@@ -242,10 +268,17 @@ def repeat_multimodal_inputs(per_sample: list[Mapping[str, torch.Tensor]], n: in
 
 
 def extend_token_fields(
-    token_fields: Mapping[str, torch.Tensor], width: int, side: str = "right"
+    token_fields: Mapping[str, torch.Tensor],
+    width: int,
+    side: str = "right",
+    values: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """
-    Extend per-token fields to `width` columns with 0 (the text type), e.g. a prompt's over its completion.
+    Extend per-token fields to `width` columns, e.g. a prompt's over its completion, or over left padding.
+
+    A completion's values are the model's (what its `generate` gives a generated token, read off the model by
+    [`~rft_trl.models.utils.ModelInputs.completion_token_types`]): extend a prompt's fields over its completion
+    through [`~rft_trl.models.utils.ModelInputs.extend_token_fields`], which passes them here.
 
     Args:
         token_fields (`Mapping[str, torch.Tensor]`):
@@ -254,19 +287,28 @@ def extend_token_fields(
             The width to reach.
         side (`str`, *optional*, defaults to `"right"`):
             Where the new columns go: `"right"` (a completion after its prompt) or `"left"` (left padding).
+        values (`Mapping[str, torch.Tensor]`, *optional*):
+            Per field, the value of each row's new columns, shape `[B]`; a field without one gets 0 (the text type,
+            and what padding gets).
 
     Returns:
         `dict[str, torch.Tensor]`: fields of shape `[B, width]`.
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    values = values or {}
     extended = {}
     for name, value in token_fields.items():
         missing = width - value.shape[-1]
         if missing < 0:
             raise ValueError(f"Per-token field {name!r} has {value.shape[-1]} columns, more than the {width} asked.")
-        pad = (0, missing) if side == "right" else (missing, 0)
-        extended[name] = torch.nn.functional.pad(value, pad) if missing else value
+        if not missing:
+            extended[name] = value
+            continue
+        new = value.new_zeros(value.shape[0], missing)  # [B, missing]
+        if name in values:
+            new += values[name].to(value).view(-1, 1)
+        extended[name] = torch.cat([value, new] if side == "right" else [new, value], dim=-1)
     return extended
 
 
@@ -449,8 +491,9 @@ def _check_batched_on_first_axis(processing_class: ProcessorMixin, kind: str) ->
         4.6 lays every image side by side on the last axis of one `pixel_values`).
     """
     try:
-        _, _, _, alone = split_processor_output(_process_probe(processing_class, kind, [1]))
-        _, _, _, pair = split_processor_output(_process_probe(processing_class, kind, [1, 1]))
+        media_names = media_field_names(processing_class)
+        _, _, _, alone = split_processor_output(_process_probe(processing_class, kind, [1]), media_names)
+        _, _, _, pair = split_processor_output(_process_probe(processing_class, kind, [1, 1]), media_names)
     except Exception as error:  # the processor's own failure, kept with what was being asked of it
         raise ValueError(
             f"{type(processing_class).__name__} could not process two prompts with one {kind} each in one call "
@@ -517,7 +560,7 @@ def probe_processor(processing_class: Any) -> ProcessorLayout:
             unusable[kind] = str(error)
             logger.warning("%s: rows with %ss will be refused.", unusable[kind], kind)
             continue
-        input_ids, _, tokens, media = split_processor_output(output)
+        input_ids, _, tokens, media = split_processor_output(output, media_field_names(processing_class))
         media_tokens |= (set(input_ids[0].tolist()) - text_only) & added
         token_fields |= set(tokens)
         fields[kind] = tuple(media)

@@ -54,8 +54,11 @@ FUSED_LOG_PROB_MODEL_TYPES = frozenset(
         "qwen3_omni_moe_thinker", "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl",
         "idefics3", "smolvlm", "mistral3", "phi4_multimodal", "gemma4", "glm46v", "aya_vision", "llama4",
         "qwen3_5", "qwen3_5_moe", "lfm2_vl", "qwen3_5_text", "lfm2", "qwen3_asr", "audioflamingo3",
+        "paligemma", "kimi_k25", "ernie4_5_vl_moe",
     }
 )  # fmt: skip
+# The per-token type fields `MediaTokenTypes` rebuilds from the tokens (placeholders marked by media kind).
+DERIVABLE_TOKEN_FIELDS = ("mm_token_type_ids", "token_type_ids")
 # Config fields of logit post-processing after the head (Gemma-2's softcapping, Cohere's scale, Granite's scaling):
 # set, the fused path would miss them.
 LOGIT_POST_PROCESSING_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -446,10 +449,10 @@ class Actor(nn.Module):
                 The processor's other outputs, any name the model's `forward` takes (or an alias of this face):
                 media fields of all samples in order (`pixel_values`, `image_grid_thw`, `image_sizes`,
                 `input_features`, ...) and per-token type fields (`mm_token_type_ids`, `token_type_ids`), either
-                covering `sequences` or, padded, only the prompt `[B, L - num_actions]` (extended with 0 over the
-                completion). A per-token type field the model reads that is left out while media are given (the
-                seed's call passes `pixel_values` and `image_grid_thw` alone) is derived from `sequences` by
-                `token_types`. `None` values are ignored.
+                covering `sequences` or, padded, only the prompt `[B, L - num_actions]` (extended over the
+                completion as the model's `generate` extends them). A per-token type field the model reads that is
+                left out while media are given (the seed's call passes `pixel_values` and `image_grid_thw` alone) is
+                derived from `sequences` by `token_types`. `None` values are ignored.
 
         Returns:
             `torch.Tensor` of shape `[B, num_actions]` (`[1, sum(num_actions)]` packed), float32 log-probs; or a
@@ -501,18 +504,36 @@ class Actor(nn.Module):
         packed sample's spans never run into the next).
 
         Raises:
-            `ValueError`: when the config declares no media placeholder to derive them from, or none of the tokens
-            is one although media are given.
+            `ValueError`: when the config declares no media placeholder to derive them from, when a field is not one
+            of `DERIVABLE_TOKEN_FIELDS` (ERNIE-4.5-VL's `moe_mm_token_type_ids`), when a field does not mark
+            media (the model's generate types a text token after a text prompt otherwise than text: PaliGemma's
+            `token_type_ids` mark its prefix), or none of the tokens is one although media are given.
         """
         fields = " and ".join(map(repr, names))
         how = (
-            f"pass the processor's {fields} for the prompt (it is extended with 0, the text type, over the completion)"
+            f"pass the processor's {fields} for the prompt (it is extended over the completion as generate extends it)"
         )
         placeholders = sorted(self.token_types.placeholders)
         if not placeholders:
             raise ValueError(
                 f"{self.inputs.model_name} reads {fields} along with media, and its config declares no media "
                 f"placeholder token (`<kind>_token_id` or `<kind>_token_index`) to derive it from: {how}."
+            )
+        # `token_types` rebuilds the placeholder marks of `mm_token_type_ids` and Gemma 3's `token_type_ids`; another
+        # field marks more (ERNIE-4.5-VL's `moe_mm_token_type_ids` also marks the media's boundary tokens).
+        unknown = [name for name in names if name not in DERIVABLE_TOKEN_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"{self.inputs.model_name} reads {', '.join(map(repr, unknown))} along with media, which rft_trl "
+                f"cannot derive from the tokens: {how}."
+            )
+        text = {name: input_ids.new_zeros(1, 1) for name in names}  # one text token
+        not_media = [name for name, value in self.inputs.completion_token_types(text).items() if value.any()]
+        if not_media:
+            raise ValueError(
+                f"{self.inputs.model_name}'s generate types a generated text token otherwise than text in "
+                f"{', '.join(map(repr, not_media))}: the field does not mark media, so it cannot be derived from the "
+                f"tokens: {how}."
             )
         packed = packed_seq_lens is not None and sum(packed_seq_lens) == input_ids.shape[1]
         pieces = input_ids.split(packed_seq_lens, dim=1) if packed else (input_ids,)

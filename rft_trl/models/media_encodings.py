@@ -46,7 +46,7 @@ ENCODER_OUTPUT_MODEL_TYPES = frozenset(
         "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker",
         "glm4v", "glm4v_moe", "gemma3", "llava", "llava_onevision", "internvl", "idefics3", "smolvlm", "mistral3",
         "qwen3_5", "qwen3_5_moe", "lfm2_vl",
-        "gemma4", "glm46v", "aya_vision", "llama4",
+        "gemma4", "glm46v", "aya_vision", "llama4", "kimi_k25", "ernie4_5_vl_moe", "paligemma",
     }
 )  # fmt: skip
 MODALITIES = ("image", "video")
@@ -167,7 +167,16 @@ class MediaEncodings:
         entry = entries.get(key)
         if entry is not None and all(a is b for a, b in zip(entry[0], fields)):
             return entry[1]
-        arguments = {name: sample[name].to(device) for name in names if name in sample}
+        # Media content in the dtype of the tower that encodes it, as `ModelInputs.collect` gives the model's forward
+        # (float32 pixels meet Kimi-K2.5's bfloat16 patch embedding otherwise); integer grids and 1-D fields as given.
+        dtype = self._tower_dtype(modality)
+        arguments = {
+            name: sample[name].to(device, dtype)
+            if sample[name].is_floating_point() and sample[name].dim() > 1
+            else sample[name].to(device)
+            for name in names
+            if name in sample
+        }
         with torch.no_grad() if entries is self._entries else nullcontext():
             if modality in self._parameters:
                 output = encoder(**arguments, return_dict=True)
@@ -176,6 +185,13 @@ class MediaEncodings:
         self.encoder_calls += 1
         entries[key] = (fields, output)
         return output
+
+    def _tower_dtype(self, modality: str) -> torch.dtype:
+        """The dtype of the tower transformers names for `modality` (`get_encoder`), else of the model."""
+        base = unwrap_model(self.model)
+        tower = base.get_encoder(modality)
+        module = base if tower is None or tower is base else tower
+        return next(p.dtype for p in module.parameters() if p.is_floating_point())
 
     def _first_call(self, modality: str, owner: nn.Module, encoder, arguments: dict) -> ModelOutput:
         """

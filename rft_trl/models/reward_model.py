@@ -22,7 +22,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase, ProcessorMixin
 from trl.data_utils import apply_chat_template
 
 from ..data.media import image_bounds_from_processor, load_audio, load_image, load_video
-from ..data.multimodal import split_processor_output
+from ..data.multimodal import media_field_names, split_processor_output
 from .utils import ModelInputs, has_sequence_classification_head, load_pretrained_model, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,9 @@ class RewardModelFunction:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        input_ids, attention_mask, token_fields, media = split_processor_output(inputs)
+        input_ids, attention_mask, token_fields, media = split_processor_output(
+            inputs, media_field_names(self.processing_class)
+        )
         fields = {name: value.to(device) for name, value in {**token_fields, **media}.items()}
         scores = model(input_ids.to(device), attention_mask.to(device), **fields)
         model.train(was_training)

@@ -36,7 +36,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_PRETRAINING_MAPPING,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
 )
-from transformers.utils import is_flash_attn_2_available
+from transformers.utils import ModelOutput, is_flash_attn_2_available
 
 from ..core import compute_approx_kl as compute_approx_kl  # re-exported: the seed's lightrft.models.utils name
 from ..core import masked_mean as masked_mean  # re-exported: the seed's lightrft.models.utils name
@@ -209,10 +209,11 @@ def language_model_lora_targets(model: PreTrainedModel) -> str:
     """
     prefix, decoder = _language_model_prefix(model)
     # A Linear subclass with its own forward is no linear layer to PEFT (Llama 4's MoE router returns its scores and
-    # logits as a tuple, which a LoRA wrapper cannot add to).
+    # logits as a tuple, which a LoRA wrapper cannot add to). A Linear in a list is named with its list (Gemma 3n's
+    # `altup_projections.0`): its index alone would also match the decoder layer of that index.
     leaves = sorted(
         {
-            name.rsplit(".", 1)[-1]
+            ".".join(name.split(".")[-2:]) if name.rsplit(".", 1)[-1].isdigit() else name.rsplit(".", 1)[-1]
             for name, m in decoder.named_modules()
             if isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward
         }
@@ -407,7 +408,6 @@ UNSUPPORTED_MODEL_TYPES = {
         "images padded beside it in a batch (log-probs moved by ~0.5 in a test); generation and training would see "
         "different features"
     ),
-    "gemma3n": "its vision tower needs timm's MobileNetV5 and it has not been verified against its own forward",
     "voxtral": (
         "its processor takes audio only through apply_chat_template with mistral_common's tokenizer "
         "(MistralCommonBackend), while rft_trl renders the prompt and calls processor(text, audio=...), which "
@@ -518,18 +518,15 @@ class ModelInputs:
 
     def check_packable(self) -> None:
         """
-        Refuse packed forwards for a model whose packed samples transformers cannot keep apart.
+        Refuse packed forwards for a model whose packed samples transformers cannot keep apart by their positions.
+
+        What the positions cannot show (a layer carrying state across samples, bidirectional attention over media
+        tokens that transformers' packed masks mix up across samples, as Gemma 3's) `verify_model` measures on the
+        model at hand; a name is no proof either way (Gemma 3n and PaliGemma take `token_type_ids` and pack exactly).
 
         Raises:
-            `ValueError`: when the model reads `token_type_ids` (bidirectional attention over media tokens, e.g.
-            Gemma 3: transformers' packed masks place those blocks by in-sample position and mix the samples up), or
-            numbers positions in rows without a text row to mark where samples start.
+            `ValueError`: when the model numbers positions in rows without a text row to mark where samples start.
         """
-        if "token_type_ids" in self.accepted:
-            raise ValueError(
-                f"{self.model_name} reads token_type_ids to attend bidirectionally over media tokens, which "
-                "transformers' attention masks get wrong for packed samples; train it with packing_samples=False."
-            )
         probe = torch.zeros(1, 2, dtype=torch.long)
         self.packed_position_ids(probe, [1, 1], {})
 
@@ -594,8 +591,8 @@ class ModelInputs:
         if media and missing:
             raise ValueError(
                 f"{self.model_name} reads {', '.join(map(repr, missing))} along with media inputs: pass the "
-                "processor's value (a completion's tokens extended with 0); without it the media tokens would be "
-                "placed or attended to as text."
+                "processor's value (for the prompt, or extended over the completion); without it the media tokens "
+                "would be placed or attended to as text."
             )
         # Processors return float32 pixels and features whatever the model's dtype, and not every tower casts them
         # (Kimi-K2.5's patch embedding meets them with bfloat16 weights and fails): media content is cast here, where
@@ -633,6 +630,46 @@ class ModelInputs:
             return self._model.dtype
         dtypes = {next(p.dtype for p in tower.parameters() if p.is_floating_point()) for tower in towers.values()}
         return dtypes.pop() if len(dtypes) == 1 else None
+
+    def completion_token_types(self, token_fields: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """
+        The value the model's own `generate` gives a generated token in each per-token type field, per row.
+
+        Read off the model's `_update_model_kwargs_for_generation` (what `generate` runs after every step to extend
+        its inputs over the new token), never assumed: 0, the text type, for `mm_token_type_ids`; the prompt's last
+        value for `token_type_ids` by default (text, for Gemma 3's prompts); 1, the causal suffix, for PaliGemma. A
+        field the model's `generate` does not extend (it reads it on the prompt only) gets 0, the text type.
+        `verify_model` checks the result against what `generate` holds after generating.
+
+        Args:
+            token_fields (`Mapping[str, torch.Tensor]`):
+                The prompt's per-token fields, each `[B, P]`, left-padded (their last column is the last prompt token).
+
+        Returns:
+            `dict[str, torch.Tensor]`: per field, the value of a generated token in each row, `[B]`.
+        """
+        if not token_fields:
+            return {}
+        prompt = dict(token_fields)
+        # One step: a generated token's value follows from the prompt's; every later step repeats it (the generic
+        # rule repeats the last column, the others append a constant).
+        updated = self._positions._update_model_kwargs_for_generation(ModelOutput(), dict(prompt), num_new_tokens=1)
+        values = {}
+        for name, value in prompt.items():
+            extended = updated.get(name)
+            if extended is None or extended.shape[-1] != value.shape[-1] + 1:
+                values[name] = value.new_zeros(value.shape[0])  # [B]
+            else:
+                values[name] = extended[:, -1]  # [B]
+        return values
+
+    def extend_token_fields(self, token_fields: Mapping[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        """
+        The prompt's per-token fields (`[B, P]`) extended over the completion to `width` columns with the values the
+        model's own `generate` gives generated tokens ([`ModelInputs.completion_token_types`]).
+        """
+        short = {name: value for name, value in token_fields.items() if value.shape[-1] < width}
+        return extend_token_fields(token_fields, width, values=self.completion_token_types(short))
 
     def position_ids(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, fields: Mapping[str, torch.Tensor]
@@ -710,7 +747,8 @@ class ModelInputs:
         Keyword arguments of a training forward on a padded or packed batch.
 
         Padded: per-token fields cover the whole sequence `[B, L]`, or only the prompt (its first columns) as the
-        processor returned them, then they are extended with 0 over the completion. Packed: no attention mask
+        processor returned them, then they are extended over the completion as the model's `generate` extends them
+        ([`ModelInputs.extend_token_fields`]). Packed: no attention mask
         (positions restart per sample, and transformers attends within samples only: a block-diagonal mask for
         sdpa/eager, the varlen kernel for flash-attention); per-token fields are `[1, T]`.
 
@@ -752,12 +790,11 @@ class ModelInputs:
             **media,
         }
 
-    @staticmethod
     def _full_width(
-        token_fields: Mapping[str, torch.Tensor], sequences: torch.Tensor, packed: bool
+        self, token_fields: Mapping[str, torch.Tensor], sequences: torch.Tensor, packed: bool
     ) -> dict[str, torch.Tensor]:
         # Padded rows are [left padding | prompt | completion]: a field as the processor returned it for the prompt
-        # covers the first columns, and a completion's tokens are text (0).
+        # covers the first columns, and a completion's tokens get what the model's generate gives them.
         batch, width = sequences.shape
         for name, value in token_fields.items():
             if (
@@ -768,7 +805,7 @@ class ModelInputs:
             ):
                 expected = f"[1, {width}]" if packed else f"[{batch}, {width}] or its prompt's [{batch}, <= {width}]"
                 raise ValueError(f"Per-token field {name!r} has shape {tuple(value.shape)}; expected {expected}.")
-        return extend_token_fields(token_fields, width)
+        return self.extend_token_fields(token_fields, width)
 
 
 def resolve_packing(

@@ -17,7 +17,12 @@ row alone, no position ids passed, full-vocabulary log-softmax):
   transformers 5.25 the torch fallbacks of the linear-attention and convolution kernels refuse them, naming the
   package (flash-linear-attention, causal-conv1d) whose kernel would keep the samples apart;
 - **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
-  the cached encoder outputs equal those with the pixels.
+  the cached encoder outputs equal those with the pixels;
+- **token types** (for a processor that returns per-token type fields): the fields rft_trl gives a prompt and its
+  completion ([`~rft_trl.models.utils.ModelInputs.extend_token_fields`]) equal those the model's own `generate`
+  holds once it generated that completion ([`generated_token_fields`]), exactly: a completion typed
+  otherwise than generation typed it is scored under another attention pattern or other positions (PaliGemma's
+  generated suffix is causal, type 1; typed 0 it would join the bidirectional prefix).
 
 Every logit must be finite. The tolerance follows the model's dtype (`TOLERANCE`): float32 proves exactness; half
 precision only catches differences above its rounding noise.
@@ -25,8 +30,10 @@ precision only catches differences above its rounding noise.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +41,7 @@ from transformers import DataCollatorWithFlattening
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from ..data.collator import PromptCollator
-from ..data.multimodal import extend_token_fields, synthetic_media
+from ..data.multimodal import is_token_field, synthetic_media
 from .packing import pack_sequences
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,8 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-6, torch.bfloat16: 0.1, torc
 # Completion tokens appended to every synthetic prompt.
 COMPLETION_TEXT = "The answer is blue, I think."
 COMPLETION_TOKENS = 5
+# The text-only prompts, of different lengths (so a batch is padded and a packed row holds several samples).
+TEXT_QUESTIONS = ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
 # The sample boundaries of transformers' packed collator, by the `DataCollatorWithFlattening` option that returns
 # them: flash-attention's varlen arguments, and the per-token sample index linear-attention and convolution kernels
 # take.
@@ -74,16 +83,24 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
     """
     Batches of rows in the dataset format rft_trl reads (chat messages, plural media columns): per media kind the
     processor takes, one row with one such item and two text-only rows (prompts of several lengths, so the batch is
-    padded and a packed row holds several samples); two text-only rows when it takes none. Kinds are not mixed in a
-    batch: some families (GLM-4.xV) take images and videos in separate forwards only.
+    padded and a packed row holds several samples), or, for a processor that needs media in every call (PaliGemma),
+    three rows with the item; two text-only rows when it takes none. Kinds are not mixed in a batch: some families
+    (GLM-4.xV) take images and videos in separate forwards only.
     """
     columns = {f"{kind}s": None for kind in collator.media_kinds}
     text = _text_rows(collator)
+    # A processor that needs media in every call (PaliGemma) gets the kind's item in every row instead.
+    text_only = not collator.media_kinds or len(collator(text)) == len(text)
     batches = []
     for kind in collator.media_kinds:
-        content = [{"type": kind}, {"type": "text", "text": f"Describe this {kind} in one word."}]
         item = synthetic_media(kind, collator.processing_class)
-        batches.append([{**columns, "prompt": [{"role": "user", "content": content}], f"{kind}s": [item]}, *text])
+        rows = [
+            {**columns, "prompt": [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": question}]}]}
+            for question in (f"Describe this {kind} in one word.", *([] if text_only else TEXT_QUESTIONS))
+        ]
+        for row in rows:
+            row[f"{kind}s"] = [item]
+        batches.append(rows + (text if text_only else []))
     return batches or [text]
 
 
@@ -92,7 +109,7 @@ def _text_rows(collator: PromptCollator) -> list[dict]:
     columns = {f"{kind}s": None for kind in collator.media_kinds}
     return [
         {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
-        for question in ("Name a colour of the sky, and one of the grass in spring.", "Say red.")
+        for question in TEXT_QUESTIONS
     ]
 
 
@@ -105,25 +122,92 @@ def _to(value, device: torch.device):
     return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
+def _own_media(model, batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """
+    A sample's media fields as the model's own forward takes them when called directly: what the processor returned
+    for it alone (no empty fields for a text-only row), floating fields in the model's dtype, as
+    `processor(...).to(model.dtype)` gives them (a bfloat16 tower does not take float32 pixels, e.g. Kimi-K2.5's).
+    """
+    return {
+        name: value.to(device, model.dtype) if value.is_floating_point() else value.to(device)
+        for name, value in batch.multimodal_inputs.items()
+        if value.numel() > 0
+    }
+
+
 @torch.no_grad()
-def _alone_log_probs(
-    model, collator: PromptCollator, row: dict, completion: torch.Tensor, suppressed: list[int]
-) -> torch.Tensor:
+def generated_token_fields(
+    model, inputs: Mapping[str, torch.Tensor], completion: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """
-    The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax of the
-    logits as `generate(suppress_tokens=suppressed)` processes them (the actor's `suppressed_token_ids`).
+    The per-token type fields the model's own `generate` holds for a prompt and `completion` once it generated it.
+
+    `generate` is made to produce `completion` (greedy, every other token masked, no stop at the eos token); the
+    per-token fields it carries from step to step are recorded after its last step, when they cover the prompt and
+    the whole completion. Read there because the forwards do not show them: with a cache they get the new token's
+    column or nothing (Gemma 3 and PaliGemma drop the field after the prompt), and without one GLM-4.xV's `generate`
+    fails (transformers 5.25).
+
+    Args:
+        model (`PreTrainedModel`): the transformers model (it generates).
+        inputs (`Mapping[str, torch.Tensor]`): the processor's fields for one prompt (`input_ids` `[1, P]`, ...).
+        completion (`torch.LongTensor` of shape `[A]`): the tokens to generate.
+
+    Returns:
+        `dict[str, torch.Tensor]`: each per-token field of `inputs` as `generate` holds it at the end, `[1, P + A]`
+        where `generate` extends it.
     """
+    prompt_width = inputs["input_ids"].shape[1]
+    forced = completion.tolist()
+    recorded = {}
+
+    def force(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        return [forced[input_ids.shape[-1] - prompt_width]]
+
+    update = model._update_model_kwargs_for_generation
+
+    def record(*args, **kwargs):
+        updated = update(*args, **kwargs)
+        recorded.update({k: v for k, v in updated.items() if is_token_field(k) and isinstance(v, torch.Tensor)})
+        return updated
+
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = None  # a completion holding the eos token is generated in full
+    config.max_new_tokens, config.min_new_tokens, config.do_sample = len(forced), None, False
+    # The step update is read on this instance only, for this call: generate's state is not exposed otherwise.
+    model._update_model_kwargs_for_generation = record
+    try:
+        model.generate(**inputs, generation_config=config, prefix_allowed_tokens_fn=force)
+    finally:
+        del model._update_model_kwargs_for_generation
+    return recorded
+
+
+def _alone_batch(collator: PromptCollator, row: dict):
     batch = collator([row])
     if len(batch) == 0:
         raise ModelVerificationError(
             f"verify_model: the processor ({type(collator.processing_class).__name__}) rejected a synthetic prompt: "
             f"{batch.skipped}"
         )
+    return batch
+
+
+@torch.no_grad()
+def _alone_log_probs(
+    model, inputs, collator: PromptCollator, row: dict, completion: torch.Tensor, suppressed: list[int]
+) -> torch.Tensor:
+    """
+    The reference: the model's own forward on the row alone, no position ids, full-vocabulary log-softmax of the
+    logits as `generate(suppress_tokens=suppressed)` processes them (the actor's `suppressed_token_ids`).
+    """
+    batch = _alone_batch(collator, row)
     device = completion.device
     sequence = torch.cat([batch.input_ids.to(device), completion[None]], dim=1)  # [1, P + A]
-    tokens = {name: _to(v, device) for name, v in extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
+    # The completion's token types as the model's generate gives them (the "token types" check holds them to it).
+    tokens = {k: _to(v, device) for k, v in inputs.extend_token_fields(batch.token_fields, sequence.shape[1]).items()}
     # What the processor returns for this sample alone: no empty media fields for a text-only row.
-    media = {name: _to(value, device) for name, value in batch.multimodal_inputs.items() if value.numel() > 0}
+    media = _own_media(model, batch, device)
     try:
         logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence), **tokens, **media).logits
     except Exception as error:
@@ -151,13 +235,40 @@ def _difference(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got.float() - expected.float()).abs().max())
 
 
+def _token_type_difference(actor, collator: PromptCollator, row: dict, completion: torch.Tensor) -> float:
+    """
+    The largest difference between the per-token fields rft_trl gives `row`'s prompt and `completion` and those the
+    model's own `generate` holds after generating it; `inf` for a field it does not hold.
+
+    A field `generate` keeps at the prompt's width is read on the prompt only (ERNIE-4.5-VL's `moe_mm_token_type_ids`:
+    its later forwards get none, which the model reads as text): only the prompt's columns are compared, and
+    rft_trl gives the completion the text type ([`~rft_trl.models.utils.ModelInputs.completion_token_types`]).
+    """
+    batch = _alone_batch(collator, row)
+    if not batch.token_fields:
+        return 0.0
+    device = completion.device
+    width = batch.input_ids.shape[1] + completion.shape[0]
+    derived = actor.inputs.extend_token_fields(batch.token_fields, width)
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, **batch.token_fields}
+    inputs = {k: _to(v, device) for k, v in inputs.items()} | _own_media(actor.hf_model, batch, device)
+    generated = generated_token_fields(actor.hf_model, inputs, completion)
+    largest = 0.0
+    for name, value in derived.items():
+        other = generated.get(name)
+        if other is None or other.shape[-1] not in (value.shape[-1], batch.input_ids.shape[1]):
+            return float("inf")
+        largest = max(largest, _difference(value[..., : other.shape[-1]].to(device), other))
+    return largest
+
+
 @torch.no_grad()
 def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, packing: bool, media_encodings):
     """The largest difference of each check on one batch of `rows`, each row followed by `completion`."""
     device = completion.device
     suppressed = actor.suppressed_token_ids
     expected = torch.stack(
-        [_alone_log_probs(actor.model, collator, row, completion, suppressed) for row in rows]
+        [_alone_log_probs(actor.model, actor.inputs, collator, row, completion, suppressed) for row in rows]
     )  # [N, A]
     batch = collator(rows)
     if len(batch) != len(rows):
@@ -169,11 +280,16 @@ def _check_batch(actor, collator, rows: list[dict], completion: torch.Tensor, pa
     sequences = torch.cat([prompts, completion.expand(len(rows), -1)], dim=1)  # [N, P + A]
     completion_mask = torch.ones_like(sequences[:, prompts.shape[1] :])  # [N, A]
     attention_mask = torch.cat([batch.attention_mask.to(device), completion_mask], dim=1)  # [N, P + A]
-    tokens = {k: _to(v, device) for k, v in extend_token_fields(batch.token_fields, sequences.shape[1]).items()}
+    tokens = {
+        k: _to(v, device) for k, v in actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1]).items()
+    }
     media = {k: _to(v, device) for k, v in batch.multimodal_inputs.items()}
     num_actions = completion.shape[0]
     padded = actor(sequences, num_actions, attention_mask, **tokens, **media)  # [N, A]
     differences = {"padded": _difference(padded, expected)}
+    if batch.token_fields:
+        # One row per batch (the first holds the batch's media kind): generate without a cache is slow on a real model.
+        differences["token types"] = _token_type_difference(actor, collator, rows[0], completion)
     if packing:
         packed, lengths = pack_sequences(sequences, attention_mask)  # [1, T]
         packed_tokens = {k: pack_sequences(v, attention_mask)[0] for k, v in tokens.items()}
@@ -230,7 +346,7 @@ def told_sample_boundaries(actor, collator: PromptCollator, completion: torch.Te
         [batch.attention_mask.to(device), torch.ones_like(sequences[:, batch.input_ids.shape[1] :])], dim=1
     )  # [2, P + A]
     packed, lengths = pack_sequences(sequences, attention_mask)  # [1, T]
-    token_fields = extend_token_fields(batch.token_fields, sequences.shape[1])
+    token_fields = actor.inputs.extend_token_fields(batch.token_fields, sequences.shape[1])
     tokens = {name: pack_sequences(_to(v, device), attention_mask)[0] for name, v in token_fields.items()}
     inputs = actor.inputs.forward_inputs(packed, None, lengths, {}, tokens)
     plain = actor.model(**inputs).logits  # [1, T, V]
@@ -315,7 +431,11 @@ def verify_model(
     finally:
         collator_logger.setLevel(collator_level)
         model.train(was_training)
-    results = [CheckResult(check, difference, tolerance) for check, difference in differences.items()]
+    # Token types are integers: held to equality.
+    results = [
+        CheckResult(check, difference, 0.0 if check == "token types" else tolerance)
+        for check, difference in differences.items()
+    ]
     elapsed = time.perf_counter() - start
     summary = ", ".join(f"{r.name} {r.difference:.2e}" for r in results)
     logger.info(
@@ -347,6 +467,14 @@ def _refusal(name: str, result: CheckResult, dtype: str, answers: list[BoundaryA
             "restarting positions alone. Told where the samples start as transformers' packed collator tells it "
             f"(DataCollatorWithFlattening), the model answers: {'; '.join(map(str, answers))}. {verdict} Train it "
             "with packing_samples=False."
+        )
+    if result.name == "token types":
+        return (
+            f"verify_model: {name}'s per-token type fields over a completion, as rft_trl extends the prompt's (with "
+            f"what {name}._update_model_kwargs_for_generation appends), differ from those its own generate gives the "
+            f"completion by {result.difference:g} (compared exactly): log-probs would be scored under other token "
+            "types than the completion was generated with. Please report it with `rft-trl env`; verify_model=False "
+            "skips this check at your own risk."
         )
     if result.name == "encoder cache":
         return (

@@ -33,7 +33,7 @@ from ..core import (
     rollout_mismatch_metrics,
 )
 from ..data.collator import PromptBatch, PromptCollator, SkippedRow
-from ..data.multimodal import concat_multimodal_inputs, extend_token_fields, repeat_multimodal_inputs
+from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
@@ -246,10 +246,11 @@ class ExperienceMaker:
             "attention_mask": generation.attention_mask.to(self.device),  # [N, P + A]
             "action_mask": generation.action_mask.to(self.device),  # [N, A]
             "completion_ids": generation.sequences[:, prompt_len:].to(self.device),  # [N, A]
-            # A completion's tokens are text: type 0 (the generated ones never hold media, which are suppressed).
+            # A completion's tokens get the types the model's own generate gives them (text for most families,
+            # PaliGemma's causal suffix), whichever engine generated them.
             "token_fields": {
                 k: v.to(self.device)
-                for k, v in extend_token_fields(
+                for k, v in self.actor.inputs.extend_token_fields(
                     {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}, width
                 ).items()
             },  # each [N, P + A]

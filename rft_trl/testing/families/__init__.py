@@ -16,17 +16,21 @@ from functools import partial
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
 
 from .aya_vision import build_tiny_aya_vision
+from .ernie4_5_vl import build_tiny_ernie4_5_vl_moe
 from .gemma import build_tiny_gemma3
+from .gemma3n import build_tiny_gemma3n
 from .gemma4 import build_tiny_gemma4
 from .glm import build_tiny_glm4v, build_tiny_glm4v_moe
-from .glm46v import build_tiny_glm46v
+from .glm46v import build_tiny_glm46v, build_tiny_glm46v_moe
 from .idefics import build_tiny_idefics3, build_tiny_smolvlm
 from .internvl import build_tiny_internvl
+from .kimi_k25 import build_tiny_kimi_k25
 from .lfm2 import build_tiny_lfm2, build_tiny_lfm2_vl
 from .llama4 import build_tiny_llama4
 from .llava import build_tiny_llava, build_tiny_llava_onevision, build_tiny_mistral3
 from .minicpmv import build_tiny_minicpmv4_6
 from .omni import OMNI_PROCESSORS, build_tiny_qwen2_5_omni, build_tiny_qwen3_omni_moe, use_video_processor_size
+from .paligemma import build_tiny_paligemma
 from .phi4 import build_tiny_phi4_multimodal
 from .qwen import (
     build_tiny_qwen2,
@@ -55,7 +59,9 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "glm4v": build_tiny_glm4v,
     "glm4v_moe": build_tiny_glm4v_moe,
     "glm46v": build_tiny_glm46v,
+    "glm46v_moe": build_tiny_glm46v_moe,
     "gemma3": build_tiny_gemma3,
+    "gemma3n": build_tiny_gemma3n,
     "gemma4": build_tiny_gemma4,
     "llava": build_tiny_llava,
     "llava_onevision": build_tiny_llava_onevision,
@@ -66,6 +72,9 @@ TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorM
     "aya_vision": build_tiny_aya_vision,
     "llama4": build_tiny_llama4,
     "lfm2_vl": build_tiny_lfm2_vl,
+    "kimi_k25": build_tiny_kimi_k25,
+    "ernie4_5_vl_moe": build_tiny_ernie4_5_vl_moe,
+    "paligemma": build_tiny_paligemma,
     "minicpmv4_6": build_tiny_minicpmv4_6,
     "phi4_multimodal": build_tiny_phi4_multimodal,
     "qwen2": build_tiny_qwen2,

@@ -51,6 +51,20 @@ GLM_ROPE_PARAMETERS = {
 }
 
 
+# GLM-4.5V's (and GLM-4.6V-MoE's) text layers: the first dense, the second a MoE block of 4 routed experts, top-2,
+# plus one shared expert.
+GLM4V_MOE_TEXT_ARGS = {
+    "n_routed_experts": NUM_EXPERTS,
+    "num_experts_per_tok": NUM_EXPERTS_PER_TOKEN,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": HIDDEN_SIZE // 2,
+    "first_k_dense_replace": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "attention_bias": True,
+}
+
+
 def glm4v_config_args(
     seed: int,
     image_processor_class: type = Glm4vImageProcessor,
@@ -125,15 +139,6 @@ def build_tiny_glm4v_moe(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin
         `tuple[PreTrainedModel, Glm4vProcessor]`: the model in eval mode and its processor.
     """
     tokenizer, processor, config_args = glm4v_config_args(seed)
-    config_args["text_config"].update(
-        n_routed_experts=NUM_EXPERTS,
-        num_experts_per_tok=NUM_EXPERTS_PER_TOKEN,
-        n_shared_experts=1,
-        moe_intermediate_size=HIDDEN_SIZE // 2,
-        first_k_dense_replace=1,
-        n_group=1,
-        topk_group=1,
-        attention_bias=True,
-    )
+    config_args["text_config"].update(GLM4V_MOE_TEXT_ARGS)
     config = Glm4vMoeConfig(**config_args)
     return init_model(Glm4vMoeForConditionalGeneration, config, seed, tokenizer), processor

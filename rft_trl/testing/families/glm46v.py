@@ -17,7 +17,7 @@ from transformers.models.glm46v import (
 )
 
 from .common import init_model
-from .glm import glm4v_config_args
+from .glm import GLM4V_MOE_TEXT_ARGS, glm4v_config_args
 
 
 def build_tiny_glm46v(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
@@ -40,6 +40,27 @@ def build_tiny_glm46v(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         seed, Glm46VImageProcessor, Glm46VVideoProcessor, Glm46VProcessor
     )
     text_config = {"model_type": "glm4v_text", **config_args.pop("text_config")}
+    vision_config = {"model_type": "glm4v_vision", **config_args.pop("vision_config")}
+    config = Glm46VConfig(text_config=text_config, vision_config=vision_config, **config_args)
+    return init_model(Glm46VForConditionalGeneration, config, seed, tokenizer), processor
+
+
+def build_tiny_glm46v_moe(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """
+    Build a tiny GLM-4.6V-MoE: GLM-4.6V's classes over GLM-4.5V's MoE text model (`glm4v_moe_text`: the first layer
+    dense, the second 4 routed experts, top-2, plus a shared expert), with [`build_tiny_glm46v`]'s processor.
+
+    Args:
+        seed (`int`, *optional*, defaults to `0`):
+            Seeds the tokenizer corpus and the weight initialisation.
+
+    Returns:
+        `tuple[PreTrainedModel, Glm46VProcessor]`: the model in eval mode and its processor.
+    """
+    tokenizer, processor, config_args = glm4v_config_args(
+        seed, Glm46VImageProcessor, Glm46VVideoProcessor, Glm46VProcessor
+    )
+    text_config = {"model_type": "glm4v_moe_text", **config_args.pop("text_config"), **GLM4V_MOE_TEXT_ARGS}
     vision_config = {"model_type": "glm4v_vision", **config_args.pop("vision_config")}
     config = Glm46VConfig(text_config=text_config, vision_config=vision_config, **config_args)
     return init_model(Glm46VForConditionalGeneration, config, seed, tokenizer), processor
