@@ -59,10 +59,11 @@ def test_grpo_learns_the_colour_of_the_square(tmp_path):
 
 
 def test_grpo_learns_the_colour_on_a_second_family(tmp_path):
-    # Qwen3-VL: another vision tower (learned position embeddings, DeepStack) and interleaved M-RoPE; the same bar, with
-    # the learning rate decayed (cosine). Within 500 steps this family's learning depends on the seed: greedy eval at
-    # seeds 0, 1, 2 was 1.0, 0.25, 0.75 (cosine) and 0.5, 0.84, 0.89 (constant; seed 0 reached 0.96 at step 390, then
-    # fell back), with the media tokens out of the scored softmax; 0.98 and 0.25 at seeds 0 and 1 with them in.
+    # Qwen3-VL: another vision tower (learned position embeddings, DeepStack) and interleaved M-RoPE; the same bar,
+    # with the learning rate decayed (cosine). Within 500 steps this family's learning depends on the seed: greedy
+    # eval at seeds 0, 1, 2 was 1.0, 0.25, 0.75 (cosine) and 0.5, 0.84, 0.89 (constant; seed 0 reached 0.96 at step
+    # 390, then fell back), with the media tokens out of the scored softmax; 0.98 and 0.25 at seeds 0 and 1 with them
+    # in.
     trainer, rewards = run(tmp_path, "colour", tiny_model_kind="qwen3_vl", max_steps=500, lr_scheduler_type="cosine")
     assert rewards[0] < 0.3, rewards
     assert trainer.evaluate()["eval_reward"] >= 0.9, rewards
