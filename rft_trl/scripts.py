@@ -46,7 +46,7 @@ TASKS = {
     "text": ("qwen2", TEXT_WORDS),
 }
 
-# Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/test_learning.py):
+# Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/e2e/test_learning.py):
 # 16 prompts x 8 samples per rollout, generated in one batch, replayed as 4 optimizer steps of 32 samples. The
 # examples start from these when they run the built-in tiny model (no `--model_name_or_path`), so that they run with
 # no arguments; a real model never gets them: it starts from RFTConfig's defaults (TRL's), see `parse_args`.

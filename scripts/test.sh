@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Set up the environment, lint, and run the whole test suite on CPU.
+# Set up the environment, lint, and run the whole test suite on CPU (what CI runs): tests/unit, tests/integration and
+# tests/e2e. `bash scripts/test.sh --fast` runs the unit tier alone (about a minute; no vLLM environment needed); any
+# other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# vLLM's CPU build, in its own environment, for tests/test_vllm.py. A failed build fails the run: the real-engine
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  .venv/bin/ruff check rft_trl tests examples bench
+  exec .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "$@"
+fi
+# vLLM's CPU build, in its own environment, for tests/e2e/test_vllm.py. A failed build fails the run: the real-engine
 # tests need it. Only a reduced run asked for by name (RFT_TRL_TESTS_WITHOUT_VLLM=1) goes on without it (and does not
 # build it); those tests then skip, saying why, and the run says it was reduced, first and last.
 WITHOUT_VLLM=${RFT_TRL_TESTS_WITHOUT_VLLM:-0}
@@ -12,10 +20,10 @@ if [ "$WITHOUT_VLLM" != 0 ] && [ "$WITHOUT_VLLM" != 1 ]; then
     "not '$WITHOUT_VLLM'" >&2
   exit 2
 fi
-export RFT_TRL_TESTS_WITHOUT_VLLM=$WITHOUT_VLLM  # read by tests/test_vllm.py
+export RFT_TRL_TESTS_WITHOUT_VLLM=$WITHOUT_VLLM  # read by tests/e2e/test_vllm.py
 reduced_run_notice() {
   echo "REDUCED RUN (RFT_TRL_TESTS_WITHOUT_VLLM=1): without the vLLM tests" \
-    "(tests/test_vllm.py's real-engine tests skip). The full run, as CI runs it, leaves the variable unset." >&2
+    "(tests/e2e/test_vllm.py's real-engine tests skip). The full run, as CI runs it, leaves the variable unset." >&2
 }
 if [ "$WITHOUT_VLLM" = 1 ]; then
   reduced_run_notice

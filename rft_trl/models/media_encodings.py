@@ -16,8 +16,9 @@ items). The cache holds the tensors it keyed, so an identity cannot be reused by
 and it is cleared at every rollout.
 
 Used where it is exact: the model types of `ENCODER_OUTPUT_MODEL_TYPES`, checked against each model's own forward in
-`tests/test_model_matrix.py`; elsewhere (another model type, a model whose forward takes no `mm_encoder_outputs`
-such as Qwen2-Audio, DeepSpeed ZeRO-3, whose ranks must make the same module calls) it steps aside and says why once.
+`tests/integration/test_model_matrix.py`; elsewhere (another model type, a model whose forward takes no
+`mm_encoder_outputs` such as Qwen2-Audio, DeepSpeed ZeRO-3, whose ranks must make the same module calls) it steps aside
+and says why once.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = ["ENCODER_OUTPUT_MODEL_TYPES", "MediaEncodings"]
 logger = logging.getLogger(__name__)
 
 # Model types whose forward, given `mm_encoder_outputs` concatenated sample by sample, equals their own forward on the
-# pixels (tests/test_model_matrix.py).
+# pixels (tests/integration/test_model_matrix.py).
 ENCODER_OUTPUT_MODEL_TYPES = frozenset(
     {
         "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen2_5_omni_thinker", "qwen3_omni_moe_thinker",

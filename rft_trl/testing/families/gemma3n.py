@@ -54,7 +54,7 @@ def build_tiny_gemma3n(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         pixels, 16 kHz audio).
     """
     # Imported here: Gemma 3n's config and model import timm, which imports wandb where it is installed; importing
-    # rft_trl.testing loads neither (tests/test_package.py).
+    # rft_trl.testing loads neither (tests/e2e/test_package.py).
     from transformers.models.gemma3n import Gemma3nConfig, Gemma3nForConditionalGeneration
 
     tokenizer = family_tokenizer(

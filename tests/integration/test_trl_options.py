@@ -36,7 +36,7 @@ IMPLEMENTED_HERE = {
     "num_generations_eval",
     "ds3_gather_for_generation",  # the ZeRO-3 tests run with its default (gathered once per rollout)
     "pad_to_multiple_of",
-    "generation_batch_size",  # tests/test_rft_config.py::test_trl_steps_per_generation_sizes_the_rollout
+    "generation_batch_size",  # tests/unit/test_rft_config.py::test_trl_steps_per_generation_sizes_the_rollout
     "min_p",
     "chat_template_kwargs",
     "cache_implementation",
@@ -46,15 +46,15 @@ IMPLEMENTED_HERE = {
     "log_multimodal",
     "off_policy_mask_threshold",
     "multi_objective_aggregation",
-    "sync_ref_model",  # tests/test_trl_surface.py
-    "use_adaptive_entropy",  # tests/test_trl_surface.py
-    "cast_lm_head_to_fp32",  # tests/test_trl_surface.py
-    "num_completions_to_print",  # tests/test_progress.py
-    "use_vllm",  # tests/test_vllm.py (real vLLM, in its own environment)
+    "sync_ref_model",  # tests/integration/test_trl_surface.py
+    "use_adaptive_entropy",  # tests/integration/test_trl_surface.py
+    "cast_lm_head_to_fp32",  # tests/integration/test_trl_surface.py
+    "num_completions_to_print",  # tests/unit/test_progress.py
+    "use_vllm",  # tests/e2e/test_vllm.py (real vLLM, in its own environment)
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.
-# GRPOConfig fields that RFTConfig had before (aliases and shared concepts, tested in tests/test_rft_config.py).
+# GRPOConfig fields that RFTConfig had before (aliases and shared concepts, tested in tests/unit/test_rft_config.py).
 SHARED = {
     "num_generations",
     "max_completion_length",

@@ -1,7 +1,8 @@
 """A rollout's no-grad passes encode each prompt's images once (transformers' `mm_encoder_outputs`), as on the pixels.
 
 The family-by-family exactness (generation and log-probs with the cached outputs equal those on the pixels) is a row
-of the conformance matrix, `tests/test_model_matrix.py`. Here: the trainer's rollout, counted at the vision tower.
+of the conformance matrix, `tests/integration/test_model_matrix.py`. Here: the trainer's rollout, counted at the vision
+tower.
 """
 
 import pytest

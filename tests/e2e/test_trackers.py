@@ -1,6 +1,6 @@
 """Metrics and the completions table reach trackio and wandb end to end: a real local trackio store (no server) and a
 real offline wandb run (its files on disk, as `wandb sync` would upload them); both are in the dev extra. That no
-secret reaches wandb's files is checked in tests/test_secrets.py."""
+secret reaches wandb's files is checked in tests/e2e/test_secrets.py."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TRAIN = """
 import json, sys

@@ -25,7 +25,7 @@ import yaml
 from rft_trl import cli
 from rft_trl.trainers.checkpointing import KILL_AT_SAVE_ENV, CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
 
 # Two rollouts of 2 prompts x 2 samples, each replayed as 2 optimizer steps of 2 samples; a checkpoint at step 2.

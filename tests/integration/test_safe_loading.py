@@ -123,8 +123,8 @@ def test_loaders_ask_for_safetensors_without_remote_code(tmp_path, monkeypatch):
         assert kwargs["trust_remote_code"] is False, name
         if name != "AutoConfig":
             assert kwargs["use_safetensors"] is True, name
-    # TRL's switch exists (GRPOConfig.trust_remote_code) and is off unless set; tests/test_trl_options.py shows it
-    # reaches loading when set.
+    # TRL's switch exists (GRPOConfig.trust_remote_code) and is off unless set; tests/integration/test_trl_options.py
+    # shows it reaches loading when set.
     assert RFTConfig.__dataclass_fields__["trust_remote_code"].default is False
 
 

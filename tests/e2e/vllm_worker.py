@@ -1,7 +1,7 @@
 """
-Runs inside `.venv-vllm` (vLLM's CPU build), started by tests/test_vllm.py: one scenario per call, results as JSON.
+Runs inside `.venv-vllm` (vLLM's CPU build), started by tests/e2e/test_vllm.py: one scenario per call, results as JSON.
 
-    python tests/vllm_worker.py colocate KIND TASK OUT.json [--lora]
+    python tests/e2e/vllm_worker.py colocate KIND TASK OUT.json [--lora]
 
 trains the tiny model KIND for two steps on TASK with `use_vllm=True, vllm_mode="colocate"`, then compares the
 engine's greedy completions with HF `generate`'s on the trained weights, before and after the engine's weight sync.

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SENTINELS = {
     "WANDB_API_KEY": "sentinel0wandb0key0000000000000000000000",

@@ -2,7 +2,7 @@
 vLLM rollouts for real, on the CPU: vLLM's CPU build lives in `.venv-vllm` (scripts/setup_vllm.sh; its torch and
 transformers pins differ from the project's), so
 
-- colocate mode runs in that environment (tests/vllm_worker.py, one scenario per subprocess);
+- colocate mode runs in that environment (tests/e2e/vllm_worker.py, one scenario per subprocess);
 - server mode runs vLLM's own OpenAI server from that environment and trains here, across the two.
 
 Each proves the weight sync by greedy equality: after training, the engine's greedy completions differ from HF
@@ -41,7 +41,7 @@ from rft_trl.testing import (
     tiny_config,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VLLM_VENV = ROOT / ".venv-vllm"
 VLLM_PYTHON = VLLM_VENV / "bin" / "python"
 READY = VLLM_VENV / ".rft_trl_vllm_ready"
@@ -98,7 +98,7 @@ def free_port() -> int:
 def run_colocate_worker(tmp_path, kind: str, task: str, *flags: str) -> dict:
     out = tmp_path / "result.json"
     completed = subprocess.run(
-        [str(VLLM_PYTHON), str(ROOT / "tests" / "vllm_worker.py"), "colocate", kind, task, str(out), *flags],
+        [str(VLLM_PYTHON), str(ROOT / "tests" / "e2e" / "vllm_worker.py"), "colocate", kind, task, str(out), *flags],
         cwd=ROOT,
         env=VLLM_ENV,
         capture_output=True,

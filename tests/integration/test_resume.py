@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_pt_utils import safe_globals
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # The training script, run in separate processes. 3 prompts x 2 samples per rollout, 2 PPO epochs over it in
 # micro-batches of 2 with 2 accumulated: 3 optimizer steps per rollout, so step 3 ends a rollout. 9 prompts make 3

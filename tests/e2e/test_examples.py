@@ -18,7 +18,7 @@ import yaml
 import rft_trl.scripts
 from rft_trl import RFTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 RECIPES = EXAMPLES / "recipes"
 

@@ -1,7 +1,7 @@
 """
 The rollout-engine seam without vLLM: the importance-sampling correction against hand computations, the sampling
 translation, the padding of engine outputs, the weights an engine is sent (against PEFT's own merge) and the vLLM
-options' refusals. Real vLLM runs in tests/test_vllm.py.
+options' refusals. Real vLLM runs in tests/e2e/test_vllm.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_model_matrix import KINDS
 from test_resume import assert_equal_nested, load_pickled_state, run_forked
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Every family in full fine-tuning, and LoRA on one family (the adapter is what is saved and resumed).
 RUNS = [*KINDS, "qwen2_5_vl+lora"]
 
@@ -93,7 +93,7 @@ SCRIPT = textwrap.dedent(
 
 def test_full_fine_tuning_resumes_exactly_for_every_family(tmp_path):
     script = tmp_path / "train_family.py"
-    script.write_text(SCRIPT.format(tests=str(REPO / "tests")))
+    script.write_text(SCRIPT.format(tests=str(REPO / "tests" / "integration")))
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     # The uninterrupted runs and the first halves in one forked process; run() reads the family from the path.
     wrapper = tmp_path / "forked.py"

@@ -1,6 +1,6 @@
 """One rank of a multi-process PPOTrainerVL run on the tiny vision-language model, launched by the distributed tests.
 
-Launched with `accelerate launch --config_file accelerate_configs/<config>.yaml tests/distributed/ppo_worker.py
+Launched with `accelerate launch --config_file accelerate_configs/<config>.yaml tests/e2e/distributed/ppo_worker.py
 --output_dir DIR [--fault KIND]`. Each rank writes to DIR:
 
 - `rank<r>.safetensors`: the actor's parameters after training, for an exact comparison across ranks;
@@ -57,7 +57,8 @@ class WorkerArguments:
 
 
 def make_args(worker: WorkerArguments) -> RFTConfig:
-    # The tiny settings of tests/test_trainer.py: 2 prompts x 2 samples per rank and rollout, 2 micro-batches of 2.
+    # The tiny settings of tests/integration/test_trainer.py: 2 prompts x 2 samples per rank and rollout, 2
+    # micro-batches of 2.
     return RFTConfig(
         output_dir=worker.output_dir,
         n_samples_per_prompt=2,

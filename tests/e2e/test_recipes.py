@@ -18,7 +18,7 @@ from rft_trl import cli
 from rft_trl.scripts import ScriptArguments, format_dataset, load_reward_funcs
 from rft_trl.testing import save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "examples" / "recipes").glob("*.yaml"))
 # What --tiny replaces or cuts; every other recipe setting must reach the run as written.
 REPLACED_BY_TINY = {

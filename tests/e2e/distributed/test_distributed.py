@@ -1,14 +1,14 @@
 """
 Two-process PPOTrainerVL runs on the CPU (gloo), launched as real processes with `accelerate launch --config_file`.
 
-Each test starts `tests/distributed/ppo_worker.py` on two ranks (the tiny Qwen2.5-VL, 2 prompts x 2 samples per rank
-and rollout, 2 optimizer steps) and checks what every rank wrote. The commands are the shipped configs launched as
+Each test starts `tests/e2e/distributed/ppo_worker.py` on two ranks (the tiny Qwen2.5-VL, 2 prompts x 2 samples per
+rank and rollout, 2 optimizer steps) and checks what every rank wrote. The commands are the shipped configs launched as
 their comments say, with no environment variable or flag beyond them:
 
     accelerate launch --config_file accelerate_configs/cpu_multi_process.yaml \
-        tests/distributed/ppo_worker.py --output_dir OUT [--fault reward_error|corrupt_image|nan_loss]
+        tests/e2e/distributed/ppo_worker.py --output_dir OUT [--fault reward_error|corrupt_image|nan_loss]
     accelerate launch --config_file accelerate_configs/deepspeed_zero2_cpu.yaml \
-        tests/distributed/ppo_worker.py --output_dir OUT
+        tests/e2e/distributed/ppo_worker.py --output_dir OUT
 
 Every launch is bounded by a timeout that kills the whole process group: a hang fails the test instead of the CI job.
 """
@@ -28,8 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER = REPO / "tests" / "distributed" / "ppo_worker.py"
+REPO = Path(__file__).resolve().parents[3]
+WORKER = REPO / "tests" / "e2e" / "distributed" / "ppo_worker.py"
 DDP_CONFIG = REPO / "accelerate_configs" / "cpu_multi_process.yaml"
 ZERO2_CONFIG = REPO / "accelerate_configs" / "deepspeed_zero2_cpu.yaml"
 ZERO3_CONFIG = REPO / "accelerate_configs" / "deepspeed_zero3_cpu.yaml"

@@ -3,7 +3,7 @@
 Generation never emits the tokens media bring into a prompt (HF `suppress_tokens`; a vLLM logit bias of -100), so the
 sampling distribution is the softmax over the other tokens. The rollout's, the reference's and the update's log-probs
 must be those of that same distribution: scored over the full vocabulary, a tiny random image model puts a few percent
-of probability on its media tokens, and the vLLM importance ratio drifted to 0.93 over 8 tokens (tests/test_vllm.py
+of probability on its media tokens, and the vLLM importance ratio drifted to 0.93 over 8 tokens (tests/e2e/test_vllm.py
 checks the engine side). The reference here is transformers' own: the model's forward on each sample alone, its logits
 processed by the `TemperatureLogitsWarper` and `SuppressTokensLogitsProcessor` that `generate` applies.
 """
