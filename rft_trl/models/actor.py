@@ -221,7 +221,10 @@ class Actor(nn.Module):
             Passed to `from_pretrained`.
         packing_samples (`bool`, *optional*, defaults to `False`):
             Take packed batches in `forward` (`[1, T]` sequences with `packed_seq_lens`, or an `attention_mask`
-            numbering the samples) instead of padded ones.
+            numbering the samples) instead of padded ones. Packing is exact only where every layer keeps the samples
+            apart (linear attention, convolutions and bidirectional media attention may not): [`PPOTrainerVL`] checks
+            it on the model at construction; outside the trainer, call
+            `rft_trl.models.verification.verify_model(actor, PromptCollator(processor), packing=True)` first.
         peft_config (`peft.PeftConfig`, *optional*):
             A complete PEFT config, used instead of the `lora_*` arguments.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
