@@ -6,7 +6,7 @@ A processor's output has three parts, told apart by its shape, never by a list o
 - **per-token fields**: outputs with the shape of `input_ids`, the token types transformers models read
   (`mm_token_type_ids` for M-RoPE, `token_type_ids` for Gemma 3's bidirectional image attention or PaliGemma's
   bidirectional prefix, ...). They travel with the sequence like `attention_mask` and are extended over completions
-  with the value the model's own `generate` gives a generated token ([`~rft_trl.models.utils.ModelInputs`] reads it
+  with the value the model's own `generate` gives a generated token ([`~rft_trl.models.inputs.ModelInputs`] reads it
   off the model: 0, the text type, for most families, 1, the causal suffix, for PaliGemma). Only integer
   `*token_type_ids` fields are known to extend that way; any other per-token output is refused by name;
 - **targets**: `labels`, which some processors (PaliGemma's) build for supervised fine-tuning, are loss targets,
@@ -277,8 +277,8 @@ def extend_token_fields(
     Extend per-token fields to `width` columns, e.g. a prompt's over its completion, or over left padding.
 
     A completion's values are the model's (what its `generate` gives a generated token, read off the model by
-    [`~rft_trl.models.utils.ModelInputs.completion_token_types`]): extend a prompt's fields over its completion
-    through [`~rft_trl.models.utils.ModelInputs.extend_token_fields`], which passes them here.
+    [`~rft_trl.models.inputs.ModelInputs.completion_token_types`]): extend a prompt's fields over its completion
+    through [`~rft_trl.models.inputs.ModelInputs.extend_token_fields`], which passes them here.
 
     Args:
         token_fields (`Mapping[str, torch.Tensor]`):

@@ -4,9 +4,10 @@ from .actor import Actor, process_sequences
 from .actor_al import ActorAL
 from .actor_vl import ActorVL
 from .critic import Critic
+from .inputs import ModelInputs
 from .loss import GPTLMLoss, PolicyLoss, ValueLoss
 from .reward_model import RewardModel, RewardModelFunction, SequenceClassificationReward
-from .utils import ModelInputs, compute_approx_kl, masked_mean, unpacking_samples
+from .utils import compute_approx_kl, masked_mean, unpacking_samples
 
 __all__ = [
     "Actor",

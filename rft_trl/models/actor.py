@@ -4,7 +4,7 @@ The actor wraps a transformers causal (or image/audio-to-text) language model. I
 ([`Actor.generate`]) and scores the tokens of a completion under the current weights ([`Actor.forward`], the action
 log-probabilities of PPO/GRPO). Every model family takes the same path: whatever media fields and per-token type
 fields its processor returns go to the model as keywords (checked against the names its `forward` takes), and
-positions are the model's own ([`rft_trl.models.utils.ModelInputs`]). [`ActorVL`] and [`ActorAL`] are named faces
+positions are the model's own ([`rft_trl.models.inputs.ModelInputs`]). [`ActorVL`] and [`ActorAL`] are named faces
 of this class with the seed's keyword names.
 """
 
@@ -28,16 +28,15 @@ from ..core.logprobs import (
     log_probs_from_logits,
 )
 from ..data.multimodal import MEDIA_KINDS, is_token_field
+from .inputs import ModelInputs, resolve_packing
 from .packing import select_action_positions
 from .utils import (
-    ModelInputs,
     apply_lora,
     enable_gradient_checkpointing,
     freeze_non_language_parameters,
     load_pretrained_model,
     log_trainable_parameters,
     media_token_ids,
-    resolve_packing,
     unwrap_model,
 )
 
@@ -439,7 +438,7 @@ class Actor(nn.Module):
                 `fused_log_probs`) its `logits` is an empty `[B, L, 0]` tensor: the full logits are never built.
             packed_seq_lens (`list[int]`, *optional*):
                 Lengths of the packed samples (requires `packing_samples=True`; such an actor also takes ordinary
-                padded batches, see [`rft_trl.models.utils.resolve_packing`]).
+                padded batches, see [`rft_trl.models.inputs.resolve_packing`]).
             temperature (`float`, *optional*, defaults to `1.0`):
                 The sampling temperature; log-probs are those of `softmax(logits / temperature)`, over the tokens
                 outside `suppressed_token_ids`.

@@ -11,9 +11,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .actor import Actor
+from .inputs import ModelInputs
 from .packing import select_action_positions
 from .utils import (
-    ModelInputs,
     apply_lora,
     enable_gradient_checkpointing,
     freeze_non_language_parameters,

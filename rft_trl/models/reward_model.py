@@ -23,7 +23,8 @@ from trl.data_utils import apply_chat_template
 
 from ..data.media import image_bounds_from_processor, load_audio, load_image, load_video
 from ..data.multimodal import media_field_names, split_processor_output
-from .utils import ModelInputs, has_sequence_classification_head, load_pretrained_model, unwrap_model
+from .inputs import ModelInputs
+from .utils import has_sequence_classification_head, load_pretrained_model, unwrap_model
 
 logger = logging.getLogger(__name__)
 

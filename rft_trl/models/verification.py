@@ -19,7 +19,7 @@ row alone, no position ids passed, full-vocabulary log-softmax):
 - **encoder cache** (with `cache_encoder_outputs`, for a family whose encoder outputs it hands over): log-probs with
   the cached encoder outputs equal those with the pixels;
 - **token types** (for a processor that returns per-token type fields): the fields rft_trl gives a prompt and its
-  completion ([`~rft_trl.models.utils.ModelInputs.extend_token_fields`]) equal those the model's own `generate`
+  completion ([`~rft_trl.models.inputs.ModelInputs.extend_token_fields`]) equal those the model's own `generate`
   holds once it generated that completion ([`generated_token_fields`]), exactly: a completion typed
   otherwise than generation typed it is scored under another attention pattern or other positions (PaliGemma's
   generated suffix is causal, type 1; typed 0 it would join the bidirectional prefix).
@@ -242,7 +242,7 @@ def _token_type_difference(actor, collator: PromptCollator, row: dict, completio
 
     A field `generate` keeps at the prompt's width is read on the prompt only (ERNIE-4.5-VL's `moe_mm_token_type_ids`:
     its later forwards get none, which the model reads as text): only the prompt's columns are compared, and
-    rft_trl gives the completion the text type ([`~rft_trl.models.utils.ModelInputs.completion_token_types`]).
+    rft_trl gives the completion the text type ([`~rft_trl.models.inputs.ModelInputs.completion_token_types`]).
     """
     batch = _alone_batch(collator, row)
     if not batch.token_fields:

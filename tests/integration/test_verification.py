@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 from rft_trl import PPOTrainerVL
+from rft_trl.models.inputs import ModelInputs
 from rft_trl.models.media_encodings import MediaEncodings
-from rft_trl.models.utils import ModelInputs
 from rft_trl.models.verification import (
     ModelVerificationError,
     generated_token_fields,
