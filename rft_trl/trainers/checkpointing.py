@@ -1,16 +1,17 @@
 """Crash-safe checkpoints that resume exactly, for [`PPOTrainerVL`].
 
-A checkpoint is written into a staging directory `tmp-checkpoint-N` next to where it belongs. Once every process has
-written its part, the writing process fsyncs the files, writes a `checkpoint_complete.json` marker (the file list
-with sizes, fsynced), and renames the directory to `checkpoint-N` in one `os.replace`. So:
+The Trainer's own `_save_checkpoint` writes a checkpoint, pointed (through `_get_output_dir`) at a staging directory
+`tmp-checkpoint-N` next to where it belongs, so that its files land in `tmp-checkpoint-N/checkpoint-N`. Once every
+process has written its part, the writing process fsyncs the files, writes a `checkpoint_complete.json` marker (the
+file list with sizes, fsynced), and renames the inner directory to `checkpoint-N` in one `os.replace`. So:
 
 - a `checkpoint-N` directory is complete by construction; the Trainer's own `get_last_checkpoint` and the
   `checkpoint-*` rotation never see a staging directory (its name does not start with `checkpoint-`);
 - a process killed at any point leaves at worst a `tmp-checkpoint-*` directory, removed at the next save or resume;
 - a write error (a full disk) removes the staging directory and raises, leaving the earlier checkpoints untouched;
-- rotation (`save_total_limit`) runs after the commit, so the newest complete checkpoint always survives it; a
-  checkpoint is deleted by renaming it to a staging name first, so a deletion cut short is never mistaken for a
-  checkpoint.
+- rotation (`save_total_limit`) and the push to the Hub run after the commit, so the newest complete checkpoint
+  always survives rotation and the Hub's copy holds the marker; a checkpoint is deleted by renaming it to a staging
+  name first, so a deletion cut short is never mistaken for a checkpoint.
 
 `train(resume_from_checkpoint=True)` resumes from the newest complete checkpoint: one whose marker is present and
 whose files all still have the sizes it lists.
@@ -40,12 +41,11 @@ from peft import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_callback import ExportableState, TrainerState
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 
 if TYPE_CHECKING:
     from torch import nn
-    from transformers import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -232,10 +232,10 @@ def _fsync(path: str) -> None:
 
 def commit_checkpoint(staging: str, final: str, step: int) -> None:
     """
-    Make a fully written staging directory visible as `final`, durably.
+    Make a fully written staging directory (`tmp-checkpoint-N/checkpoint-N`) visible as `final`, durably.
 
     Order: fsync every file, write and fsync the marker (listing every file and its size), fsync the directory,
-    rename, fsync the parent. A crash before the rename leaves only the staging directory.
+    rename, remove the staging root, fsync the parent. A crash before the rename leaves only the staging root.
     """
     files = {}
     for root, _, names in os.walk(staging):
@@ -257,6 +257,7 @@ def commit_checkpoint(staging: str, final: str, step: int) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(final, aside)
     os.replace(staging, final)
+    os.rmdir(os.path.dirname(staging))  # the staging root, empty now
     _fsync(os.path.dirname(final) or ".")
     if aside is not None:
         shutil.rmtree(aside)
@@ -268,8 +269,9 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
     """
     Yield a staging directory for checkpoint `final`, and commit it when the block ends without error.
 
-    Every process writes its files (e.g. per-rank RNG states) into the same staging directory; the writer removes
-    leftovers of earlier attempts first and commits once all processes are done.
+    The directory is `tmp-checkpoint-N/checkpoint-N` (the Trainer writes `checkpoint-N` under the directory it is
+    given). Every process writes its files (e.g. per-rank RNG states) into it; the writer removes leftovers of earlier
+    attempts first and commits once all processes are done.
 
     Args:
         final (`str`): the `checkpoint-N` path.
@@ -281,7 +283,8 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
         `OSError`: a write failed (e.g. `ENOSPC`); the staging directory is removed and earlier checkpoints are intact.
     """
     run_dir = os.path.dirname(final)
-    staging = os.path.join(run_dir, f"{STAGING_PREFIX}{os.path.basename(final)}")
+    root = os.path.join(run_dir, f"{STAGING_PREFIX}{os.path.basename(final)}")
+    staging = os.path.join(root, os.path.basename(final))
     if is_writer:
         remove_partial_checkpoints(run_dir)
         os.makedirs(staging)
@@ -293,7 +296,7 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
             commit_checkpoint(staging, final, step)
     except OSError as error:
         if is_writer:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise OSError(
             error.errno or errno.EIO,
@@ -302,52 +305,9 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
         ) from error
     except BaseException:
         if is_writer:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
         raise
     wait_for_everyone()
-
-
-def write_trainer_checkpoint(
-    trainer: Trainer, output_dir: str, run_dir: str, trial: Any, save_optimizer: bool
-) -> None:
-    """
-    Write what `transformers.Trainer._save_checkpoint` writes (the same files, by the Trainer's own writers) into
-    `output_dir`, without rotating or pushing: weights, optimizer/scheduler/scaler, RNG states, trainer state.
-
-    Args:
-        trainer (`transformers.Trainer`): the trainer.
-        output_dir (`str`): the staging directory.
-        run_dir (`str`): where the committed checkpoint will live (for the best-model path).
-        trial: the hyper-parameter search trial, if any.
-        save_optimizer (`bool`): write optimizer, scheduler and scaler states (needed to resume).
-    """
-    state, args = trainer.state, trainer.args
-    step = state.global_step
-    if trainer.hp_search_backend is None and trial is None:
-        trainer.store_flos()
-    kill_point("before_weights", step)
-    trainer.save_model(output_dir, _internal_call=True)
-    kill_point("after_weights", step)
-    if args.save_strategy in ("steps", "epoch", "best") and state.best_global_step:
-        # The best checkpoint is this one (committed right after) or an earlier one that rotation kept.
-        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
-        if state.best_global_step == step or os.path.isdir(best):
-            state.best_model_checkpoint = best
-    if save_optimizer:
-        trainer._save_optimizer_and_scheduler(output_dir)
-        trainer._save_scaler(output_dir)
-    trainer._save_rng_state(output_dir)
-    if args.should_save:
-        exportable = [
-            cb for cb in [*trainer.callback_handler.callbacks, trainer.control] if isinstance(cb, ExportableState)
-        ]
-        for callback in exportable:
-            name = type(callback).__name__
-            if isinstance(state.stateful_callbacks.get(name), list):
-                state.stateful_callbacks[name].append(callback.state())
-            else:
-                state.stateful_callbacks[name] = callback.state()
-        state.save_to_json(os.path.join(output_dir, TRAINER_STATE_NAME))
 
 
 def rotate_checkpoints(

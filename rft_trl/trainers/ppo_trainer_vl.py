@@ -41,6 +41,7 @@ from transformers import (
     TrainerCallback,
 )
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import ModelOutput
@@ -64,6 +65,7 @@ from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
     check_resumable,
+    kill_point,
     load_checkpoint_weights,
     load_rft_state,
     read_safetensors,
@@ -72,7 +74,6 @@ from .checkpointing import (
     rotate_checkpoints,
     save_rft_state,
     staged_checkpoint,
-    write_trainer_checkpoint,
 )
 from .evaluation import evaluate_rollouts
 from .experience_maker import ExperienceMaker, Rollout
@@ -269,6 +270,8 @@ class PPOTrainerVL(Trainer):
         self._completion_rewards: dict[str, list[float]] = {}
         self._completion_prompts: list = []
         self._completions_table_logged = True
+        # Where the Trainer writes while `_save_checkpoint` stages a checkpoint (see `_get_output_dir`).
+        self._staging_dir: str | None = None
 
         super().__init__(
             # As in TRL: the policy the user gave (or built from the path, or wrapped by PEFT) is `trainer.model`.
@@ -1161,12 +1164,14 @@ class PPOTrainerVL(Trainer):
         # JSON, not a pickle of the arguments: `to_json_string` redacts tokens, and JSON loads without running code.
         with open(os.path.join(output_dir, "training_args.json"), "w") as f:
             f.write(self.args.to_json_string())
+        if self._staging_dir is not None:
+            kill_point("after_weights", self.state.global_step)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """Write `checkpoint-N` crash-safely: staged, committed by an atomic rename once complete, then rotated."""
-        # Not super(): the parent writes straight into `checkpoint-N` (a crash leaves a partial checkpoint that
-        # resuming would pick up) and rotates old checkpoints before the new one is complete. The same files are
-        # written by the parent's own writers (`write_trainer_checkpoint`), into a staging directory.
+        """Write `checkpoint-N` crash-safely: the Trainer's own save into a staging directory, committed atomically."""
+        # super() writes `checkpoint-N` under `_get_output_dir`, which points into a staging directory for the
+        # duration of the call (see `_get_output_dir`): a crash then leaves no partial `checkpoint-N` for a resume to
+        # pick up. Pushing and rotating wait for the commit (`_push_from_checkpoint`, `rotate_checkpoints`).
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
@@ -1178,12 +1183,32 @@ class PPOTrainerVL(Trainer):
                 self._optimizer_steps_per_rollout,
                 self._optimizer_steps_per_rollout,
             )
-        save_optimizer = not (self.args.save_only_model or self.args.disable_ds_ckpt)
         # Every process's replacement passes (each draws its own), gathered on all processes; the main one writes them.
         passes = 0 if self._replacement_rows is None else self._replacement_rows.passes
         self._replacement_passes_per_process = gather_object([passes])
+        if self.args.save_strategy in ("steps", "epoch", "best") and self.state.best_global_step:
+            # The best checkpoint is this one (committed right after) or an earlier one that rotation kept; the
+            # Trainer only looks for it in the staging directory.
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if self.state.best_global_step == step or os.path.isdir(best):
+                self.state.best_model_checkpoint = best
         with staged_checkpoint(final, self.args.should_save, self.accelerator.wait_for_everyone, step) as staging:
-            write_trainer_checkpoint(self, staging, run_dir, trial, save_optimizer)
+            self._staging_dir = os.path.dirname(staging)
+            try:
+                kill_point("before_weights", step)
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            if self.args.should_save and not os.path.isfile(os.path.join(staging, TRAINER_STATE_NAME)):
+                raise RuntimeError(
+                    f"transformers.Trainer._save_checkpoint did not write into {staging}: it no longer takes its "
+                    "directory from _get_output_dir, so checkpoints would not be crash-safe. Install the "
+                    "transformers version rft_trl pins (see pyproject.toml)."
+                )
+            if self.state.best_model_checkpoint == staging:  # the Trainer found this checkpoint best, staged
+                self.state.best_model_checkpoint = final
+                if self.args.should_save:
+                    self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
             if self.args.should_save:
                 save_rft_state(staging, self._rft_state(), self._ema_state)
                 if self.args.sync_ref_model:  # the reference has moved away from the initial policy: keep it
@@ -1193,6 +1218,17 @@ class PPOTrainerVL(Trainer):
             self._push_from_checkpoint(final)
         if self.args.should_save:
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, step)
+
+    def _get_output_dir(self, trial) -> str:
+        # The run directory, except while `_save_checkpoint` has the Trainer write a checkpoint: then the staging
+        # directory, so that the Trainer's writers fill `tmp-checkpoint-N/checkpoint-N` (and its rotation, which
+        # counts complete and incomplete checkpoints alike, only sees that one).
+        return self._staging_dir if self._staging_dir is not None else super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Deferred while the checkpoint is staged: the Hub's copy must be the committed checkpoint, marker included.
+        if self._staging_dir is None:
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def _rft_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond the Trainer's own files to resume exactly (JSON-serialisable)."""

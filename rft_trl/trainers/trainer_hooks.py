@@ -20,13 +20,11 @@ TRAINER_HOOKS = {
     "_get_dataloader": "the train and eval dataloaders",
     "_get_grad_norm": "the non-finite step guard (it decides there, before optimizer.step)",
     "_save": "saving the actor in Hugging Face format",
-    "_save_checkpoint": "crash-safe checkpoints",
-    "_save_optimizer_and_scheduler": "crash-safe checkpoints (the optimizer state)",
-    "_save_scaler": "crash-safe checkpoints (the grad scaler)",
-    "_save_rng_state": "crash-safe checkpoints and exact resume (the RNG states)",
+    "_save_checkpoint": "crash-safe checkpoints (the Trainer's own save, staged)",
+    "_push_from_checkpoint": "crash-safe checkpoints (pushed once committed)",
     "_load_from_checkpoint": "exact resume (the actor, adapter and critic weights)",
     "_load_best_model": "load_best_model_at_end",
-    "_get_output_dir": "crash-safe checkpoints (the run directory)",
+    "_get_output_dir": "crash-safe checkpoints (where the Trainer's save writes)",
 }
 
 

@@ -65,6 +65,11 @@ def listing(output_dir) -> list[str]:
     return sorted(os.listdir(output_dir))
 
 
+def staged_files(output_dir, step: int) -> list[str]:
+    """What the Trainer had written of `checkpoint-<step>` into its staging directory when the save was cut short."""
+    return sorted(os.listdir(output_dir / f"tmp-checkpoint-{step}" / f"checkpoint-{step}"))
+
+
 def trainable(trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
 
@@ -74,26 +79,26 @@ def test_killed_saves_resume_from_the_last_complete_checkpoint(tmp_path):
     # Step 2's save dies before any weights are written: step 1 is the last complete checkpoint.
     run_killed_at(out, "before_weights", 2, resume=False)
     assert listing(out) == ["checkpoint-1", "tmp-checkpoint-2"]
-    assert os.listdir(out / "tmp-checkpoint-2") == []
+    assert staged_files(out, 2) == []
     # The Trainer's own lookup cannot see the staging directory either.
     assert get_last_checkpoint(str(out)) == str(out / "checkpoint-1")
 
     # Resumed from step 1 (the partial directory is removed first), then step 3's save dies after the weights.
     run_killed_at(out, "after_weights", 3, resume=True)
     assert listing(out) == ["checkpoint-2", "tmp-checkpoint-3"]
-    partial = os.listdir(out / "tmp-checkpoint-3")
+    partial = staged_files(out, 3)
     assert "model.safetensors" in partial and "optimizer.pt" not in partial
 
     # Step 4's save dies with every file written but before the commit marker.
     run_killed_at(out, "before_marker", 4, resume=True)
     assert listing(out) == ["checkpoint-3", "tmp-checkpoint-4"]
-    partial = os.listdir(out / "tmp-checkpoint-4")
+    partial = staged_files(out, 4)
     assert {"optimizer.pt", "trainer_state.json", "rft_state.json"} <= set(partial) and COMPLETE_MARKER not in partial
 
     # Step 5's save dies after the marker, before the rename: complete content, yet never visible.
     run_killed_at(out, "before_rename", 5, resume=True)
     assert listing(out) == ["checkpoint-4", "tmp-checkpoint-5"]
-    assert COMPLETE_MARKER in os.listdir(out / "tmp-checkpoint-5")
+    assert COMPLETE_MARKER in staged_files(out, 5)
 
     # Step 6 is committed, then rotation dies after moving checkpoint-5 aside: the newest complete one survives.
     run_killed_at(out, "during_rotation", 6, resume=True)

@@ -6,6 +6,7 @@ runs in never refuses a request.
 """
 
 import os
+from concurrent.futures import Future
 
 import torch
 from huggingface_hub import HfApi, ModelCard, RepoUrl
@@ -14,6 +15,7 @@ from peft import LoraConfig, PeftModel
 
 from rft_trl import ActorVL, PPOTrainerVL
 from rft_trl.testing import build_tiny_qwen2_vl, make_colour_dataset, tiny_config
+from rft_trl.trainers.checkpointing import COMPLETE_MARKER, RFT_STATE_NAME
 
 TOKEN = "hf_test_token_that_must_not_leak"
 
@@ -143,3 +145,37 @@ def test_push_to_hub_uploads_adapter_processor_and_model_card(tmp_path, monkeypa
     # The token goes to the upload call only: not into the card nor any other uploaded file.
     for path, content in files.items():
         assert TOKEN.encode() not in content, path
+
+
+def test_checkpoint_push_uploads_the_committed_checkpoint(tmp_path, monkeypatch):
+    # hub_strategy="checkpoint" uploads each saved checkpoint as `last-checkpoint`: resuming from the Hub's copy
+    # needs it complete, commit marker and rft_trl's state included, so the push must follow the commit.
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    uploads = []
+
+    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, **kwargs):
+        uploads.append({"folder": folder_path, "path_in_repo": path_in_repo, "files": sorted(os.listdir(folder_path))})
+        done = Future()
+        done.set_result("recorded")
+        return done
+
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}")
+    )
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    trainer = make_trainer(
+        tmp_path,
+        push_to_hub=True,
+        hub_model_id="user/x",
+        hub_strategy="checkpoint",
+        save_strategy="steps",
+        save_steps=1,
+    )
+    trainer.train()
+    checkpoints = [upload for upload in uploads if upload["path_in_repo"] == "last-checkpoint"]
+    assert [os.path.basename(upload["folder"]) for upload in checkpoints] == ["checkpoint-1", "checkpoint-2"]
+    for upload in checkpoints:
+        assert os.path.dirname(upload["folder"]) == str(
+            tmp_path / "out"
+        )  # the committed directory, not the staging one
+        assert {COMPLETE_MARKER, RFT_STATE_NAME, "adapter_model.safetensors", "optimizer.pt"} <= set(upload["files"])

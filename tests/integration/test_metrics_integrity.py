@@ -1,8 +1,10 @@
 """Honest metrics: skipped rows leave every logged metric finite and correct, media repairs are logged and counted,
 and evaluation counts every row once."""
 
+import json
 import logging
 import math
+import os
 
 import torch
 from datasets import Dataset, Image
@@ -100,6 +102,10 @@ def test_evaluate_names_metrics_like_trl_and_best_model_works(tmp_path):
     )
     trainer.train()
     assert trainer.state.best_model_checkpoint is not None and trainer.state.best_metric is not None
+    # Each checkpoint names the best one by its committed path (the Trainer wrote it while the save was staged).
+    for step in (1, 2):
+        with open(tmp_path / "out" / f"checkpoint-{step}" / "trainer_state.json") as f:
+            assert os.path.dirname(json.load(f)["best_model_checkpoint"]) == str(tmp_path / "out")
     # load_best_model_at_end put the best checkpoint's weights into the actor.
     best = build_tiny_model("qwen2_5_vl")[0]
     load_saved_weights(trainer.state.best_model_checkpoint, best)
