@@ -47,6 +47,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 if TYPE_CHECKING:
     from torch import nn
 
+    from ..models.actor import Actor
+    from .rft_config import RFTConfig
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -342,6 +345,48 @@ def rotate_checkpoints(
         os.replace(path, aside)
         kill_point("during_rotation", step)
         shutil.rmtree(aside)
+
+
+def save_policy(
+    output_dir: str,
+    actor: Actor,
+    critic: nn.Module | None,
+    processing_class: Any,
+    args: RFTConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """
+    Write a trained policy as `from_pretrained` loads it: the actor in Hugging Face format (the LoRA adapter alone
+    under PEFT) with its processor, the critic's weights in `critic/model.safetensors`, the arguments as JSON.
+
+    Args:
+        output_dir (`str`): where to write.
+        actor ([`Actor`]), critic (`nn.Module`, *optional*): what was trained.
+        processing_class (*optional*): the processor or tokenizer, saved beside the actor.
+        args ([`RFTConfig`]): the run's arguments, saved as `training_args.json` (tokens redacted).
+        state_dict (`dict`, *optional*): a gathered state dict of the trained module (the actor's, or the
+            [`PolicyAndValue`]'s with `actor.model.` and `critic.` keys), when it is sharded (DeepSpeed).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    actor_state = critic_state = None
+    if state_dict is not None and critic is None:
+        actor_state = state_dict  # the trained module is the policy itself
+    elif state_dict is not None:
+        actor_state = {k[len("actor.model.") :]: v for k, v in state_dict.items() if k.startswith("actor.model.")}
+        critic_state = {k[len("critic.") :]: v for k, v in state_dict.items() if k.startswith("critic.")}
+    actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
+    if processing_class is not None:
+        processing_class.save_pretrained(output_dir)
+    if critic is not None:
+        critic_state = critic_state or critic.state_dict()
+        os.makedirs(os.path.join(output_dir, "critic"), exist_ok=True)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in critic_state.items()},
+            os.path.join(output_dir, "critic", "model.safetensors"),
+        )
+    # JSON, not a pickle of the arguments: `to_json_string` redacts tokens, and JSON loads without running code.
+    with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+        f.write(args.to_json_string())
 
 
 # ------------------------------------------------------------------------------------------------ RFT state

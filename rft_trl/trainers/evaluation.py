@@ -8,7 +8,6 @@ rollout, no update) where the estimator has a baseline.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,7 +16,7 @@ from accelerate.utils import gather_object
 from ..data.rows import ROW_INDEX
 from ..rewards.functions import completion_text
 from .experience_maker import EmptyBatchError, Rollout
-from .metrics import eval_metrics
+from .metrics import MetricRecorder, eval_metrics
 from .trainer_hooks import unwrapped_for_generation
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ def loss_without_update(trainer: PPOTrainerVL, rollout: Rollout) -> list[float]:
     # The training buffer's collation (micro-batch size, packing, padding); its items are left alone.
     collate, size = trainer.replay_buffer.collate_fn, trainer.replay_buffer.sample_batch_size
     # The loss records training metrics as it goes: keep them out of the training logs.
-    training_metrics, trainer._metrics = trainer._metrics, defaultdict(list)
+    training_metrics, trainer._metrics = trainer._metrics, MetricRecorder()
     try:
         losses = []
         for start in range(0, len(rollout.items), size):

@@ -1,12 +1,14 @@
-"""Merging rollout metrics over rollouts and processes, and the evaluation metrics of `PPOTrainerVL.evaluate`."""
+"""Training metrics over micro-batches ([`MetricRecorder`]), rollout metrics merged over rollouts and processes, and
+the evaluation metrics of `PPOTrainerVL.evaluate`."""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
 
-__all__ = ["eval_metrics", "merge_rollout_metrics"]
+__all__ = ["MetricRecorder", "eval_metrics", "merge_rollout_metrics"]
 
 # Rollout metrics that count things: summed when rollouts (or processes) are merged.
 _COUNT_METRICS = (
@@ -65,3 +67,43 @@ def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:
             metrics[f"{prefix}_rewards/{name}/mean"] = scores.mean().item()
             metrics[f"{prefix}_rewards/{name}/std"] = scores.std().item() if scores.numel() > 1 else 0.0
     return metrics
+
+
+class MetricRecorder:
+    """
+    The training metrics of one logging interval: each micro-batch's value with the number of tokens it was computed
+    over, kept as tensors during the step and read once when logged ([`MetricRecorder.aggregate`]).
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> [value, weight] per micro-batch
+
+    def record(self, name: str, value, weight: torch.Tensor | None = None) -> None:
+        """Keep a micro-batch's metric, with the number of tokens it was computed over (1 when it is not a mean)."""
+        value = torch.as_tensor(value).detach().float()
+        weight = torch.ones_like(value) if weight is None else weight.detach().float().to(value.device)
+        self.entries[name].append(torch.stack([value, weight]))
+
+    def aggregate(self, device: torch.device | str) -> dict[str, float]:
+        """
+        The interval's metrics over its micro-batches, and a fresh interval: `*_max` the largest, `*_min` the
+        smallest, any other the token-weighted mean. Micro-batches without a token in the loss (every sample
+        excluded, e.g. the fillers of a rollout whose bad rows were skipped) count for nothing, and a metric none of
+        them had is not logged. This is the one host read, instead of one per micro-batch.
+        """
+        names = [name for name, entries in self.entries.items() if entries]
+        if not names:
+            return {}
+        reduced = []
+        for name in names:
+            values, weights = torch.stack([entry.to(device) for entry in self.entries[name]]).T
+            present = weights > 0
+            if name.endswith("_max"):
+                value = torch.where(present, values, -math.inf).max()
+            elif name.endswith("_min"):
+                value = torch.where(present, values, math.inf).min()
+            else:
+                value = (torch.where(present, values, 0.0) * weights).sum() / weights.sum().clamp(min=1e-12)
+            reduced.append(torch.stack([value, weights.sum()]))
+        self.entries.clear()
+        return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}

@@ -7,15 +7,28 @@ with the metrics to record, [`critic_objective`] the critic's. Nothing here read
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from transformers.utils import ModelOutput
 
 from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
+from .experience import Experience
 from .rft_config import RFTConfig
 
-__all__ = ["Objective", "actor_objective", "critic_objective", "off_policy_sequence_mask"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Objective",
+    "RouterAuxLoss",
+    "actor_objective",
+    "critic_objective",
+    "off_policy_sequence_mask",
+    "padded_fields",
+]
 
 
 @dataclass
@@ -33,6 +46,39 @@ class Objective:
     loss: torch.Tensor
     metrics: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
     acting_mask: torch.Tensor | None = None
+
+
+class RouterAuxLoss:
+    """
+    The router load-balancing loss of a mixture-of-experts policy, read off its forward's output.
+
+    Not every mixture-of-experts model computes one: Llama 4's and GLM-4.6V's multimodal outputs have no `aux_loss`
+    field, Llama 4's text model leaves it `None` even with `output_router_logits`, and no model computes one with
+    `output_router_logits` off. Such a model trains without the term, warned once.
+
+    Args:
+        hf_model (`nn.Module`): the policy's transformers model (named in the warning).
+        coef (`float`): the term's weight (`resolve_aux_loss_coef`); 0 leaves it out.
+    """
+
+    def __init__(self, hf_model: nn.Module, coef: float):
+        self.hf_model, self.coef = hf_model, coef
+        self._warned = False
+
+    def __call__(self, output: ModelOutput) -> torch.Tensor | None:
+        # `ModelOutput.get` reads an absent field and a `None` one alike (it holds only the fields that are set).
+        aux_loss = output.get("aux_loss")
+        if aux_loss is None and not self._warned:
+            self._warned = True
+            logger.warning(
+                "router_aux_loss_coef=%s, but %s returned no router auxiliary loss (a %s without aux_loss; "
+                "output_router_logits=%s in its text config). Training without it.",
+                self.coef,
+                type(self.hf_model).__name__,
+                type(output).__name__,
+                self.hf_model.config.get_text_config().to_dict().get("output_router_logits"),
+            )
+        return aux_loss
 
 
 @torch.no_grad()
@@ -187,3 +233,37 @@ def critic_objective(batch: dict[str, torch.Tensor | None], mask: torch.Tensor, 
     metrics = {f"train/{name}": (value, tokens) for name, value in value_metrics.items()}
     metrics["train/critic_loss"] = (loss, tokens)
     return Objective(loss, metrics)
+
+
+def padded_fields(experience: Experience, out: dict) -> dict[str, torch.Tensor]:
+    """
+    A micro-batch's per-token fields as `[B, A]` tensors, left-padded like a padded experience: the experience's
+    (`action_mask`, old and reference log-probs, advantages, returns, values, importance weights) and the forward's
+    outputs in `out` as `new_log_probs`, `new_entropy`, `new_values`. Packed fields are scattered into that layout
+    out of place, so gradients flow back into the packed outputs.
+    """
+    names = (
+        "action_mask",
+        "action_log_probs",
+        "base_action_log_probs",
+        "advantages",
+        "returns",
+        "values",
+        "importance_weights",
+    )
+    fields = {name: getattr(experience, name) for name in names}
+    fields.update({f"new_{k}": v for k, v in out.items() if k in ("log_probs", "entropy", "values")})
+    if experience.is_packed:
+        lengths = torch.tensor(experience.num_actions)
+        width = int(lengths.max())
+        # Left-padded layout: row i's actions fill its last lengths[i] columns.
+        layout = torch.arange(width)[None, :] >= (width - lengths)[:, None]  # [B, A]
+        for name, value in list(fields.items()):
+            if value is None:
+                continue
+            flat = torch.cat(value) if isinstance(value, list) else value.flatten()
+            layout_here = layout.to(flat.device)
+            # masked_scatter is out of place, so gradients flow from the packed outputs into the padded view.
+            fields[name] = flat.new_zeros(layout.shape).masked_scatter(layout_here, flat)
+    fields["action_mask"] = fields["action_mask"].bool()
+    return fields

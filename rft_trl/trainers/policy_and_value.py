@@ -1,4 +1,5 @@
-"""The trained module of a run with a critic: the actor and the critic under one `accelerator.prepare`."""
+"""The trained module of a run with a critic (the actor and the critic under one `accelerator.prepare`), and the
+update's forward on a micro-batch through whichever module trains."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import torch
 from torch import nn
 
 from ..models.actor import Actor
+from ..models.media_encodings import MediaEncodings
+from .experience import Experience
 
-__all__ = ["PolicyAndValue"]
+__all__ = ["PolicyAndValue", "micro_batch_forward"]
 
 
 class PolicyAndValue(nn.Module):
@@ -86,3 +89,68 @@ class PolicyAndValue(nn.Module):
         if with_values:
             result["values"] = self.critic(sequences, num_actions, **common)
         return result
+
+
+def micro_batch_forward(
+    model: nn.Module,
+    actor: Actor,
+    experience: Experience,
+    temperature: float,
+    with_actor: bool = True,
+    with_values: bool = False,
+    media_encodings: MediaEncodings | None = None,
+) -> dict[str, Any]:
+    """
+    The update's forward on an experience micro-batch (padded or packed), through the trained module `model` (the
+    DDP/DeepSpeed wrapper of the policy, or of a [`PolicyAndValue`] when `with_values`).
+
+    Args:
+        model (`nn.Module`): the wrapped trained module, which the forward must run through.
+        actor ([`Actor`]): the policy; without a critic its forward runs through `model`.
+        experience ([`Experience`]): the micro-batch.
+        temperature (`float`): the sampling temperature the log-probs are scored at.
+        with_actor, with_values (`bool`): which halves the step trains.
+        media_encodings ([`MediaEncodings`], *optional*): the policy's cached encoder outputs, used instead of the
+            media fields (not with a critic, whose backbone has an encoder of its own).
+
+    Returns:
+        `dict`: `log_probs`, `entropy` and `output` when `with_actor`, `values` when `with_values`; `[B, A]` padded or
+        `[1, sum(A)]` packed.
+    """
+    packed_seq_lens = experience.packed_seq_lens
+    sequences = torch.cat(experience.sequences)[None] if packed_seq_lens else experience.sequences
+    token_fields = {
+        name: torch.cat(value)[None] if packed_seq_lens else value for name, value in experience.token_fields.items()
+    }
+    media = experience.multimodal_inputs
+    if media_encodings is not None and experience.multimodal_samples is not None:
+        media = media_encodings.model_inputs(experience.multimodal_samples, sequences.device)  # each prompt's once
+    common = {
+        "attention_mask": None if packed_seq_lens else experience.attention_mask,
+        "packed_seq_lens": packed_seq_lens,
+        **token_fields,
+        **media,
+    }
+    if with_values:
+        return model(
+            sequences,
+            experience.num_actions,
+            temperature=temperature,
+            return_entropy=True,  # logged as TRL's `entropy`; computed in the same pass as the log-probs
+            with_actor=with_actor,
+            with_values=True,
+            **common,
+        )
+    if not with_actor:
+        return {}
+    # `model` wraps the policy itself (DDP, DeepSpeed): the actor runs its forward through the wrapper.
+    log_probs, entropy, output = actor(
+        sequences,
+        experience.num_actions,
+        temperature=temperature,
+        return_entropy=True,
+        return_output=True,
+        wrapped_model=model,
+        **common,
+    )
+    return {"log_probs": log_probs, "entropy": entropy, "output": output}

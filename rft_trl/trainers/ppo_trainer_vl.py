@@ -17,18 +17,13 @@ LightRFT's method names map onto this as: `fit` -> `train`, `ppo_train` -> the m
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import logging
-import math
 import os
-import tempfile
-from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from peft import PeftModel
 from safetensors.torch import save_file
@@ -44,66 +39,57 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import ModelOutput
-from trl.models.utils import prepare_deepspeed
-from trl.trainer.utils import disable_dropout_in_model, print_prompt_completions_sample
 
 from ..core import high_entropy_mask
 from ..data.collator import PromptCollator
-from ..data.media import load_image
 from ..data.multimodal import probe_processor
 from ..data.rows import IndexedRows, IndexedStream, ReplacementRows
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
-from ..models.reward_model import SequenceClassificationReward
-from ..models.utils import cast_lm_head_to_fp32, check_supported
+from ..models.utils import check_supported
 from ..models.verification import verify_model
-from ..rewards import RewardScorer
-from ..rollout import iter_checkpoint_weights
-from .builders import actor_class, build_actor, build_critic, load_processing_class, load_reward_models
+from .builders import build_actor, build_critic, load_processing_class
 from .checkpointing import (
     REFERENCE_NAME,
-    CheckpointError,
     check_resumable,
     kill_point,
     load_checkpoint_weights,
-    load_rft_state,
-    read_safetensors,
     remove_partial_checkpoints,
     resolve_resume_checkpoint,
     rotate_checkpoints,
+    save_policy,
     save_rft_state,
     staged_checkpoint,
 )
+from .completions import CompletionsLog
+from .ema import ActorEMA
 from .evaluation import evaluate_rollouts
 from .experience_maker import ExperienceMaker, Rollout
-from .fingerprint import fingerprint_difference, weights_fingerprint
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
-from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
-from .metrics import merge_rollout_metrics
+from .metrics import MetricRecorder, merge_rollout_metrics
 from .model_card import write_model_card
-from .objective import actor_objective, critic_objective, off_policy_sequence_mask
-from .policy_and_value import PolicyAndValue
+from .objective import RouterAuxLoss, actor_objective, critic_objective, off_policy_sequence_mask, padded_fields
+from .policy_and_value import PolicyAndValue, micro_batch_forward
 from .progress import ReadablePrinterCallback, ReadableProgressCallback
-from .replay_buffer import NaiveReplayBuffer
+from .replay_buffer import NaiveReplayBuffer, plan_micro_batches, top_up
 from .rft_config import RFTConfig
+from .run_state import reference_fingerprint, restore_run_state, run_state
 from .sampling import PromptRows, RolloutSampler, RolloutStream, is_stream
+from .setup import (
+    build_controllers,
+    build_reference,
+    build_reward_scorer,
+    build_rollout_engine,
+    check_deepspeed_saving,
+    check_streams,
+    check_sync_ref_model,
+    place_reward_models,
+    resolve_aux_loss_coef,
+)
 from .sft import build_sft_batch, sft_loss
 from .trainer_hooks import check_trainer_hooks, unwrapped_for_generation
 
 logger = logging.getLogger(__name__)
-
-
-class _EMACallback(TrainerCallback):
-    """After each optimizer step: ema = beta * ema + (1 - beta) * actor, over the actor's trainable weights."""
-
-    def __init__(self, trainer: PPOTrainerVL):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        # A step skipped for a non-finite gradient left the weights as they were: nothing to average.
-        if not self.trainer._nonfinite_guard.skip_step:
-            self.trainer._update_ema()
 
 
 class PPOTrainerVL(Trainer):
@@ -183,7 +169,7 @@ class PPOTrainerVL(Trainer):
         actor.inputs.check_processor(layout, type(processing_class).__name__)
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
-        self._check_streams(train_dataset, eval_dataset, args)
+        check_streams(train_dataset, eval_dataset, args)
         if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
             # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
             # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
@@ -193,29 +179,8 @@ class PPOTrainerVL(Trainer):
                 actor.hf_model.config._attn_implementation,
             )
         critic = build_critic(critic, actor, args)
-        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        funcs = [f for f in funcs if f is not None]
-        if reward_model is not None:
-            funcs.append(reward_model)
-        if args.remote_rm_url:
-            funcs.append(args.remote_rm_url)
-        if not funcs:
-            raise ValueError(
-                "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), or the "
-                "seed's reward_model / remote_rm_url."
-            )
-        self.reward_funcs, self.reward_processing_classes = load_reward_models(funcs, reward_processing_classes, args)
-        self.reward_scorer = RewardScorer(
-            [
-                SequenceClassificationReward(func, tokenizer, args.chat_template_kwargs)
-                if isinstance(func, PreTrainedModel)
-                else func
-                for func, tokenizer in zip(self.reward_funcs, self.reward_processing_classes)
-            ],
-            reward_weights=args.reward_weights,
-            reward_recipe=args.reward_recipe,
-            reward_fn_label_map=args.reward_fn_label_map,
-            max_reward_failure_rate=args.max_reward_failure_rate,
+        self.reward_funcs, self.reward_processing_classes, self.reward_scorer = build_reward_scorer(
+            reward_funcs, reward_model, args, reward_processing_classes
         )
         self.media_kinds = layout.media_kinds
         self.collator = PromptCollator(
@@ -227,28 +192,14 @@ class PPOTrainerVL(Trainer):
         )
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None
-        # Replacement passes begun before this run (restored from a checkpoint by `_restore_rft_state`).
+        # Replacement passes begun before this run (restored from a checkpoint by `restore_run_state`).
         self._replacement_passes = 0
-        self.kl_ctl = (
-            AdaptiveKLController(args.init_kl_coef, args.kl_target, args.kl_horizon)
-            if args.kl_target
-            else FixedKLController(args.init_kl_coef)
-        )
-        self.entropy_controller = EntropyController(
-            args.entropy_coef,
-            adaptive=args.use_adaptive_entropy,
-            target=args.entropy_target,
-            delta=args.entropy_coef_delta,
-            minimum=args.entropy_coef_min,
-            maximum=args.entropy_coef_max,
-        )
+        self.kl_ctl, self.entropy_controller = build_controllers(args)
         if args.ptx_coef > 0 and ptx_dataset is None:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (rows with `prompt` and `completion`).")
         self.ptx_dataset = ptx_dataset
         self._ptx_position = 0
-        self._ema_model = ema_model
-        self._ema_state: dict[str, torch.Tensor] | None = None
-        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)  # name -> [value, weight] per micro-batch
+        self._metrics = MetricRecorder()
         self._rollout_metrics: dict[str, float] = {}
         # The rollouts since the last training log, merged into it (TRL averages over the logging interval).
         self._interval_rollout_metrics: list[dict[str, float]] = []
@@ -262,14 +213,10 @@ class PPOTrainerVL(Trainer):
         )
         self._step = 0
         self._nonfinite_guard = NonFiniteGuard(args.max_consecutive_nonfinite_steps)
+        self._ema = ActorEMA(actor, args.ema_beta, ema_model, self._nonfinite_guard)
         self._peft = isinstance(actor.model, PeftModel)
-        self._reference = initial_model
-        # Set when training starts (`train`): see `_fingerprint_reference`.
+        # Set when training starts (`train`): see `reference_fingerprint`.
         self._reference_fingerprint: dict[str, list[float]] | None = None
-        self._completions_table: list[dict] = []
-        self._completion_rewards: dict[str, list[float]] = {}
-        self._completion_prompts: list = []
-        self._completions_table_logged = True
         # Where the Trainer writes while `_save_checkpoint` stages a checkpoint (see `_get_output_dir`).
         self._staging_dir: str | None = None
 
@@ -285,6 +232,7 @@ class PPOTrainerVL(Trainer):
             optimizers=optimizers,
         )
         self.actor, self.critic = actor, critic
+        self._completions = CompletionsLog(args, self.accelerator.is_main_process)
         # One readable line per log on the console instead of the Trainer's dict dumps (report_to gets the dicts).
         for default, readable in (
             (ProgressCallback, ReadableProgressCallback),
@@ -298,22 +246,37 @@ class PPOTrainerVL(Trainer):
         self.model_accepts_loss_kwargs = False
         # TRL's attribute: whether the policy returns a router load-balancing loss (mixture-of-experts models).
         self.aux_loss_enabled = bool(getattr(actor.hf_model.config.get_text_config(), "output_router_logits", False))
-        self._place_reward_models()
-        self._aux_loss_coef = self._resolve_aux_loss_coef()
-        self._missing_aux_loss_warned = False
-        self._check_deepspeed_saving()
-        self._reference_fn = self._build_reference(initial_model, model if isinstance(model, str) else None)
+        self.reward_funcs = place_reward_models(
+            self.reward_scorer, self.reward_funcs, self.accelerator, self.is_deepspeed_enabled
+        )
+        self._router_aux_loss = RouterAuxLoss(actor.hf_model, resolve_aux_loss_coef(actor.hf_model, args))
+        check_deepspeed_saving(self.accelerator, self.is_deepspeed_enabled)
+        reference = build_reference(
+            actor,
+            initial_model,
+            model if isinstance(model, str) else None,
+            args,
+            self.media_kinds,
+            self.accelerator,
+            self.is_deepspeed_enabled,
+        )
+        self._reference_fn, self._reference = reference.log_probs, reference.module
+        self._reference_engine = reference.engine  # DeepSpeed's inference engine, if any, kept with the trainer
         # TRL's attribute: the reference policy's transformers model (None without a separate reference model).
         self.ref_model = self._reference.hf_model if isinstance(self._reference, Actor) else None
         if args.sync_ref_model:
             # Imported here: trl.trainer.callbacks imports the optional integrations (wandb...).
             from trl.trainer.callbacks import SyncRefModelCallback
 
-            self._check_sync_ref_model()
+            check_sync_ref_model(args, self._peft, critic)
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         if args.enable_ema:
-            self.add_callback(_EMACallback(self))
-        self.rollout_engine = self._build_rollout_engine(actor, processing_class) if args.use_vllm else None
+            self.add_callback(self._ema)
+        self.rollout_engine = (
+            build_rollout_engine(actor, processing_class, self.collator, args, self.accelerator)
+            if args.use_vllm
+            else None
+        )
         self.experience_maker = ExperienceMaker(
             actor=actor,
             collator=self.collator,
@@ -349,114 +312,6 @@ class PPOTrainerVL(Trainer):
 
     # ------------------------------------------------------------------------------------------------ building
 
-    @staticmethod
-    def _check_streams(train_dataset, eval_dataset, args: RFTConfig) -> None:
-        """TRL's rules for streaming (iterable) datasets: no batch dispatching; one loader worker for training."""
-        eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
-        if not (is_stream(train_dataset) or any(is_stream(d) for d in eval_sets)):
-            return
-        if args.accelerator_config.dispatch_batches:
-            raise ValueError(
-                "Iterable datasets require `dispatch_batches=False`: every process reads its own share of the stream "
-                "(batches are raw prompt rows, which Accelerate cannot dispatch). Drop dispatch_batches from "
-                "accelerator_config."
-            )
-        if is_stream(train_dataset) and args.dataloader_num_workers > 0:
-            # Each worker would read the whole stream, repeating prompts and splitting rollouts across workers.
-            logger.warning(
-                "dataloader_num_workers=%d set to 0: a streaming training set is read by one loader process.",
-                args.dataloader_num_workers,
-            )
-            args.dataloader_num_workers = 0
-
-    def _build_rollout_engine(self, actor: Actor, processing_class):
-        """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server)."""
-        from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
-
-        args = self.args
-        tokenizer = self.collator.tokenizer
-        common = {
-            "tokenizer": tokenizer,
-            "eos_token_id": actor.hf_model.generation_config.eos_token_id or tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.pad_token_id,
-            "suppressed_token_ids": actor.media_token_ids if args.suppress_media_tokens else [],
-            "structured_outputs_regex": args.vllm_structured_outputs_regex,
-            "audio_sampling_rate": self.collator.sampling_rate,
-            "chat_template_kwargs": args.chat_template_kwargs,
-        }
-        if args.vllm_mode == "server":
-            return VLLMServerEngine(
-                base_url=args.vllm_server_url(),
-                timeout=args.vllm_server_timeout,
-                sync_dir=args.vllm_weight_sync_dir,
-                need_log_probs=True,
-                is_main_process=self.accelerator.is_main_process,
-                **common,
-            )
-        num_processes, tp = self.accelerator.num_processes, args.vllm_tensor_parallel_size
-        if num_processes % tp:
-            raise ValueError(
-                f"vllm_tensor_parallel_size={tp} must divide the number of processes ({num_processes}): each group "
-                "of that many processes shares one engine."
-            )
-        if importlib.util.find_spec("vllm") is None:
-            raise ImportError(
-                "use_vllm=True with vllm_mode='colocate' needs vLLM in this environment: `pip install rft_trl[vllm]` "
-                "(on a CPU machine, `bash scripts/setup_vllm.sh` builds vLLM's CPU environment; see the README)."
-            )
-        tp_group = None
-        if tp > 1:
-            # Consecutive processes form a group ([0, 1], [2, 3], ... for 2), as TRL's colocate mode does.
-            tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
-                [list(range(start, start + tp)) for start in range(0, num_processes, tp)]
-            )
-        dtype = next(actor.hf_model.parameters()).dtype
-        llm_kwargs = {
-            "dtype": str(dtype).removeprefix("torch."),
-            # Each engine samples its own prompts: its own seed, the same on the processes that share it.
-            "seed": args.seed + self.accelerator.process_index // tp,
-            "tensor_parallel_size": tp,
-            "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
-            "max_model_len": args.vllm_max_model_length,
-            "model_impl": args.vllm_model_impl,
-            "enable_sleep_mode": args.vllm_enable_sleep_mode,
-            "enforce_eager": args.vllm_enforce_eager,
-            "trust_remote_code": args.model_kwargs()["trust_remote_code"],
-        }
-        path = self._engine_model_path(actor, processing_class)
-        engine = VLLMColocateEngine(path, llm_kwargs, num_processes=num_processes, tp_group=tp_group, **common)
-        self.accelerator.wait_for_everyone()
-        return engine
-
-    def _engine_model_path(self, actor: Actor, processing_class) -> str:
-        """
-        Where a colocated engine loads the model from: the policy's own directory or Hub id, else (a model built in
-        memory) its config, processor and weights written once (by the main process) to a temporary directory, the
-        weights under their checkpoint names (LoRA merged in, gathered under ZeRO-3, where every process takes part).
-        Either way the engine's weights are replaced by the policy's before the first rollout.
-        """
-        model = actor.model
-        base = model.get_base_model() if isinstance(model, PeftModel) else model
-        source = base.config._name_or_path
-        if source and (os.path.isfile(os.path.join(source, "config.json")) or not os.path.exists(source)):
-            return source  # a model directory, or a Hub id
-        weights = iter_checkpoint_weights(model)
-        path = None
-        if not self.accelerator.is_main_process:
-            if any(hasattr(parameter, "ds_id") for parameter in model.parameters()):
-                deque(weights, maxlen=0)  # ZeRO-3: take part in each module's gathering, keep nothing
-        else:
-            path = tempfile.mkdtemp(prefix="rft_trl_vllm_model_")
-            config = copy.deepcopy(base.config)
-            config.architectures = [type(base).__name__]  # what save_pretrained records, and vLLM reads
-            config.save_pretrained(path)
-            if base.generation_config is not None:
-                base.generation_config.save_pretrained(path)
-            processing_class.save_pretrained(path)
-            tensors = {name: tensor.contiguous() for name, tensor in weights}
-            save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        return broadcast_object_list([path])[0]
-
     def _gather_for_rollout(self) -> bool:
         """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
         return self.args.ds3_gather_for_generation and self.rollout_engine is None
@@ -472,159 +327,6 @@ class PPOTrainerVL(Trainer):
             model = model.actor.model
         if engine.sync_weights(model, self.state.global_step):
             self.accelerator.wait_for_everyone()
-
-    def _build_reference(self, initial_model: nn.Module | None, model_path: str | None) -> Callable | None:
-        if self.args.init_kl_coef == 0 and initial_model is None:
-            return None
-        if initial_model is not None:
-            reference = (
-                initial_model
-                if isinstance(initial_model, Actor)
-                else actor_class(self.media_kinds)(
-                    initial_model,
-                    **self.args.model_kwargs(from_path=False),
-                    **self.args.log_prob_kwargs(),
-                )
-            )
-        elif self._peft:
-            # With an adapter, the base model under it *is* the reference: disable the adapter for the forward.
-            def adapter_disabled(*args, **kwargs):
-                with self.actor.model.disable_adapter():
-                    return self.actor(*args, **kwargs)
-
-            return adapter_disabled
-        elif self._zero3_partitioned(self.actor):
-            # A ZeRO-3 partitioned actor cannot be copied (each rank holds a shard): load the reference again.
-            if model_path is None:
-                raise ValueError(
-                    "Under ZeRO-3 the KL reference is loaded from the policy's checkpoint, but the policy was given "
-                    "as an already partitioned model object: pass the model as a path, or pass initial_model."
-                )
-            reference = actor_class(self.media_kinds)(
-                model_path,
-                **self.args.model_kwargs(),
-                **self.args.log_prob_kwargs(),
-            )
-        else:
-            reference = copy.deepcopy(self.actor)
-        if self.args.cast_lm_head_to_fp32:
-            cast_lm_head_to_fp32(reference.hf_model)  # a no-op on a copy of the (cast) policy
-        # The KL compares the two policies over the tokens the rollout can sample.
-        reference.suppressed_token_ids = list(self.actor.suppressed_token_ids)
-        reference.requires_grad_(False)
-        reference.eval()
-        if self.args.disable_dropout:
-            disable_dropout_in_model(reference)
-        if self.is_deepspeed_enabled:
-            # TRL's way: an inference engine of the same ZeRO stage (3: sharded like the policy; below: whole), whose
-            # hooks gather the shards for the reference forward.
-            self._reference_engine = prepare_deepspeed(reference, self.accelerator)
-        self._reference = reference.to(self.accelerator.device)
-        return self._reference
-
-    def _check_sync_ref_model(self) -> None:
-        """TRL's conditions for `sync_ref_model`, and ours (the reference must be a model of its own, saved whole)."""
-        if self.args.init_kl_coef == 0.0:
-            raise ValueError(
-                "You passed `sync_ref_model=True` while `beta=0.0`: the reference model is not used, so there is "
-                "nothing to synchronize. Set `sync_ref_model=False`, or a non-zero `beta`."
-            )
-        if self._peft:
-            raise ValueError(
-                "`sync_ref_model=True` with a PEFT model is not supported: the reference is the base model under the "
-                "adapter, not a model of its own to mix weights into. Use full fine-tuning, or sync_ref_model=False."
-            )
-        if self.critic is not None:
-            raise ValueError(
-                "`sync_ref_model=True` with a critic is not supported: the trained module holds the critic's weights "
-                "too, which have no counterpart in the reference."
-            )
-        if is_deepspeed_zero3_enabled():
-            raise ValueError(
-                "`sync_ref_model=True` under ZeRO-3 is not supported: the synced reference is saved whole in each "
-                "checkpoint (for an exact resume), which a partitioned reference cannot be."
-            )
-
-    def _place_reward_models(self) -> None:
-        """Put the sequence-classification reward models where they run, as TRL does: a DeepSpeed inference engine
-        of the training's ZeRO stage, else the accelerator's device, in eval mode."""
-        for func in self.reward_scorer.reward_funcs:
-            if isinstance(func, SequenceClassificationReward):
-                if self.is_deepspeed_enabled:
-                    func.model = prepare_deepspeed(func.model, self.accelerator)
-                else:
-                    func.model = self.accelerator.prepare_model(
-                        func.model, evaluation_mode=True, device_placement=True
-                    )
-        self.reward_funcs = [
-            func.model if isinstance(func, SequenceClassificationReward) else original
-            for func, original in zip(self.reward_scorer.reward_funcs, self.reward_funcs)
-        ]
-
-    def _resolve_aux_loss_coef(self) -> float:
-        """
-        The weight of an MoE router's load-balancing loss: TRL's `router_aux_loss_coef`, else the seed's
-        `aux_loss_coef`, else (TRL's default) the model config's own coefficient, 0 when it declares none.
-        """
-        text_config = self.actor.hf_model.config.get_text_config()
-        if self.args.router_aux_loss_coef is not None:
-            if self.args.aux_loss_coef and self.args.aux_loss_coef != self.args.router_aux_loss_coef:
-                raise ValueError(
-                    f"router_aux_loss_coef={self.args.router_aux_loss_coef} contradicts its seed name aux_loss_coef="
-                    f"{self.args.aux_loss_coef}; set only one."
-                )
-            coef = self.args.router_aux_loss_coef
-            if coef and "output_router_logits" not in text_config.to_dict():
-                raise ValueError(
-                    f"router_aux_loss_coef={coef}, but {type(self.actor.hf_model).__name__} returns no router logits "
-                    "(not a mixture of experts): there is no auxiliary loss to weight."
-                )
-            return coef
-        if self.args.aux_loss_coef:
-            return self.args.aux_loss_coef
-        return text_config.to_dict().get("router_aux_loss_coef", 0.0) or 0.0
-
-    def _router_aux_loss(self, output: ModelOutput) -> torch.Tensor | None:
-        """
-        The router load-balancing loss the policy's forward returned, or `None` (warned once) when it returned none.
-
-        Not every mixture-of-experts model computes one: Llama 4's and GLM-4.6V's multimodal outputs have no
-        `aux_loss` field, Llama 4's text model leaves it `None` even with `output_router_logits`, and no model
-        computes one with `output_router_logits` off. `ModelOutput.get` reads an absent field and a `None` one alike
-        (a `ModelOutput` holds only the fields that are set); such a model trains without the term.
-        """
-        aux_loss = output.get("aux_loss")
-        if aux_loss is None and not self._missing_aux_loss_warned:
-            self._missing_aux_loss_warned = True
-            logger.warning(
-                "router_aux_loss_coef=%s, but %s returned no router auxiliary loss (a %s without aux_loss; "
-                "output_router_logits=%s in its text config). Training without it.",
-                self._aux_loss_coef,
-                type(self.actor.hf_model).__name__,
-                type(output).__name__,
-                self.actor.hf_model.config.get_text_config().to_dict().get("output_router_logits"),
-            )
-        return aux_loss
-
-    @staticmethod
-    def _zero3_partitioned(module: nn.Module) -> bool:
-        if not is_deepspeed_zero3_enabled():
-            return False
-        from deepspeed.runtime.zero.utils import is_zero_param
-
-        return any(is_zero_param(parameter) for parameter in module.parameters())
-
-    def _check_deepspeed_saving(self) -> None:
-        """Refuse ZeRO-3 without 16-bit gathering on save: `save_model` would write no loadable weights."""
-        if not self.is_deepspeed_enabled or not is_deepspeed_zero3_enabled():
-            return
-        zero = self.accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
-        if not zero.get("stage3_gather_16bit_weights_on_model_save", False):
-            raise ValueError(
-                "ZeRO-3 without gathering the weights on save writes no model.safetensors that from_pretrained can "
-                "load: set `zero3_save_16bit_model: true` in the accelerate config (DeepSpeed's "
-                "stage3_gather_16bit_weights_on_model_save)."
-            )
 
     def create_optimizer(self, model=None):
         """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
@@ -712,7 +414,10 @@ class PPOTrainerVL(Trainer):
             self.rollout_engine.sleep()
         if model_was_training:
             self.model.train()
-        self._micro_batches = self._plan_micro_batches(rollout)
+        full = self.args.rollout_batch_size * self.args.n_samples_per_prompt
+        self._micro_batches = plan_micro_batches(
+            self.replay_buffer, top_up(rollout.items, full), self.args.max_epochs, self.args.seed + self._step
+        )
         self._rollout_metrics = self._gather_rollout_metrics(rollout)
         # TRL's count of tokens seen (prompts and completions, all processes); saved with the TrainerState.
         self.state.num_input_tokens_seen += int(self._rollout_metrics["rollout/tokens"])
@@ -721,66 +426,12 @@ class PPOTrainerVL(Trainer):
             # The KL and sample count over all processes, so that every process moves the coefficient alike.
             self.kl_ctl.update(self._rollout_metrics["rollout/kl"], int(self._rollout_metrics["rollout/num_samples"]))
         # The last rollout's completions, for the table `log_completions` logs (and TRL's `_logs` view of them).
-        self._completions_table = [
-            {"step": self.state.global_step, "prompt": str(p), "completion": c, "reward": float(r)}
-            for p, c, r in zip(rollout.prompts, rollout.completions, rollout.rewards.tolist())
-        ]
-        if self.args.log_multimodal and rollout.images is not None:
-            for row, images in zip(self._completions_table, rollout.images):
-                row["images"] = images
-        for column, values in rollout.extra_columns.items():
-            for row, value in zip(self._completions_table, values):
-                row[column] = value
-        self._completion_rewards = rollout.reward_components
-        self._completion_prompts = rollout.prompts  # as given (chat messages stay messages), for the console table
-        self._completions_table_logged = False
+        self._completions.record_rollout(rollout, self.state.global_step)
 
     @property
     def _logs(self) -> dict[str, Any]:
-        """
-        TRL's private view of the last rollout's completions: `prompt`, `completion`, `images` (with
-        `log_multimodal`) and `extra` (the columns reward functions logged with `log_extra`).
-        """
-        table = self._completions_table
-        extra = [
-            name for name in (table[0] if table else {}) if name not in ("step", "prompt", "completion", "reward")
-        ]
-        return {
-            "prompt": [row["prompt"] for row in table],
-            "completion": [row["completion"] for row in table],
-            "images": [row["images"] for row in table if "images" in row],
-            "extra": {name: [row[name] for row in table] for name in extra if name != "images"},
-        }
-
-    def _plan_micro_batches(self, rollout: Rollout) -> list:
-        """`max_epochs` passes over the rollout, each in a fresh seeded order, cut into training micro-batches."""
-        buffer = self.replay_buffer
-        buffer.clear()
-        buffer.extend(self._top_up(rollout.items))
-        size = buffer.sample_batch_size
-        generator = torch.Generator().manual_seed(self.args.seed + self._step)
-        batches = []
-        for _ in range(self.args.max_epochs):
-            order = torch.randperm(len(buffer), generator=generator).tolist()
-            for start in range(0, len(buffer), size):
-                batches.append(buffer.collate_fn([buffer[i] for i in order[start : start + size]]))
-        return batches
-
-    def _top_up(self, items: list) -> list:
-        """
-        The rollout's items, topped up to a full rollout with excluded copies (`valid` 0, masked out of the loss).
-
-        A process whose collator skipped bad prompts has fewer samples, yet every process must replay
-        `micro_steps_per_rollout` micro-batches: DDP and ZeRO synchronise every backward, so one process running
-        fewer would leave the others waiting (and a short rollout has no micro-batch to index).
-        """
-        full = self.args.rollout_batch_size * self.args.n_samples_per_prompt
-        topped_up = list(items)
-        for i in range(full - len(items)):
-            filler = copy.copy(items[i % len(items)])
-            filler.info = {**filler.info, "valid": torch.zeros(())}
-            topped_up.append(filler)
-        return topped_up
+        """TRL's private view of the last rollout's completions (see [`CompletionsLog.trl_logs`])."""
+        return self._completions.trl_logs()
 
     def _gather_rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         """Rollout metrics over all processes, merged by [`merge_rollout_metrics`]."""
@@ -794,86 +445,25 @@ class PPOTrainerVL(Trainer):
         # Not super(): the parent's loss is the model's own (labels -> cross-entropy); this is the RL objective on an
         # experience micro-batch. The forward still runs through `model` (the DDP/DeepSpeed wrapper).
         experience = inputs
-        args = self.args
-        train_actor = self.state.global_step >= args.freezing_actor_steps
+        train_actor = self.state.global_step >= self.args.freezing_actor_steps
         train_critic = self.critic is not None
-        packed_seq_lens = experience.packed_seq_lens
-        sequences = torch.cat(experience.sequences)[None] if packed_seq_lens else experience.sequences
-        token_fields = {
-            name: torch.cat(value)[None] if packed_seq_lens else value
-            for name, value in experience.token_fields.items()
-        }
-        media = experience.multimodal_inputs
-        encodings = self.experience_maker.media_encodings
-        if encodings is not None and self.critic is None and experience.multimodal_samples is not None:
-            # The policy alone (a critic's backbone has an encoder of its own): each prompt's media encoded once.
-            media = encodings.model_inputs(experience.multimodal_samples, sequences.device)
-        common = {
-            "attention_mask": None if packed_seq_lens else experience.attention_mask,
-            "packed_seq_lens": packed_seq_lens,
-            **token_fields,
-            **media,
-        }
-        if self.critic is not None:
-            out = model(
-                sequences,
-                experience.num_actions,
-                temperature=args.temperature,
-                return_entropy=True,  # logged as TRL's `entropy`; computed in the same pass as the log-probs
-                with_actor=train_actor,
-                with_values=train_critic,
-                **common,
-            )
-        elif train_actor:
-            # `model` wraps the policy itself (DDP, DeepSpeed): the actor runs its forward through the wrapper.
-            log_probs, entropy, output = self.actor(
-                sequences,
-                experience.num_actions,
-                temperature=args.temperature,
-                return_entropy=True,
-                return_output=True,
-                wrapped_model=model,
-                **common,
-            )
-            out = {"log_probs": log_probs, "entropy": entropy, "output": output}
-        else:
-            out = {}
-        batch = self._padded_fields(experience, out)
+        out = micro_batch_forward(
+            model,
+            self.actor,
+            experience,
+            self.args.temperature,
+            with_actor=train_actor,
+            with_values=train_critic,
+            media_encodings=self.experience_maker.media_encodings if self.critic is None else None,
+        )
+        batch = padded_fields(experience, out)
         mask = batch["action_mask"] & (experience.info["valid"] > 0)[:, None]  # [B, A]
-        loss = torch.zeros((), device=sequences.device)
+        loss = torch.zeros((), device=mask.device)
         if train_actor:
             loss = loss + self.training_step_actor(batch, mask, out)
         if train_critic:
             loss = loss + self.training_step_critic(batch, mask)
         return (loss, out) if return_outputs else loss
-
-    def _padded_fields(self, experience, out: dict) -> dict[str, torch.Tensor]:
-        """The micro-batch's per-token fields as `[B, A]` tensors, left-padded like a padded experience."""
-        names = (
-            "action_mask",
-            "action_log_probs",
-            "base_action_log_probs",
-            "advantages",
-            "returns",
-            "values",
-            "importance_weights",
-        )
-        fields = {name: getattr(experience, name) for name in names}
-        fields.update({f"new_{k}": v for k, v in out.items() if k in ("log_probs", "entropy", "values")})
-        if experience.is_packed:
-            lengths = torch.tensor(experience.num_actions)
-            width = int(lengths.max())
-            # Left-padded layout: row i's actions fill its last lengths[i] columns.
-            layout = torch.arange(width)[None, :] >= (width - lengths)[:, None]  # [B, A]
-            for name, value in list(fields.items()):
-                if value is None:
-                    continue
-                flat = torch.cat(value) if isinstance(value, list) else value.flatten()
-                layout_here = layout.to(flat.device)
-                # masked_scatter is out of place, so gradients flow from the packed outputs into the padded view.
-                fields[name] = flat.new_zeros(layout.shape).masked_scatter(layout_here, flat)
-        fields["action_mask"] = fields["action_mask"].bool()
-        return fields
 
     def training_step_actor(self, batch: dict, mask: torch.Tensor, out: dict) -> torch.Tensor:
         """The actor's loss on one micro-batch: clipped policy loss + KL + MoE aux (+ ptx) - entropy bonus."""
@@ -890,12 +480,12 @@ class PPOTrainerVL(Trainer):
             entropy_coef=controller.applied() if controller.enabled else None,
             entropy_mask=entropy_mask,
             ptx_loss=sft_loss(self.actor, self._next_ptx_batch()) if args.ptx_coef > 0 else None,
-            aux_loss=self._router_aux_loss(out["output"]) if self._aux_loss_coef else None,
-            aux_loss_coef=self._aux_loss_coef,
+            aux_loss=self._router_aux_loss(out["output"]) if self._router_aux_loss.coef else None,
+            aux_loss_coef=self._router_aux_loss.coef,
             off_policy_mask=self.get_off_policy_mask,
         )
         for name, (value, weight) in objective.metrics.items():
-            self._record(name, value, weight)
+            self._metrics.record(name, value, weight)
         acting = objective.acting_mask
         if acting is not None and self.model.training:  # not during evaluation's loss
             controller.observe(torch.where(acting, batch["new_entropy"], 0.0).sum(), acting.sum())
@@ -954,21 +544,8 @@ class PPOTrainerVL(Trainer):
         """The critic's clipped value loss on one micro-batch."""
         objective = critic_objective(batch, mask, self.args.value_clip)
         for name, (value, weight) in objective.metrics.items():
-            self._record(name, value, weight)
+            self._metrics.record(name, value, weight)
         return objective.loss
-
-    def _update_ema(self) -> None:
-        beta = self.args.ema_beta
-        params = {name: p for name, p in self.actor.named_parameters() if p.requires_grad}
-        if self._ema_state is None:
-            self._ema_state = {name: p.detach().clone() for name, p in params.items()}
-        else:
-            for name, p in params.items():
-                self._ema_state[name].lerp_(p.detach(), 1 - beta)
-        if self._ema_model is not None:
-            target = dict(self._ema_model.named_parameters())
-            for name, value in self._ema_state.items():
-                target[name].data.copy_(value)
 
     # ------------------------------------------------------------------------------------------------ logging
 
@@ -980,7 +557,7 @@ class PPOTrainerVL(Trainer):
         if training_step or pending:
             # Within one rollout's optimizer steps, each log repeats that rollout's statistics.
             rollouts = self._interval_rollout_metrics or [self._rollout_metrics]
-            logs = {**logs, **self._aggregate_metrics(), **merge_rollout_metrics(rollouts)}
+            logs = {**logs, **self._metrics.aggregate(self.accelerator.device), **merge_rollout_metrics(rollouts)}
             self._interval_rollout_metrics = []
             logs["train/kl_coef"] = self.kl_ctl.value
             logs["entropy_coef"] = self.entropy_coef  # TRL's name
@@ -988,84 +565,8 @@ class PPOTrainerVL(Trainer):
             logs["train/nonfinite_steps_skipped"] = float(self._nonfinite_guard.skipped_steps)
         super().log(logs, start_time)
         # After the metrics, so that trackers number the table after the step it shows.
-        if (training_step or pending) and self.args.log_completions and not self._completions_table_logged:
-            self._log_completions_table()
-
-    def _record(self, name: str, value, weight: torch.Tensor | None = None) -> None:
-        """Keep a micro-batch's metric, with the number of tokens it was computed over (1 when it is not a mean)."""
-        value = torch.as_tensor(value).detach().float()
-        weight = torch.ones_like(value) if weight is None else weight.detach().float().to(value.device)
-        self._metrics[name].append(torch.stack([value, weight]))
-
-    def _aggregate_metrics(self) -> dict[str, float]:
-        """
-        The logging interval's metrics over its micro-batches: `*_max` the largest, `*_min` the smallest, any other
-        the token-weighted mean. Micro-batches without a token in the loss (every sample excluded, e.g. the fillers of
-        a rollout whose bad rows were skipped) count for nothing, and a metric none of them had is not logged.
-
-        Metrics stay tensors during the step; this is the one host read, instead of one per micro-batch.
-        """
-        names = [name for name, entries in self._metrics.items() if entries]
-        if not names:
-            return {}
-        reduced = []
-        for name in names:
-            values, weights = torch.stack([entry.to(self.accelerator.device) for entry in self._metrics[name]]).T
-            present = weights > 0
-            if name.endswith("_max"):
-                value = torch.where(present, values, -math.inf).max()
-            elif name.endswith("_min"):
-                value = torch.where(present, values, math.inf).min()
-            else:
-                value = (torch.where(present, values, 0.0) * weights).sum() / weights.sum().clamp(min=1e-12)
-            reduced.append(torch.stack([value, weights.sum()]))
-        self._metrics.clear()
-        return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}
-
-    def _log_completions_table(self) -> None:
-        """`log_completions`: TRL's console table of the last rollout (with `rich`), and a trackio / wandb table."""
-        self._emit_completions(
-            self._completions_table,
-            self._completion_prompts,
-            self._completion_rewards,
-            "completions",
-            extra=self._logs["extra"] or None,
-        )
-        self._completions_table_logged = True
-
-    def _emit_completions(
-        self, table: list[dict], prompts: list, rewards: dict[str, list[float]], name: str, extra=None
-    ) -> None:
-        """Print `table` as TRL's console table (with `rich`) and log it as table `name` to trackio / wandb."""
-        if not self.accelerator.is_main_process or not table:
-            return
-        if importlib.util.find_spec("rich") is not None:
-            print_prompt_completions_sample(
-                prompts,
-                [row["completion"] for row in table],
-                rewards,
-                None,
-                self.state.global_step,
-                self.args.num_completions_to_print,
-                extra=extra,
-            )
-        if "trackio" in self.args.report_to:
-            import trackio
-
-            columns = [column for column in table[0] if column != "images"]
-            rows = [[row.get(column) for column in columns] for row in table]
-            trackio.log({name: trackio.Table(columns=columns, data=rows)})
-        if "wandb" in self.args.report_to:
-            import wandb
-
-            if wandb.run is not None:
-                rows = [
-                    {**row, "images": [wandb.Image(load_image(image)) for image in row["images"]]}
-                    if "images" in row
-                    else row
-                    for row in table
-                ]
-                wandb.log({name: wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])})
+        if (training_step or pending) and self.args.log_completions:
+            self._completions.log_rollout(self.state.global_step)
 
     # ------------------------------------------------------------------------------------------------ evaluation
 
@@ -1097,21 +598,9 @@ class PPOTrainerVL(Trainer):
         metrics, shown = evaluate_rollouts(self, dataset, metric_key_prefix)
         self.log(metrics)
         if self.args.log_completions:
-            self._log_eval_completions(shown, metric_key_prefix)
+            self._completions.log_eval(shown, self.state.global_step, metric_key_prefix)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _log_eval_completions(self, shown: list[tuple], metric_key_prefix: str) -> None:
-        """The eval completions, each row once in dataset order, as the training table: console and trackers."""
-        # Rows Accelerate repeated to even out the processes' last batches come back under the same key.
-        rows = [row for _, row in sorted({row[0]: row for row in shown}.items())]
-        table = [
-            {"step": self.state.global_step, "prompt": str(prompt), "completion": completion, "reward": reward}
-            for _, prompt, completion, reward, _ in rows
-        ]
-        rewards = {name: [row[4][name] for row in rows] for name in (rows[0][4] if rows else ())}
-        prompts = [row[1] for row in rows]
-        self._emit_completions(table, prompts, rewards, f"{metric_key_prefix}_completions")
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         """
@@ -1139,31 +628,13 @@ class PPOTrainerVL(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the actor in Hugging Face format (the LoRA adapter alone under PEFT), its processor, the critic."""
         # Not super(): the parent saves `trainer.model`'s state dict whole; with a critic that is the PolicyAndValue
-        # wrapper, which from_pretrained cannot load, so the actor and the critic are written apart.
+        # wrapper, which from_pretrained cannot load, so the actor and the critic are written apart. The parent also
+        # pickles the arguments (training_args.bin); a JSON copy is written instead.
         # Every process calls this; one writes (gathering a sharded state dict, if any, happened before).
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        actor_state = critic_state = None
-        if state_dict is not None and self.critic is None:
-            actor_state = state_dict  # `trainer.model` is the policy itself
-        elif state_dict is not None:
-            actor_state = {k[len("actor.model.") :]: v for k, v in state_dict.items() if k.startswith("actor.model.")}
-            critic_state = {k[len("critic.") :]: v for k, v in state_dict.items() if k.startswith("critic.")}
-        self.actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        if self.critic is not None:
-            critic_state = critic_state or self.critic.state_dict()
-            os.makedirs(os.path.join(output_dir, "critic"), exist_ok=True)
-            save_file(
-                {k: v.detach().contiguous().cpu() for k, v in critic_state.items()},
-                os.path.join(output_dir, "critic", "model.safetensors"),
-            )
-        # JSON, not a pickle of the arguments: `to_json_string` redacts tokens, and JSON loads without running code.
-        with open(os.path.join(output_dir, "training_args.json"), "w") as f:
-            f.write(self.args.to_json_string())
+        save_policy(output_dir, self.actor, self.critic, self.processing_class, self.args, state_dict)
         if self._staging_dir is not None:
             kill_point("after_weights", self.state.global_step)
 
@@ -1210,7 +681,7 @@ class PPOTrainerVL(Trainer):
                 if self.args.should_save:
                     self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
             if self.args.should_save:
-                save_rft_state(staging, self._rft_state(), self._ema_state)
+                save_rft_state(staging, run_state(self), self._ema.state)
                 if self.args.sync_ref_model:  # the reference has moved away from the initial policy: keep it
                     reference = {k: v.detach().contiguous().cpu() for k, v in self.ref_model.state_dict().items()}
                     save_file(reference, os.path.join(staging, REFERENCE_NAME))
@@ -1229,80 +700,6 @@ class PPOTrainerVL(Trainer):
         # Deferred while the checkpoint is staged: the Hub's copy must be the committed checkpoint, marker included.
         if self._staging_dir is None:
             super()._push_from_checkpoint(checkpoint_folder)
-
-    def _rft_state(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond the Trainer's own files to resume exactly (JSON-serialisable)."""
-        return {
-            "micro_step": self._step,
-            "ptx_position": self._ptx_position,
-            "kl_controller": self.kl_ctl.state_dict(),
-            "entropy_controller": self.entropy_controller.state_dict(),
-            "nonfinite": self._nonfinite_guard.state_dict(),
-            "reference_fingerprint": self._reference_fingerprint,
-            "replacement_passes": self._replacement_passes_per_process,
-        }
-
-    def _fingerprint_reference(self) -> dict[str, list[float]] | None:
-        """
-        The fingerprint of the KL reference as this run built it (`None` without a reference, or with
-        `sync_ref_model`, whose checkpoints hold the reference's weights themselves).
-        """
-        if self._reference_fn is None or self.args.sync_ref_model:
-            return None
-        if self._reference is not None:
-            return weights_fingerprint(self._reference)
-        # PEFT: the reference is the frozen base under the adapter; what trains (the adapter) is left out.
-        trainable = {name for name, parameter in self.actor.model.named_parameters() if parameter.requires_grad}
-        return weights_fingerprint(self.actor.model, skip=trainable.__contains__)
-
-    def _check_reference(self, checkpoint: str, recorded: dict[str, list[float]] | None) -> None:
-        """Refuse to resume `checkpoint` against another KL reference than the one it was trained against."""
-        if self._reference_fingerprint is None:
-            return
-        if recorded is None:
-            logger.warning(
-                "%s records no fingerprint of its KL reference (written before rft_trl recorded one): the reference "
-                "this run built cannot be checked against the one the checkpoint was trained with.",
-                checkpoint,
-            )
-            return
-        difference = fingerprint_difference(recorded, self._reference_fingerprint)
-        if difference is not None:
-            raise CheckpointError(
-                f"{checkpoint} was trained against another KL reference than the one this run built: {difference}. "
-                "The reference is the model given to the trainer (with PEFT, the base under the adapter) before the "
-                "checkpoint's weights are loaded, so a resumed run must build it as the interrupted run did (the "
-                "same model, and any warm-up or preprocessing of it before the trainer). Rebuild it that way, or "
-                "start a new run."
-            )
-
-    def _restore_rft_state(self, checkpoint: str) -> None:
-        state, ema = load_rft_state(checkpoint, self.accelerator.device)
-        self._check_reference(checkpoint, state.get("reference_fingerprint"))
-        self._step = state["micro_step"]
-        self._ptx_position = state["ptx_position"]
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-        if "entropy_controller" in state:  # checkpoints written before the entropy controller have none
-            self.entropy_controller.load_state_dict(state["entropy_controller"])
-        self._nonfinite_guard.load_state_dict(state["nonfinite"])
-        passes = state.get("replacement_passes", [])  # checkpoints written before it have none
-        if len(passes) == self.accelerator.num_processes:
-            self._replacement_passes = passes[self.accelerator.process_index]
-        # The checkpoint ends a rollout: the next micro-step generates a fresh one.
-        self._micro_batches = []
-        self._ema_state = ema
-        if self.args.sync_ref_model:
-            path = os.path.join(checkpoint, REFERENCE_NAME)
-            if not os.path.isfile(path):
-                raise CheckpointError(
-                    f"{checkpoint} has no {REFERENCE_NAME}: it was not written with sync_ref_model=True, so the "
-                    "synced reference cannot be restored. Resume with the settings it was trained with."
-                )
-            self.ref_model.load_state_dict(read_safetensors(path, str(self.accelerator.device)), strict=True)
-        if ema is not None and self._ema_model is not None:
-            target = dict(self._ema_model.named_parameters())
-            for name, value in ema.items():
-                target[name].data.copy_(value)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # Not super(): the parent loads one state dict into `trainer.model`; a checkpoint here holds the actor in its
@@ -1350,12 +747,12 @@ class PPOTrainerVL(Trainer):
             remove_partial_checkpoints(self.args.output_dir)
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         # Before any step: what every checkpoint of this run records, and what a resume is checked against.
-        self._reference_fingerprint = self._fingerprint_reference()
+        self._reference_fingerprint = reference_fingerprint(self)
         if checkpoint is not None:
             check_resumable(
                 checkpoint, self._optimizer_steps_per_rollout, needs_optimizer_file=not self.is_deepspeed_enabled
             )
-            self._restore_rft_state(checkpoint)
+            restore_run_state(self, checkpoint)
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):

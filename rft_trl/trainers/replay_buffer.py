@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -152,3 +153,36 @@ class NaiveReplayBuffer:
 
 # The seed's vision-language name: one buffer serves every modality.
 NaiveReplayBufferVL = NaiveReplayBuffer
+
+
+def top_up(items: list, size: int) -> list:
+    """
+    `items`, topped up to `size` with excluded copies (`valid` 0, masked out of the loss).
+
+    A process whose collator skipped bad prompts has fewer samples, yet every process must replay the same number of
+    micro-batches: DDP and ZeRO synchronise every backward, so one process running fewer would leave the others
+    waiting (and a short rollout has no micro-batch to index).
+    """
+    topped_up = list(items)
+    for i in range(size - len(items)):
+        filler = copy.copy(items[i % len(items)])
+        filler.info = {**filler.info, "valid": torch.zeros(())}
+        topped_up.append(filler)
+    return topped_up
+
+
+def plan_micro_batches(buffer: NaiveReplayBuffer, items: list, epochs: int, seed: int) -> list[Experience]:
+    """
+    `epochs` passes over `items` (one rollout's), each in a fresh order drawn from `seed`, cut into the buffer's
+    micro-batches; the buffer then holds the rollout.
+    """
+    buffer.clear()
+    buffer.extend(items)
+    size = buffer.sample_batch_size
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(epochs):
+        order = torch.randperm(len(buffer), generator=generator).tolist()
+        for start in range(0, len(buffer), size):
+            batches.append(buffer.collate_fn([buffer[i] for i in order[start : start + size]]))
+    return batches

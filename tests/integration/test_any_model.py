@@ -61,7 +61,7 @@ def test_moe_without_an_aux_loss_trains_without_it_and_warns_once(tmp_path, capl
     trainer = PPOTrainerVL(
         model, [length_reward], args, train_dataset=make_task_dataset("text", 4), processing_class=processor.tokenizer
     )
-    assert trainer._aux_loss_coef == 0.5
+    assert trainer._router_aux_loss.coef == 0.5
     before = {name: p.detach().clone() for name, p in trainer.actor.named_parameters() if p.requires_grad}
     with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.ppo_trainer_vl"):
         trainer.train()

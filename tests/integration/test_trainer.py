@@ -211,7 +211,7 @@ def test_loss_options_train(tmp_path, overrides):
         assert all(math.isfinite(entry["entropy"]) for entry in logs)
     if overrides.get("enable_ema"):
         # The EMA moved towards the trained weights and holds every trainable parameter.
-        assert set(trainer._ema_state) == {n for n, p in trainer.actor.named_parameters() if p.requires_grad}
+        assert set(trainer._ema.state) == {n for n, p in trainer.actor.named_parameters() if p.requires_grad}
     if "kl_target" in overrides:
         # Step 1's rollout has KL 0 (policy == reference), so the error clips to -0.2 and the adaptive controller
         # scales 0.1 by 1 - 0.2 * 4 samples / horizon 10 = 0.92.

@@ -234,12 +234,12 @@ def test_log_multimodal_puts_the_samples_images_in_the_completions_table(tmp_pat
     dataset = make_colour_dataset(4)
     trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
     trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
-    table = trainer._completions_table
+    table = trainer._completions.table
     assert len(table) == 4 and all(len(row["images"]) == 1 for row in table)
     args = tiny_config(str(tmp_path), log_completions=True, log_multimodal=False, max_steps=1)
     trainer = PPOTrainerVL(model, [length_reward], args, train_dataset=dataset, processing_class=processor)
     trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
-    assert "images" not in trainer._completions_table[0]
+    assert "images" not in trainer._completions.table[0]
 
 
 def test_reward_functions_get_trls_keyword_arguments(tmp_path):
@@ -260,7 +260,7 @@ def test_reward_functions_get_trls_keyword_arguments(tmp_path):
     dataset = make_colour_dataset(8)
     trainer = PPOTrainerVL(model, [judge], args, train_dataset=dataset, processing_class=processor)
     trainer._start_rollout([dict(dataset[0]), dict(dataset[1])])
-    table = trainer._completions_table
+    table = trainer._completions.table
     assert [row["num_tokens"] for row in table] == [row["reward"] for row in table]
     seen.clear()
     trainer.train()
@@ -610,9 +610,9 @@ def test_router_aux_loss_coefficient_resolution(tmp_path):
             processing_class=tokenizer,
         )
 
-    assert trainer()._aux_loss_coef == 0.02  # TRL's default: the model config's coefficient
-    assert trainer(router_aux_loss_coef=0.5)._aux_loss_coef == 0.5
-    assert trainer(aux_loss_coef=0.3)._aux_loss_coef == 0.3  # the seed's name
+    assert trainer()._router_aux_loss.coef == 0.02  # TRL's default: the model config's coefficient
+    assert trainer(router_aux_loss_coef=0.5)._router_aux_loss.coef == 0.5
+    assert trainer(aux_loss_coef=0.3)._router_aux_loss.coef == 0.3  # the seed's name
     text_model, _ = build_tiny_model("qwen2")
     with pytest.raises(ValueError, match="returns no router logits"):
         PPOTrainerVL(

@@ -8,6 +8,7 @@ from peft import LoraConfig, PeftModel
 from rft_trl import PPOTrainerVL
 from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
 from rft_trl.trainers.kl_controller import EntropyController
+from rft_trl.trainers.run_state import restore_run_state
 from rft_trl.trainers.sampling import RolloutStream
 from rft_trl.trainers.trainer_hooks import check_trainer_hooks
 
@@ -124,7 +125,9 @@ def test_eval_loss_is_the_training_objective_on_the_eval_completions(tmp_path):
     expected = -(advantages * lengths).sum() / lengths.sum()
     assert expected.abs() > 1e-3  # lengths differ within a group: a loss that only a wrong sum would miss
     assert metrics["eval_loss"] == pytest.approx(expected.item(), abs=1e-5)
-    assert not any(name.startswith("train/") for name in trainer._aggregate_metrics())  # training logs untouched
+    assert not any(
+        name.startswith("train/") for name in trainer._metrics.aggregate(trainer.accelerator.device)
+    )  # training logs untouched
 
 
 def test_evaluate_takes_dicts_and_streams_like_datasets(tmp_path):
@@ -166,7 +169,7 @@ def test_sync_ref_model_mixes_the_policy_into_the_reference_and_saves_it(tmp_pat
     assert any(not torch.equal(policy[n], initial[n]) for n in initial)
 
     fresh, _ = text_trainer(tmp_path / "fresh", **settings)
-    fresh._restore_rft_state(str(tmp_path / "out" / "checkpoint-2"))
+    restore_run_state(fresh, str(tmp_path / "out" / "checkpoint-2"))
     for (name, restored), (_, saved) in zip(fresh.ref_model.named_parameters(), trainer.ref_model.named_parameters()):
         assert torch.equal(restored, saved), name
 

@@ -1,0 +1,104 @@
+"""Exact resume: what a checkpoint holds of a [`PPOTrainerVL`] run beyond the Trainer's own files (the micro-step,
+the controllers, the non-finite guard, the replacement rows' passes, the EMA weights, a synced reference) and the
+fingerprint of the KL reference it was trained against, written and restored."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .checkpointing import REFERENCE_NAME, CheckpointError, load_rft_state, read_safetensors
+from .fingerprint import fingerprint_difference, weights_fingerprint
+
+if TYPE_CHECKING:
+    from .ppo_trainer_vl import PPOTrainerVL
+
+__all__ = ["check_reference", "reference_fingerprint", "restore_run_state", "run_state"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_state(trainer: PPOTrainerVL) -> dict[str, Any]:
+    """What a checkpoint needs beyond the Trainer's own files to resume exactly (JSON-serialisable)."""
+    return {
+        "micro_step": trainer._step,
+        "ptx_position": trainer._ptx_position,
+        "kl_controller": trainer.kl_ctl.state_dict(),
+        "entropy_controller": trainer.entropy_controller.state_dict(),
+        "nonfinite": trainer._nonfinite_guard.state_dict(),
+        "reference_fingerprint": trainer._reference_fingerprint,
+        "replacement_passes": trainer._replacement_passes_per_process,
+    }
+
+
+def restore_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
+    """Put the run's state saved in `checkpoint` back into `trainer`, after checking its KL reference."""
+    state, ema = load_rft_state(checkpoint, trainer.accelerator.device)
+    check_reference(checkpoint, state.get("reference_fingerprint"), trainer._reference_fingerprint)
+    trainer._step = state["micro_step"]
+    trainer._ptx_position = state["ptx_position"]
+    trainer.kl_ctl.load_state_dict(state["kl_controller"])
+    if "entropy_controller" in state:  # checkpoints written before the entropy controller have none
+        trainer.entropy_controller.load_state_dict(state["entropy_controller"])
+    trainer._nonfinite_guard.load_state_dict(state["nonfinite"])
+    passes = state.get("replacement_passes", [])  # checkpoints written before it have none
+    if len(passes) == trainer.accelerator.num_processes:
+        trainer._replacement_passes = passes[trainer.accelerator.process_index]
+    # The checkpoint ends a rollout: the next micro-step generates a fresh one.
+    trainer._micro_batches = []
+    trainer._ema.load(ema)
+    if trainer.args.sync_ref_model:
+        path = os.path.join(checkpoint, REFERENCE_NAME)
+        if not os.path.isfile(path):
+            raise CheckpointError(
+                f"{checkpoint} has no {REFERENCE_NAME}: it was not written with sync_ref_model=True, so the "
+                "synced reference cannot be restored. Resume with the settings it was trained with."
+            )
+        trainer.ref_model.load_state_dict(read_safetensors(path, str(trainer.accelerator.device)), strict=True)
+
+
+def reference_fingerprint(trainer: PPOTrainerVL) -> dict[str, list[float]] | None:
+    """
+    The fingerprint of the KL reference as this run built it (`None` without a reference, or with `sync_ref_model`,
+    whose checkpoints hold the reference's weights themselves).
+    """
+    if trainer._reference_fn is None or trainer.args.sync_ref_model:
+        return None
+    if trainer._reference is not None:
+        return weights_fingerprint(trainer._reference)
+    # PEFT: the reference is the frozen base under the adapter; what trains (the adapter) is left out.
+    model = trainer.actor.model
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    return weights_fingerprint(model, skip=trainable.__contains__)
+
+
+def check_reference(
+    checkpoint: str, recorded: dict[str, list[float]] | None, current: dict[str, list[float]] | None
+) -> None:
+    """
+    Refuse to resume `checkpoint` against another KL reference than the one it was trained against.
+
+    Args:
+        checkpoint (`str`): the checkpoint, for the messages.
+        recorded (`dict`, *optional*): the fingerprint it records (`None` when written before rft_trl recorded one).
+        current (`dict`, *optional*): this run's reference's (`None` when the run has no reference to check).
+    """
+    if current is None:
+        return
+    if recorded is None:
+        logger.warning(
+            "%s records no fingerprint of its KL reference (written before rft_trl recorded one): the reference "
+            "this run built cannot be checked against the one the checkpoint was trained with.",
+            checkpoint,
+        )
+        return
+    difference = fingerprint_difference(recorded, current)
+    if difference is not None:
+        raise CheckpointError(
+            f"{checkpoint} was trained against another KL reference than the one this run built: {difference}. "
+            "The reference is the model given to the trainer (with PEFT, the base under the adapter) before the "
+            "checkpoint's weights are loaded, so a resumed run must build it as the interrupted run did (the "
+            "same model, and any warm-up or preprocessing of it before the trainer). Rebuild it that way, or "
+            "start a new run."
+        )
