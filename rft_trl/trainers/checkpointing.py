@@ -313,6 +313,36 @@ def staged_checkpoint(final: str, is_writer: bool, wait_for_everyone: Callable[[
     wait_for_everyone()
 
 
+def point_to_best_checkpoint(state: TrainerState, save_strategy: str, run_dir: str) -> None:
+    """
+    Before a checkpoint of `run_dir` is staged: set `state.best_model_checkpoint` to the committed path of the best
+    step, when that is the step being saved or an earlier checkpoint that rotation kept (the Trainer itself only
+    looks in the directory it writes to, the staging one).
+    """
+    if save_strategy in ("steps", "epoch", "best") and state.best_global_step:
+        best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+        if state.best_global_step == state.global_step or os.path.isdir(best):
+            state.best_model_checkpoint = best
+
+
+def check_staged_save(state: TrainerState, staging: str, final: str, is_writer: bool) -> None:
+    """
+    After the Trainer's `_save_checkpoint` into `staging`: refuse a save that went elsewhere (a transformers release
+    that no longer writes under `_get_output_dir`), and name a best checkpoint found in the staging directory by its
+    committed path `final`, in the state and in its saved `trainer_state.json`.
+    """
+    if is_writer and not os.path.isfile(os.path.join(staging, TRAINER_STATE_NAME)):
+        raise RuntimeError(
+            f"transformers.Trainer._save_checkpoint did not write into {staging}: it no longer takes its directory "
+            "from _get_output_dir, so checkpoints would not be crash-safe. Install the transformers version rft_trl "
+            "pins (see pyproject.toml)."
+        )
+    if state.best_model_checkpoint == staging:
+        state.best_model_checkpoint = final
+        if is_writer:
+            state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+
+
 def rotate_checkpoints(
     run_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None, step: int
 ) -> None:

@@ -7,8 +7,9 @@ import math
 from collections import defaultdict
 
 import torch
+from accelerate.utils import gather_object
 
-__all__ = ["MetricRecorder", "eval_metrics", "merge_rollout_metrics"]
+__all__ = ["MetricRecorder", "eval_metrics", "gather_rollout_metrics", "merge_rollout_metrics"]
 
 # Rollout metrics that count things: summed when rollouts (or processes) are merged.
 _COUNT_METRICS = (
@@ -42,6 +43,13 @@ def merge_rollout_metrics(per_rollout: list[dict[str, float]]) -> dict[str, floa
         else:
             result[name] = sum(values) / len(values)
     return result
+
+
+def gather_rollout_metrics(metrics: dict[str, float], num_processes: int) -> dict[str, float]:
+    """A rollout's metrics over all processes (every process calls this), merged by [`merge_rollout_metrics`]."""
+    if num_processes == 1:
+        return dict(metrics)
+    return merge_rollout_metrics(gather_object([metrics]))
 
 
 def eval_metrics(records: list[tuple], prefix: str) -> dict[str, float]:

@@ -26,7 +26,23 @@ def write_model_card(
     language: str | None = None,
     license: str | None = None,
 ) -> None:
-    """`README.md` and `reward_curve.png` in the trainer's `output_dir` (see `PPOTrainerVL.create_model_card`)."""
+    """
+    Write `README.md` and `reward_curve.png` into the trainer's `output_dir`: the card `push_to_hub` uploads with the
+    weights (`PPOTrainerVL.create_model_card`).
+
+    The card holds the final rollout and eval rewards, the reward curve, the algorithm settings and how to load the
+    result; never the arguments wholesale (they may hold a token).
+
+    Args:
+        trainer ([`PPOTrainerVL`]): the trainer whose run the card describes.
+        model_name (`str`, *optional*):
+            The card's title; defaults to the output directory's name.
+        finetuned_from (`str`, *optional*):
+            The base model's Hub id; defaults to the name the model was loaded from, when it has one.
+        dataset_name (`str`, *optional*), tags (`str` or `list[str]`, *optional*), language (`str`, *optional*),
+        license (`str`, *optional*):
+            Card metadata (TRL's `push_to_hub(dataset_name=...)` passes the first); `tags` join `rft_trl`'s own.
+    """
     output_dir = trainer.args.output_dir
     os.makedirs(output_dir, exist_ok=True)
     plot_reward_curve(trainer.state.log_history, os.path.join(output_dir, REWARD_CURVE_NAME))

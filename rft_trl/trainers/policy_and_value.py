@@ -12,7 +12,7 @@ from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from .experience import Experience
 
-__all__ = ["PolicyAndValue", "micro_batch_forward"]
+__all__ = ["PolicyAndValue", "actor_and_critic_groups", "micro_batch_forward"]
 
 
 class PolicyAndValue(nn.Module):
@@ -154,3 +154,18 @@ def micro_batch_forward(
         **common,
     )
     return {"log_probs": log_probs, "entropy": entropy, "output": output}
+
+
+def actor_and_critic_groups(model: PolicyAndValue, decay: set[str], args) -> list[dict]:
+    """
+    The optimizer's parameter groups of a [`PolicyAndValue`]: the actor's at `learning_rate`, the critic's at
+    `critic_learning_rate` (`learning_rate` when unset), each split by the Trainer's weight-decay rule (`decay`: the
+    names that decay); empty groups left out.
+    """
+    critic_lr = args.critic_learning_rate or args.learning_rate
+    groups = []
+    for prefix, lr in (("actor.", args.learning_rate), ("critic.", critic_lr)):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith(prefix)]
+        groups.append({"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay, "lr": lr})
+        groups.append({"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, "lr": lr})
+    return [group for group in groups if group["params"]]

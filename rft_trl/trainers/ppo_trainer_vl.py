@@ -23,10 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset, IterableDataset
 from peft import PeftModel
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
@@ -35,58 +33,52 @@ from transformers import (
     Trainer,
     TrainerCallback,
 )
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import high_entropy_mask
 from ..data.collator import PromptCollator
 from ..data.multimodal import probe_processor
-from ..data.rows import IndexedRows, IndexedStream, ReplacementRows
+from ..data.rows import ReplacementRows
 from ..models.actor import Actor
-from ..models.media_encodings import MediaEncodings
 from ..models.utils import check_supported
-from ..models.verification import verify_model
 from .builders import build_actor, build_critic, load_processing_class
 from .checkpointing import (
-    REFERENCE_NAME,
-    check_resumable,
+    check_staged_save,
     kill_point,
     load_checkpoint_weights,
-    remove_partial_checkpoints,
-    resolve_resume_checkpoint,
+    point_to_best_checkpoint,
     rotate_checkpoints,
     save_policy,
-    save_rft_state,
     staged_checkpoint,
 )
 from .completions import CompletionsLog
 from .ema import ActorEMA
 from .evaluation import evaluate_rollouts
-from .experience_maker import ExperienceMaker, Rollout
+from .experience_maker import ExperienceMaker
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
-from .metrics import MetricRecorder, merge_rollout_metrics
+from .metrics import MetricRecorder, gather_rollout_metrics, merge_rollout_metrics
 from .model_card import write_model_card
 from .objective import RouterAuxLoss, actor_objective, critic_objective, off_policy_sequence_mask, padded_fields
-from .policy_and_value import PolicyAndValue, micro_batch_forward
-from .progress import ReadablePrinterCallback, ReadableProgressCallback
+from .policy_and_value import PolicyAndValue, actor_and_critic_groups, micro_batch_forward
+from .progress import use_readable_console
 from .replay_buffer import NaiveReplayBuffer, plan_micro_batches, top_up
 from .rft_config import RFTConfig
-from .run_state import reference_fingerprint, restore_run_state, run_state
-from .sampling import PromptRows, RolloutSampler, RolloutStream, is_stream
+from .run_state import gather_run_state, prepare_resume, save_run_state
+from .sampling import PromptRows, RolloutSampler, eval_rows, is_stream, training_rows
 from .setup import (
     build_controllers,
     build_reference,
     build_reward_scorer,
     build_rollout_engine,
     check_deepspeed_saving,
+    check_packing_attention,
     check_streams,
     check_sync_ref_model,
     place_reward_models,
     resolve_aux_loss_coef,
+    verify_policy,
 )
-from .sft import build_sft_batch, sft_loss
+from .sft import PtxBatches, sft_loss
 from .trainer_hooks import check_trainer_hooks, unwrapped_for_generation
 
 logger = logging.getLogger(__name__)
@@ -170,14 +162,7 @@ class PPOTrainerVL(Trainer):
         if train_dataset is None:
             raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
         check_streams(train_dataset, eval_dataset, args)
-        if args.packing_samples and actor.hf_model.config._attn_implementation != "flash_attention_2":
-            # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal
-            # mask): the attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
-            logger.warning(
-                "packing_samples=True without flash_attention_2: no padding is computed, but attention runs over "
-                "the whole packed row, which is usually slower than padding on %s.",
-                actor.hf_model.config._attn_implementation,
-            )
+        check_packing_attention(actor, args)
         critic = build_critic(critic, actor, args)
         self.reward_funcs, self.reward_processing_classes, self.reward_scorer = build_reward_scorer(
             reward_funcs, reward_model, args, reward_processing_classes
@@ -198,7 +183,7 @@ class PPOTrainerVL(Trainer):
         if args.ptx_coef > 0 and ptx_dataset is None:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (rows with `prompt` and `completion`).")
         self.ptx_dataset = ptx_dataset
-        self._ptx_position = 0
+        self._ptx = PtxBatches(ptx_dataset, self.collator, args.micro_train_batch_size, args.seed)
         self._metrics = MetricRecorder()
         self._rollout_metrics: dict[str, float] = {}
         # The rollouts since the last training log, merged into it (TRL averages over the logging interval).
@@ -233,14 +218,7 @@ class PPOTrainerVL(Trainer):
         )
         self.actor, self.critic = actor, critic
         self._completions = CompletionsLog(args, self.accelerator.is_main_process)
-        # One readable line per log on the console instead of the Trainer's dict dumps (report_to gets the dicts).
-        for default, readable in (
-            (ProgressCallback, ReadableProgressCallback),
-            (PrinterCallback, ReadablePrinterCallback),
-        ):
-            if any(type(callback) is default for callback in self.callback_handler.callbacks):
-                self.remove_callback(default)
-                self.add_callback(readable)
+        use_readable_console(self)
         # The loss is a mean over the micro-batch's tokens or samples (`loss_type`), never a sum for the Trainer to
         # divide by a token count: the Trainer scales it for gradient accumulation (TRL sets the same).
         self.model_accepts_loss_kwargs = False
@@ -293,60 +271,12 @@ class PPOTrainerVL(Trainer):
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
         if args.verify_model:
-            self._verify_model()
-
-    def _verify_model(self) -> None:
-        """`verify_model`: the policy's log-probs through rft_trl against its own forward, before any step."""
-        if is_deepspeed_zero3_enabled():
-            # The policy is partitioned until DeepSpeed's engine starts with training; its forward cannot run here.
-            logger.info("verify_model: not run under ZeRO-3 (the policy is partitioned before training starts).")
-            return
-        # A cache of its own: the run's cache and its counts start clean.
-        encodings = MediaEncodings(self.actor.model) if self.experience_maker.media_encodings is not None else None
-        verify_model(self.actor, self.collator, packing=self.actor.packing_samples, media_encodings=encodings)
+            verify_policy(self.actor, self.collator, self.experience_maker.media_encodings is not None)
 
     @property
     def reward_func_names(self) -> list[str]:
         """The reward functions' names, as in the metrics (TRL's attribute)."""
         return list(self.reward_scorer.names)
-
-    # ------------------------------------------------------------------------------------------------ building
-
-    def _gather_for_rollout(self) -> bool:
-        """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
-        return self.args.ds3_gather_for_generation and self.rollout_engine is None
-
-    def _sync_rollout_engine(self) -> None:
-        """Send the policy's weights to the rollout engine when they changed since its last sync (vLLM)."""
-        engine = self.rollout_engine
-        if engine is None:
-            return
-        engine.wake_up()
-        model = self.accelerator.unwrap_model(self.model_wrapped)
-        if isinstance(model, PolicyAndValue):
-            model = model.actor.model
-        if engine.sync_weights(model, self.state.global_step):
-            self.accelerator.wait_for_everyone()
-
-    def create_optimizer(self, model=None):
-        """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
-        if self.optimizer is not None or self.critic is None:
-            return super().create_optimizer(model)
-        # Not super() with a critic: the parent builds one group per decay setting at `learning_rate`, and the critic
-        # needs its own `critic_learning_rate`; the parent's decay rule and optimizer class are reused below.
-        decay = set(self.get_decay_parameter_names(self.model))
-        critic_lr = self.args.critic_learning_rate or self.args.learning_rate
-        groups = []
-        for prefix, lr in (("actor.", self.args.learning_rate), ("critic.", critic_lr)):
-            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and n.startswith(prefix)]
-            groups.append(
-                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay, "lr": lr}
-            )
-            groups.append({"params": [p for n, p in named if n not in decay], "weight_decay": 0.0, "lr": lr})
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
-        return self.optimizer
 
     # ------------------------------------------------------------------------------------------------ data
 
@@ -365,12 +295,8 @@ class PPOTrainerVL(Trainer):
     def get_train_dataloader(self):
         # Rows are read one by one with their dataset index, so that a bad media item costs its row (see
         # rft_trl.data.rows); a batch whose every row is bad is replaced with rows drawn from the same set.
-        if is_stream(self.train_dataset):
-            rows = IndexedStream(self.train_dataset)
-            block = self.args.rollout_batch_size * self.accelerator.num_processes
-            dataset = RolloutStream(rows, block, self.args.micro_steps_per_rollout)
-        else:
-            rows = dataset = IndexedRows(self.train_dataset)
+        block = self.args.rollout_batch_size * self.accelerator.num_processes
+        dataset, rows = training_rows(self.train_dataset, block, self.args.micro_steps_per_rollout)
         self._replacement_rows = ReplacementRows(
             rows,
             self.args.seed,
@@ -387,6 +313,22 @@ class PPOTrainerVL(Trainer):
         )
 
     # ------------------------------------------------------------------------------------------------ rollout
+
+    def _gather_for_rollout(self) -> bool:
+        """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
+        return self.args.ds3_gather_for_generation and self.rollout_engine is None
+
+    def _sync_rollout_engine(self) -> None:
+        """Send the policy's weights to the rollout engine when they changed since its last sync (vLLM)."""
+        engine = self.rollout_engine
+        if engine is None:
+            return
+        engine.wake_up()
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        if isinstance(model, PolicyAndValue):
+            model = model.actor.model
+        if engine.sync_weights(model, self.state.global_step):
+            self.accelerator.wait_for_everyone()
 
     def _prepare_inputs(self, rows: PromptRows) -> Any:
         # Not super(): the parent only moves tensors to the device; here the batch is raw prompt rows, turned into a
@@ -418,7 +360,7 @@ class PPOTrainerVL(Trainer):
         self._micro_batches = plan_micro_batches(
             self.replay_buffer, top_up(rollout.items, full), self.args.max_epochs, self.args.seed + self._step
         )
-        self._rollout_metrics = self._gather_rollout_metrics(rollout)
+        self._rollout_metrics = gather_rollout_metrics(rollout.metrics, self.accelerator.num_processes)
         # TRL's count of tokens seen (prompts and completions, all processes); saved with the TrainerState.
         self.state.num_input_tokens_seen += int(self._rollout_metrics["rollout/tokens"])
         self._interval_rollout_metrics.append(self._rollout_metrics)
@@ -433,13 +375,20 @@ class PPOTrainerVL(Trainer):
         """TRL's private view of the last rollout's completions (see [`CompletionsLog.trl_logs`])."""
         return self._completions.trl_logs()
 
-    def _gather_rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        """Rollout metrics over all processes, merged by [`merge_rollout_metrics`]."""
-        if self.accelerator.num_processes == 1:
-            return dict(rollout.metrics)
-        return merge_rollout_metrics(gather_object([rollout.metrics]))
-
     # ------------------------------------------------------------------------------------------------ update
+
+    def create_optimizer(self, model=None):
+        """One optimizer, with the critic's parameters in their own groups at `critic_learning_rate`."""
+        if self.optimizer is not None or self.critic is None:
+            return super().create_optimizer(model)
+        # Not super() with a critic: the parent builds one group per decay setting at `learning_rate`, and the critic
+        # needs its own `critic_learning_rate`; the parent's decay rule and optimizer class are reused.
+        decay = set(self.get_decay_parameter_names(self.model))
+        groups = actor_and_critic_groups(self.model, decay, self.args)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Not super(): the parent's loss is the model's own (labels -> cross-entropy); this is the RL objective on an
@@ -479,7 +428,7 @@ class PPOTrainerVL(Trainer):
             kl_coef=self.kl_ctl.value,
             entropy_coef=controller.applied() if controller.enabled else None,
             entropy_mask=entropy_mask,
-            ptx_loss=sft_loss(self.actor, self._next_ptx_batch()) if args.ptx_coef > 0 else None,
+            ptx_loss=sft_loss(self.actor, self._ptx.next(self.accelerator.device)) if args.ptx_coef > 0 else None,
             aux_loss=self._router_aux_loss(out["output"]) if self._router_aux_loss.coef else None,
             aux_loss_coef=self._router_aux_loss.coef,
             off_policy_mask=self.get_off_policy_mask,
@@ -500,16 +449,9 @@ class PPOTrainerVL(Trainer):
 
     def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
         """
-        TRL's top-entropy token selection: the valid tokens whose entropy is at least the `threshold` quantile of
-        the valid tokens' entropies over all processes (so every process cuts at the same entropy).
-
-        Args:
-            entropies (`torch.Tensor` of shape `[B, A]`): per-token entropies.
-            mask (`torch.Tensor` of shape `[B, A]`): valid tokens.
-            threshold (`float`): the quantile, in `[0, 1]`; `1 - top_entropy_quantile` keeps that top fraction.
-
-        Returns:
-            `torch.BoolTensor` of shape `[B, A]`, inside `mask`; all `False` when no process has a valid token.
+        TRL's top-entropy token selection: the tokens of `mask` (`[B, A]`) whose entropy is at least the `threshold`
+        quantile of the valid tokens' entropies over all processes (every process cuts at the same entropy); see
+        [`rft_trl.core.high_entropy_mask`]. All `False` when no process has a valid token.
         """
         local = entropies.detach()[mask.bool()].float()
         # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
@@ -529,16 +471,6 @@ class PPOTrainerVL(Trainer):
         return off_policy_sequence_mask(
             advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
         )
-
-    def _next_ptx_batch(self) -> dict[str, Any]:
-        """The next `micro_train_batch_size` rows of `ptx_dataset`, cycling through a seeded order."""
-        size = self.args.micro_train_batch_size
-        num_rows = len(self.ptx_dataset)
-        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(self.args.seed)).tolist()
-        rows = [self.ptx_dataset[order[(self._ptx_position + i) % num_rows]] for i in range(size)]
-        self._ptx_position += size
-        batch = build_sft_batch(self.collator, rows)
-        return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
@@ -609,17 +541,11 @@ class PPOTrainerVL(Trainer):
         """
         if isinstance(eval_dataset, str):
             eval_dataset = self.eval_dataset[eval_dataset]
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if dataset is None:
-            raise ValueError("Evaluation needs an eval_dataset: pass one to the trainer or to evaluate().")
-        if not is_stream(dataset):
-            return super().get_eval_dataloader(IndexedRows(dataset))
-        if self.args.accelerator_config.dispatch_batches:
-            raise ValueError("Iterable datasets require `dispatch_batches=False`; drop it from accelerator_config.")
+        rows = eval_rows(eval_dataset if eval_dataset is not None else self.eval_dataset, self.args)
         workers = self.args.dataloader_num_workers
-        self.args.dataloader_num_workers = 0
+        self.args.dataloader_num_workers = 0 if is_stream(rows) else workers
         try:
-            return super().get_eval_dataloader(IndexedStream(dataset))
+            return super().get_eval_dataloader(rows)
         finally:
             self.args.dataloader_num_workers = workers
 
@@ -646,23 +572,9 @@ class PPOTrainerVL(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         step = self.state.global_step
         final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        if step % self._optimizer_steps_per_rollout:
-            logger.warning(
-                "Saving %s in the middle of a rollout (%d optimizer steps each): training cannot resume from it. "
-                "Set save_steps to a multiple of %d.",
-                final,
-                self._optimizer_steps_per_rollout,
-                self._optimizer_steps_per_rollout,
-            )
-        # Every process's replacement passes (each draws its own), gathered on all processes; the main one writes them.
-        passes = 0 if self._replacement_rows is None else self._replacement_rows.passes
-        self._replacement_passes_per_process = gather_object([passes])
-        if self.args.save_strategy in ("steps", "epoch", "best") and self.state.best_global_step:
-            # The best checkpoint is this one (committed right after) or an earlier one that rotation kept; the
-            # Trainer only looks for it in the staging directory.
-            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
-            if self.state.best_global_step == step or os.path.isdir(best):
-                self.state.best_model_checkpoint = best
+        gather_run_state(self, final)
+        # The best checkpoint is this one or an earlier one that rotation kept; the Trainer looks in the staging one.
+        point_to_best_checkpoint(self.state, self.args.save_strategy, run_dir)
         with staged_checkpoint(final, self.args.should_save, self.accelerator.wait_for_everyone, step) as staging:
             self._staging_dir = os.path.dirname(staging)
             try:
@@ -670,21 +582,9 @@ class PPOTrainerVL(Trainer):
                 super()._save_checkpoint(model, trial)
             finally:
                 self._staging_dir = None
-            if self.args.should_save and not os.path.isfile(os.path.join(staging, TRAINER_STATE_NAME)):
-                raise RuntimeError(
-                    f"transformers.Trainer._save_checkpoint did not write into {staging}: it no longer takes its "
-                    "directory from _get_output_dir, so checkpoints would not be crash-safe. Install the "
-                    "transformers version rft_trl pins (see pyproject.toml)."
-                )
-            if self.state.best_model_checkpoint == staging:  # the Trainer found this checkpoint best, staged
-                self.state.best_model_checkpoint = final
-                if self.args.should_save:
-                    self.state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+            check_staged_save(self.state, staging, final, self.args.should_save)
             if self.args.should_save:
-                save_rft_state(staging, run_state(self), self._ema.state)
-                if self.args.sync_ref_model:  # the reference has moved away from the initial policy: keep it
-                    reference = {k: v.detach().contiguous().cpu() for k, v in self.ref_model.state_dict().items()}
-                    save_file(reference, os.path.join(staging, REFERENCE_NAME))
+                save_run_state(self, staging)
         if self.args.push_to_hub:
             self._push_from_checkpoint(final)
         if self.args.should_save:
@@ -723,36 +623,16 @@ class PPOTrainerVL(Trainer):
 
     # ------------------------------------------------------------------------------------------------ robustness
 
-    @property
-    def _optimizer_steps_per_rollout(self) -> int:
-        return self.args.micro_steps_per_rollout // self.args.gradient_accumulation_steps
-
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None):
         """
-        `Trainer.train`, resuming only from complete checkpoints.
-
-        Args:
-            resume_from_checkpoint (`str` or `bool`, *optional*):
-                `True`: the newest complete checkpoint of `output_dir` (partial ones left by a crash are removed
-                first); a path: that checkpoint, refused unless complete, saved at the end of a rollout and holding
-                the optimizer state.
-            trial, ignore_keys_for_eval: as in `Trainer.train`.
-
-        A token given on the command line (`--hub_token`) is first replaced in `sys.argv` by its placeholder, so
-        that integrations recording the command line do not store it (see [`redact_token_arguments`]).
+        `Trainer.train`, resuming only from complete checkpoints: `resume_from_checkpoint=True` takes the newest
+        complete one of `output_dir`, a path must be complete, saved at the end of a rollout with the optimizer state
+        (see [`prepare_resume`]). A `--hub_token` on the command line is first replaced in `sys.argv` by a placeholder,
+        so that integrations recording the command line do not store it ([`redact_token_arguments`]).
         """
         # Before the integrations start (wandb records the command line when its run begins).
         redact_token_arguments(self.args)
-        if resume_from_checkpoint not in (None, False) and self.args.should_save:
-            remove_partial_checkpoints(self.args.output_dir)
-        checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
-        # Before any step: what every checkpoint of this run records, and what a resume is checked against.
-        self._reference_fingerprint = reference_fingerprint(self)
-        if checkpoint is not None:
-            check_resumable(
-                checkpoint, self._optimizer_steps_per_rollout, needs_optimizer_file=not self.is_deepspeed_enabled
-            )
-            restore_run_state(self, checkpoint)
+        checkpoint = prepare_resume(self, resume_from_checkpoint)
         return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
@@ -789,8 +669,6 @@ class PPOTrainerVL(Trainer):
         self._nonfinite_guard.decide(grad_norm, self.accelerator.reduce, step=self.state.global_step + 1)
         return grad_norm
 
-    # ------------------------------------------------------------------------------------------------ model card
-
     def create_model_card(
         self,
         model_name: str | None = None,
@@ -800,20 +678,6 @@ class PPOTrainerVL(Trainer):
         language: str | None = None,
         license: str | None = None,
     ) -> None:
-        """
-        Write `README.md` and `reward_curve.png` into `output_dir`: the card `push_to_hub` uploads with the weights.
-
-        The card holds the final rollout and eval rewards, the reward curve, the algorithm settings and how to load
-        the result; never the arguments wholesale (they may hold a token).
-
-        Args:
-            model_name (`str`, *optional*):
-                The card's title; defaults to the output directory's name.
-            finetuned_from (`str`, *optional*):
-                The base model's Hub id; defaults to the name the model was loaded from, when it has one.
-            dataset_name (`str`, *optional*), tags (`str` or `list[str]`, *optional*), language (`str`, *optional*),
-            license (`str`, *optional*):
-                Card metadata (TRL's `push_to_hub(dataset_name=...)` passes the first); `tags` join `rft_trl`'s own.
-        """
+        """The model card `push_to_hub` uploads with the weights (see [`write_model_card`])."""
         if self.is_world_process_zero():
             write_model_card(self, model_name, dataset_name, tags, finetuned_from, language, license)

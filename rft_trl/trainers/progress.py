@@ -171,3 +171,14 @@ class ReadablePrinterCallback(_ReadableLines, PrinterCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_local_process_zero and logs is not None:
             progress_logger().info(self._line(state, logs))
+
+
+def use_readable_console(trainer) -> None:
+    """One readable line per log on the console instead of the Trainer's dict dumps (`report_to` gets the dicts)."""
+    for default, readable in (
+        (ProgressCallback, ReadableProgressCallback),
+        (PrinterCallback, ReadablePrinterCallback),
+    ):
+        if any(type(callback) is default for callback in trainer.callback_handler.callbacks):
+            trainer.remove_callback(default)
+            trainer.add_callback(readable)

@@ -8,22 +8,89 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from .checkpointing import REFERENCE_NAME, CheckpointError, load_rft_state, read_safetensors
+from accelerate.utils import gather_object
+from safetensors.torch import save_file
+
+from .checkpointing import (
+    REFERENCE_NAME,
+    CheckpointError,
+    check_resumable,
+    load_rft_state,
+    read_safetensors,
+    remove_partial_checkpoints,
+    resolve_resume_checkpoint,
+    save_rft_state,
+)
 from .fingerprint import fingerprint_difference, weights_fingerprint
 
 if TYPE_CHECKING:
     from .ppo_trainer_vl import PPOTrainerVL
 
-__all__ = ["check_reference", "reference_fingerprint", "restore_run_state", "run_state"]
+__all__ = [
+    "check_reference",
+    "gather_run_state",
+    "prepare_resume",
+    "save_run_state",
+    "reference_fingerprint",
+    "restore_run_state",
+    "run_state",
+]
 
 logger = logging.getLogger(__name__)
+
+
+def prepare_resume(trainer: PPOTrainerVL, resume_from_checkpoint: str | bool | None) -> str | None:
+    """
+    Before training starts: fingerprint the KL reference (what every checkpoint records and a resume is checked
+    against), and resolve, check and restore the checkpoint to resume from (`True`: the newest complete one, after
+    removing what interrupted saves left).
+
+    Returns:
+        `str` or `None`: the checkpoint the Trainer loads its own state and the weights from.
+    """
+    args = trainer.args
+    if resume_from_checkpoint not in (None, False) and args.should_save:
+        remove_partial_checkpoints(args.output_dir)
+    checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, args.output_dir)
+    trainer._reference_fingerprint = reference_fingerprint(trainer)
+    if checkpoint is not None:
+        steps_per_rollout = args.micro_steps_per_rollout // args.gradient_accumulation_steps
+        check_resumable(checkpoint, steps_per_rollout, needs_optimizer_file=not trainer.is_deepspeed_enabled)
+        restore_run_state(trainer, checkpoint)
+    return checkpoint
+
+
+def gather_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
+    """
+    Before `checkpoint` is saved (on every process): gather what each process holds of the run's state (the
+    replacement rows' passes: each process draws its own), and warn when the save cannot be resumed from.
+    """
+    steps_per_rollout = trainer.args.micro_steps_per_rollout // trainer.args.gradient_accumulation_steps
+    if trainer.state.global_step % steps_per_rollout:
+        logger.warning(
+            "Saving %s in the middle of a rollout (%d optimizer steps each): training cannot resume from it. Set "
+            "save_steps to a multiple of %d.",
+            checkpoint,
+            steps_per_rollout,
+            steps_per_rollout,
+        )
+    passes = 0 if trainer._replacement_rows is None else trainer._replacement_rows.passes
+    trainer._replacement_passes_per_process = gather_object([passes])
+
+
+def save_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
+    """Write the run's state into `checkpoint` (the writing process): JSON state, EMA weights, a synced reference."""
+    save_rft_state(checkpoint, run_state(trainer), trainer._ema.state)
+    if trainer.args.sync_ref_model:  # the reference has moved away from the initial policy: keep it
+        reference = {k: v.detach().contiguous().cpu() for k, v in trainer.ref_model.state_dict().items()}
+        save_file(reference, os.path.join(checkpoint, REFERENCE_NAME))
 
 
 def run_state(trainer: PPOTrainerVL) -> dict[str, Any]:
     """What a checkpoint needs beyond the Trainer's own files to resume exactly (JSON-serialisable)."""
     return {
         "micro_step": trainer._step,
-        "ptx_position": trainer._ptx_position,
+        "ptx_position": trainer._ptx.position,
         "kl_controller": trainer.kl_ctl.state_dict(),
         "entropy_controller": trainer.entropy_controller.state_dict(),
         "nonfinite": trainer._nonfinite_guard.state_dict(),
@@ -37,7 +104,7 @@ def restore_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
     state, ema = load_rft_state(checkpoint, trainer.accelerator.device)
     check_reference(checkpoint, state.get("reference_fingerprint"), trainer._reference_fingerprint)
     trainer._step = state["micro_step"]
-    trainer._ptx_position = state["ptx_position"]
+    trainer._ptx.position = state["ptx_position"]
     trainer.kl_ctl.load_state_dict(state["kl_controller"])
     if "entropy_controller" in state:  # checkpoints written before the entropy controller have none
         trainer.entropy_controller.load_state_dict(state["entropy_controller"])

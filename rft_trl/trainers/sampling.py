@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import torch
 from datasets import IterableDataset
-from torch.utils.data import Sampler
+from trl.trainer.grpo_trainer import RepeatSampler
 
-__all__ = ["PromptRows", "RolloutSampler", "RolloutStream", "is_stream"]
+from ..data.rows import IndexedRows, IndexedStream
+
+__all__ = ["PromptRows", "RolloutSampler", "RolloutStream", "eval_rows", "is_stream", "training_rows"]
 
 
-class RolloutSampler(Sampler[int]):
+class RolloutSampler(RepeatSampler):
     """
-    Yields prompt indices so that each rollout's prompts come `repeats` times in a row.
+    TRL's `RepeatSampler` yielding prompt indices so that each rollout's prompts come `repeats` times in a row.
 
     With `num_processes` ranks, a block holds `num_processes * rollout_batch_size` distinct indices; the DataLoader
     cuts it into per-rank batches of `rollout_batch_size` and Accelerate hands batch `r` of every block to rank `r`,
-    so each rank sees its own prompts `repeats` times, once per training micro-batch of the rollout.
+    so each rank sees its own prompts `repeats` times, once per training micro-batch of the rollout. This is TRL's
+    sampler with `mini_repeat_count=1`, `batch_size=block_size` and `repeat_count=repeats`, except that each epoch's
+    order is drawn from `seed + epoch` ([`RolloutSampler.set_epoch`], which the Trainer calls) rather than from one
+    generator advanced by every pass: a resumed run then draws the interrupted run's order for the epoch it resumes.
 
     Args:
         num_rows (`int`): dataset size.
@@ -35,25 +40,25 @@ class RolloutSampler(Sampler[int]):
                 f"The dataset has {num_rows} rows, fewer than one rollout needs ({block_size} prompts over all "
                 f"processes): lower rollout_batch_size or add rows."
             )
-        self.num_rows, self.block_size, self.repeats = num_rows, block_size, repeats
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        super().__init__(
+            range(num_rows),
+            mini_repeat_count=1,
+            batch_size=block_size,
+            repeat_count=repeats,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.shuffle:
+            self.generator.manual_seed(self.seed + epoch)
 
     def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
-        else:
-            order = list(range(self.num_rows))
-        for start in range(0, self.num_rows - self.block_size + 1, self.block_size):
-            block = order[start : start + self.block_size]
-            for _ in range(self.repeats):
-                yield from block
-
-    def __len__(self) -> int:
-        return (self.num_rows // self.block_size) * self.block_size * self.repeats
+        # Each pass draws from `seed + epoch`, also when a pass is repeated without `set_epoch` (a second loader).
+        self.set_epoch(self.epoch)
+        return super().__iter__()
 
 
 class PromptRows:
@@ -108,3 +113,30 @@ class RolloutStream(torch.utils.data.IterableDataset):
                 f"The streaming dataset ended after {len(block)} rows, fewer than one rollout needs "
                 f"({self.block_size} prompts over all processes): lower rollout_batch_size or add rows."
             )
+
+
+def training_rows(
+    dataset, block_size: int, repeats: int
+) -> tuple[torch.utils.data.Dataset, IndexedRows | IndexedStream]:
+    """
+    The training set as the train dataloader reads it, and the rows replacements for skipped rows are drawn from.
+
+    Rows are read one by one with their dataset index, so that a bad media item costs its row (see
+    `rft_trl.data.rows`); a stream is cut into rollouts of `block_size` rows, each `repeats` times ([`RolloutStream`]).
+    """
+    if is_stream(dataset):
+        rows = IndexedStream(dataset)
+        return RolloutStream(rows, block_size, repeats), rows
+    rows = IndexedRows(dataset)
+    return rows, rows
+
+
+def eval_rows(dataset, args) -> IndexedRows | IndexedStream:
+    """The eval rows, each with its dataset index (rows Accelerate repeats to even out processes count once)."""
+    if dataset is None:
+        raise ValueError("Evaluation needs an eval_dataset: pass one to the trainer or to evaluate().")
+    if not is_stream(dataset):
+        return IndexedRows(dataset)
+    if args.accelerator_config.dispatch_batches:
+        raise ValueError("Iterable datasets require `dispatch_batches=False`; drop it from accelerator_config.")
+    return IndexedStream(dataset)

@@ -26,8 +26,10 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from ..data.collator import PromptCollator
 from ..models.actor import Actor
+from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32
+from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rollout import iter_checkpoint_weights
 from .builders import actor_class, load_reward_models
@@ -41,11 +43,13 @@ __all__ = [
     "build_reference",
     "build_reward_scorer",
     "build_rollout_engine",
+    "check_packing_attention",
     "check_deepspeed_saving",
     "check_streams",
     "check_sync_ref_model",
     "place_reward_models",
     "resolve_aux_loss_coef",
+    "verify_policy",
     "zero3_partitioned",
 ]
 
@@ -386,3 +390,30 @@ def check_deepspeed_saving(accelerator: Accelerator, deepspeed: bool) -> None:
             "load: set `zero3_save_16bit_model: true` in the accelerate config (DeepSpeed's "
             "stage3_gather_16bit_weights_on_model_save)."
         )
+
+
+def check_packing_attention(actor: Actor, args: RFTConfig) -> None:
+    """Warn when packing runs without flash_attention_2, where it is usually slower than padding."""
+    implementation = actor.hf_model.config._attn_implementation
+    if args.packing_samples and implementation != "flash_attention_2":
+        # Packing removes padding tokens, but sdpa/eager attend over the whole packed row (block-diagonal mask): the
+        # attention work grows with the pack's length squared (docs/benchmarks.md, B2/B6).
+        logger.warning(
+            "packing_samples=True without flash_attention_2: no padding is computed, but attention runs over the "
+            "whole packed row, which is usually slower than padding on %s.",
+            implementation,
+        )
+
+
+def verify_policy(actor: Actor, collator: PromptCollator, media_encodings: bool) -> None:
+    """
+    `verify_model`: the policy's log-probs through rft_trl against its own forward, before any step (padded, packed
+    when packing, the encoder-output cache when the run caches).
+    """
+    if is_deepspeed_zero3_enabled():
+        # The policy is partitioned until DeepSpeed's engine starts with training; its forward cannot run here.
+        logger.info("verify_model: not run under ZeRO-3 (the policy is partitioned before training starts).")
+        return
+    # A cache of its own: the run's cache and its counts start clean.
+    encodings = MediaEncodings(actor.model) if media_encodings else None
+    verify_model(actor, collator, packing=actor.packing_samples, media_encodings=encodings)

@@ -56,6 +56,26 @@ def build_sft_batch(
     }
 
 
+class PtxBatches:
+    """
+    The ptx loss's batches (`ptx_coef > 0`): `batch_size` rows of `dataset` at a time, cycling through one order drawn
+    from `seed`; `position` (how many rows were served) is saved with the run's state for an exact resume.
+    """
+
+    def __init__(self, dataset, collator: PromptCollator, batch_size: int, seed: int):
+        self.dataset, self.collator, self.batch_size, self.seed = dataset, collator, batch_size, seed
+        self.position = 0
+
+    def next(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The next batch ([`build_sft_batch`]), on `device`."""
+        num_rows = len(self.dataset)
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        rows = [self.dataset[order[(self.position + i) % num_rows]] for i in range(self.batch_size)]
+        self.position += self.batch_size
+        batch = build_sft_batch(self.collator, rows)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def sft_loss(actor: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean negative log-likelihood of the target tokens of a [`build_sft_batch`] batch."""
     device = batch["sequences"].device

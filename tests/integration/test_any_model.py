@@ -63,7 +63,7 @@ def test_moe_without_an_aux_loss_trains_without_it_and_warns_once(tmp_path, capl
     )
     assert trainer._router_aux_loss.coef == 0.5
     before = {name: p.detach().clone() for name, p in trainer.actor.named_parameters() if p.requires_grad}
-    with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.ppo_trainer_vl"):
+    with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.objective"):
         trainer.train()
         output = _model_output(trainer)
         # No aux_loss field at all (reading it crashed the step), and the loss comes out on every call.
@@ -93,7 +93,7 @@ def test_moe_with_an_aux_loss_still_adds_it(tmp_path, caplog):
             processing_class=processor,
         )
         output = _model_output(trainer)
-        with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.ppo_trainer_vl"):
+        with caplog.at_level(logging.WARNING, logger="rft_trl.trainers.objective"):
             losses[coef] = _micro_batch(trainer, output)
     assert output.aux_loss is not None and output.aux_loss.item() > 0
     assert (losses[0.5] - losses[0.0]).item() == pytest.approx(0.5 * output.aux_loss.item(), rel=1e-5)

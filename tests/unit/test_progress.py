@@ -84,7 +84,7 @@ def test_num_tokens_counts_every_prompt_and_completion_token_of_each_rollout(tmp
 
 
 def test_evaluation_prints_its_line_and_each_eval_completion_once(tmp_path, capsys, monkeypatch):
-    import rft_trl.trainers.ppo_trainer_vl as trainer_module
+    import rft_trl.trainers.completions as trainer_module
 
     tables = []
     print_table = trainer_module.print_prompt_completions_sample
