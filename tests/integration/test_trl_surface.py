@@ -314,7 +314,9 @@ def test_a_missing_trainer_hook_is_refused_by_name():
     check_trainer_hooks(Trainer)  # the installed transformers has them all
 
     class Renamed(Trainer):
-        _save_rng_state = None  # as if a release had renamed it
+        _push_from_checkpoint = None  # as if a release had renamed it
 
-    with pytest.raises(RuntimeError, match=r"lacks methods PPOTrainerVL builds on: _save_rng_state \(crash-safe"):
+    with pytest.raises(
+        RuntimeError, match=r"lacks methods PPOTrainerVL builds on: _push_from_checkpoint \(crash-safe"
+    ):
         check_trainer_hooks(Renamed)
