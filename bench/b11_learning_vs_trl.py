@@ -47,8 +47,14 @@ from transformers.utils import logging as hf_logging
 from rft_trl import PPOTrainerVL, RFTConfig
 from rft_trl.data import PromptCollator
 from rft_trl.rewards import accuracy_reward, format_reward
-from rft_trl.scripts import TASKS, ScriptArguments, format_warmup
-from rft_trl.testing import build_tiny_model, make_grounding_dataset, make_pattern_dataset, make_task_dataset
+from rft_trl.scripts import TASK_KINDS, ScriptArguments, format_warmup
+from rft_trl.testing import (
+    TASK_ANSWERS,
+    build_tiny_model,
+    make_grounding_dataset,
+    make_pattern_dataset,
+    make_task_dataset,
+)
 
 # What both trainers share.
 SHARED = dict(
@@ -126,7 +132,7 @@ def task_rows(task: str, num_samples: int, seed: int, image_size: int | None):
 
 def warmed_up_model(task: str, seed: int, image_size: int | None = None):
     """The task's tiny model after the examples' format warm-up, its processor, and the train/eval rows."""
-    kind, answers = TASKS[task]
+    kind, answers = TASK_KINDS[task], TASK_ANSWERS[task]
     model, processor = build_tiny_model(kind, seed=seed)
     if task in SIZED_TASKS and image_size is not None:
         # The tiny processor shrinks images to at most 56 x 56 (4 image tokens): let it keep the larger ones.

@@ -26,8 +26,6 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 from .data.collator import PromptCollator
 from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward, think_format_reward
-from .testing import TINY_MODEL_KINDS, build_tiny_model, make_task_dataset
-from .testing.vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS
 from .trainers.builders import actor_class
 from .trainers.ppo_trainer_vl import PPOTrainerVL
 from .trainers.progress import progress_logger
@@ -36,14 +34,16 @@ from .trainers.sft import supervised_warmup
 
 logger = logging.getLogger(__name__)
 
-# Synthetic task -> (tiny model kind, possible answers).
-TASKS = {
-    "colour": ("qwen2_5_vl", COLOURS),
-    "grounding": ("qwen2_5_vl", COLOURS),
-    "pattern": ("qwen2_5_vl", FREQUENCIES),
-    "video": ("qwen2_5_vl", MOTIONS),
-    "pitch": ("qwen2_audio", PITCHES),
-    "text": ("qwen2", TEXT_WORDS),
+# Synthetic task -> the tiny model kind that runs it. The tasks' rows and answers, and the tiny models, come from
+# `rft_trl.testing`, imported only by a run that asks for them (the built-in tiny demo, `--tiny`): a run on a real
+# model never loads the tiny stand-ins.
+TASK_KINDS = {
+    "colour": "qwen2_5_vl",
+    "grounding": "qwen2_5_vl",
+    "pattern": "qwen2_5_vl",
+    "video": "qwen2_5_vl",
+    "pitch": "qwen2_audio",
+    "text": "qwen2",
 }
 
 # Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/e2e/test_learning.py):
@@ -154,7 +154,7 @@ def defaults_in_use(
     if built_in:
         demo = {**TINY_DEMO_DEFAULTS, **DEMO_RUNS[script]}
         named = ", ".join(f"{name} {demo[name]}" for name in _NAMED_DEMO_DEFAULTS if name in demo)
-        kind = script_args.tiny_model_kind or TASKS.get(script_args.dataset_name, ("?",))[0]
+        kind = script_args.tiny_model_kind or TASK_KINDS.get(script_args.dataset_name, "?")
         task = script_args.dataset_name
         return (
             f"rft_trl {script}: the built-in tiny {kind} model on the {task!r} task, from the tiny demo's defaults "
@@ -287,7 +287,7 @@ class ScriptArguments:
 
 def load_data(script_args: ScriptArguments, seed: int) -> tuple[Dataset, Dataset | None]:
     """The train and eval sets: a synthetic task by name, or a `datasets` dataset."""
-    if script_args.dataset_name in TASKS:
+    if script_args.dataset_name in TASK_KINDS:
         formatting = {
             "prompt_column": script_args.prompt_column != "prompt",
             "answer_column": script_args.answer_column != "answer",
@@ -298,6 +298,8 @@ def load_data(script_args: ScriptArguments, seed: int) -> tuple[Dataset, Dataset
                 f"{', '.join(name for name, given in formatting.items() if given)} apply to a `datasets` dataset; "
                 f"the synthetic task {script_args.dataset_name!r} has its own prompts and answers."
             )
+        from .testing import make_task_dataset
+
         train = make_task_dataset(script_args.dataset_name, script_args.num_train_samples, seed=seed)
         evaluation = make_task_dataset(script_args.dataset_name, script_args.num_eval_samples, seed=seed + 1)
         return train, evaluation
@@ -413,6 +415,8 @@ def use_tiny_stand_in(script_args: ScriptArguments, training_args: RFTConfig, mo
     steps_per_rollout = training_args.micro_steps_per_rollout // training_args.gradient_accumulation_steps
     kind = script_args.tiny_model_kind
     if kind is None:
+        from .testing import TINY_MODEL_KINDS
+
         raise ValueError(
             "--tiny needs the recipe's family: set tiny_model_kind (e.g. qwen2_5_vl) to one of "
             f"{', '.join(TINY_MODEL_KINDS)}."
@@ -493,9 +497,11 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         )
         training_args.eval_strategy, training_args.do_eval = IntervalStrategy.NO, False
     if model_args.model_name_or_path is None:
-        if script_args.dataset_name not in TASKS:
+        if script_args.dataset_name not in TASK_KINDS:
             raise ValueError("Pass --model_name_or_path: the built-in tiny models only fit the synthetic tasks.")
-        kind, answers = TASKS[script_args.dataset_name]
+        from .testing import TASK_ANSWERS, build_tiny_model
+
+        kind, answers = TASK_KINDS[script_args.dataset_name], TASK_ANSWERS[script_args.dataset_name]
         with whole_model(training_args):
             model, processing_class = build_tiny_model(
                 script_args.tiny_model_kind or kind, seed=script_args.tiny_model_seed

@@ -1,6 +1,6 @@
 """Dataset rows to model inputs: media loading with explicit repairs, the prompt collator, multimodal field layout."""
 
-from .collator import MEDIA_COLUMNS, BadSampleError, PromptBatch, PromptCollator, SkippedRow, TooManyBadSamplesError
+from .collator import BadSampleError, PromptBatch, PromptCollator, SkippedRow, TooManyBadSamplesError
 from .media import ImageBounds, MediaError, image_bounds_from_processor, load_audio, load_image, load_video
 from .multimodal import (
     MEDIA_KINDS,
@@ -16,3 +16,4 @@ from .multimodal import (
     split_multimodal_inputs,
     split_processor_output,
 )
+from .prompts import MEDIA_COLUMNS

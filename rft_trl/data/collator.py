@@ -5,13 +5,10 @@ Rows follow the rft_trl data contract: a `prompt` (a string, or chat messages wh
 (`image` or `images`, `video` or `videos`, `audio` or `audios`) and any extra columns, which travel untouched to the
 reward functions as keyword arguments.
 
-Rendering:
-
-- chat messages go through the processor's chat template (the tokenizer's for text models) with the generation
-  prompt appended;
-- a plain-string prompt *with* media is wrapped as one user message whose content is the media parts (images, then
-  videos, then audio, in column order) followed by the text, then rendered the same way;
-- a plain-string prompt *without* media is used verbatim, as in TRL's "standard" (non-conversational) format.
+A row's prompt is checked against its media columns and made into chat messages with one media part per item
+(see [`rft_trl.data.prompts`]), which go through the processor's chat template (the tokenizer's for text models) with
+the generation prompt appended; a plain-string prompt without media is used verbatim, as in TRL's "standard"
+(non-conversational) format.
 
 Each row is processed on its own, exactly once: its media are loaded (see [`rft_trl.data.media`]), the processor
 runs once on the row and its media, and the per-row results are left-padded and concatenated. The trainer repeats
@@ -45,19 +42,16 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin, WhisperFeature
 
 from .media import MediaError, image_bounds_from_processor, load_audio, load_image, load_video
 from .multimodal import (
-    MEDIA_KINDS,
     ProcessorLayout,
     concat_multimodal_inputs,
     media_field_names,
     probe_processor,
     split_processor_output,
 )
+from .prompts import MEDIA_COLUMNS, RowRejected, collect_media, prompt_messages
 from .rows import MEDIA_ERRORS, RESERVED_KEYS, ROW_INDEX
 
 logger = logging.getLogger(__name__)
-
-# Media columns per kind: a single item, or a list of items.
-MEDIA_COLUMNS = {"image": ("image", "images"), "video": ("video", "videos"), "audio": ("audio", "audios")}
 
 
 class SkippedRow(NamedTuple):
@@ -88,14 +82,6 @@ def _in_column(column: str | None) -> str:
 
 class TooManyBadSamplesError(RuntimeError):
     """More rows were skipped than `max_skip_fraction` allows."""
-
-
-class _Reject(Exception):
-    def __init__(self, reason: str, detail: str, column: str | None = None):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.column = column
 
 
 @dataclass
@@ -363,7 +349,7 @@ class PromptCollator:
             repairs: list[str] = []
             try:
                 prepared = self._prepare_row(row, repairs)
-            except _Reject as rejection:
+            except RowRejected as rejection:
                 skipped.append(self._skip(row, index, rejection))
                 continue
             self._log_new_repairs(row, index, repairs)
@@ -426,7 +412,7 @@ class PromptCollator:
             return name, description
         return row_id, f"{description} ({self.id_column}={row_id!r})"
 
-    def _skip(self, row: Mapping[str, Any], index: int, rejection: _Reject) -> SkippedRow:
+    def _skip(self, row: Mapping[str, Any], index: int, rejection: RowRejected) -> SkippedRow:
         name, description = self._describe(row, index)
         if self.on_bad_sample == "raise":
             raise BadSampleError(description, rejection.reason, rejection.detail, rejection.column) from rejection
@@ -501,13 +487,13 @@ class PromptCollator:
     # ---------------------------------------------------------------------------------------------- one row
 
     def _prepare_row(self, row: Mapping[str, Any], repairs: list[str]) -> _Row:
-        """Validate, render, load and process one row; raises `_Reject` with a reason code on any problem."""
-        raw_media, columns = self._collect_media(row)
+        """Validate, render, load and process one row; raises [`RowRejected`] with a reason code on any problem."""
+        raw_media, columns = collect_media(row, self.layout, type(self.processing_class).__name__)
         decode_errors = row.get(MEDIA_ERRORS) or {}
         for column, error in decode_errors.items():
             if column not in columns.values():
                 media_columns = ", ".join(name for names in MEDIA_COLUMNS.values() for name in names)
-                raise _Reject(
+                raise RowRejected(
                     "undecodable_media",
                     f"datasets cannot decode it ({error}), and it is not a media column loaded here ({media_columns})",
                     column,
@@ -517,7 +503,7 @@ class PromptCollator:
         media = self._load_media(raw_media, columns, decode_errors, repairs)
         input_ids, token_fields, multimodal_inputs = self._process(text, media, add_special_tokens)
         if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
-            raise _Reject(
+            raise RowRejected(
                 "prompt_too_long",
                 f"prompt has {input_ids.shape[0]} tokens after media expansion, above prompt_max_len="
                 f"{self.prompt_max_len}",
@@ -525,99 +511,19 @@ class PromptCollator:
         loaded = {kind: items for kind, items in media.items() if items}
         return _Row(input_ids, token_fields, multimodal_inputs, text, loaded, messages)
 
-    def _collect_media(self, row: Mapping[str, Any]) -> tuple[dict[str, list[Any]], dict[str, str]]:
-        """
-        The raw media items of a row per kind, from its singular or plural column, and the column of each kind the
-        row has (holding items, an empty list or `None`).
-        """
-        media: dict[str, list[Any]] = {}
-        columns: dict[str, str] = {}
-        for kind, (single, plural) in MEDIA_COLUMNS.items():
-            one, many = row.get(single), row.get(plural)
-            if one is not None and many is not None:
-                raise _Reject("media_mismatch", f"row has both {single!r} and {plural!r}; use one")
-            column = plural if many is not None or (one is None and plural in row) else single
-            if column in row:
-                columns[kind] = column
-            if many is not None and not isinstance(many, (list, tuple)):
-                raise _Reject(
-                    "unsupported_input", f"column {plural!r} must hold a list, got {type(many).__name__}", plural
-                )
-            items = [one] if one is not None else list(many or [])
-            if any(item is None for item in items):
-                raise _Reject(f"missing_{kind}", f"column {plural!r} holds None where a {kind} should be", plural)
-            if items and kind in self.layout.unusable:
-                raise _Reject("unsupported_media", self.layout.unusable[kind], column)
-            if len(items) > 1 and kind in self.layout.one_per_prompt:
-                raise _Reject(
-                    "unsupported_media", f"row has {len(items)} {kind}s: {self.layout.one_per_prompt[kind]}", column
-                )
-            if items and kind not in self.media_kinds:
-                raise _Reject(
-                    "unsupported_media",
-                    f"row has {len(items)} {kind}(s) but {type(self.processing_class).__name__} cannot process "
-                    f"{kind}s (it takes {', '.join(self.media_kinds) or 'text only'})",
-                    column,
-                )
-            media[kind] = items
-        if self.layout.text_only_error is not None and not any(media.values()):
-            raise _Reject("unsupported_input", self.layout.text_only_error)
-        return media, columns
-
     def _render(self, prompt: Any, counts: dict[str, int], columns: dict[str, str]) -> tuple[str, bool, list | None]:
         """
         Render a prompt to text; returns it, whether the tokenizer should add its special tokens, and the messages
         rendered (`None` for a plain-text prompt).
         """
-        if isinstance(prompt, str):
-            if not any(counts.values()):
-                return prompt, True, None
-            # Media first, then the question: the layout of the common VQA / audio-QA chat datasets.
-            parts = [{"type": kind} for kind in MEDIA_KINDS for _ in range(counts[kind])]
-            prompt = [{"role": "user", "content": [*parts, {"type": "text", "text": prompt}]}]
-        elif not isinstance(prompt, list) or not prompt:
-            raise _Reject("bad_prompt", f"prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
-        placeholders = self._count_placeholders(prompt)
-        if not placeholders and any(counts.values()):
-            prompt = _with_media_parts(prompt, counts)
-            placeholders = self._count_placeholders(prompt)
-        for kind in MEDIA_KINDS:
-            if placeholders[kind] == counts[kind]:
-                continue
-            column = columns.get(kind)
-            if counts[kind] == 0 and column is not None:
-                # A column of the row holds None (or nothing) where the prompt wants media: the item is missing.
-                raise _Reject(
-                    f"missing_{kind}",
-                    f"prompt has {placeholders[kind]} {kind} part(s) but the column holds no {kind}",
-                    column,
-                )
-            raise _Reject(
-                "media_mismatch",
-                f"prompt has {placeholders[kind]} {kind} part(s) but the row has {counts[kind]} {kind}(s)",
-                column,
-            )
+        messages = prompt_messages(prompt, counts, columns)
+        if messages is None:
+            return prompt, True, None
         # The template already holds every special token; letting the tokenizer add a BOS would double it.
         text = self.processing_class.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
         )
-        return text, False, prompt
-
-    @staticmethod
-    def _count_placeholders(messages: list[Any]) -> Counter[str]:
-        placeholders: Counter[str] = Counter()
-        for message in messages:
-            if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-                raise _Reject("bad_prompt", f"message {message!r:.80} needs 'role' and 'content'")
-            content = message["content"]
-            if isinstance(content, str):
-                continue
-            if not isinstance(content, list) or not all(isinstance(part, Mapping) for part in content):
-                raise _Reject(
-                    "bad_prompt", f"message content must be a string or a list of parts, got {content!r:.80}"
-                )
-            placeholders.update(part.get("type") for part in content if part.get("type") in MEDIA_KINDS)
-        return placeholders
+        return text, False, messages
 
     def _load_media(
         self,
@@ -638,7 +544,7 @@ class PromptCollator:
                     detail = error.detail if len(items) == 1 else f"item {position}: {error.detail}"
                     if column in decode_errors:
                         detail = f"{detail} (datasets: {decode_errors[column]})"
-                    raise _Reject(error.reason, detail, column) from error
+                    raise RowRejected(error.reason, detail, column) from error
             if items and column in decode_errors:
                 # `datasets` could not decode the column (e.g. `Audio()` without torchcodec); the loaders here could.
                 repairs.append(f"{kind}_decoded_by_rft_trl")
@@ -678,24 +584,10 @@ class PromptCollator:
                 output = self.tokenizer([text], **kwargs)
         except ValueError as error:
             # The processor's own checks, e.g. placeholder tokens typed into the text that no media matches.
-            raise _Reject("processor_error", str(error)) from error
+            raise RowRejected("processor_error", str(error)) from error
         input_ids, _, token_fields, media_fields = split_processor_output(
             output, media_field_names(self.processing_class)
         )
         for name, empty in self.layout.empty_rows.items():
             media_fields.setdefault(name, empty)
         return input_ids[0], {name: value[0] for name, value in token_fields.items()}, media_fields
-
-
-def _with_media_parts(messages: list[Mapping[str, Any]], counts: dict[str, int]) -> list[Mapping[str, Any]]:
-    """
-    TRL's convention for a chat prompt without media parts whose row has media: the first user message with plain
-    string content gets one part per media item before its text (as `trl.data_utils.prepare_multimodal_messages`
-    does for images). The prompt is returned unchanged when it has no such message.
-    """
-    for index, message in enumerate(messages):
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
-            parts = [{"type": kind} for kind in MEDIA_KINDS for _ in range(counts[kind])]
-            content = [*parts, {"type": "text", "text": message["content"]}]
-            return [*messages[:index], {**message, "content": content}, *messages[index + 1 :]]
-    return messages

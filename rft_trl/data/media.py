@@ -83,6 +83,13 @@ def image_bounds_from_processor(processor: object | None) -> ImageBounds:
     Qwen2-VL / Qwen2.5-VL processors store `min_pixels` and `max_pixels` as `size["shortest_edge"]` and
     `size["longest_edge"]`; other processors resize to a fixed size themselves and get no bounds.
 
+    Why not leave the sizing to the processor: the loaded image is what the rollout keeps (`PromptBatch.sample_media`,
+    handed to vLLM and to the completions table), so bounding it bounds that memory; and the processor alone gives
+    other token counts (its resize floors to whole patches after scaling down to `max_pixels`: a 3000x2000 image under
+    bounds 784/3136 gets a 2x4 patch grid alone, 4x4 after this pre-shrink to 68x45; transformers 5.25). Why by
+    class: `size["shortest_edge"]` and `size["longest_edge"]` are pixel counts only in this lineage; elsewhere they
+    are edge lengths (LLaVA, Idefics3, Mistral3), so no generic reading of `size` exists.
+
     Args:
         processor (`BaseImageProcessor` or `BaseVideoProcessor`, *optional*):
             The image or video processor; `None` gives no bounds.

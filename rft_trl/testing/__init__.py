@@ -1,6 +1,7 @@
 """Offline tiny models, processors and synthetic datasets for smoke tests, demos and the test suite."""
 
 from .datasets import (
+    TASK_ANSWERS,
     make_colour_dataset,
     make_grounding_dataset,
     make_pattern_dataset,

@@ -268,6 +268,16 @@ TASK_BUILDERS = {
     "text": make_text_dataset,
 }
 
+# The words a synthetic task's answers are drawn from (a format warm-up answers at random from them).
+TASK_ANSWERS = {
+    "colour": COLOURS,
+    "grounding": COLOURS,
+    "pattern": FREQUENCIES,
+    "video": MOTIONS,
+    "pitch": PITCHES,
+    "text": TEXT_WORDS,
+}
+
 
 def make_task_dataset(task: str, num_samples: int, seed: int = 0) -> Dataset:
     """

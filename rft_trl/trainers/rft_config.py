@@ -2,226 +2,37 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
 from ..core.advantages import ADVANTAGE_ESTIMATORS
-from ..core.importance_sampling import IMPORTANCE_SAMPLING_MODES
 from ..core.losses import LOSS_AGG_MODES
+from .config_checks import FIELD_RANGES, check_ranges, check_values, resolve_rollout_size
+from .config_trl import (
+    ALIASES,
+    DEPENDENT_TRL_OPTIONS,
+    TRL_LOSS_SURROGATES,
+    TRL_LOSS_TYPES,
+    UNSUPPORTED_TRL_OPTIONS,
+    check_trl_options,
+    resolve_trl_names,
+)
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
-
-# TRL GRPOConfig `loss_type` -> our `loss_agg_mode`. TRL's "dapo" normalises by the active tokens of the whole
-# accumulated batch and "bnpo" by those of the micro-batch; with our token-mean over a micro-batch both reduce to the
-# same rule when micro-batches carry equal token counts, which is why both map to token-mean.
-TRL_LOSS_TYPES = {
-    "grpo": "seq-mean-token-mean",
-    "bnpo": "token-mean",
-    "dapo": "token-mean",
-    "dr_grpo": "seq-mean-token-sum-norm",
-    "luspo": "seq-mean-token-sum",
-    "cispo": "token-mean",
-    "sapo": "seq-mean-token-mean",
-    "vespo": "token-mean",
-}
-# TRL loss types whose per-token objective is not the clipped ratio (`rft_trl.core.policy_loss`'s `surrogate`).
-TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
-
-# GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
-UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
-    "max_tool_calling_iterations": "tool calling is not supported",
-    "log_unique_prompts": "the completions table logs every prompt",
-    "log_completions_hub_repo": "completions are not uploaded to the Hub",
-    "use_transformers_continuous_batching": "transformers' continuous batching is not supported",
-    "transformers_continuous_batching_config": "transformers' continuous batching is not supported",
-    "use_transformers_paged": "transformers' continuous batching is not supported",
-}
-
-# GRPOConfig options that act only together with another setting (as in TRL): set alone they would do nothing.
-DEPENDENT_TRL_OPTIONS: dict[str, str] = {
-    **dict.fromkeys(
-        [
-            "vllm_mode",
-            "vllm_model_impl",
-            "vllm_enable_sleep_mode",
-            "vllm_structured_outputs_regex",
-            "vllm_server_base_url",
-            "vllm_server_host",
-            "vllm_server_port",
-            "vllm_server_timeout",
-            "vllm_group_port",
-            "vllm_gpu_memory_utilization",
-            "vllm_max_model_length",
-            "vllm_tensor_parallel_size",
-            "vllm_importance_sampling_correction",
-            "vllm_importance_sampling_mode",
-            "vllm_importance_sampling_clip_max",
-            "vllm_importance_sampling_clip_min",
-            "vllm_importance_sampling_cap",
-            "vllm_weight_sync_dir",
-            "vllm_enforce_eager",
-        ],
-        "use_vllm=True",
-    ),
-    **dict.fromkeys(["sapo_temperature_neg", "sapo_temperature_pos"], "loss_type='sapo'"),
-    **dict.fromkeys(["vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"], "loss_type='vespo'"),
-    **dict.fromkeys(["ref_model_mixup_alpha", "ref_model_sync_steps"], "sync_ref_model=True"),
-    **dict.fromkeys(
-        ["entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target"], "use_adaptive_entropy=True"
-    ),
-}
-
-# TRL GRPOConfig `scale_rewards` -> our `advantage_estimator`.
-TRL_SCALE_REWARDS = {"group": "group_norm", "batch": "group_norm", "none": "dr_grpo"}
+# The tables live beside their checks (`config_checks`, `config_trl`); these names stay importable from here.
+__all__ = [
+    "ALIASES",
+    "DEPENDENT_TRL_OPTIONS",
+    "FIELD_RANGES",
+    "TRL_LOSS_TYPES",
+    "UNSUPPORTED_TRL_OPTIONS",
+    "RFTConfig",
+]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Range:
-    """
-    The interval a config value must lie in; a bound of `None` is unbounded.
-
-    Args:
-        low (`float`, *optional*): the lowest allowed value.
-        high (`float`, *optional*): the highest allowed value.
-        low_open (`bool`, *optional*, defaults to `False`): whether `low` itself is excluded.
-        high_open (`bool`, *optional*, defaults to `False`): whether `high` itself is excluded.
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        # Written so that NaN, which compares False with everything, is outside every range.
-        above = self.low is None or value > self.low or (not self.low_open and value == self.low)
-        below = self.high is None or value < self.high or (not self.high_open and value == self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
-
-
-AT_LEAST_ONE = Range(1)
-NON_NEGATIVE = Range(0.0)
-POSITIVE = Range(0.0, low_open=True)
-UNIT_INTERVAL = Range(0.0, 1.0)
-
-# Every config value with a range, checked when the config is built (`None`, where a field allows it, is not checked).
-# The ranges are TRL GRPOConfig's where it has the field (documented there or implied by how TRL uses the value; TRL
-# itself checks few of them), so that no value TRL accepts is refused: beta=0 loads no reference model, top_k 0 (TRL,
-# transformers) and -1 (vLLM) disable top-k, top_entropy_quantile 0 keeps only the highest-entropy token, and
-# num_completions_to_print 0 prints none. `delta` (> 1) is checked with the other TRL options.
-FIELD_RANGES: dict[str, Range] = {
-    # Batch layout (TrainingArguments and TRL): a 0 here ends in a ZeroDivisionError or an empty rollout.
-    "per_device_train_batch_size": AT_LEAST_ONE,
-    "micro_train_batch_size": AT_LEAST_ONE,
-    "per_device_eval_batch_size": AT_LEAST_ONE,
-    "gradient_accumulation_steps": AT_LEAST_ONE,
-    "steps_per_generation": AT_LEAST_ONE,
-    "generation_batch_size": AT_LEAST_ONE,
-    "rollout_batch_size": AT_LEAST_ONE,
-    "micro_rollout_batch_size": AT_LEAST_ONE,
-    "n_samples_per_prompt": AT_LEAST_ONE,
-    "num_generations_eval": AT_LEAST_ONE,
-    "prompt_max_len": AT_LEAST_ONE,
-    "generate_max_len": AT_LEAST_ONE,
-    "max_epochs": AT_LEAST_ONE,
-    "pad_to_multiple_of": AT_LEAST_ONE,
-    "log_prob_chunk_size": AT_LEAST_ONE,
-    "buffer_limit": Range(0),
-    # Sampling
-    "temperature": POSITIVE,
-    "top_p": Range(0.0, 1.0, low_open=True),
-    "top_k": Range(-1),
-    "min_p": UNIT_INTERVAL,
-    "repetition_penalty": POSITIVE,
-    # Algorithm
-    "learning_rate": NON_NEGATIVE,
-    "critic_learning_rate": NON_NEGATIVE,
-    "gamma": UNIT_INTERVAL,
-    "lambd": UNIT_INTERVAL,
-    # core.losses.policy_loss clips the ratio below at 1 - eps_clip, which must stay positive.
-    "eps_clip": Range(0.0, 1.0, high_open=True),
-    "eps_clip_high": NON_NEGATIVE,
-    "dual_clip": Range(1.0, low_open=True),
-    "value_clip": POSITIVE,
-    "advantage_clip": POSITIVE,
-    "high_entropy_token_ratio": UNIT_INTERVAL,
-    "off_policy_mask_threshold": NON_NEGATIVE,
-    "sapo_temperature_neg": POSITIVE,
-    "sapo_temperature_pos": POSITIVE,
-    "vespo_k_pos": NON_NEGATIVE,
-    "vespo_lambda_pos": NON_NEGATIVE,
-    "vespo_k_neg": NON_NEGATIVE,
-    "vespo_lambda_neg": NON_NEGATIVE,
-    "entropy_coef": NON_NEGATIVE,
-    "entropy_coef_min": NON_NEGATIVE,
-    "entropy_coef_max": NON_NEGATIVE,
-    "entropy_coef_delta": NON_NEGATIVE,
-    "entropy_target": NON_NEGATIVE,
-    # KL and reference
-    "init_kl_coef": NON_NEGATIVE,
-    "kl_target": POSITIVE,
-    "kl_horizon": AT_LEAST_ONE,
-    "ref_model_mixup_alpha": UNIT_INTERVAL,
-    "ref_model_sync_steps": AT_LEAST_ONE,
-    # Models
-    "freezing_actor_steps": Range(-1),
-    "ema_beta": UNIT_INTERVAL,
-    "ptx_coef": NON_NEGATIVE,
-    "aux_loss_coef": NON_NEGATIVE,
-    "router_aux_loss_coef": NON_NEGATIVE,
-    # Rewards, robustness, logging
-    "max_reward_failure_rate": UNIT_INTERVAL,
-    "max_skipped_fraction": UNIT_INTERVAL,
-    "max_consecutive_nonfinite_steps": AT_LEAST_ONE,
-    "num_completions_to_print": Range(0),
-    # vLLM
-    "vllm_gpu_memory_utilization": Range(0.0, 1.0, low_open=True),
-    "vllm_max_model_length": AT_LEAST_ONE,
-    "vllm_tensor_parallel_size": AT_LEAST_ONE,
-    "vllm_server_port": Range(1, 65535),
-    "vllm_server_timeout": POSITIVE,
-    # Before clip_max: a given cap has already been copied into clip_max (its deprecated alias).
-    "vllm_importance_sampling_cap": POSITIVE,
-    "vllm_importance_sampling_clip_max": POSITIVE,
-    "vllm_importance_sampling_clip_min": NON_NEGATIVE,
-}
-# What a value at or past a bound means, where the range alone would not say.
-RANGE_HINTS = {
-    "temperature": "for greedy decoding use do_sample=False in generation_kwargs",
-    "top_k": "0 or -1 disables top-k",
-    "freezing_actor_steps": "-1: the actor trains from the start",
-    "entropy_coef": "a bonus for entropy",
-}
-
-# (our field, TRL GRPOConfig field, default). Both start as None so that a value given under either name is seen,
-# and a contradictory pair is rejected; the default applies when neither is given.
-ALIASES: tuple[tuple[str, str, Any], ...] = (
-    ("n_samples_per_prompt", "num_generations", 8),
-    ("generate_max_len", "max_completion_length", 512),
-    ("prompt_max_len", "max_prompt_length", 512),
-    ("init_kl_coef", "beta", 0.0),
-    ("eps_clip", "epsilon", 0.2),
-    ("eps_clip_high", "epsilon_high", None),
-    ("max_epochs", "num_iterations", 1),
-    ("high_entropy_token_ratio", "top_entropy_quantile", None),
-)
 
 
 @dataclass
@@ -685,9 +496,9 @@ class RFTConfig(TrainingArguments):
     use_transformers_paged: bool = field(default=False, metadata={"help": "Not supported (deprecated in TRL)."})
 
     def __post_init__(self):
-        self._resolve_aliases()
-        self._check_trl_options()
-        self._check_ranges()
+        resolve_trl_names(self)
+        check_trl_options(self)
+        check_ranges(self)
         if self.micro_train_batch_size is None:
             self.micro_train_batch_size = self.per_device_train_batch_size
         elif self.per_device_train_batch_size not in (8, self.micro_train_batch_size):
@@ -730,154 +541,8 @@ class RFTConfig(TrainingArguments):
             self.accelerator_config.dispatch_batches = False
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reward functions read the dataset's columns.")
-        self._resolve_rollout_size()
-        self._check_values()
-
-    def _resolve_aliases(self) -> None:
-        for ours, theirs, default in ALIASES:
-            mine, other = getattr(self, ours), getattr(self, theirs)
-            if mine is not None and other is not None and mine != other:
-                raise ValueError(f"{ours}={mine} contradicts its TRL alias {theirs}={other}; set only one.")
-            value = default if mine is None and other is None else (mine if mine is not None else other)
-            setattr(self, ours, value)
-            setattr(self, theirs, value)
-
-        if self.loss_type is not None:
-            if self.loss_type not in TRL_LOSS_TYPES:
-                raise ValueError(f"loss_type={self.loss_type!r} is not supported; use one of {list(TRL_LOSS_TYPES)}.")
-            mapped = TRL_LOSS_TYPES[self.loss_type]
-            if self.loss_agg_mode is not None and self.loss_agg_mode != mapped:
-                raise ValueError(
-                    f"loss_type={self.loss_type!r} means loss_agg_mode={mapped!r}, which contradicts "
-                    f"loss_agg_mode={self.loss_agg_mode!r}; set only one."
-                )
-            self.loss_agg_mode = mapped
-        self.loss_agg_mode = self.loss_agg_mode or "token-mean"
-        if self.policy_surrogate != "clip":
-            extras = {"delta": self.delta, "dual_clip": self.dual_clip, "use_cpg_loss": self.use_cpg_loss or None}
-            given = [f"{name}={value!r}" for name, value in extras.items() if value is not None]
-            if given:
-                raise ValueError(
-                    f"loss_type={self.loss_type!r} has its own clipping; {', '.join(given)} only apply to the clipped "
-                    "ratio objective (loss_type 'grpo', 'bnpo', 'dapo', 'dr_grpo' or 'luspo')."
-                )
-        token_summed = self.loss_agg_mode in ("token-mean", "seq-mean-token-sum-norm")
-        if self.importance_sampling_level == "sequence" and self.loss_type == "vespo":
-            logger.warning(
-                "VESPO computes sequence-level importance weights itself: leave importance_sampling_level='token'."
-            )
-        elif self.importance_sampling_level == "sequence" and token_summed:
-            shown = f"loss_type={self.loss_type!r}" if self.loss_type else f"loss_agg_mode={self.loss_agg_mode!r}"
-            logger.warning(
-                "With importance_sampling_level='sequence', %s sums per-token contributions, which effectively "
-                "weights each sequence by its completion length instead of optimizing the per-sequence objective. "
-                "For the GSPO paper's setup, use loss_type='grpo' (loss_agg_mode='seq-mean-token-mean').",
-                shown,
-            )
-
-        if self.scale_rewards is not None:
-            scale = {True: "group", False: "none", "true": "group", "false": "none"}.get(
-                self.scale_rewards, self.scale_rewards
-            )
-            if scale not in TRL_SCALE_REWARDS:
-                raise ValueError(
-                    f"scale_rewards={self.scale_rewards!r} is not supported; use 'group', 'batch' or 'none' (or pick "
-                    "an advantage_estimator directly)."
-                )
-            mapped = TRL_SCALE_REWARDS[scale]
-            if self.advantage_estimator is not None and self.advantage_estimator != mapped:
-                raise ValueError(
-                    f"scale_rewards={self.scale_rewards!r} means advantage_estimator={mapped!r}, which contradicts "
-                    f"advantage_estimator={self.advantage_estimator!r}; set only one."
-                )
-            self.advantage_estimator = mapped
-            self.scale_rewards = scale
-        self.advantage_estimator = self.advantage_estimator or "group_norm"
-
-    def _check_trl_options(self) -> None:
-        """Refuse the GRPOConfig options rft_trl does not implement, and those that would act on nothing."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        if isinstance(self.pad_to_multiple_of, str):
-            if self.pad_to_multiple_of.lower() not in ("auto", "none", "null"):
-                self.pad_to_multiple_of = int(self.pad_to_multiple_of)  # from the command line
-            else:
-                # TRL's "auto" pads only on AWS Neuron, which rft_trl does not run on.
-                self.pad_to_multiple_of = None
-        if self.pad_to_multiple_of is not None and self.packing_samples:
-            raise ValueError("pad_to_multiple_of pads padded batches; packing_samples=True has no padding to size.")
-        for name, reason in UNSUPPORTED_TRL_OPTIONS.items():
-            if getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by PPOTrainerVL: {reason}.")
-        enabled = {
-            "use_vllm=True": self.use_vllm,
-            "loss_type='sapo'": self.loss_type == "sapo",
-            "loss_type='vespo'": self.loss_type == "vespo",
-            "sync_ref_model=True": self.sync_ref_model,
-            "use_adaptive_entropy=True": self.use_adaptive_entropy,
-        }
-        for name, needs in DEPENDENT_TRL_OPTIONS.items():
-            if getattr(self, name) != defaults[name] and not enabled[needs]:
-                raise ValueError(f"{name}={getattr(self, name)!r} only acts with {needs}, which is not set.")
-        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
-            raise ValueError(f"model_init_kwargs must be a dict, got {type(self.model_init_kwargs).__name__}.")
-        if self.delta is not None and self.delta <= 1.0:
-            raise ValueError(f"delta={self.delta} caps the importance ratio from above: it must be > 1.")
-        if self.use_vllm:
-            self._check_vllm_options(defaults)
-
-    def _check_vllm_options(self, defaults: dict) -> None:
-        """TRL's vLLM options: the modes and values rft_trl implements, each other one refused with its reason."""
-        if self.vllm_mode not in ("colocate", "server"):
-            raise ValueError(f"vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}.")
-        if self.vllm_importance_sampling_cap is not None:
-            logger.warning(
-                "vllm_importance_sampling_cap is deprecated (as in TRL): use vllm_importance_sampling_clip_max."
-            )
-            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
-        if self.vllm_importance_sampling_mode not in IMPORTANCE_SAMPLING_MODES:
-            raise ValueError(
-                f"vllm_importance_sampling_mode must be one of {IMPORTANCE_SAMPLING_MODES}, got "
-                f"{self.vllm_importance_sampling_mode!r}."
-            )
-        low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
-        if low is not None and high is not None and low > high:
-            raise ValueError(
-                f"vllm_importance_sampling_clip_min={low} is above vllm_importance_sampling_clip_max={high}."
-            )
-        if self.vllm_importance_sampling_correction and self.loss_type == "vespo":
-            raise ValueError(
-                "loss_type='vespo' with vllm_importance_sampling_correction is not implemented (TRL folds the ratio "
-                "into VESPO's sequence weight); set vllm_importance_sampling_correction=False."
-            )
-        if self.vllm_group_port != defaults["vllm_group_port"]:
-            raise ValueError(
-                "vllm_group_port is TRL's NCCL weight-transfer port; rft_trl sends weights to the server through "
-                "vllm_weight_sync_dir (a file the server loads), so there is no such group to place."
-            )
-        if self.cache_implementation is not None:
-            raise ValueError(
-                "cache_implementation is an option of transformers' generate, which use_vllm=True replaces."
-            )
-        if self.vllm_model_impl not in ("vllm", "transformers"):
-            raise ValueError(f"vllm_model_impl must be 'vllm' or 'transformers', got {self.vllm_model_impl!r}.")
-        if self.vllm_mode == "colocate":
-            for name in ("vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_weight_sync_dir"):
-                if getattr(self, name) != defaults[name]:
-                    raise ValueError(f"{name} is a server-mode option; vllm_mode is 'colocate'.")
-        else:
-            launch_options = {
-                "vllm_gpu_memory_utilization": "--gpu-memory-utilization",
-                "vllm_tensor_parallel_size": "--tensor-parallel-size",
-                "vllm_max_model_length": "--max-model-len",
-                "vllm_model_impl": "--model-impl",
-                "vllm_enable_sleep_mode": "--enable-sleep-mode",
-                "vllm_enforce_eager": "--enforce-eager",
-            }
-            for name, flag in launch_options.items():
-                if getattr(self, name) != defaults[name]:
-                    raise ValueError(
-                        f"{name} configures a colocated engine; with vllm_mode='server' pass `{flag}` to `vllm serve`."
-                    )
+        resolve_rollout_size(self)
+        check_values(self)
 
     def vllm_server_url(self) -> str:
         """The vLLM server's URL (`vllm_server_base_url`, else built from host and port)."""
@@ -908,103 +573,6 @@ class RFTConfig(TrainingArguments):
         elif not self.use_cpu:
             logger.warning("%d processes without an accelerator: training on the CPU with gloo (use_cpu).", world_size)
             self.use_cpu = True
-
-    def _check_ranges(self) -> None:
-        """
-        Refuse out-of-range values (`FIELD_RANGES`) when the config is built, naming the setting (and the TRL alias
-        the user may have used), the range and the value, rather than letting them fail later inside transformers or
-        torch (a `per_device_train_batch_size` of 0 was a ZeroDivisionError).
-        """
-        aliases = {ours: theirs for ours, theirs, _ in ALIASES}
-        for name, allowed in FIELD_RANGES.items():
-            value = getattr(self, name)
-            if value is None or value in allowed:
-                continue
-            shown = f"{name} ({aliases[name]})" if name in aliases else name
-            hint = f" ({RANGE_HINTS[name]})" if name in RANGE_HINTS else ""
-            raise ValueError(f"{shown} must be {allowed}, got {value}{hint}.")
-        if self.entropy_coef_min > self.entropy_coef_max:
-            raise ValueError(
-                f"entropy_coef_min={self.entropy_coef_min} is above entropy_coef_max={self.entropy_coef_max}."
-            )
-
-    def _resolve_rollout_size(self) -> None:
-        sizers = [
-            name
-            for name in ("rollout_batch_size", "steps_per_generation", "generation_batch_size")
-            if getattr(self, name) is not None
-        ]
-        if len(sizers) > 1:
-            raise ValueError(
-                f"{' and '.join(sizers)} all size the rollout; set only one (rollout_batch_size prompts per process = "
-                "per_device_train_batch_size * steps_per_generation / n_samples_per_prompt = generation_batch_size / "
-                "(processes * n_samples_per_prompt))."
-            )
-        if self.generation_batch_size is not None:
-            # TRL: completions per rollout over all processes; rft_trl sizes it per process.
-            if self.generation_batch_size % (self.world_size * self.n_samples_per_prompt):
-                raise ValueError(
-                    f"generation_batch_size={self.generation_batch_size} must be a multiple of processes "
-                    f"({self.world_size}) * n_samples_per_prompt ({self.n_samples_per_prompt})."
-                )
-            self.rollout_batch_size = self.generation_batch_size // (self.world_size * self.n_samples_per_prompt)
-        if self.rollout_batch_size is None:
-            # TRL: a generation batch is per_device_train_batch_size * steps_per_generation completions, with
-            # steps_per_generation defaulting to gradient_accumulation_steps.
-            steps = self.steps_per_generation or self.gradient_accumulation_steps
-            completions = self.per_device_train_batch_size * steps
-            if completions % self.n_samples_per_prompt:
-                raise ValueError(
-                    f"per_device_train_batch_size * steps_per_generation = {completions} completions is not a "
-                    f"multiple of n_samples_per_prompt={self.n_samples_per_prompt}; set rollout_batch_size (prompts "
-                    f"per rollout) or make the product a multiple."
-                )
-            self.rollout_batch_size = completions // self.n_samples_per_prompt
-        per_rollout = self.rollout_batch_size * self.n_samples_per_prompt * self.max_epochs
-        per_step = self.micro_train_batch_size * self.gradient_accumulation_steps
-        if per_rollout % per_step:
-            raise ValueError(
-                f"A rollout replays rollout_batch_size * n_samples_per_prompt * max_epochs = {per_rollout} sequences, "
-                f"not a multiple of micro_train_batch_size * gradient_accumulation_steps = {per_step}: choose sizes "
-                f"so that each rollout ends on an optimizer step."
-            )
-
-    def _check_values(self) -> None:
-        choices = {
-            "advantage_estimator": ADVANTAGE_ESTIMATORS,
-            "loss_agg_mode": LOSS_AGG_MODES,
-            "kl_estimator": KL_ESTIMATORS,
-            "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}.")
-        if self.advantage_estimator in ("group_norm", "dr_grpo", "rloo", "reinforce++-baseline"):
-            if self.n_samples_per_prompt < 2:
-                raise ValueError(
-                    f"advantage_estimator={self.advantage_estimator!r} compares samples of a group: set "
-                    f"n_samples_per_prompt >= 2 (got {self.n_samples_per_prompt})."
-                )
-        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
-            raise ValueError(
-                f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not one of "
-                "'sum_then_normalize', 'normalize_then_sum'."
-            )
-        if self.multi_objective_aggregation == "normalize_then_sum":
-            if self.advantage_estimator not in ("group_norm", "dr_grpo") or self.reward_recipe is not None:
-                raise ValueError(
-                    "multi_objective_aggregation='normalize_then_sum' computes GRPO advantages from each reward "
-                    "function's group-normalised scores: it needs advantage_estimator 'group_norm' (or scale_rewards) "
-                    f"and reward_weights, not advantage_estimator={self.advantage_estimator!r} or a reward_recipe."
-                )
-        if self.kl_target is not None and self.init_kl_coef <= 0:
-            raise ValueError("kl_target needs init_kl_coef > 0 for the adaptive controller to scale.")
-        rollout_samples = self.rollout_batch_size * self.n_samples_per_prompt
-        if 0 < self.buffer_limit < rollout_samples:
-            raise ValueError(
-                f"buffer_limit={self.buffer_limit} would drop samples of the current rollout ({rollout_samples} "
-                f"samples); set 0 (no limit) or at least {rollout_samples}."
-            )
 
     def __getstate__(self) -> dict:
         # The Trainer pickles its arguments (training_args.bin, uploaded by push_to_hub): never with a token in them.

@@ -172,7 +172,7 @@ def test_trl_steps_per_generation_sizes_the_rollout():
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_sequence_level_ratios_with_a_token_summed_loss_warn(loss_type, caplog):
-    with caplog.at_level("WARNING", logger="rft_trl.trainers.rft_config"):
+    with caplog.at_level("WARNING", logger="rft_trl.trainers.config_trl"):
         config(importance_sampling_level="sequence", loss_type=loss_type)
     warned = "weights each sequence by its completion length" in caplog.text
     assert warned == (loss_type != "grpo")
