@@ -95,6 +95,7 @@ FIELD_RANGES: dict[str, Range] = {
     "dual_clip": Range(1.0, low_open=True),
     "value_clip": POSITIVE,
     "advantage_clip": POSITIVE,
+    "advantage_std_eps": POSITIVE,
     "high_entropy_token_ratio": UNIT_INTERVAL,
     "off_policy_mask_threshold": NON_NEGATIVE,
     "sapo_temperature_neg": POSITIVE,

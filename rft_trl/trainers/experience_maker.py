@@ -386,6 +386,7 @@ class ExperienceMaker:
             gamma=self.args.gamma,
             lambd=self.args.lambd,
             valid=valid.to(action_mask.device),
+            eps=self.args.advantage_std_eps,
             reward_std=self._batch_reward_std(rewards, valid)
             if self.args.scale_rewards == "batch" and not baselined
             else None,
@@ -399,9 +400,12 @@ class ExperienceMaker:
         normalised over the whole batch (all processes): the samples' advantages.
         """
         weights = torch.tensor(self.reward_scorer.reward_weights, dtype=torch.float64)
-        summed = normalize_then_sum_scores(torch.stack(list(components.values()), -1).double(), weights, group_size)
+        eps = self.args.advantage_std_eps
+        summed = normalize_then_sum_scores(
+            torch.stack(list(components.values()), -1).double(), weights, group_size, eps=eps
+        )
         mean, std = self._batch_mean_std(summed, valid)
-        return ((summed - mean) / (std + 1e-4)).float()
+        return ((summed - mean) / (std + eps)).float()
 
     def _batch_reward_std(self, rewards: torch.Tensor, valid: torch.Tensor) -> float:
         """The unbiased standard deviation of the valid rewards over all processes (TRL's `scale_rewards="batch"`)."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..core import compute_approx_kl, masked_mean, policy_loss, value_loss
+from ..core import aggregate_loss, compute_approx_kl, masked_mean, policy_loss, value_loss
 from .experience import Experience
 from .rft_config import RFTConfig
 
@@ -161,6 +161,7 @@ def actor_objective(
     sequence_weight = None
     if args.off_policy_mask_threshold is not None:
         sequence_weight = off_policy_mask(advantages, log_probs, old_log_probs, mask, args.off_policy_mask_threshold)
+    norm_length = args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None
     loss, policy_metrics = policy_loss(
         log_probs,
         old_log_probs,
@@ -173,7 +174,7 @@ def actor_objective(
         use_cpg_loss=args.use_cpg_loss,
         entropy_mask=entropy_mask,
         loss_agg_mode=args.loss_agg_mode,
-        norm_length=args.generate_max_len if args.loss_agg_mode == "seq-mean-token-sum-norm" else None,
+        norm_length=norm_length,
         ratio_cap=args.delta,
         sequence_weight=sequence_weight,
         token_weight=batch.get("importance_weights"),
@@ -193,9 +194,15 @@ def actor_objective(
         if args.use_kl_loss:
             if args.use_bias_correction_kl:
                 # The KL is estimated on samples of the rollout policy: weighting it by the importance ratio makes
-                # its gradient the unbiased gradient of the current policy's KL (TRL's default).
-                kl = kl * torch.where(mask, log_probs - old_log_probs, 0).exp()
-            loss = loss + kl_coef * masked_mean(kl, mask)
+                # its gradient the unbiased gradient of the current policy's KL (TRL's default). The ratio is the
+                # policy loss's: per token, or (GSPO) each sequence's exp(mean log-ratio), as TRL's `coef_1`.
+                log_ratio = torch.where(mask, log_probs - old_log_probs, 0)  # [B, A]
+                if args.importance_sampling_level == "sequence":
+                    log_ratio = masked_mean(log_ratio, mask, dim=-1).unsqueeze(-1)  # [B, 1]
+                kl = kl * log_ratio.exp()
+            # As TRL: beta * KL joins each token's loss before the loss type's aggregation (GRPO's mean per sequence
+            # then over sequences, Dr. GRPO's sum over the maximum length, ...), so the KL term is aggregated alike.
+            loss = loss + kl_coef * aggregate_loss(kl, mask, args.loss_agg_mode, norm_length)
     if ptx_loss is not None:
         metrics["train/ptx_loss"] = (ptx_loss, None)
         loss = loss + args.ptx_coef * ptx_loss

@@ -118,6 +118,10 @@ class RFTConfig(TrainingArguments):
             Alias: `top_entropy_quantile`.
         advantage_clip (`float`, *optional*):
             Clamp advantages to [-advantage_clip, advantage_clip] before the loss; `None` leaves them as they are.
+        advantage_std_eps (`float`, *optional*, defaults to `1e-4`):
+            Added to every standard deviation advantages are divided by: the group's (or batch's) reward standard
+            deviation of `group_norm` (TRL's `std + 1e-4`), TRL's `normalize_then_sum`, and the whitening of the
+            `reinforce++` estimators.
 
         > KL and reference
 
@@ -279,6 +283,7 @@ class RFTConfig(TrainingArguments):
     high_entropy_token_ratio: float | None = field(default=None, metadata={"help": "Top-entropy token fraction."})
     top_entropy_quantile: float | None = field(default=None, metadata={"help": "TRL alias of the above."})
     advantage_clip: float | None = field(default=None, metadata={"help": "Clamp advantages to +-this."})
+    advantage_std_eps: float = field(default=1e-4, metadata={"help": "Added to the std advantages divide by."})
 
     # KL and reference
     init_kl_coef: float | None = field(default=None, metadata={"help": "KL coefficient (default 0)."})

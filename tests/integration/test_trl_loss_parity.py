@@ -10,7 +10,7 @@ How one case runs:
 3. rft_trl takes the same completions: its own `RewardScorer` scores the texts TRL's reward function saw, and its
    `ExperienceMaker.experience_from` computes its own log-probs and advantages. Its rewards and log-probs are checked
    against TRL's; its items then carry TRL's advantages and log-probs, so that the loss alone is compared (the
-   advantages differ: `test_group_norm_advantages_match_trls`).
+   advantages are compared by `test_group_norm_advantages_match_trls`).
 4. With `num_iterations > 1` both policies take one more identical step (a first PPO epoch), so the rollout's
    log-probs are old and the clipping acts.
 5. TRL's `compute_loss` on its batch and ours on the replay buffer's micro-batch of our items, on the same weights;
@@ -57,18 +57,6 @@ SETTINGS = {
 # apart. Scoring uses the model's own distribution on both sides.
 EOS_SAMPLING_BIAS = 4.0
 
-# rft_trl adds the KL term as a token mean over the micro-batch, whatever the loss type (`trainers/objective.py`,
-# `actor_objective`: `loss + kl_coef * masked_mean(kl, mask)`). TRL adds `beta * per_token_kl` to the per-token loss
-# before the loss type's aggregation (`trl/trainer/grpo_trainer.py`, `_compute_loss`: `per_token_loss =
-# per_token_loss + self.beta * per_token_kl`, then the `loss_type` branches). The two agree where that aggregation is
-# the token mean (bnpo, dapo, cispo, vespo) and differ by beta x (TRL's aggregate of the KL - its token mean) for the
-# others: 4.9e-4 (grpo, sapo), 2.2e-3 (dr_grpo), 1.4e-2 (luspo) in the on-policy case here.
-KL_AGGREGATION = (
-    "rft_trl adds the KL as a token mean over the micro-batch; TRL aggregates beta * KL per token with the loss "
-    "type's normaliser (seq-mean-token-mean, the sum / max_completion_length, seq-mean-token-sum)"
-)
-KL_AGGREGATED_BY_LOSS_TYPE = {"grpo", "gspo", "dr_grpo", "luspo", "sapo"}
-
 # Every loss_type of TRL 1.16 (GRPOConfig.loss_type), each at the importance-sampling level TRL recommends for it,
 # plus GSPO (grpo at the sequence level).
 LOSS_TYPES = {
@@ -87,14 +75,12 @@ LOSS_TYPES = {
 CLIP_METRICS = {"cispo": "cispo_clip_ratio", "sapo": None, "vespo": None}
 
 
-def case(name, beta, num_iterations):
-    marks = ()
-    if beta and name in KL_AGGREGATED_BY_LOSS_TYPE:
-        marks = pytest.mark.xfail(reason=KL_AGGREGATION, raises=AssertionError, strict=True)
-    return pytest.param(name, beta, num_iterations, id=f"{name}-beta{beta}-iterations{num_iterations}", marks=marks)
-
-
-CASES = [case(name, beta, n) for name in LOSS_TYPES for beta in (0.0, 0.04) for n in (1, 2)]
+CASES = [
+    pytest.param(name, beta, n, id=f"{name}-beta{beta}-iterations{n}")
+    for name in LOSS_TYPES
+    for beta in (0.0, 0.04)
+    for n in (1, 2)
+]
 
 
 @pytest.fixture(scope="module")
@@ -277,13 +263,11 @@ def test_the_comparison_tells_loss_types_apart(checkpoint, tmp_path):
     assert update.grad_difference > 1000 * TOLERANCE * (1 + update.largest_grad), update
 
 
-@pytest.mark.xfail(
-    reason="GRPO's advantage divides by std + 1e-6 in rft_trl (core/advantages.py, group_norm_scores' and "
-    "compute_advantages' eps), by std + 1e-4 in TRL (grpo_trainer.py, `advantages / (std_rewards + 1e-4)`)",
-    raises=AssertionError,
-    strict=True,
-)
 def test_group_norm_advantages_match_trls(checkpoint, tmp_path):
-    update = one_update(checkpoint, tmp_path, {"loss_type": "grpo", "beta": 0.0, "num_iterations": 1})
+    settings = {"loss_type": "grpo", "beta": 0.0, "num_iterations": 1}
+    update = one_update(checkpoint, tmp_path, settings)
     assert update.reward_difference == 0.0
     assert update.advantage_difference <= TOLERANCE, update
+    # Control: the epsilon added to the groups' reward std (TRL's 1e-4, advantage_std_eps) is seen by the comparison.
+    other = one_update(checkpoint, tmp_path / "other", settings, {**settings, "advantage_std_eps": 1e-6})
+    assert other.advantage_difference > 10 * TOLERANCE, other

@@ -218,6 +218,7 @@ RANGE_CASES = [
     ("dual_clip", 1.0, 3.0, "dual_clip", "> 1", {}),
     ("value_clip", 0.0, 0.5, "value_clip", "> 0", {}),
     ("advantage_clip", 0.0, 5.0, "advantage_clip", "> 0", {}),
+    ("advantage_std_eps", 0.0, 1e-6, "advantage_std_eps", "> 0", {}),
     ("top_entropy_quantile", 1.5, 0.0, "high_entropy_token_ratio (top_entropy_quantile)", "in [0, 1]", {}),
     ("off_policy_mask_threshold", -0.1, 0.0, "off_policy_mask_threshold", ">= 0", {}),
     ("sapo_temperature_neg", 0.0, 2.0, "sapo_temperature_neg", "> 0", {"loss_type": "sapo"}),
