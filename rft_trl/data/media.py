@@ -127,17 +127,21 @@ def _reject_url(value: str, kind: str) -> None:
 # ----------------------------------------------------------------------------------------------------------- images
 
 
-def _open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open and fully decode an image file or bytes, turning every decoder failure into a `MediaError`."""
+def _media_source(source: str | os.PathLike | bytes, kind: str) -> tuple[str, io.BytesIO | Path]:
+    """A medium's name for messages and what to read it from: bytes (never empty) or a local file (never a URL)."""
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
-            raise MediaError("empty_file", "image bytes are empty")
-        name, stream = "<bytes>", io.BytesIO(source)
-    else:
-        _reject_url(str(source), "image")
-        path = Path(source)
-        _check_file(path, "image")
-        name, stream = str(path), path
+            raise MediaError("empty_file", f"{kind} bytes are empty")
+        return "<bytes>", io.BytesIO(source)
+    _reject_url(str(source), kind)
+    path = Path(source)
+    _check_file(path, kind)
+    return str(path), path
+
+
+def _open_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Open and fully decode an image file or bytes, turning every decoder failure into a `MediaError`."""
+    name, stream = _media_source(source, "image")
     try:
         image = Image.open(stream)
         # `open` only reads the header; `load` decodes, which is where truncated files fail.
@@ -402,15 +406,7 @@ def load_video(
 
 
 def _read_audio_file(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
-    if isinstance(source, (bytes, bytearray)):
-        if len(source) == 0:
-            raise MediaError("empty_file", "audio bytes are empty")
-        name, stream = "<bytes>", io.BytesIO(source)
-    else:
-        _reject_url(str(source), "audio")
-        path = Path(source)
-        _check_file(path, "audio")
-        name, stream = str(path), path
+    name, stream = _media_source(source, "audio")
     try:
         # always_2d keeps one layout, [samples, channels], for the downmix below.
         array, rate = soundfile.read(stream, dtype="float32", always_2d=True)
