@@ -59,7 +59,7 @@ from ..models.utils import cast_lm_head_to_fp32, check_supported
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rollout import iter_checkpoint_weights
-from .builders import actor_class, build_actor, build_critic, load_processing_class, load_reward_models
+from .builders import build_actor, build_critic, load_processing_class, load_reward_models
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -477,7 +477,7 @@ class PPOTrainerVL(Trainer):
             reference = (
                 initial_model
                 if isinstance(initial_model, Actor)
-                else actor_class(self.media_kinds)(
+                else Actor(
                     initial_model,
                     **self.args.model_kwargs(from_path=False),
                     **self.args.log_prob_kwargs(),
@@ -497,7 +497,7 @@ class PPOTrainerVL(Trainer):
                     "Under ZeRO-3 the KL reference is loaded from the policy's checkpoint, but the policy was given "
                     "as an already partitioned model object: pass the model as a path, or pass initial_model."
                 )
-            reference = actor_class(self.media_kinds)(
+            reference = Actor(
                 model_path,
                 **self.args.model_kwargs(),
                 **self.args.log_prob_kwargs(),
