@@ -130,8 +130,9 @@ def make_experience_batch(
     items: list[BufferItem | BufferItemVL], packing_samples: bool = False, pad_to_multiple_of: int | None = None
 ) -> Experience:
     """
-    The seed's `make_experience_batch`: [`rft_trl.trainers.batching.make_experience_batch`], which also takes
-    [`BufferItemVL`] items and then returns an [`ExperienceVL`].
+    The seed's `make_experience_batch`: the trainer's [`~rft_trl.trainers.batching.make_experience_batch`] for
+    [`BufferItem`] items; for [`BufferItemVL`] items, the batch of the [`BufferItem`]s holding the same tensors, as an
+    [`ExperienceVL`] with the items' `raw_images`.
 
     Args:
         items (`list[BufferItem]` or `list[BufferItemVL]`):
@@ -169,8 +170,8 @@ def make_experience_batch(
 
 def split_experience_batch(experience: Experience) -> list[BufferItem | BufferItemVL]:
     """
-    The seed's `split_experience_batch`: [`rft_trl.trainers.batching.split_experience_batch`], which gives
-    [`BufferItemVL`] items for an [`ExperienceVL`] (each with its sample's `raw_images`).
+    The seed's `split_experience_batch`: the trainer's [`~rft_trl.trainers.batching.split_experience_batch`], whose
+    items an [`ExperienceVL`] hands back as [`BufferItemVL`]s (each with its sample's `raw_images`).
 
     Args:
         experience ([`Experience`]):
