@@ -9,7 +9,7 @@ Two measurements:
 
 1. **Synthetic GRPO-shaped length mix** (no model): 64 prompts x 8 samples, prompt lengths ~ N(450, 150) clipped to
    [64, 1024], response lengths lognormal (median 120, sigma 0.8) clipped to [1, 1024]. Samples are turned into
-   `BufferItem`s and collated with `rft_trl.trainers.replay_buffer_utils.make_experience_batch` in shuffled
+   `BufferItem`s and collated with `rft_trl.trainers.batching.make_experience_batch` in shuffled
    micro-batches (as the trainer does) with `packing_samples` False and True; a batch's slots are what its forward
    would compute: `B x width` padded, the sum of lengths packed. The rollout passes (old log-probs, reference)
    run in chunks of `micro_rollout_batch_size` rows that carry the generation layout, padded to the rollout's widest
@@ -35,7 +35,7 @@ from common import Setup, build_ours, load_note, markdown_table, quiet
 
 from rft_trl.models.actor import Actor
 from rft_trl.models.critic import Critic
-from rft_trl.trainers.replay_buffer_utils import BufferItem, make_experience_batch
+from rft_trl.trainers.batching import BufferItem, make_experience_batch
 
 # ---------------------------------------------------------------------------------------------- synthetic mix
 

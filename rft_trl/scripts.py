@@ -24,9 +24,9 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from .data.collator import PromptCollator
+from .models.actor import Actor
 from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward, think_format_reward
-from .trainers.builders import actor_class
 from .trainers.ppo_trainer_vl import PPOTrainerVL
 from .trainers.progress import progress_logger
 from .trainers.rft_config import RFTConfig
@@ -354,7 +354,7 @@ def format_warmup(
     rng = random.Random(seed)
     rows = [dict(row, completion=rng.choice(answers)) for row in train_dataset]
     collator = PromptCollator(processing_class)
-    actor = actor_class(collator.media_kinds)(model, freeze_encoder=False)
+    actor = Actor(model, freeze_encoder=False)
     return supervised_warmup(
         actor,
         collator,

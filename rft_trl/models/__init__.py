@@ -1,11 +1,8 @@
-"""rft_trl.models: the policy (Actor and its ActorVL / ActorAL faces), the critic and the reward model."""
+"""rft_trl.models: the policy (Actor), the critic and the reward model; the seed's faces from `rft_trl.compat`."""
 
 from .actor import Actor, process_sequences
-from .actor_al import ActorAL
-from .actor_vl import ActorVL
 from .critic import Critic
 from .inputs import ModelInputs
-from .loss import GPTLMLoss, PolicyLoss, ValueLoss
 from .reward_model import RewardModel, RewardModelFunction, SequenceClassificationReward
 from .utils import compute_approx_kl, masked_mean, unpacking_samples
 
@@ -26,3 +23,14 @@ __all__ = [
     "process_sequences",
     "unpacking_samples",
 ]
+
+# The seed's names served by `rft_trl.compat`, which imports this package: they are looked up on first use.
+_COMPAT_NAMES = ("ActorAL", "ActorVL", "GPTLMLoss", "PolicyLoss", "ValueLoss")
+
+
+def __getattr__(name: str):
+    if name in _COMPAT_NAMES:
+        from .. import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

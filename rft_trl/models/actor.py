@@ -4,8 +4,8 @@ The actor wraps a transformers causal (or image/audio-to-text) language model. I
 ([`Actor.generate`]) and scores the tokens of a completion under the current weights ([`Actor.forward`], the action
 log-probabilities of PPO/GRPO). Every model family takes the same path: whatever media fields and per-token type
 fields its processor returns go to the model as keywords (checked against the names its `forward` takes), and
-positions are the model's own ([`rft_trl.models.inputs.ModelInputs`]). [`ActorVL`] and [`ActorAL`] are named faces
-of this class with the seed's keyword names.
+positions are the model's own ([`rft_trl.models.inputs.ModelInputs`]). The seed's [`ActorVL`] and [`ActorAL`]
+(`rft_trl.compat`) are named faces of this class with the seed's keyword names.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ class Actor(nn.Module):
     Example:
 
     ```python
-    >>> actor = ActorVL("Qwen/Qwen2.5-VL-3B-Instruct", bf16=True, lora_rank=16)
+    >>> actor = Actor("Qwen/Qwen2.5-VL-3B-Instruct", bf16=True, lora_rank=16)
     >>> sequences, attention_mask, action_mask = actor.generate(**processor_batch, max_new_tokens=64, do_sample=True)
     >>> log_probs = actor(sequences, action_mask.shape[1], attention_mask, **media_and_token_type_fields)
     ```

@@ -1,5 +1,5 @@
 """Building what a run trains and scores with, each from the run's one settings path ([`RFTConfig.model_kwargs`]):
-the processor, the policy ([`Actor`] and its seed faces), the critic and TRL's reward models given by path."""
+the processor, the policy ([`Actor`]), the critic and TRL's reward models given by path."""
 
 from __future__ import annotations
 
@@ -12,22 +12,11 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from ..data.multimodal import ProcessorLayout
 from ..models.actor import Actor
-from ..models.actor_al import ActorAL
-from ..models.actor_vl import ActorVL
 from ..models.critic import Critic
 from ..models.utils import cast_lm_head_to_fp32, load_pretrained_model, unwrap_model
 from .rft_config import RFTConfig
 
-__all__ = ["actor_class", "build_actor", "build_critic", "load_processing_class", "load_reward_models"]
-
-
-def actor_class(media_kinds: tuple[str, ...]) -> type[Actor]:
-    """The seed's face of a policy taking `media_kinds`: `ActorVL` with images or videos, `ActorAL` with audio only."""
-    if "image" in media_kinds or "video" in media_kinds:
-        return ActorVL
-    if "audio" in media_kinds:
-        return ActorAL
-    return Actor
+__all__ = ["build_actor", "build_critic", "load_processing_class", "load_reward_models"]
 
 
 def load_processing_class(model, args: RFTConfig):
@@ -112,7 +101,7 @@ def build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) ->
         model.extra_media_token_ids = sorted(set(model.extra_media_token_ids) | set(layout.media_token_ids))
         actor = model
     else:
-        actor = actor_class(layout.media_kinds)(
+        actor = Actor(
             model,
             peft_config=peft_config,
             packing_samples=args.packing_samples,

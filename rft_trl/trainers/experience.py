@@ -147,15 +147,11 @@ def _moved_fields(experience: Experience) -> list:
     return [f for f in fields(experience) if not f.metadata.get("by_reference")]
 
 
-@dataclass
-class ExperienceVL(Experience):
-    """
-    An [`Experience`] built from [`BufferItemVL`] items (the seed's vision-language face). Its images, videos and
-    grids live in `multimodal_inputs` like every other modality's fields; it only adds the raw media.
+def __getattr__(name: str):
+    # The seed's `ExperienceVL` stays importable from here. It lives in `rft_trl.compat`, which imports this module,
+    # so it is looked up on first use: importing this module never imports compat.
+    if name == "ExperienceVL":
+        from ..compat.experience import ExperienceVL
 
-    Args:
-        raw_images (`list`, *optional*):
-            For each sample, its images before processing (or `None`).
-    """
-
-    raw_images: list | None = None
+        return ExperienceVL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

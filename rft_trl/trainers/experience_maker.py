@@ -38,7 +38,7 @@ from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
 from ..rollout import HFEngine, RolloutEngine
-from .replay_buffer_utils import BufferItem
+from .batching import BufferItem
 from .rft_config import RFTConfig
 
 logger = logging.getLogger(__name__)

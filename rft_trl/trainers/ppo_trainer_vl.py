@@ -234,7 +234,6 @@ class PPOTrainerVL(Trainer):
             initial_model,
             model if isinstance(model, str) else None,
             args,
-            self.media_kinds,
             self.accelerator,
             self.is_deepspeed_enabled,
         )

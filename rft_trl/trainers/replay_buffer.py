@@ -8,15 +8,14 @@ from dataclasses import replace
 
 import torch
 
-from .experience import Experience
-from .replay_buffer_utils import (
+from .batching import (
     BufferItem,
-    BufferItemVL,
     item_to_device,
     make_experience_batch,
     remove_padding_in_sequences,
     split_experience_batch,
 )
+from .experience import Experience
 
 # Per-token attributes that normalize() may whiten.
 NORMALIZABLE_ATTRIBUTES = ("advantages", "returns", "values")
@@ -55,7 +54,7 @@ class NaiveReplayBuffer:
         self.cpu_offload = cpu_offload
         self.packing_samples = packing_samples
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.items: list[BufferItem | BufferItemVL] = []
+        self.items: list[BufferItem] = []
 
     @torch.no_grad()
     def append(self, experience: Experience) -> None:
@@ -68,7 +67,7 @@ class NaiveReplayBuffer:
         self.extend(items if experience.is_packed else remove_padding_in_sequences(items))
 
     @torch.no_grad()
-    def extend(self, items: list[BufferItem | BufferItemVL]) -> None:
+    def extend(self, items: list[BufferItem]) -> None:
         """Add already-split items, with the same offload and limit rules as [`NaiveReplayBuffer.append`]."""
         if self.cpu_offload:
             items = [item_to_device(item, "cpu") for item in items]
@@ -82,10 +81,10 @@ class NaiveReplayBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> BufferItem | BufferItemVL:
+    def __getitem__(self, index: int) -> BufferItem:
         return self.items[index]
 
-    def collate_fn(self, batch: list[BufferItem | BufferItemVL]) -> Experience:
+    def collate_fn(self, batch: list[BufferItem]) -> Experience:
         """Collate items into an [`Experience`], packed or padded as the buffer was configured."""
         return make_experience_batch(
             batch, packing_samples=self.packing_samples, pad_to_multiple_of=self.pad_to_multiple_of
@@ -151,10 +150,6 @@ class NaiveReplayBuffer:
         ]
 
 
-# The seed's vision-language name: one buffer serves every modality.
-NaiveReplayBufferVL = NaiveReplayBuffer
-
-
 def top_up(items: list, size: int) -> list:
     """
     `items`, topped up to `size` with excluded copies (`valid` 0, masked out of the loss).
@@ -186,3 +181,13 @@ def plan_micro_batches(buffer: NaiveReplayBuffer, items: list, epochs: int, seed
         for start in range(0, len(buffer), size):
             batches.append(buffer.collate_fn([buffer[i] for i in order[start : start + size]]))
     return batches
+
+
+def __getattr__(name: str):
+    # The seed's `NaiveReplayBufferVL` stays importable from here. It lives in `rft_trl.compat`, which imports this
+    # module, so it is looked up on first use: importing this module never imports compat.
+    if name == "NaiveReplayBufferVL":
+        from ..compat.experience import NaiveReplayBufferVL
+
+        return NaiveReplayBufferVL
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

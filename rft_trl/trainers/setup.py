@@ -32,7 +32,7 @@ from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rollout import iter_checkpoint_weights
-from .builders import actor_class, load_reward_models
+from .builders import load_reward_models
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .rft_config import RFTConfig
 from .sampling import is_stream
@@ -178,7 +178,6 @@ def build_reference(
     initial_model: nn.Module | None,
     model_path: str | None,
     args: RFTConfig,
-    media_kinds: tuple[str, ...],
     accelerator: Accelerator,
     deepspeed: bool,
 ) -> Reference:
@@ -193,9 +192,7 @@ def build_reference(
         reference = (
             initial_model
             if isinstance(initial_model, Actor)
-            else actor_class(media_kinds)(
-                initial_model, **args.model_kwargs(from_path=False), **args.log_prob_kwargs()
-            )
+            else Actor(initial_model, **args.model_kwargs(from_path=False), **args.log_prob_kwargs())
         )
     elif isinstance(actor.model, PeftModel):
         # With an adapter, the base model under it *is* the reference: disable the adapter for the forward.
@@ -211,7 +208,7 @@ def build_reference(
                 "Under ZeRO-3 the KL reference is loaded from the policy's checkpoint, but the policy was given "
                 "as an already partitioned model object: pass the model as a path, or pass initial_model."
             )
-        reference = actor_class(media_kinds)(model_path, **args.model_kwargs(), **args.log_prob_kwargs())
+        reference = Actor(model_path, **args.model_kwargs(), **args.log_prob_kwargs())
     else:
         reference = copy.deepcopy(actor)
     if args.cast_lm_head_to_fp32:

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from rft_trl import PPOTrainerVL
+from rft_trl import Actor, PPOTrainerVL
 from rft_trl.rewards import accuracy_reward
 from rft_trl.testing import build_tiny_model, length_reward, make_task_dataset, tiny_config
+from rft_trl.trainers.batching import BufferItem
 
 # modality -> (tiny model kind, synthetic task)
 MODALITIES = {
@@ -65,6 +66,8 @@ def test_rollout_keeps_groups_and_media_per_sample(tmp_path):
     # One processor call per unique prompt, not per sample (benchmark B5: 1.0 per unique media).
     assert trainer.collator.processor_calls - calls_before == 2
     assert len(rollout.items) == 6
+    # The training path knows one actor and one item class for every modality (the seed's faces are rft_trl.compat's).
+    assert type(trainer.actor) is Actor and all(type(item) is BufferItem for item in rollout.items)
     # Samples are prompt-major: the 3 samples of a prompt share its image (the same storage, not a copy).
     first, second = rollout.items[0].multimodal_inputs, rollout.items[1].multimodal_inputs
     assert first["pixel_values"].data_ptr() == second["pixel_values"].data_ptr()
