@@ -65,6 +65,7 @@ class BufferItemVL:
     info: dict | None = None
     action_entropy: torch.Tensor | None = None
     importance_weights: torch.Tensor | None = None
+    tool_mask: torch.BoolTensor | None = None
     extra_multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 

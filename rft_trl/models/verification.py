@@ -107,8 +107,15 @@ def synthetic_batches(collator: PromptCollator) -> list[list[dict]]:
 def _text_rows(collator: PromptCollator) -> list[dict]:
     """Two text-only rows with prompts of different lengths, with every media column of the collator empty."""
     columns = {f"{kind}s": None for kind in collator.media_kinds}
+    # A text model's chat template may take only string contents (Qwen2.5's concatenates them); a processor's takes
+    # content parts.
     return [
-        {**columns, "prompt": [{"role": "user", "content": [{"type": "text", "text": question}]}]}
+        {
+            **columns,
+            "prompt": [
+                {"role": "user", "content": [{"type": "text", "text": question}] if collator.media_kinds else question}
+            ],
+        }
         for question in TEXT_QUESTIONS
     ]
 

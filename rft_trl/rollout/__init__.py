@@ -1,6 +1,16 @@
 """Rollout engines: the policy's own `generate` (`"hf"`) or vLLM (`"vllm"`, colocated or behind a server)."""
 
 from .engine import Generation, HFEngine, RolloutEngine, pad_completions
+from .tools import MultiTurn, ToolBox, run_tool_turns
 from .weights import iter_checkpoint_weights
 
-__all__ = ["Generation", "HFEngine", "RolloutEngine", "iter_checkpoint_weights", "pad_completions"]
+__all__ = [
+    "Generation",
+    "HFEngine",
+    "MultiTurn",
+    "RolloutEngine",
+    "ToolBox",
+    "iter_checkpoint_weights",
+    "pad_completions",
+    "run_tool_turns",
+]

@@ -31,12 +31,16 @@ class Generation:
         action_mask (`torch.BoolTensor` of shape `[N, A]`): the completion tokens, up to and including the first EOS.
         log_probs (`torch.Tensor` of shape `[N, A]`, *optional*): the engine's log-prob of each sampled token (after
             temperature, as the trainer computes them); `None` when the engine reports none.
+        tool_mask (`torch.BoolTensor` of shape `[N, A]`, *optional*): in a multi-turn completion, `True` on the tokens
+            the model sampled and `False` on the tool turns inserted between them (`rft_trl.rollout.tools`); `None`
+            when every completion token was sampled.
     """
 
     sequences: torch.Tensor
     attention_mask: torch.Tensor
     action_mask: torch.Tensor
     log_probs: torch.Tensor | None = None
+    tool_mask: torch.Tensor | None = None
 
 
 class RolloutEngine:

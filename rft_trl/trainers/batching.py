@@ -28,6 +28,7 @@ TOKEN_FIELDS = (
     "action_mask",
     "action_entropy",
     "importance_weights",
+    "tool_mask",
 )
 # Of those, the ones aligned with the action (completion) positions rather than the whole sequence.
 ACTION_FIELDS = (
@@ -39,6 +40,7 @@ ACTION_FIELDS = (
     "action_mask",
     "action_entropy",
     "importance_weights",
+    "tool_mask",
 )
 
 
@@ -49,8 +51,8 @@ class BufferItem:
     [`split_experience_batch`] gives it.
 
     Shapes: `sequences` and `attention_mask` `(S)`; `action_log_probs`, `base_action_log_probs`, `values`,
-    `returns`, `advantages`, `action_mask`, `action_entropy` and `importance_weights` `(A)`, aligned with the last
-    `A` tokens of `sequences`. `info` maps names to this sample's statistics (0-d tensors or Python numbers).
+    `returns`, `advantages`, `action_mask`, `action_entropy`, `importance_weights` and `tool_mask` `(A)`, aligned with
+    the last `A` tokens of `sequences`. `info` maps names to this sample's statistics (0-d tensors or Python numbers).
     `multimodal_inputs` holds this sample's media fields (see `rft_trl.data.multimodal`), `{}` for a text-only
     sample; `token_fields` its per-token type fields (`mm_token_type_ids`, ...), each `(S)` like `sequences`.
     """
@@ -66,6 +68,7 @@ class BufferItem:
     info: dict | None
     action_entropy: torch.Tensor | None = None
     importance_weights: torch.Tensor | None = None
+    tool_mask: torch.BoolTensor | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor] = field(default_factory=dict)
 

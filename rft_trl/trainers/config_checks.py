@@ -121,6 +121,7 @@ FIELD_RANGES: dict[str, Range] = {
     "ptx_coef": NON_NEGATIVE,
     "aux_loss_coef": NON_NEGATIVE,
     "router_aux_loss_coef": NON_NEGATIVE,
+    "max_tool_calling_iterations": NON_NEGATIVE,
     # Rewards, robustness, logging
     "max_reward_failure_rate": UNIT_INTERVAL,
     "max_skipped_fraction": UNIT_INTERVAL,

@@ -35,7 +35,6 @@ TRL_LOSS_SURROGATES = {"cispo": "cispo", "sapo": "sapo", "vespo": "vespo"}
 
 # GRPOConfig options rft_trl does not implement: accepted at TRL's default only, refused otherwise with the reason.
 UNSUPPORTED_TRL_OPTIONS: dict[str, str] = {
-    "max_tool_calling_iterations": "tool calling is not supported",
     "log_unique_prompts": "the completions table logs every prompt",
     "log_completions_hub_repo": "completions are not uploaded to the Hub",
     "use_transformers_continuous_batching": "transformers' continuous batching is not supported",

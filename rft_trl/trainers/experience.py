@@ -59,6 +59,10 @@ class Experience:
         importance_weights (`torch.Tensor` of shape `(B, A)` or `list[torch.Tensor]`, *optional*):
             Truncated importance-sampling weights correcting the rollout engine's sampling distribution to the
             trainer's (TRL's `vllm_importance_sampling_correction`); they multiply the per-token policy loss.
+        tool_mask (`torch.Tensor` of shape `(B, A)` or `list[torch.Tensor]`, *optional*):
+            TRL's name: 1 on the completion tokens the policy sampled, 0 on those a tool or an environment inserted
+            (a multi-turn rollout's observations), which are context but never trained on: out of the loss, the KL
+            and the entropy. `None` when every completion token was sampled.
         multimodal_inputs (`dict[str, torch.Tensor]`, *optional*, defaults to `{}`):
             The prompts' media fields, the samples' pieces concatenated (see `rft_trl.data.multimodal`); passed to
             the model as keywords.
@@ -84,6 +88,7 @@ class Experience:
     info: dict[str, torch.Tensor] = field(default_factory=dict)
     action_entropy: torch.Tensor | list[torch.Tensor] | None = None
     importance_weights: torch.Tensor | list[torch.Tensor] | None = None
+    tool_mask: torch.Tensor | list[torch.Tensor] | None = None
     multimodal_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     multimodal_shapes: dict[str, list[tuple[int, ...] | None]] = field(default_factory=dict)
     token_fields: dict[str, torch.Tensor | list[torch.Tensor]] = field(default_factory=dict)

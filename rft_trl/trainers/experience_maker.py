@@ -37,7 +37,7 @@ from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
-from ..rollout import HFEngine, RolloutEngine
+from ..rollout import HFEngine, MultiTurn, RolloutEngine, run_tool_turns
 from .batching import BufferItem
 from .rft_config import RFTConfig
 
@@ -142,6 +142,8 @@ class ExperienceMaker:
             self.pad_token_id,
             media_encodings=self.media_encodings,
         )
+        # Set by the trainer with `tools`: the multi-turn loop run after each rollout's first turn.
+        self.multi_turn: MultiTurn | None = None
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
@@ -182,11 +184,15 @@ class ExperienceMaker:
         columns["completion_ids"] = [
             ids[mask].tolist() for ids, mask in zip(samples["completion_ids"], samples["action_mask"])
         ]
-        # TRL's contract: conversational prompts get conversational completions, plain prompts plain strings.
-        scored = [
-            [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
-            for prompt, text in zip(prompts, completions)
-        ]
+        # TRL's contract: conversational prompts get conversational completions, plain prompts plain strings; a
+        # multi-turn completion is its messages (assistant turns with their tool calls, and the tool turns).
+        if "conversations" in samples:
+            scored = samples["conversations"]
+        else:
+            scored = [
+                [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+                for prompt, text in zip(prompts, completions)
+            ]
         rewards = self.reward_scorer(prompts, scored, trainer_state=self.trainer_state, **columns)
         return samples, completions, prompts, rewards
 
@@ -239,6 +245,16 @@ class ExperienceMaker:
 
     def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
         generation = self.engine.generate(batch, n, sampling_kwargs)
+        turns = None
+        if self.multi_turn is not None:
+            plain = [i for i, prompt in enumerate(batch.prompts) if not isinstance(prompt, list)]
+            if plain:
+                raise ValueError(
+                    f"tools need conversational prompts (a list of chat messages), but the prompt of the batch's row "
+                    f"{plain[0]} is plain text: the tool turns are rendered by the chat template."
+                )
+            turns = run_tool_turns(self.engine, batch, generation, n, sampling_kwargs, self.multi_turn)
+            generation = turns.generation
         prompt_len = batch.input_ids.shape[1]
         width = generation.sequences.shape[1]
         samples = {
@@ -258,6 +274,10 @@ class ExperienceMaker:
         }
         if generation.log_probs is not None:
             samples["rollout_log_probs"] = generation.log_probs.to(self.device)  # [N, A], the engine's
+        if turns is not None:
+            samples["tool_mask"] = generation.tool_mask.to(self.device)  # [N, A], 1 where the model sampled
+            samples["conversations"] = turns.conversations
+            samples["tool_calls"], samples["tool_failures"] = turns.calls, turns.failures
         return samples
 
     def _forward_in_chunks(
@@ -327,7 +347,7 @@ class ExperienceMaker:
     def _rollout_correction(self, samples: dict, log_probs: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """The importance-sampling weights `[N, A]` (`None` without the correction) and the mismatch metrics."""
         args = self.args
-        mask = samples["action_mask"]
+        mask = _sampled(samples)
         rollout_log_probs = samples["rollout_log_probs"]
         weights = None
         if args.vllm_importance_sampling_correction:
@@ -369,8 +389,9 @@ class ExperienceMaker:
                     self.media_encodings,
                 )
             )
-            kl = compute_approx_kl(policy, base, action_mask, kl_estimator=self.args.kl_estimator)  # [N, A]
-            stats["kl"] = masked_mean(kl, action_mask & valid[:, None].to(action_mask.device)).item()
+            sampled = _sampled(samples)  # the KL of the policy's own tokens, never of inserted tool turns
+            kl = compute_approx_kl(policy, base, sampled, kl_estimator=self.args.kl_estimator)  # [N, A]
+            stats["kl"] = masked_mean(kl, sampled & valid[:, None].to(action_mask.device)).item()
         baselined = self.args.multi_objective_aggregation == "normalize_then_sum"
         if baselined:
             rewards = self._normalize_then_sum(components, valid, group_size)
@@ -476,6 +497,7 @@ class ExperienceMaker:
                     attention_mask=attention_mask[i, tokens],
                     action_mask=actions(action_mask),
                     importance_weights=actions(importance_weights),
+                    tool_mask=actions(samples.get("tool_mask")),
                     info=info,
                     multimodal_inputs=samples["multimodal_inputs"][i],
                     token_fields={name: value[i, tokens] for name, value in samples["token_fields"].items()},
@@ -502,7 +524,7 @@ class ExperienceMaker:
         `rollout/num_samples` and `rollout/kl` (the rollout policy's KL to the reference)."""
         valid = rewards_out.valid
         rewards = rewards_out.rewards[valid]
-        lengths = samples["action_mask"].sum(-1).float()  # [N], on the device
+        lengths = _sampled(samples).sum(-1).float()  # [N], on the device: the tokens the model sampled (TRL's)
         truncated = self._truncated(samples)  # [N]: no EOS within generate_max_len (TRL's clipped completions)
         terminated = torch.where(truncated, float("nan"), lengths)  # [N]
         # One host read for all length statistics (the rewards live on the host already).
@@ -533,4 +555,16 @@ class ExperienceMaker:
         metrics["frac_reward_zero_std"] = (spread == 0).float().mean().item()
         if kl_stats:
             metrics["rollout/kl"] = kl_stats["kl"]
+        if "tool_calls" in samples:
+            # TRL's tool metrics: calls per completion, and the share of calls that failed.
+            calls = float(samples["tool_calls"])
+            metrics["tools/call_frequency"] = calls / valid.numel()
+            metrics["tools/failure_frequency"] = samples["tool_failures"] / calls if calls else 0.0
         return metrics
+
+
+def _sampled(samples: dict) -> torch.Tensor:
+    """`[N, A]`: the completion tokens the model sampled (all of them but a multi-turn rollout's tool turns)."""
+    if "tool_mask" in samples:
+        return samples["action_mask"] & samples["tool_mask"]
+    return samples["action_mask"]

@@ -257,6 +257,7 @@ def padded_fields(experience: Experience, out: dict) -> dict[str, torch.Tensor]:
         "returns",
         "values",
         "importance_weights",
+        "tool_mask",
     )
     fields = {name: getattr(experience, name) for name in names}
     fields.update({f"new_{k}": v for k, v in out.items() if k in ("log_probs", "entropy", "values")})
@@ -273,4 +274,8 @@ def padded_fields(experience: Experience, out: dict) -> dict[str, torch.Tensor]:
             # masked_scatter is out of place, so gradients flow from the packed outputs into the padded view.
             fields[name] = flat.new_zeros(layout.shape).masked_scatter(layout_here, flat)
     fields["action_mask"] = fields["action_mask"].bool()
+    if fields["tool_mask"] is not None:
+        # Inserted tool/environment tokens are context, not actions: out of the loss, the KL and the entropy (TRL's
+        # `mask = completion_mask * tool_mask`).
+        fields["action_mask"] = fields["action_mask"] & fields.pop("tool_mask").bool()
     return fields

@@ -67,6 +67,7 @@ from .run_state import gather_run_state, prepare_resume, save_run_state
 from .sampling import PromptRows, RolloutSampler, eval_rows, is_stream, training_rows
 from .setup import (
     build_controllers,
+    build_multi_turn,
     build_reference,
     build_reward_scorer,
     build_rollout_engine,
@@ -127,6 +128,10 @@ class PPOTrainerVL(Trainer):
         reward_processing_classes (`PreTrainedTokenizerBase` or `list`, *optional*):
             TRL's: the tokenizers of the reward models in `reward_funcs` (one per function, `None` for the others; a
             single one for a single function); loaded from each model's path when not given.
+        tools (`list[Callable]`, *optional*):
+            TRL's: functions the model may call (sync or async; schemas from their type hints and docstrings). A
+            completion that calls them gets their results as tool turns and goes on (`rft_trl.rollout.tools`); the
+            inserted turns are context, never trained on. Text models, the policy's own `generate`, for now.
     """
 
     _tag_names = ["rft_trl", "ppo", "grpo"]
@@ -148,6 +153,7 @@ class PPOTrainerVL(Trainer):
         ema_model: nn.Module | None = None,
         ptx_dataset: Dataset | None = None,
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
+        tools: list[Callable] | None = None,
     ):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
@@ -168,12 +174,15 @@ class PPOTrainerVL(Trainer):
             reward_funcs, reward_model, args, reward_processing_classes
         )
         self.media_kinds = layout.media_kinds
+        multi_turn = build_multi_turn(tools, processing_class, layout.media_kinds, actor, args)
+        self.tools = list(tools or [])  # TRL's attribute
         self.collator = PromptCollator(
             processing_class,
             prompt_max_len=args.prompt_max_len,
             layout=layout,
             max_skip_fraction=args.max_skipped_fraction,
-            chat_template_kwargs=args.chat_template_kwargs,
+            # With tools, prompts are rendered with their schemas (and a prefix-preserving template where needed).
+            chat_template_kwargs=multi_turn.chat_template_kwargs if multi_turn else args.chat_template_kwargs,
         )
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None
@@ -269,6 +278,7 @@ class PPOTrainerVL(Trainer):
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
+        self.experience_maker.multi_turn = multi_turn
         if args.verify_model:
             verify_policy(self.actor, self.collator, self.experience_maker.media_encodings is not None)
 

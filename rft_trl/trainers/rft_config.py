@@ -481,7 +481,9 @@ class RFTConfig(TrainingArguments):
     entropy_coef_max: float = field(default=1.0, metadata={"help": "With use_adaptive_entropy: the upper bound."})
     entropy_coef_delta: float = field(default=0.005, metadata={"help": "With use_adaptive_entropy: the step."})
     entropy_target: float = field(default=0.2, metadata={"help": "With use_adaptive_entropy: the target entropy."})
-    max_tool_calling_iterations: int | None = field(default=None, metadata={"help": "Not supported: tool calling."})
+    max_tool_calling_iterations: int | None = field(
+        default=None, metadata={"help": "With tools: tool-calling turns per completion at most (None: no limit)."}
+    )
     off_policy_mask_threshold: float | None = field(
         default=None,
         metadata={"help": "Drop negative-advantage sequences whose mean log-ratio to the sampler exceeds this."},

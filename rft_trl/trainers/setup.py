@@ -21,6 +21,12 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from trl.chat_template_utils import (
+    add_response_schema,
+    get_training_chat_template,
+    is_chat_template_prefix_preserving,
+    supports_tool_calling,
+)
 from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -31,7 +37,7 @@ from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
-from ..rollout import iter_checkpoint_weights
+from ..rollout import MultiTurn, ToolBox, iter_checkpoint_weights
 from .builders import load_reward_models
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .rft_config import RFTConfig
@@ -40,6 +46,7 @@ from .sampling import is_stream
 __all__ = [
     "Reference",
     "build_controllers",
+    "build_multi_turn",
     "build_reference",
     "build_reward_scorer",
     "build_rollout_engine",
@@ -414,3 +421,59 @@ def verify_policy(actor: Actor, collator: PromptCollator, media_encodings: bool)
     # A cache of its own: the run's cache and its counts start clean.
     encodings = MediaEncodings(actor.model) if media_encodings else None
     verify_model(actor, collator, packing=actor.packing_samples, media_encodings=encodings)
+
+
+def build_multi_turn(
+    tools: list[Callable] | None, processing_class: Any, media_kinds: tuple[str, ...], actor: Actor, args: RFTConfig
+) -> MultiTurn | None:
+    """
+    The tool loop of `tools=` (TRL's agent API), or `None` without tools.
+
+    The chat template must render a whole tool-calling exchange (TRL's `supports_tool_calling`) and keep earlier
+    turns unchanged when later ones follow (`is_chat_template_prefix_preserving`), since tool turns are appended as
+    token ids; a template that is not gets TRL's training template for the family, or is refused. Tool calls are
+    parsed with the response schema TRL's `add_response_schema` sets for known templates.
+    """
+    if not tools:
+        return None
+    name = type(processing_class).__name__
+    if media_kinds:
+        raise ValueError(
+            f"tools with a {'/'.join(media_kinds)} processor ({name}) are not supported yet: the tool loop appends "
+            "text turns to text prompts. Train tools on a text model (its tokenizer), or without tools."
+        )
+    if args.use_vllm:
+        raise ValueError(
+            "tools with use_vllm=True are not supported yet: the tool loop samples each next turn with the policy's "
+            "own generate. Set use_vllm=False to train with tools."
+        )
+    if not supports_tool_calling(processing_class):
+        raise ValueError(
+            f"The chat template of {name} cannot render a tool-calling conversation (user -> assistant with "
+            "tool_calls -> tool): give the tokenizer a template that renders tool calls and tool messages."
+        )
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
+        add_response_schema(processing_class)
+    kwargs = {**(args.chat_template_kwargs or {}), "tools": list(tools)}
+    if not is_chat_template_prefix_preserving(processing_class):
+        try:
+            kwargs["chat_template"] = get_training_chat_template(processing_class)
+        except ValueError as error:
+            raise ValueError(
+                f"The chat template of {name} renders an assistant turn differently once a tool turn follows it, so "
+                f"a tool turn cannot be appended as token ids, and TRL has no prefix-preserving training template "
+                f"for it ({error}). Give the tokenizer a prefix-preserving chat template."
+            ) from error
+    generation_config = actor.hf_model.generation_config
+    return MultiTurn(
+        tokenizer=tokenizer,
+        processing_class=processing_class,
+        toolbox=ToolBox(tools),
+        max_iterations=args.max_tool_calling_iterations,
+        max_completion_length=args.generate_max_len,
+        max_model_len=actor.hf_model.config.get_text_config().max_position_embeddings,
+        eos_token_id=generation_config.eos_token_id or tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        chat_template_kwargs=kwargs,
+    )

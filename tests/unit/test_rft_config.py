@@ -245,6 +245,7 @@ RANGE_CASES = [
     ("ptx_coef", -1.0, 0.5, "ptx_coef", ">= 0", {}),
     ("aux_loss_coef", -1.0, 0.5, "aux_loss_coef", ">= 0", {}),
     ("router_aux_loss_coef", -1.0, 0.0, "router_aux_loss_coef", ">= 0", {}),
+    ("max_tool_calling_iterations", -1, 0, "max_tool_calling_iterations", ">= 0", {}),
     # Rewards, robustness, logging
     ("max_reward_failure_rate", 1.5, 1.0, "max_reward_failure_rate", "in [0, 1]", {}),
     ("max_skipped_fraction", -0.1, 0.0, "max_skipped_fraction", "in [0, 1]", {}),

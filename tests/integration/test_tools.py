@@ -1,0 +1,269 @@
+"""`tools=` (TRL's agent API): multi-turn rollouts whose tool turns are exactly the chat template's rendering, masked
+out of the loss, with the model's own forward as the reference of every sampled turn's log-probs.
+
+The model's turns come from a scripted engine (the rollout engine is an interface: `generate(batch, n, sampling)`):
+a tiny random model does not call tools, and what is tested here is what the trainer does with the calls, not the
+sampling. The tokenizer is the tiny byte-level one with TRL's Qwen2.5 chat template and its tool tokens.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import trl.chat_template_utils as chat_templates
+from datasets import Dataset
+
+from rft_trl import PPOTrainerVL
+from rft_trl.data.collator import PromptCollator
+from rft_trl.models.actor import Actor
+from rft_trl.rollout import RolloutEngine, pad_completions, run_tool_turns
+from rft_trl.testing import build_tiny_model, tiny_config
+from rft_trl.trainers.objective import padded_fields
+from rft_trl.trainers.setup import build_multi_turn
+
+QUESTION = [{"role": "user", "content": "What is 3 times 4?"}]
+
+
+def multiply(a: int, b: int) -> int:
+    """
+    Multiply two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    return a * b
+
+
+async def add(a: int, b: int) -> int:
+    """
+    Add two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    return a + b
+
+
+def broken(a: int) -> int:
+    """
+    Always fails.
+
+    Args:
+        a: Anything.
+    """
+    raise RuntimeError("the tool is down")
+
+
+def tool_model():
+    """The tiny Qwen2 with TRL's Qwen2.5 chat template and the tool tokens it renders."""
+    model, tokenizer = build_tiny_model("qwen2")
+    tokenizer.chat_template = chat_templates.qwen2_5_chat_template
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]}
+    )
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return model, tokenizer
+
+
+def call_text(*calls) -> str:
+    """An assistant turn calling tools as Qwen2.5 writes it: one `<tool_call>` block per call."""
+    blocks = [
+        f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>" for name, arguments in calls
+    ]
+    return "\n".join(blocks) + "<|im_end|>"
+
+
+class ScriptedEngine(RolloutEngine):
+    """Answers a context by the number of tool responses it holds: `script[k]` after `k` of them."""
+
+    def __init__(self, tokenizer, script: list[str]):
+        self.tokenizer, self.script, self.contexts = tokenizer, script, []
+        self.response = tokenizer.convert_tokens_to_ids("<tool_response>")
+
+    def generate(self, batch, n, sampling_kwargs):
+        completions = []
+        for ids, mask in zip(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0)):
+            context = ids[mask.bool()].tolist()
+            self.contexts.append(context)
+            turn = min(context.count(self.response), len(self.script) - 1)
+            completions.append(self.tokenizer.encode(self.script[turn], add_special_tokens=False))
+        return pad_completions(
+            batch.input_ids.repeat_interleave(n, 0),
+            batch.attention_mask.repeat_interleave(n, 0),
+            completions,
+            None,
+            self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            self.tokenizer.pad_token_id,
+        )
+
+
+def run(tmp_path, tools, script, **settings):
+    """One rollout of the question through the tool loop; returns the turns, the trainer's multi-turn and batch."""
+    model, tokenizer = tool_model()
+    args = tiny_config(str(tmp_path), generate_max_len=settings.pop("generate_max_len", 200), **settings)
+    turns = build_multi_turn(tools, tokenizer, (), Actor(model), args)
+    collator = PromptCollator(tokenizer, chat_template_kwargs=turns.chat_template_kwargs)
+    batch = collator([{"prompt": QUESTION}])
+    engine = ScriptedEngine(tokenizer, script)
+    first = engine.generate(batch, 1, {})
+    return run_tool_turns(engine, batch, first, 1, {}, turns), turns, batch, tokenizer
+
+
+def unpadded(generation):
+    keep = generation.attention_mask[0].bool()
+    width = generation.sequences.shape[1] - generation.action_mask.shape[1]
+    return generation.sequences[0][keep].tolist(), generation.tool_mask[0][generation.action_mask[0]].tolist(), width
+
+
+def test_tool_turns_are_the_chat_templates_rendering_and_masked(tmp_path):
+    result, turns, batch, tokenizer = run(
+        tmp_path, [multiply], [call_text(("multiply", {"a": 3, "b": 4})), "12<|im_end|>"]
+    )
+    conversation = [
+        *QUESTION,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "multiply", "arguments": {"a": 3, "b": 4}}}],
+        },
+        {"role": "tool", "name": "multiply", "content": "12"},
+        {"role": "assistant", "content": "12"},
+    ]
+    assert result.conversations == [conversation[1:]]
+    assert (result.calls, result.failures) == (1, 0)
+    # The ids trained on are the whole conversation as the chat template renders it (up to the last end of turn):
+    # sampled turns and inserted tool turn end to end, never a re-tokenization of decoded text.
+    ids, tool_mask, _ = unpadded(result.generation)
+    rendered = tokenizer.apply_chat_template(
+        conversation, tokenize=True, return_dict=False, **turns.chat_template_kwargs
+    )
+    assert ids == rendered[: len(ids)] and tokenizer.decode(rendered[len(ids) :]) == "\n"
+    # The inserted tokens are exactly the tool turn and the next assistant header; the rest was sampled.
+    prompt_length = int(batch.attention_mask.sum())
+    completion = ids[prompt_length:]
+    inserted = tokenizer.decode([t for t, sampled in zip(completion, tool_mask) if not sampled])
+    assert inserted == "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    sampled = tokenizer.decode([t for t, sampled in zip(completion, tool_mask) if sampled])
+    assert sampled == call_text(("multiply", {"a": 3, "b": 4})) + "12<|im_end|>"
+
+
+def test_failed_and_async_calls_are_answered_in_order(tmp_path):
+    calls = [("broken", {"a": 1}), ("nowhere", {}), ("add", {"a": 2, "b": 5}), ("multiply", {"a": 3})]
+    # Four calls and their answers take many of the tiny byte-level tokenizer's tokens: a budget they fit in.
+    result, *_ = run(tmp_path, [multiply, add, broken], [call_text(*calls), "done<|im_end|>"], generate_max_len=1000)
+    tools = [message for message in result.conversations[0] if message["role"] == "tool"]
+    assert [m["name"] for m in tools] == ["broken", "nowhere", "add", "multiply"]
+    assert tools[0]["content"] == str({"error": "the tool is down"})
+    assert tools[1]["content"] == str({"error": "Tool nowhere not found."})
+    assert tools[2]["content"] == "7"  # the async tool, awaited
+    assert "missing 1 required positional argument: 'b'" in tools[3]["content"]
+    assert (result.calls, result.failures) == (4, 3)
+
+
+def test_a_malformed_call_is_plain_text(tmp_path):
+    # A call that is not JSON makes the turn unparsable: as in TRL, it is the model's text, and no tool runs.
+    malformed = '<tool_call>\n{"name": "multiply", "arguments": {"a": 3,\n</tool_call><|im_end|>'
+    result, *_ = run(tmp_path, [multiply], [malformed, "never<|im_end|>"])
+    (conversation,) = result.conversations
+    assert [m["role"] for m in conversation] == ["assistant"] and "tool_calls" not in conversation[0]
+    assert '"arguments": {"a": 3,' in conversation[0]["content"]
+    assert result.calls == 0
+
+
+def test_max_tool_calling_iterations_ends_the_loop(tmp_path):
+    always = [call_text(("multiply", {"a": 2, "b": 2}))]
+    for limit in (0, 2):
+        result, *_ = run(tmp_path / str(limit), [multiply], always, max_tool_calling_iterations=limit)
+        roles = [message["role"] for message in result.conversations[0]]
+        assert roles == ["assistant"] + ["tool", "assistant"] * limit
+        assert result.calls == limit
+
+
+def test_a_tool_turn_past_the_completion_budget_is_left_out(tmp_path):
+    first = call_text(("multiply", {"a": 3, "b": 4}))
+    model, tokenizer = tool_model()
+    budget = len(tokenizer.encode(first, add_special_tokens=False)) + 5  # the call fits, the tool turn does not
+    result, *_ = run(tmp_path, [multiply], [first, "12<|im_end|>"], generate_max_len=budget)
+    assert [m["role"] for m in result.conversations[0]] == ["assistant"]
+    ids, tool_mask, _ = unpadded(result.generation)
+    assert all(tool_mask) and result.calls == 1
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_a_tool_rollout_scores_sampled_tokens_by_the_models_own_forward(tmp_path, packing):
+    model, tokenizer = tool_model()
+    seen = []
+
+    def answer_reward(prompts, completions, **columns):
+        seen.extend(completions)
+        return [float(c[-1]["content"] == "12") for c in completions]
+
+    trainer = PPOTrainerVL(
+        model,
+        [answer_reward],
+        tiny_config(
+            str(tmp_path), generate_max_len=200, prompt_max_len=4096, beta=0.1, max_steps=1, packing_samples=packing
+        ),
+        train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
+        processing_class=tokenizer,
+        tools=[multiply],
+    )
+    script = [call_text(("multiply", {"a": 3, "b": 4})), "12<|im_end|>"]
+    trainer.experience_maker.engine = ScriptedEngine(tokenizer, script)
+    trainer._start_rollout([{"prompt": QUESTION}] * 2)
+    assert len(seen) == 4 and all(c[1] == {"role": "tool", "name": "multiply", "content": "12"} for c in seen)
+    assert trainer._rollout_metrics["tools/call_frequency"] == 1.0
+    assert trainer._rollout_metrics["tools/failure_frequency"] == 0.0
+    batch = trainer._micro_batches[0]
+    sequences, tool_mask, action_mask = batch.sequences[0], batch.tool_mask[0], batch.action_mask[0]
+    # A packed micro-batch lists its samples unpadded; a padded one's first row is left-padded.
+    keep = torch.ones_like(sequences, dtype=torch.bool) if packing else batch.attention_mask[0].bool()
+    # The reference: the model's own forward on the whole conversation, full-vocabulary log-softmax, no positions.
+    with torch.no_grad():
+        logits = model(sequences[keep][None]).logits[0].double()
+    log_probs = F.log_softmax(logits, -1)[:-1].gather(-1, sequences[keep][1:, None]).squeeze(-1)  # next tokens
+    actions = int(action_mask.sum())
+    expected = log_probs[-actions:]
+    ours = batch.action_log_probs[0][-actions:] if batch.action_log_probs is not None else None
+    reference = batch.base_action_log_probs[0][-actions:]  # beta > 0: the frozen copy of the initial policy
+    trained = tool_mask[-actions:].bool()
+    assert 0 < int(trained.sum()) < actions  # some tokens sampled, some inserted
+    torch.testing.assert_close(reference[trained].double(), expected[trained], atol=1e-5, rtol=0)
+    if ours is not None:
+        torch.testing.assert_close(ours[trained].double(), expected[trained], atol=1e-5, rtol=0)
+    # Inserted tokens are out of the loss, the KL and the entropy: the loss's mask is the sampled tokens only.
+    fields = padded_fields(batch, {})
+    assert torch.equal(fields["action_mask"][0][-actions:], trained)
+    trainer.train()
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["tools/call_frequency"] == 1.0 and torch.isfinite(torch.tensor(entry["loss"]))
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl"])
+def test_tools_with_a_media_processor_are_refused_by_name(tmp_path, kind):
+    model, processor = build_tiny_model(kind)
+    with pytest.raises(ValueError, match="tools with a image/video processor .* are not supported yet"):
+        PPOTrainerVL(
+            model,
+            [lambda completions, **kw: [0.0] * len(completions)],
+            tiny_config(str(tmp_path)),
+            train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
+            processing_class=processor,
+            tools=[multiply],
+        )
+
+
+def test_a_template_that_cannot_render_tool_calls_is_refused(tmp_path):
+    model, tokenizer = build_tiny_model("qwen2")  # the tiny template drops tool calls
+    with pytest.raises(ValueError, match="cannot render a tool-calling conversation"):
+        PPOTrainerVL(
+            model,
+            [lambda completions, **kw: [0.0] * len(completions)],
+            tiny_config(str(tmp_path)),
+            train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
+            processing_class=tokenizer,
+            tools=[multiply],
+        )
