@@ -74,9 +74,9 @@ from .setup import (
     check_deepspeed_saving,
     check_packing_attention,
     check_streams,
-    check_sync_ref_model,
     place_reward_models,
     resolve_aux_loss_coef,
+    sync_ref_model_callback,
     verify_policy,
 )
 from .sft import PtxBatches, sft_loss
@@ -129,9 +129,8 @@ class PPOTrainerVL(Trainer):
             TRL's: the tokenizers of the reward models in `reward_funcs` (one per function, `None` for the others; a
             single one for a single function); loaded from each model's path when not given.
         tools (`list[Callable]`, *optional*):
-            TRL's: functions the model may call (sync or async; schemas from their type hints and docstrings). A
-            completion that calls them gets their results as tool turns and goes on (`rft_trl.rollout.tools`); the
-            inserted turns are context, never trained on. Text models, the policy's own `generate`, for now.
+            TRL's: functions the model may call (sync or async; schemas from their type hints and docstrings), whose
+            results join the completion as tool turns, never trained on (`rft_trl.rollout.tools`). Text models.
     """
 
     _tag_names = ["rft_trl", "ppo", "grpo"]
@@ -251,18 +250,10 @@ class PPOTrainerVL(Trainer):
         # TRL's attribute: the reference policy's transformers model (None without a separate reference model).
         self.ref_model = self._reference.hf_model if isinstance(self._reference, Actor) else None
         if args.sync_ref_model:
-            # Imported here: trl.trainer.callbacks imports the optional integrations (wandb...).
-            from trl.trainer.callbacks import SyncRefModelCallback
-
-            check_sync_ref_model(args, self._peft, critic)
-            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+            self.add_callback(sync_ref_model_callback(args, self._peft, critic, self.ref_model, self.accelerator))
         if args.enable_ema:
             self.add_callback(self._ema)
-        self.rollout_engine = (
-            build_rollout_engine(actor, processing_class, self.collator, args, self.accelerator)
-            if args.use_vllm
-            else None
-        )
+        self.rollout_engine = build_rollout_engine(actor, processing_class, self.collator, args, self.accelerator)
         self.experience_maker = ExperienceMaker(
             actor=actor,
             collator=self.collator,

@@ -19,7 +19,7 @@ from accelerate.utils import broadcast_object_list
 from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl.chat_template_utils import (
     add_response_schema,
@@ -56,6 +56,7 @@ __all__ = [
     "check_sync_ref_model",
     "place_reward_models",
     "resolve_aux_loss_coef",
+    "sync_ref_model_callback",
     "verify_policy",
     "zero3_partitioned",
 ]
@@ -248,7 +249,10 @@ def zero3_partitioned(module: nn.Module) -> bool:
 def build_rollout_engine(
     actor: Actor, processing_class: Any, collator: PromptCollator, args: RFTConfig, accelerator: Accelerator
 ):
-    """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server)."""
+    """The vLLM engine of `use_vllm=True` (`vllm_mode` colocate or server); `None` samples with the policy's own
+    `generate`."""
+    if not args.use_vllm:
+        return None
     from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
 
     tokenizer = collator.tokenizer
@@ -357,6 +361,17 @@ def check_streams(train_dataset, eval_dataset, args: RFTConfig) -> None:
             args.dataloader_num_workers,
         )
         args.dataloader_num_workers = 0
+
+
+def sync_ref_model_callback(
+    args: RFTConfig, peft: bool, critic: nn.Module | None, ref_model: nn.Module, accelerator: Accelerator
+) -> TrainerCallback:
+    """TRL's `SyncRefModelCallback` for `sync_ref_model`, after checking it can act ([`check_sync_ref_model`])."""
+    # Imported here: trl.trainer.callbacks imports the optional integrations (wandb...).
+    from trl.trainer.callbacks import SyncRefModelCallback
+
+    check_sync_ref_model(args, peft, critic)
+    return SyncRefModelCallback(ref_model=ref_model, accelerator=accelerator)
 
 
 def check_sync_ref_model(args: RFTConfig, peft: bool, critic: nn.Module | None) -> None:
