@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from datasets import IterableDataset
-from trl.trainer.grpo_trainer import RepeatSampler
+from trl.trainer.utils import RepeatSampler
 
 from ..data.rows import IndexedRows, IndexedStream
 
