@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -189,6 +189,9 @@ class PromptCollator:
         chat_template_kwargs (`dict`, *optional*):
             Extra keyword arguments of `apply_chat_template` (TRL's `chat_template_kwargs`, e.g.
             `{"enable_thinking": False}`).
+        row_tools (`Callable`, *optional*):
+            The tools a row's prompt is rendered with (`apply_chat_template`'s `tools`), from the row: for rows that
+            differ in their tools (TRL's environments routed by an `environment` column).
 
     Attributes:
         media_kinds (`tuple[str, ...]`): the media kinds the processor takes; a row may hold any mix of them.
@@ -209,6 +212,7 @@ class PromptCollator:
         id_column: str = "id",
         audio_too_long: str = "truncate",
         chat_template_kwargs: dict | None = None,
+        row_tools: Callable[[Mapping[str, Any]], list] | None = None,
     ):
         if on_bad_sample not in ("skip", "raise"):
             raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}.")
@@ -236,6 +240,7 @@ class PromptCollator:
         self.id_column = id_column
         self.audio_too_long = audio_too_long
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.row_tools = row_tools
         self._configure_media()
 
         self.processor_calls = 0
@@ -499,7 +504,8 @@ class PromptCollator:
                     column,
                 )
         counts = {kind: len(items) for kind, items in raw_media.items()}
-        text, add_special_tokens, messages = self._render(row["prompt"], counts, columns)
+        tools = None if self.row_tools is None else self.row_tools(row)
+        text, add_special_tokens, messages = self._render(row["prompt"], counts, columns, tools)
         media = self._load_media(raw_media, columns, decode_errors, repairs)
         input_ids, token_fields, multimodal_inputs = self._process(text, media, add_special_tokens)
         if self.prompt_max_len is not None and input_ids.shape[0] > self.prompt_max_len:
@@ -511,17 +517,20 @@ class PromptCollator:
         loaded = {kind: items for kind, items in media.items() if items}
         return _Row(input_ids, token_fields, multimodal_inputs, text, loaded, messages)
 
-    def _render(self, prompt: Any, counts: dict[str, int], columns: dict[str, str]) -> tuple[str, bool, list | None]:
+    def _render(
+        self, prompt: Any, counts: dict[str, int], columns: dict[str, str], tools: list | None = None
+    ) -> tuple[str, bool, list | None]:
         """
-        Render a prompt to text; returns it, whether the tokenizer should add its special tokens, and the messages
-        rendered (`None` for a plain-text prompt).
+        Render a prompt to text (with `tools` when given); returns it, whether the tokenizer should add its special
+        tokens, and the messages rendered (`None` for a plain-text prompt).
         """
         messages = prompt_messages(prompt, counts, columns)
         if messages is None:
             return prompt, True, None
         # The template already holds every special token; letting the tokenizer add a BOS would double it.
+        kwargs = self.chat_template_kwargs if tools is None else {**self.chat_template_kwargs, "tools": tools}
         text = self.processing_class.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
         )
         return text, False, messages
 

@@ -175,9 +175,12 @@ class MultiTurn:
     pad_token_id: int
     chat_template_kwargs: dict = field(default_factory=dict)
 
-    def parse(self, ids: list[int], prefix: list[int]) -> dict:
-        """One assistant turn's message, tool calls parsed (TRL's `parse_response`; plain text when malformed)."""
-        return parse_response(self.tokenizer, ids, prefix=prefix, tools=self.toolbox.tools)
+    def parse(self, ids: list[int], prefix: list[int], toolbox: ToolBox | None = None) -> dict:
+        """
+        One assistant turn's message, tool calls parsed with the arguments typed by the tools' schemas (TRL's
+        `parse_response`; plain text when malformed).
+        """
+        return parse_response(self.tokenizer, ids, prefix=prefix, tools=(toolbox or self.toolbox).tools)
 
 
 @dataclass
@@ -199,7 +202,13 @@ class ToolTurns:
 
 
 def run_tool_turns(
-    engine: RolloutEngine, batch: PromptBatch, first: Generation, n: int, sampling_kwargs: dict, turns: MultiTurn
+    engine: RolloutEngine,
+    batch: PromptBatch,
+    first: Generation,
+    n: int,
+    sampling_kwargs: dict,
+    turns: MultiTurn,
+    toolboxes: list[ToolBox] | None = None,
 ) -> ToolTurns:
     """
     Run the tools the completions of `first` call and sample the model's next turns, until none calls a tool.
@@ -211,6 +220,8 @@ def run_tool_turns(
         n (`int`): completions per prompt.
         sampling_kwargs (`dict`): the rollout's sampling arguments.
         turns ([`MultiTurn`]): the tools and limits.
+        toolboxes (`list[ToolBox]`, *optional*): each sample's own tools (an environment's methods bound to the
+            sample's instance); `turns.toolbox` for every sample when not given.
 
     Returns:
         [`ToolTurns`].
@@ -223,7 +234,8 @@ def run_tool_turns(
         row[prompt_width:][mask].tolist() for row, mask in zip(first.sequences, first.action_mask)
     ]  # each sample's tokens so far
     tool_masks = [[1] * len(ids) for ids in completions]
-    messages = [turns.parse(ids, prefix) for ids, prefix in zip(completions, prompts)]
+    toolboxes = toolboxes or [turns.toolbox] * len(completions)
+    messages = [turns.parse(ids, prefix, box) for ids, prefix, box in zip(completions, prompts, toolboxes)]
     conversations = [[message] for message in messages]
     calls = failures = 0
     active = [i for i, message in enumerate(messages) if message.get("tool_calls")]
@@ -232,7 +244,7 @@ def run_tool_turns(
         continuing, contexts = [], []
         for i in active:
             tool_calls = messages[i]["tool_calls"]
-            tool_messages, failed = turns.toolbox.call(tool_calls)
+            tool_messages, failed = toolboxes[i].call(tool_calls)
             calls, failures = calls + len(tool_calls), failures + failed
             suffix = tool_suffix_ids(
                 turns.processing_class, tool_messages, turns.eos_token_id, turns.chat_template_kwargs
@@ -255,7 +267,7 @@ def run_tool_turns(
             sampled = sampled[: max(turns.max_completion_length - len(completions[i]), 0)]
             if not sampled:
                 continue
-            message = turns.parse(sampled, prompts[i] + completions[i])
+            message = turns.parse(sampled, prompts[i] + completions[i], toolboxes[i])
             completions[i] += sampled
             tool_masks[i] += [1] * len(sampled)
             conversations[i].append(message)

@@ -37,7 +37,7 @@ from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
-from ..rollout import HFEngine, MultiTurn, RolloutEngine, run_tool_turns
+from ..rollout import Environments, HFEngine, MultiTurn, RolloutEngine, ToolBox, run_tool_turns
 from .batching import BufferItem
 from .rft_config import RFTConfig
 
@@ -144,6 +144,8 @@ class ExperienceMaker:
         )
         # Set by the trainer with `tools`: the multi-turn loop run after each rollout's first turn.
         self.multi_turn: MultiTurn | None = None
+        # Set by the trainer with `environment_factory`: one environment instance per sample.
+        self.environments: Environments | None = None
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
@@ -164,22 +166,41 @@ class ExperienceMaker:
         for encodings in (self.media_encodings, self.reference_encodings):
             if encodings is not None:
                 encodings.clear()  # new media, and the weights may have changed since the last rollout
+        instances = None
+        if self.environments is not None:
+            # One environment instance per sample, reset with its row (whose observation may extend the prompt):
+            # each of a prompt's n samples is collated on its own and sampled once; the layout stays prompt-major.
+            rows = [row for row in rows for _ in range(n)]
+            instances = self.environments.draw(rows)
+            rows = self.environments.reset(instances, rows)
         batch = self.collator(rows)
         if len(batch) == 0:
             raise EmptyBatchError(batch.skipped)
-        samples = self._generate(batch, n, sampling_kwargs)
-        samples["kept_rows"] = batch.kept
+        if instances is not None:
+            if len(batch) != len(rows):
+                raise ValueError(
+                    f"Rows of an environment rollout were skipped as bad input ({batch.skipped}): each sample is its "
+                    "environment's episode, so every sample of the batch must be kept. Fix the rows."
+                )
+            samples = self._generate(batch, 1, sampling_kwargs, instances)
+            samples["kept_rows"] = [position // n for position in batch.kept[::n]]
+        else:
+            samples = self._generate(batch, n, sampling_kwargs)
+            samples["kept_rows"] = batch.kept
+        repeat = 1 if instances is not None else n  # samples per collated row
         single = batch.columns.get("image") or [None] * len(batch)
         several = batch.columns.get("images") or [None] * len(batch)
         if any(value is not None for value in [*single, *several]):
             per_row = [[one] if one is not None else list(many or []) for one, many in zip(single, several)]
-            samples["images"] = [images for images in per_row for _ in range(n)]  # for the completions table
+            samples["images"] = [images for images in per_row for _ in range(repeat)]  # for the completions table
         completions = self.tokenizer.batch_decode(
             torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id),
             skip_special_tokens=True,
         )
-        prompts = [p for p in batch.prompts for _ in range(n)]
-        columns = {name: [v for v in values for _ in range(n)] for name, values in batch.columns.items()}
+        prompts = [p for p in batch.prompts for _ in range(repeat)]
+        columns = {name: [v for v in values for _ in range(repeat)] for name, values in batch.columns.items()}
+        if instances is not None:
+            columns["environments"] = instances  # TRL's: reward functions see each sample's environment
         # TRL passes each completion's token ids (without padding) too; like TRL's, it shadows a column of that name.
         columns["completion_ids"] = [
             ids[mask].tolist() for ids, mask in zip(samples["completion_ids"], samples["action_mask"])
@@ -243,17 +264,20 @@ class ExperienceMaker:
             reward_components={name: scores.tolist() for name, scores in rewards_out.components.items()},
         )
 
-    def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> dict:
+    def _generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict, environments: list | None = None) -> dict:
         generation = self.engine.generate(batch, n, sampling_kwargs)
         turns = None
         if self.multi_turn is not None:
+            toolboxes = None
+            if environments is not None:  # each sample calls its own environment instance's methods
+                toolboxes = [ToolBox(self.environments.tools_of(instance)) for instance in environments]
             plain = [i for i, prompt in enumerate(batch.prompts) if not isinstance(prompt, list)]
             if plain:
                 raise ValueError(
                     f"tools need conversational prompts (a list of chat messages), but the prompt of the batch's row "
                     f"{plain[0]} is plain text: the tool turns are rendered by the chat template."
                 )
-            turns = run_tool_turns(self.engine, batch, generation, n, sampling_kwargs, self.multi_turn)
+            turns = run_tool_turns(self.engine, batch, generation, n, sampling_kwargs, self.multi_turn, toolboxes)
             generation = turns.generation
         prompt_len = batch.input_ids.shape[1]
         width = generation.sequences.shape[1]

@@ -41,6 +41,7 @@ from ..data.multimodal import probe_processor
 from ..data.rows import ReplacementRows
 from ..models.actor import Actor
 from ..models.utils import check_supported
+from ..rollout import Environments
 from .builders import build_actor, build_critic, load_processing_class
 from .checkpointing import (
     check_staged_save,
@@ -74,6 +75,7 @@ from .setup import (
     check_deepspeed_saving,
     check_packing_attention,
     check_streams,
+    environment_rows,
     place_reward_models,
     resolve_aux_loss_coef,
     sync_ref_model_callback,
@@ -131,6 +133,9 @@ class PPOTrainerVL(Trainer):
         tools (`list[Callable]`, *optional*):
             TRL's: functions the model may call (sync or async; schemas from their type hints and docstrings), whose
             results join the completion as tool turns, never trained on (`rft_trl.rollout.tools`). Text models.
+        environment_factory (`Callable` or `dict[str, Callable]`, *optional*):
+            TRL's: one environment per sample (reset with its row; methods as tools; `get_reward` a reward source),
+            a dict routing rows by their `environment` column (`rft_trl.rollout.environments`).
     """
 
     _tag_names = ["rft_trl", "ppo", "grpo"]
@@ -153,6 +158,7 @@ class PPOTrainerVL(Trainer):
         ptx_dataset: Dataset | None = None,
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
         tools: list[Callable] | None = None,
+        environment_factory: Callable | dict[str, Callable] | None = None,
     ):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
@@ -164,17 +170,17 @@ class PPOTrainerVL(Trainer):
         layout = probe_processor(processing_class)
         actor = build_actor(model, layout, args, peft_config)
         actor.inputs.check_processor(layout, type(processing_class).__name__)
-        if train_dataset is None:
-            raise ValueError("`train_dataset` is required: the prompt rows the rollouts are generated from.")
+        environments = Environments(environment_factory, tools or []) if environment_factory is not None else None
+        train_dataset = train_dataset if train_dataset is not None else environment_rows(environments, args)
         check_streams(train_dataset, eval_dataset, args)
         check_packing_attention(actor, args)
         critic = build_critic(critic, actor, args)
         self.reward_funcs, self.reward_processing_classes, self.reward_scorer = build_reward_scorer(
-            reward_funcs, reward_model, args, reward_processing_classes
+            reward_funcs, reward_model, args, reward_processing_classes, environments
         )
         self.media_kinds = layout.media_kinds
-        multi_turn = build_multi_turn(tools, processing_class, layout.media_kinds, actor, args)
-        self.tools = list(tools or [])  # TRL's attribute
+        self.tools = environments.all_tools if environments else list(tools or [])  # TRL's attribute
+        multi_turn = build_multi_turn(self.tools, processing_class, layout.media_kinds, actor, args)
         self.collator = PromptCollator(
             processing_class,
             prompt_max_len=args.prompt_max_len,
@@ -182,6 +188,7 @@ class PPOTrainerVL(Trainer):
             max_skip_fraction=args.max_skipped_fraction,
             # With tools, prompts are rendered with their schemas (and a prefix-preserving template where needed).
             chat_template_kwargs=multi_turn.chat_template_kwargs if multi_turn else args.chat_template_kwargs,
+            row_tools=environments.tools_for if environments and multi_turn else None,
         )
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None
@@ -269,7 +276,7 @@ class PPOTrainerVL(Trainer):
         # own detached log-probs are the rollout policy's, and the extra forward is skipped.
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
-        self.experience_maker.multi_turn = multi_turn
+        self.experience_maker.multi_turn, self.experience_maker.environments = multi_turn, environments
         if args.verify_model:
             verify_policy(self.actor, self.collator, self.experience_maker.media_encodings is not None)
 
@@ -459,18 +466,8 @@ class PPOTrainerVL(Trainer):
         gathered = self.accelerator.gather(padded)
         return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
 
-    @staticmethod
-    def get_off_policy_mask(
-        advantages: torch.Tensor,
-        per_token_logps: torch.Tensor,
-        sampling_per_token_logps: torch.Tensor,
-        mask: torch.Tensor,
-        off_policy_threshold: float,
-    ) -> torch.Tensor:
-        """TRL's static method of this name: [`rft_trl.trainers.objective.off_policy_sequence_mask`]."""
-        return off_policy_sequence_mask(
-            advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold
-        )
+    # TRL's static method of this name, with its signature (a subclass may override it).
+    get_off_policy_mask = staticmethod(off_policy_sequence_mask)
 
     def training_step_critic(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """The critic's clipped value loss on one micro-batch."""
@@ -553,10 +550,9 @@ class PPOTrainerVL(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write the actor in Hugging Face format (the LoRA adapter alone under PEFT), its processor, the critic."""
-        # Not super(): the parent saves `trainer.model`'s state dict whole; with a critic that is the PolicyAndValue
-        # wrapper, which from_pretrained cannot load, so the actor and the critic are written apart. The parent also
-        # pickles the arguments (training_args.bin); a JSON copy is written instead.
-        # Every process calls this; one writes (gathering a sharded state dict, if any, happened before).
+        # Not super(): the parent saves `trainer.model`'s state dict whole (with a critic, the PolicyAndValue wrapper
+        # from_pretrained cannot load) and pickles the arguments; the actor and critic are written apart, the arguments
+        # as JSON. Every process calls this; one writes (gathering a sharded state dict, if any, happened before).
         if not self.args.should_save:
             return
         output_dir = output_dir or self.args.output_dir

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import save_file
 from torch import nn
@@ -37,7 +38,7 @@ from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
-from ..rollout import MultiTurn, ToolBox, iter_checkpoint_weights
+from ..rollout import Environments, MultiTurn, ToolBox, iter_checkpoint_weights
 from .builders import load_reward_models
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .rft_config import RFTConfig
@@ -50,6 +51,7 @@ __all__ = [
     "build_reference",
     "build_reward_scorer",
     "build_rollout_engine",
+    "environment_rows",
     "check_packing_attention",
     "check_deepspeed_saving",
     "check_streams",
@@ -68,11 +70,15 @@ logger = logging.getLogger(__name__)
 
 
 def build_reward_scorer(
-    reward_funcs: Any, reward_model: Callable | None, args: RFTConfig, reward_processing_classes: Any
+    reward_funcs: Any,
+    reward_model: Callable | None,
+    args: RFTConfig,
+    reward_processing_classes: Any,
+    environments: Environments | None = None,
 ) -> tuple[list, list, RewardScorer]:
     """
-    The run's reward sources (TRL's `reward_funcs`, the seed's `reward_model` and `remote_rm_url`) and the scorer
-    that combines them.
+    The run's reward sources (TRL's `reward_funcs`, the seed's `reward_model` and `remote_rm_url`, and the
+    environments' `get_reward`, named after their class) and the scorer that combines them.
 
     Returns:
         `tuple`: the reward functions (models loaded from their paths), one tokenizer per function (`None` for those
@@ -84,10 +90,16 @@ def build_reward_scorer(
         funcs.append(reward_model)
     if args.remote_rm_url:
         funcs.append(args.remote_rm_url)
+    if environments is not None and environments.reward_functions:
+        if isinstance(reward_processing_classes, (list, tuple)):  # one per function: none for the environments'
+            reward_processing_classes = [*reward_processing_classes, *[None] * len(environments.reward_functions)]
+        elif reward_processing_classes is not None and len(funcs) == 1:
+            reward_processing_classes = [reward_processing_classes, *[None] * len(environments.reward_functions)]
+        funcs.extend(environments.reward_functions)
     if not funcs:
         raise ValueError(
-            "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), or the "
-            "seed's reward_model / remote_rm_url."
+            "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), the seed's "
+            "reward_model / remote_rm_url, or an environment_factory whose environment defines `get_reward`."
         )
     funcs, tokenizers = load_reward_models(funcs, reward_processing_classes, args)
     scorer = RewardScorer(
@@ -165,6 +177,27 @@ def resolve_aux_loss_coef(hf_model: nn.Module, args: RFTConfig) -> float:
     if args.aux_loss_coef:
         return args.aux_loss_coef
     return text_config.to_dict().get("router_aux_loss_coef", 0.0) or 0.0
+
+
+def environment_rows(environments: Environments | None, args: RFTConfig) -> Dataset:
+    """
+    The training rows when an environment owns the data (no `train_dataset`; its `reset` gives each prompt, as in
+    TRL): one rollout's worth of empty prompts over all processes, cycled, `max_steps` setting the run's length.
+    """
+    if environments is None:
+        raise ValueError("`train_dataset` is required unless an `environment_factory` owns the data.")
+    if environments.routed:
+        raise ValueError(
+            "A dict environment_factory routes each row by its `environment` column: it needs a train_dataset that "
+            "holds one. Give a dataset, or a single environment factory."
+        )
+    if args.max_steps <= 0:
+        raise ValueError(
+            "Without a train_dataset (the environment owns the data and its reset returns the prompt), max_steps must "
+            "be set to a positive number: it is the length of the run."
+        )
+    rows = args.rollout_batch_size * args.world_size
+    return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}]] * rows})
 
 
 # ------------------------------------------------------------------------------------------------ reference

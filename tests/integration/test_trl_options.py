@@ -51,7 +51,7 @@ IMPLEMENTED_HERE = {
     "cast_lm_head_to_fp32",  # tests/integration/test_trl_surface.py
     "num_completions_to_print",  # tests/unit/test_progress.py
     "use_vllm",  # tests/e2e/test_vllm.py (real vLLM, in its own environment)
-    "max_tool_calling_iterations",  # tests/integration/test_tools.py
+    "max_tool_calling_iterations",  # tests/integration/test_agents.py
 }
 # Not GRPOConfig fields but TRL's reward-function contract, tested here too: trainer_state, completion_ids,
 # log_extra and log_metric keyword arguments.

@@ -267,3 +267,133 @@ def test_a_template_that_cannot_render_tool_calls_is_refused(tmp_path):
             processing_class=tokenizer,
             tools=[multiply],
         )
+
+
+# ------------------------------------------------------------------------------------------------ environments
+
+
+class Counter:
+    """An environment holding a counter: reset to the row's `start`, the model adds to it, reward when it is 5."""
+
+    instances = 0
+
+    def __init__(self):
+        Counter.instances += 1
+        self.total = None
+        self.resets = 0
+
+    def reset(self, **row):
+        self.total = int(row["start"])
+        self.resets += 1
+        return f" The counter starts at {self.total}."
+
+    def increment(self, by: int) -> int:
+        """
+        Add to the counter.
+
+        Args:
+            by: How much to add.
+        """
+        self.total += by
+        return self.total
+
+    def get_reward(self) -> float:
+        return float(self.total == 5)
+
+
+class Lamp:
+    """A second environment, for routing: its tool is `switch`."""
+
+    def reset(self, **row):
+        self.on = False
+
+    def switch(self) -> str:
+        """Switch the lamp."""
+        self.on = not self.on
+        return "on" if self.on else "off"
+
+
+def environment_trainer(tmp_path, rows, environment_factory, **settings):
+    model, tokenizer = tool_model()
+    seen = []
+
+    def sees_environments(prompts, completions, environments, **columns):
+        seen.append(list(environments))
+        return [0.0] * len(completions)
+
+    trainer = PPOTrainerVL(
+        model,
+        [sees_environments],
+        tiny_config(str(tmp_path), generate_max_len=200, prompt_max_len=4096, max_steps=1, **settings),
+        train_dataset=None if rows is None else Dataset.from_list(rows),
+        processing_class=tokenizer,
+        environment_factory=environment_factory,
+    )
+    return trainer, tokenizer, seen
+
+
+def test_each_sample_runs_its_own_environment(tmp_path):
+    Counter.instances = 0
+    rows = [{"prompt": QUESTION, "start": 3}, {"prompt": QUESTION, "start": 1}]
+    trainer, tokenizer, seen = environment_trainer(tmp_path, rows, Counter)
+    engine = ScriptedEngine(tokenizer, [call_text(("increment", {"by": 2})), "done<|im_end|>"])
+    trainer.experience_maker.engine = engine
+    trainer._start_rollout(rows)
+    (environments,) = seen
+    # One instance per sample (2 prompts x 2 samples), reset with its row: the prompt-major layout of the rollout.
+    assert [e.total for e in environments] == [5, 5, 3, 3] and all(e.resets == 1 for e in environments)
+    assert len({id(e) for e in environments}) == 4
+    # The reset's observation extends the prompt, and the prompt is rendered with the environment's tool.
+    first_context = tokenizer.decode(engine.contexts[0])
+    assert "What is 3 times 4? The counter starts at 3." in first_context and '"name": "increment"' in first_context
+    # get_reward is a reward source named after the class, scored per sample.
+    assert trainer._rollout_metrics["rewards/Counter/mean"] == 0.5
+    assert trainer.reward_func_names == ["sees_environments", "Counter"]
+    # Constructed once, reset often: the next rollout reuses the instances (one more built at construction).
+    created = Counter.instances
+    trainer._start_rollout(rows)
+    assert Counter.instances == created and all(e.resets == 2 for e in seen[1])
+
+
+def test_rows_are_routed_to_their_environment_and_its_tools(tmp_path):
+    rows = [
+        {"prompt": QUESTION, "start": 3, "environment": "counter"},
+        {"prompt": QUESTION, "start": 0, "environment": "lamp"},
+    ]
+    trainer, tokenizer, seen = environment_trainer(tmp_path, rows, {"counter": Counter, "lamp": Lamp})
+    engine = ScriptedEngine(tokenizer, ["done<|im_end|>"])
+    trainer.experience_maker.engine = engine
+    trainer._start_rollout(rows)
+    counter_prompt, lamp_prompt = tokenizer.decode(engine.contexts[0]), tokenizer.decode(engine.contexts[2])
+    assert '"name": "increment"' in counter_prompt and '"name": "switch"' not in counter_prompt
+    assert '"name": "switch"' in lamp_prompt and '"name": "increment"' not in lamp_prompt
+    assert [type(e).__name__ for e in seen[0]] == ["Counter", "Counter", "Lamp", "Lamp"]
+
+
+def test_an_environment_that_owns_the_data_needs_no_dataset(tmp_path):
+    class Riddle:
+        def reset(self, **row):
+            return "Say done."
+
+        def get_reward(self) -> float:
+            return 1.0
+
+    trainer, tokenizer, _ = environment_trainer(tmp_path, None, Riddle)
+    engine = ScriptedEngine(tokenizer, ["done<|im_end|>"])
+    trainer.experience_maker.engine = engine
+    trainer.train()
+    assert "<|im_start|>user\nSay done.<|im_end|>" in tokenizer.decode(engine.contexts[0])
+    (entry,) = [e for e in trainer.state.log_history if "loss" in e]
+    assert entry["rewards/Riddle/mean"] == 1.0
+    with pytest.raises(ValueError, match="needs a train_dataset that holds one"):
+        environment_trainer(tmp_path / "routed", None, {"riddle": Riddle})
+
+
+def test_an_environment_without_reset_is_refused(tmp_path):
+    class Broken:
+        def step(self) -> str:
+            """Step."""
+            return "x"
+
+    with pytest.raises(ValueError, match=r"Broken \(environment_factory\) defines no `reset` method"):
+        environment_trainer(tmp_path, [{"prompt": QUESTION}] * 2, Broken)
