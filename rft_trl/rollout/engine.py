@@ -174,5 +174,49 @@ class HFEngine(RolloutEngine):
         )
 
 
+def generation_from_ids(
+    prompts: list[list[int]],
+    completions: list[list[int]],
+    pad_token_id: int,
+    tool_masks: list[list[int]] | None = None,
+    log_probs: list[list[float | None]] | None = None,
+) -> Generation:
+    """
+    A [`Generation`] from token-id lists: each prompt left-padded, each completion right-padded and kept whole (its
+    `action_mask` covers every id given; an engine's completions are cut at their EOS by [`pad_completions`]).
+
+    Args:
+        prompts, completions (`list[list[int]]`): each sample's prompt and completion ids.
+        pad_token_id (`int`): the tokenizer's pad token.
+        tool_masks (`list[list[int]]`, *optional*): 1 on the completion ids the model sampled, 0 on inserted ones.
+        log_probs (`list[list[float | None]]`, *optional*): the sampler's log-prob of each completion id (`None`
+            where unknown, kept as NaN).
+    """
+    rows, prompt_width = len(prompts), max((len(ids) for ids in prompts), default=0)
+    width = max((len(ids) for ids in completions), default=0)
+    prompt_ids = torch.full((rows, prompt_width), pad_token_id, dtype=torch.long)
+    prompt_mask = torch.zeros((rows, prompt_width), dtype=torch.long)
+    completion_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    action_mask = torch.zeros((rows, width), dtype=torch.bool)
+    tool_mask = None if tool_masks is None else torch.zeros((rows, width), dtype=torch.bool)
+    scores = None if log_probs is None else torch.zeros((rows, width), dtype=torch.float32)
+    for row, (prompt, ids) in enumerate(zip(prompts, completions)):
+        prompt_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[row, prompt_width - len(prompt) :] = 1
+        completion_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        action_mask[row, : len(ids)] = True
+        if tool_mask is not None:
+            tool_mask[row, : len(ids)] = torch.tensor(tool_masks[row], dtype=torch.bool)
+        if scores is not None:
+            scores[row, : len(ids)] = torch.tensor([float("nan") if x is None else x for x in log_probs[row]])
+    return Generation(
+        sequences=torch.cat([prompt_ids, completion_ids], dim=1),
+        attention_mask=torch.cat([prompt_mask, action_mask.long()], dim=1),
+        action_mask=action_mask,
+        log_probs=scores,
+        tool_mask=tool_mask,
+    )
+
+
 def _right_pad(tensors: list[torch.Tensor], width: int, value: int | float | bool) -> torch.Tensor:
     return torch.cat([nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])

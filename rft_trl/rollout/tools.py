@@ -25,7 +25,7 @@ import torch
 from trl.chat_template_utils import parse_response
 
 from ..data.collator import PromptBatch
-from .engine import Generation, RolloutEngine
+from .engine import Generation, RolloutEngine, generation_from_ids
 
 __all__ = ["MultiTurn", "ToolBox", "run_tool_turns", "tool_suffix_ids"]
 
@@ -275,7 +275,7 @@ def run_tool_turns(
             if message.get("tool_calls"):
                 active.append(i)
         iteration += 1
-    generation = _padded(prompt_rows, prompt_mask, completions, tool_masks, turns.pad_token_id)
+    generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks)
     return ToolTurns(generation, conversations, calls, failures)
 
 
@@ -295,30 +295,4 @@ def _context_batch(contexts: list[list[int]], pad_token_id: int) -> PromptBatch:
         prompts=[None] * len(contexts),
         prompt_texts=[""] * len(contexts),
         columns={},
-    )
-
-
-def _padded(
-    prompt_rows: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completions: list[list[int]],
-    tool_masks: list[list[int]],
-    pad_token_id: int,
-) -> Generation:
-    """The multi-turn completions right-padded after the left-padded prompts, with `tool_mask`."""
-    width = max((len(ids) for ids in completions), default=0)
-    rows = len(completions)
-    completion_ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    action_mask = torch.zeros((rows, width), dtype=torch.bool)
-    tool_mask = torch.zeros((rows, width), dtype=torch.bool)
-    for row, (ids, sampled) in enumerate(zip(completions, tool_masks)):
-        completion_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        action_mask[row, : len(ids)] = True
-        tool_mask[row, : len(ids)] = torch.tensor(sampled, dtype=torch.bool)
-    prompt_rows = torch.where(prompt_mask, prompt_rows, pad_token_id)
-    return Generation(
-        sequences=torch.cat([prompt_rows, completion_ids], dim=1),
-        attention_mask=torch.cat([prompt_mask.long(), action_mask.long()], dim=1),
-        action_mask=action_mask,
-        tool_mask=tool_mask,
     )

@@ -37,7 +37,15 @@ from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..rewards import RewardScorer
-from ..rollout import Environments, HFEngine, MultiTurn, RolloutEngine, ToolBox, run_tool_turns
+from ..rollout import (
+    Environments,
+    HFEngine,
+    MultiTurn,
+    RolloutEngine,
+    ToolBox,
+    generation_from_ids,
+    run_tool_turns,
+)
 from .batching import BufferItem
 from .rft_config import RFTConfig
 
@@ -146,6 +154,8 @@ class ExperienceMaker:
         self.multi_turn: MultiTurn | None = None
         # Set by the trainer with `environment_factory`: one environment instance per sample.
         self.environments: Environments | None = None
+        # Set by the trainer with TRL's `rollout_func`: the user's own rollout, called with each sample's prompt.
+        self.rollout_func: Callable[[list], dict] | None = None
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
@@ -166,6 +176,8 @@ class ExperienceMaker:
         for encodings in (self.media_encodings, self.reference_encodings):
             if encodings is not None:
                 encodings.clear()  # new media, and the weights may have changed since the last rollout
+        if self.rollout_func is not None:
+            return self._custom_rollout(rows, n)
         instances = None
         if self.environments is not None:
             # One environment instance per sample, reset with its row (whose observation may extend the prompt):
@@ -214,6 +226,66 @@ class ExperienceMaker:
                 [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
                 for prompt, text in zip(prompts, completions)
             ]
+        rewards = self.reward_scorer(prompts, scored, trainer_state=self.trainer_state, **columns)
+        return samples, completions, prompts, rewards
+
+    def _custom_rollout(self, rows: list[dict], n: int) -> tuple[dict, list[str], list, Any]:
+        """
+        [`generate_and_score`] with TRL's `rollout_func`: called with each sample's prompt (each row's `n` times,
+        prompt-major), it returns `prompt_ids`, `completion_ids` and `logprobs` per sample, and optionally `env_mask`
+        (TRL's: 1 on the completion ids the model sampled, 0 on those an environment inserted, which are never
+        trained on) and fields every reward function receives (a list, one value per sample, or one value for all).
+        """
+        rows = [row for row in rows for _ in range(n)]
+        prompts = [row["prompt"] for row in rows]
+        output = self.rollout_func(prompts)
+        missing = sorted({"prompt_ids", "completion_ids", "logprobs"} - set(output))
+        if missing:
+            raise ValueError(f"rollout_func must return keys {missing} in its output dict.")
+        extra = {
+            name: value for name, value in output.items() if name not in ("prompt_ids", "completion_ids", "logprobs")
+        }
+        env_mask = extra.pop("env_mask", None)
+        for name in ("prompt_ids", "completion_ids", "logprobs", "env_mask"):
+            value = env_mask if name == "env_mask" else output[name]
+            if value is not None and len(value) != len(rows):
+                raise ValueError(
+                    f"rollout_func returned {len(value)} {name} for {len(rows)} samples ({len(rows) // n} prompts x "
+                    f"{n}): one per sample."
+                )
+        generation = generation_from_ids(
+            [list(ids) for ids in output["prompt_ids"]],
+            [list(ids) for ids in output["completion_ids"]],
+            self.pad_token_id,
+            tool_masks=env_mask,
+            log_probs=output["logprobs"],
+        )
+        width = generation.sequences.shape[1]
+        samples = {
+            "sequences": generation.sequences.to(self.device),
+            "attention_mask": generation.attention_mask.to(self.device),
+            "action_mask": generation.action_mask.to(self.device),
+            "completion_ids": generation.sequences[:, width - generation.action_mask.shape[1] :].to(self.device),
+            "token_fields": {},
+            "multimodal_inputs": [{} for _ in rows],
+            "kept_rows": list(range(len(rows) // n)),
+        }
+        if generation.log_probs is not None:
+            samples["rollout_log_probs"] = generation.log_probs.to(self.device)
+        if generation.tool_mask is not None:
+            samples["tool_mask"] = generation.tool_mask.to(self.device)
+        completions = self.tokenizer.batch_decode(
+            torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id), skip_special_tokens=True
+        )
+        columns = {name: [row.get(name) for row in rows] for name in dict.fromkeys(k for row in rows for k in row)}
+        columns.pop("prompt")
+        for name, values in extra.items():  # TRL's: per-sample lists, or one value for every sample
+            columns[name] = values if isinstance(values, list) else [values] * len(rows)
+        columns["completion_ids"] = [list(ids) for ids in output["completion_ids"]]
+        scored = [
+            [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
+            for prompt, text in zip(prompts, completions)
+        ]
         rewards = self.reward_scorer(prompts, scored, trainer_state=self.trainer_state, **columns)
         return samples, completions, prompts, rewards
 

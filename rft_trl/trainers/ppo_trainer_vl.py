@@ -74,6 +74,7 @@ from .setup import (
     build_rollout_engine,
     check_deepspeed_saving,
     check_packing_attention,
+    check_rollout_func,
     check_streams,
     environment_rows,
     place_reward_models,
@@ -136,6 +137,8 @@ class PPOTrainerVL(Trainer):
         environment_factory (`Callable` or `dict[str, Callable]`, *optional*):
             TRL's: one environment per sample (reset with its row; methods as tools; `get_reward` a reward source),
             a dict routing rows by their `environment` column (`rft_trl.rollout.environments`).
+        rollout_func (`Callable`, *optional*):
+            TRL's `rollout_func(prompts, trainer)`: the user's own generation, called with each sample's prompt.
     """
 
     _tag_names = ["rft_trl", "ppo", "grpo"]
@@ -159,6 +162,7 @@ class PPOTrainerVL(Trainer):
         reward_processing_classes: PreTrainedTokenizerBase | list | None = None,
         tools: list[Callable] | None = None,
         environment_factory: Callable | dict[str, Callable] | None = None,
+        rollout_func: Callable | None = None,
     ):
         args = args or RFTConfig("outputs")
         check_trainer_hooks()
@@ -277,6 +281,8 @@ class PPOTrainerVL(Trainer):
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
         self.experience_maker.multi_turn, self.experience_maker.environments = multi_turn, environments
+        if check_rollout_func(rollout_func, layout.media_kinds, self.tools):
+            self.experience_maker.rollout_func = lambda prompts: rollout_func(prompts, self)
         if args.verify_model:
             verify_policy(self.actor, self.collator, self.experience_maker.media_encodings is not None)
 

@@ -53,6 +53,7 @@ __all__ = [
     "build_rollout_engine",
     "environment_rows",
     "check_packing_attention",
+    "check_rollout_func",
     "check_deepspeed_saving",
     "check_streams",
     "check_sync_ref_model",
@@ -374,6 +375,26 @@ def engine_model_path(actor: Actor, processing_class: Any, accelerator: Accelera
 
 
 # ------------------------------------------------------------------------------------------------ checks
+
+
+def check_rollout_func(rollout_func: Callable | None, media_kinds: tuple[str, ...], tools: list) -> bool:
+    """Whether the run has TRL's `rollout_func`, refusing the settings it cannot serve."""
+    if rollout_func is None:
+        return False
+    if not callable(rollout_func):
+        raise TypeError(f"rollout_func must be callable, got {type(rollout_func).__name__}.")
+    if media_kinds:
+        raise ValueError(
+            f"rollout_func with a {'/'.join(media_kinds)} processor is not supported: it returns token ids only, and "
+            "the trainer would score them without the prompts' media. Use it with a text model."
+        )
+    if tools:
+        raise ValueError(
+            "rollout_func with tools or an environment_factory is not supported: the rollout function runs the "
+            "whole rollout; give its tool or environment turns as env_mask instead."
+        )
+    logger.warning("rollout_func is experimental in TRL, as here: its contract may change.")
+    return True
 
 
 def check_streams(train_dataset, eval_dataset, args: RFTConfig) -> None:

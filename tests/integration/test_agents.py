@@ -397,3 +397,75 @@ def test_an_environment_without_reset_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"Broken \(environment_factory\) defines no `reset` method"):
         environment_trainer(tmp_path, [{"prompt": QUESTION}] * 2, Broken)
+
+
+# ------------------------------------------------------------------------------------------------ rollout_func
+
+
+def test_a_rollout_func_rollout_trains_on_its_ids_and_env_mask(tmp_path):
+    model, tokenizer = tool_model()
+    calls, seen = [], []
+
+    def rollout(prompts, trainer):
+        # The user's own multi-turn rollout: a fixed model turn, an environment turn, another model turn.
+        calls.append(prompts)
+        ids = [
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
+            for p in prompts
+        ]
+        model_turn = tokenizer.encode("yes<|im_end|>", add_special_tokens=False)
+        environment_turn = tokenizer.encode("\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n")
+        completion = model_turn + environment_turn + model_turn
+        mask = [1] * len(model_turn) + [0] * len(environment_turn) + [1] * len(model_turn)
+        return {
+            "prompt_ids": ids,
+            "completion_ids": [completion] * len(prompts),
+            "logprobs": [[-1.0] * len(completion)] * len(prompts),
+            "env_mask": [mask] * len(prompts),
+            "episode": list(range(len(prompts))),
+            "note": "same for all",
+        }
+
+    def reward(prompts, completions, episode, note, **columns):
+        seen.append((episode, note))
+        return [float(e) for e in episode]
+
+    trainer = PPOTrainerVL(
+        model,
+        [reward],
+        tiny_config(str(tmp_path), generate_max_len=64, max_steps=1, beta=0.1),
+        train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
+        processing_class=tokenizer,
+        rollout_func=rollout,
+    )
+    trainer._start_rollout([{"prompt": QUESTION}] * 2)
+    assert len(calls[0]) == 4  # each sample's prompt: 2 rows x 2 samples
+    assert seen == [([0, 1, 2, 3], ["same for all"] * 4)]
+    batch = trainer._micro_batches[0]
+    actions = int(batch.action_mask[0].sum())
+    trained = batch.tool_mask[0][-actions:].bool()
+    assert int(trained.sum()) == 2 * len(tokenizer.encode("yes<|im_end|>", add_special_tokens=False))
+    keep = batch.attention_mask[0].bool()
+    with torch.no_grad():
+        logits = model(batch.sequences[0][keep][None]).logits[0].double()
+    expected = F.log_softmax(logits, -1)[:-1].gather(-1, batch.sequences[0][keep][1:, None]).squeeze(-1)[-actions:]
+    torch.testing.assert_close(
+        batch.base_action_log_probs[0][-actions:][trained].double(), expected[trained], atol=1e-5, rtol=0
+    )
+    fields = padded_fields(batch, {})
+    assert torch.equal(fields["action_mask"][0][-actions:], trained)
+    trainer.train()
+
+
+def test_a_rollout_func_missing_keys_is_named(tmp_path):
+    model, tokenizer = tool_model()
+    trainer = PPOTrainerVL(
+        model,
+        [lambda completions, **kw: [0.0] * len(completions)],
+        tiny_config(str(tmp_path)),
+        train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
+        processing_class=tokenizer,
+        rollout_func=lambda prompts, trainer: {"prompt_ids": [[1]] * len(prompts)},
+    )
+    with pytest.raises(ValueError, match=r"rollout_func must return keys \['completion_ids', 'logprobs'\]"):
+        trainer._start_rollout([{"prompt": QUESTION}] * 2)
