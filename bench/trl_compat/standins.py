@@ -9,7 +9,9 @@ Hugging Face hub cache (`models--org--name/snapshots/<rev>/` + `refs/main`), so 
 resolves it with `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE` pointing at that cache.
 
 What a stand-in cannot reproduce: the real tokenizer's vocabulary. Tests that hard-code token ids of a released
-tokenizer (e.g. Qwen2.5's `<|im_end|>` = 151645) see ids beyond the tiny vocabulary.
+tokenizer (e.g. Qwen2.5's `<|im_end|>` = 151645) see ids beyond the tiny vocabulary. For the Qwen3, Qwen3-MoE and
+Qwen3.5 ids that TRL's tool and environment tests load, [`RELEASED_VOCAB_STANDINS`] holds stand-ins with the released
+vocabularies, tokenizers and chat templates (`rft_trl.testing.RELEASED_VOCAB_BUILDERS`); [`stand_ins`] picks them.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from transformers.models.gemma4 import (
     Gemma4VideoProcessor,
 )
 
-from rft_trl.testing import build_tiny_model, build_tiny_tokenizer
+from rft_trl.testing import RELEASED_VOCAB_BUILDERS, build_tiny_model, build_tiny_tokenizer
 from rft_trl.testing.families.common import (
     HEAD_DIM,
     HIDDEN_SIZE,
@@ -409,6 +411,20 @@ STANDINS: dict[str, Builder] = {
     f"{ORG}/tiny-Gemma4ForConditionalGeneration": _gemma4,
 }
 
+# The ids whose tests hard-code released token ids (TRL's tool, environment and tool-response tests), with stand-ins
+# over the released vocabularies. Their 152k-248k-row heads make every step several times slower than the tiny
+# tokenizer's, so they replace the tiny stand-ins only when asked ([`stand_ins`]).
+RELEASED_VOCAB_STANDINS: dict[str, Builder] = {
+    f"{ORG}/tiny-Qwen3ForCausalLM": partial(RELEASED_VOCAB_BUILDERS["qwen3"], SEED),
+    f"{ORG}/tiny-Qwen3MoeForCausalLM": partial(RELEASED_VOCAB_BUILDERS["qwen3_moe"], SEED),
+    f"{ORG}/tiny-Qwen3_5ForConditionalGeneration-NoThink": partial(RELEASED_VOCAB_BUILDERS["qwen3_5"], SEED),
+}
+
+
+def stand_ins(released_vocab: bool) -> dict[str, Builder]:
+    """[`STANDINS`], with [`RELEASED_VOCAB_STANDINS`] in place of the tiny-vocabulary ones when `released_vocab`."""
+    return {**STANDINS, **RELEASED_VOCAB_STANDINS} if released_vocab else dict(STANDINS)
+
 
 def scan_hub_ids(test_file: Path) -> list[str]:
     """
@@ -456,7 +472,7 @@ def cached_snapshot(cache_dir: Path, hub_id: str, fingerprint: str) -> Path | No
     return None
 
 
-def write_model_snapshot(cache_dir: Path, hub_id: str, fingerprint: str) -> Path:
+def write_model_snapshot(cache_dir: Path, hub_id: str, fingerprint: str, builder: Builder) -> Path:
     """
     Build the stand-in of `hub_id` and save it, with its processor or tokenizer, as the `main` revision of that
     repository in the hub cache `cache_dir`.
@@ -465,14 +481,16 @@ def write_model_snapshot(cache_dir: Path, hub_id: str, fingerprint: str) -> Path
         cache_dir (`Path`):
             The folder `HF_HUB_CACHE` will point at.
         hub_id (`str`):
-            A key of [`STANDINS`].
+            The repository id.
         fingerprint (`str`):
             Digest of the builders' source, which names the revision.
+        builder (`Builder`):
+            Its builder, from [`stand_ins`].
 
     Returns:
         `Path`: the snapshot folder.
     """
-    model, processing_class = STANDINS[hub_id]()
+    model, processing_class = builder()
     revision = snapshot_revision(hub_id, fingerprint)
     folder = repo_folder(cache_dir, hub_id)
     snapshot = folder / "snapshots" / revision

@@ -11,6 +11,7 @@ from .datasets import (
     make_video_dataset,
 )
 from .families import (
+    RELEASED_VOCAB_BUILDERS,
     TINY_MODEL_BUILDERS,
     build_tiny_gemma3,
     build_tiny_glm4v,
@@ -22,7 +23,10 @@ from .families import (
     build_tiny_mistral3,
     build_tiny_phi4_multimodal,
     build_tiny_qwen2_5_omni,
+    build_tiny_qwen3_5_released_vocab,
+    build_tiny_qwen3_moe_released_vocab,
     build_tiny_qwen3_omni_moe,
+    build_tiny_qwen3_released_vocab,
     build_tiny_qwen3_vl,
     build_tiny_qwen3_vl_moe,
     build_tiny_smolvlm,
@@ -37,6 +41,7 @@ from .models import (
     load_processing_class,
     save_tiny_model,
 )
+from .released_tokenizers import build_qwen3_5_tokenizer, build_qwen3_tokenizer
 from .tokenizer import MEDIA_PLACEHOLDER_TOKENS, SPECIAL_TOKENS, build_tiny_tokenizer
 from .training import TINY_CONFIG, count_tower_images, distinct_reward, length_reward, tiny_config
 from .vocabulary import COLOURS, FREQUENCIES, MOTIONS, PITCHES, TEXT_WORDS

@@ -42,6 +42,12 @@ from .qwen import (
     build_tiny_reward_model,
 )
 from .qwen3_5 import build_tiny_qwen3_5, build_tiny_qwen3_5_moe, build_tiny_qwen3_5_text
+from .qwen_released_vocab import (
+    RELEASED_VOCAB_BUILDERS,
+    build_tiny_qwen3_5_released_vocab,
+    build_tiny_qwen3_moe_released_vocab,
+    build_tiny_qwen3_released_vocab,
+)
 from .speech import build_tiny_audioflamingo3, build_tiny_qwen3_asr
 
 TINY_MODEL_BUILDERS: dict[str, Callable[[int], tuple[PreTrainedModel, ProcessorMixin | PreTrainedTokenizerFast]]] = {
