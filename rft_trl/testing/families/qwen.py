@@ -161,11 +161,12 @@ def qwen3_vision_config(position_grid: int, **kwargs) -> dict:
     )
 
 
-def qwen3_vl_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
-    # The Qwen vision tokens are among the tiny tokenizer's own; only the template drops the audio part.
-    tokenizer = family_tokenizer(seed, [], image=QWEN_IMAGE_PLACEHOLDER, video=QWEN_VIDEO_PLACEHOLDER)
-    # Videos are bounded by the pixels summed over their frames: 4 tokens a pair of frames, up to 16 frames. Frames
-    # arrive decoded (a list of images), so none are sampled, and the timestamps assume 24 fps.
+def qwen3_vl_processor(tokenizer: PreTrainedTokenizerFast) -> ProcessorMixin:
+    """
+    Qwen3-VL's processor (Qwen3.5's too) around `tokenizer`, with the tiny pixel bounds. Videos are bounded by the
+    pixels summed over their frames: 4 tokens a pair of frames, up to 16 frames. Frames arrive decoded (a list of
+    images), so none are sampled, and the timestamps assume 24 fps.
+    """
     image_processor, video_processor = patch_processors(
         Qwen2VLImageProcessor,
         Qwen3VLVideoProcessor,
@@ -183,6 +184,13 @@ def qwen3_vl_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorM
     processor = make_processor(
         Qwen3VLProcessor, tokenizer, image_processor=image_processor, video_processor=video_processor
     )
+    return processor
+
+
+def qwen3_vl_config_args(seed: int) -> tuple[PreTrainedTokenizerFast, ProcessorMixin, dict]:
+    # The Qwen vision tokens are among the tiny tokenizer's own; only the template drops the audio part.
+    tokenizer = family_tokenizer(seed, [], image=QWEN_IMAGE_PLACEHOLDER, video=QWEN_VIDEO_PLACEHOLDER)
+    processor = qwen3_vl_processor(tokenizer)
     config_args = {
         "text_config": qwen3_text_config(tokenizer, rope_theta=10000.0),
         "vision_config": qwen3_vision_config(position_grid=4),

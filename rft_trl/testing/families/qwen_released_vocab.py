@@ -19,32 +19,26 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
-    Qwen2VLImageProcessor,
     Qwen3Config,
     Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
-    Qwen3VLProcessor,
-    Qwen3VLVideoProcessor,
 )
 from transformers.models.qwen3_5 import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 from ..released_tokenizers import QWEN3_5_VOCAB, QWEN3_VOCAB, build_qwen3_5_tokenizer, build_qwen3_tokenizer
 from .common import (
     HEAD_DIM,
-    MAX_VIDEO_FRAMES,
     NUM_EXPERTS,
     NUM_EXPERTS_PER_TOKEN,
     NUM_HEADS,
     NUM_KV_HEADS,
     NUM_LAYERS,
     init_model,
-    make_processor,
-    patch_processors,
     patch_vision_config,
     token_ids,
 )
-from .qwen import QWEN3_PATCH_SIZE, QWEN_VISION_TOKENS
+from .qwen import QWEN3_PATCH_SIZE, QWEN_VISION_TOKENS, qwen3_vl_processor
 from .qwen3_5 import LINEAR_ATTENTION, ROPE_PARAMETERS
 
 # A quarter of the other families' width: with 152k-248k embedding rows, the width multiplies the head's cost.
@@ -112,27 +106,6 @@ def build_tiny_qwen3_moe_released_vocab(seed: int = 0) -> tuple[PreTrainedModel,
     return init_model(Qwen3MoeForCausalLM, config, seed, tokenizer), tokenizer
 
 
-def _qwen3_5_processor(tokenizer: PreTrainedTokenizerFast) -> ProcessorMixin:
-    """Qwen3.5's processor (Qwen3-VL's) around the released tokenizer, with the tiny Qwen3-VL's pixel bounds."""
-    image_processor, video_processor = patch_processors(
-        Qwen2VLImageProcessor,
-        Qwen3VLVideoProcessor,
-        QWEN3_PATCH_SIZE,
-        video_frames=(2, MAX_VIDEO_FRAMES),
-        video_kwargs={
-            "do_sample_frames": False,
-            "min_frames": 2,
-            "max_frames": MAX_VIDEO_FRAMES,
-            "cap_pixels_per_frame": False,
-        },
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    return make_processor(
-        Qwen3VLProcessor, tokenizer, image_processor=image_processor, video_processor=video_processor
-    )
-
-
 def build_tiny_qwen3_5_released_vocab(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
     """
     Build a tiny Qwen3.5 (a linear-attention layer, then a full-attention layer; width 16) over the released Qwen3.5
@@ -162,7 +135,7 @@ def build_tiny_qwen3_5_released_vocab(seed: int = 0) -> tuple[PreTrainedModel, P
         **token_ids(tokenizer, **QWEN_VISION_TOKENS),
     )
     model = init_model(Qwen3_5ForConditionalGeneration, config, seed, tokenizer)
-    return model, _qwen3_5_processor(tokenizer)
+    return model, qwen3_vl_processor(tokenizer)
 
 
 RELEASED_VOCAB_BUILDERS: dict[
