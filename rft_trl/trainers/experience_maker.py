@@ -154,6 +154,7 @@ class ExperienceMaker:
         self.multi_turn: MultiTurn | None = None
         # Set by the trainer with `environment_factory`: one environment instance per sample.
         self.environments: Environments | None = None
+        self.last_environments: list | None = None  # the last rollout's instances, one per sample
         # Set by the trainer with TRL's `rollout_func`: the user's own rollout, called with each sample's prompt.
         self.rollout_func: Callable[[list], dict] | None = None
         # Set by the trainer: False when the update is strictly on-policy and reuses its own log-probs.
@@ -185,6 +186,7 @@ class ExperienceMaker:
             rows = [row for row in rows for _ in range(n)]
             instances = self.environments.draw(rows)
             rows = self.environments.reset(instances, rows)
+            self.last_environments = instances
         batch = self.collator(rows)
         if len(batch) == 0:
             raise EmptyBatchError(batch.skipped)

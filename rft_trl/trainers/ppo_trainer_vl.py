@@ -36,7 +36,6 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core import high_entropy_mask
-from ..data.collator import PromptCollator
 from ..data.multimodal import probe_processor
 from ..data.rows import ReplacementRows
 from ..models.actor import Actor
@@ -67,6 +66,7 @@ from .rft_config import RFTConfig
 from .run_state import gather_run_state, prepare_resume, save_run_state
 from .sampling import PromptRows, RolloutSampler, eval_rows, is_stream, training_rows
 from .setup import (
+    build_collator,
     build_controllers,
     build_multi_turn,
     build_reference,
@@ -184,16 +184,10 @@ class PPOTrainerVL(Trainer):
         )
         self.media_kinds = layout.media_kinds
         self.tools = environments.all_tools if environments else list(tools or [])  # TRL's attribute
-        multi_turn = build_multi_turn(self.tools, processing_class, layout.media_kinds, actor, args)
-        self.collator = PromptCollator(
-            processing_class,
-            prompt_max_len=args.prompt_max_len,
-            layout=layout,
-            max_skip_fraction=args.max_skipped_fraction,
-            # With tools, prompts are rendered with their schemas (and a prefix-preserving template where needed).
-            chat_template_kwargs=multi_turn.chat_template_kwargs if multi_turn else args.chat_template_kwargs,
-            row_tools=environments.tools_for if environments and multi_turn else None,
+        multi_turn = build_multi_turn(
+            self.tools, processing_class, layout.media_kinds, actor, args, (tools or []) if environments else None
         )
+        self.collator = build_collator(processing_class, layout, args, multi_turn, environments)
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None
         # Replacement passes begun before this run (restored from a checkpoint by `restore_run_state`).
@@ -290,6 +284,16 @@ class PPOTrainerVL(Trainer):
     def reward_func_names(self) -> list[str]:
         """The reward functions' names, as in the metrics (TRL's attribute)."""
         return list(self.reward_scorer.names)
+
+    @property
+    def reward_weights(self) -> torch.Tensor:
+        """TRL's attribute: each reward function's weight."""
+        return torch.tensor(self.reward_scorer.reward_weights)
+
+    @property
+    def environments(self) -> list | None:
+        """TRL's attribute: the last rollout's environment instances, one per sample (`None` without environments)."""
+        return self.experience_maker.last_environments
 
     # ------------------------------------------------------------------------------------------------ data
 

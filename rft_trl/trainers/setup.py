@@ -32,6 +32,7 @@ from trl.models.utils import prepare_deepspeed
 from trl.trainer.utils import disable_dropout_in_model
 
 from ..data.collator import PromptCollator
+from ..data.multimodal import ProcessorLayout
 from ..models.actor import Actor
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
@@ -46,6 +47,7 @@ from .sampling import is_stream
 
 __all__ = [
     "Reference",
+    "build_collator",
     "build_controllers",
     "build_multi_turn",
     "build_reference",
@@ -97,6 +99,13 @@ def build_reward_scorer(
         elif reward_processing_classes is not None and len(funcs) == 1:
             reward_processing_classes = [reward_processing_classes, *[None] * len(environments.reward_functions)]
         funcs.extend(environments.reward_functions)
+    weights = args.reward_weights
+    if (
+        environments is not None
+        and weights is not None
+        and len(weights) == len(funcs) - len(environments.reward_functions)
+    ):
+        weights = [*weights, *[1.0] * len(environments.reward_functions)]  # TRL's: an environment's reward weighs 1
     if not funcs:
         raise ValueError(
             "No reward source provided: pass reward_funcs (functions, reward-model ids or http(s) URLs), the seed's "
@@ -110,7 +119,7 @@ def build_reward_scorer(
             else func
             for func, tokenizer in zip(funcs, tokenizers)
         ],
-        reward_weights=args.reward_weights,
+        reward_weights=weights,
         reward_recipe=args.reward_recipe,
         reward_fn_label_map=args.reward_fn_label_map,
         max_reward_failure_rate=args.max_reward_failure_rate,
@@ -189,8 +198,8 @@ def environment_rows(environments: Environments | None, args: RFTConfig) -> Data
         raise ValueError("`train_dataset` is required unless an `environment_factory` owns the data.")
     if environments.routed:
         raise ValueError(
-            "A dict environment_factory routes each row by its `environment` column: it needs a train_dataset that "
-            "holds one. Give a dataset, or a single environment factory."
+            "A dict environment_factory (several environments) requires a `train_dataset` with an `environment` "
+            "column to route each row to its environment. Give a dataset, or a single environment factory."
         )
     if args.max_steps <= 0:
         raise ValueError(
@@ -492,8 +501,34 @@ def verify_policy(actor: Actor, collator: PromptCollator, media_encodings: bool)
     verify_model(actor, collator, packing=actor.packing_samples, media_encodings=encodings)
 
 
+def build_collator(
+    processing_class: Any,
+    layout: ProcessorLayout,
+    args: RFTConfig,
+    multi_turn: MultiTurn | None,
+    environments: Environments | None,
+) -> PromptCollator:
+    """
+    The run's prompt collator. With tools, prompts are rendered with their schemas (and a prefix-preserving template
+    where needed); routed environments render each row with its own environment's tools.
+    """
+    return PromptCollator(
+        processing_class,
+        prompt_max_len=args.prompt_max_len,
+        layout=layout,
+        max_skip_fraction=args.max_skipped_fraction,
+        chat_template_kwargs=multi_turn.chat_template_kwargs if multi_turn else args.chat_template_kwargs,
+        row_tools=environments.tools_for if environments and multi_turn else None,
+    )
+
+
 def build_multi_turn(
-    tools: list[Callable] | None, processing_class: Any, media_kinds: tuple[str, ...], actor: Actor, args: RFTConfig
+    tools: list[Callable] | None,
+    processing_class: Any,
+    media_kinds: tuple[str, ...],
+    actor: Actor,
+    args: RFTConfig,
+    standalone: list[Callable] | None = None,
 ) -> MultiTurn | None:
     """
     The tool loop of `tools=` (TRL's agent API), or `None` without tools.
@@ -501,7 +536,9 @@ def build_multi_turn(
     The chat template must render a whole tool-calling exchange (TRL's `supports_tool_calling`) and keep earlier
     turns unchanged when later ones follow (`is_chat_template_prefix_preserving`), since tool turns are appended as
     token ids; a template that is not gets TRL's training template for the family, or is refused. Tool calls are
-    parsed with the response schema TRL's `add_response_schema` sets for known templates.
+    parsed with the response schema TRL's `add_response_schema` sets for known templates. With environments, `tools`
+    is every tool any sample may have (several environments may name a method alike) and `standalone` the tools every
+    sample has: each sample calls its own environment's, through its own [`ToolBox`].
     """
     if not tools:
         return None
@@ -524,7 +561,8 @@ def build_multi_turn(
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
         add_response_schema(processing_class)
-    kwargs = {**(args.chat_template_kwargs or {}), "tools": list(tools)}
+    shared = list(tools) if standalone is None else list(standalone)
+    kwargs = {**(args.chat_template_kwargs or {}), "tools": shared}
     if not is_chat_template_prefix_preserving(processing_class):
         try:
             kwargs["chat_template"] = get_training_chat_template(processing_class)
@@ -538,7 +576,7 @@ def build_multi_turn(
     return MultiTurn(
         tokenizer=tokenizer,
         processing_class=processing_class,
-        toolbox=ToolBox(tools),
+        toolbox=ToolBox(shared),
         max_iterations=args.max_tool_calling_iterations,
         max_completion_length=args.generate_max_len,
         max_model_len=actor.hf_model.config.get_text_config().max_position_embeddings,

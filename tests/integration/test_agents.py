@@ -385,7 +385,7 @@ def test_an_environment_that_owns_the_data_needs_no_dataset(tmp_path):
     assert "<|im_start|>user\nSay done.<|im_end|>" in tokenizer.decode(engine.contexts[0])
     (entry,) = [e for e in trainer.state.log_history if "loss" in e]
     assert entry["rewards/Riddle/mean"] == 1.0
-    with pytest.raises(ValueError, match="needs a train_dataset that holds one"):
+    with pytest.raises(ValueError, match="requires a `train_dataset` with an `environment` column"):
         environment_trainer(tmp_path / "routed", None, {"riddle": Riddle})
 
 
