@@ -76,6 +76,17 @@ class Environments:
         probe = self.pools[name][0]
         return self.standalone + [getattr(probe, method) for method in self.methods[name]]
 
+    def trl_views(self) -> tuple[dict[Any, list[Callable]], dict[Any, list]]:
+        """
+        TRL's private `_env_tools` and `_environment_pool`: each environment's tools (the standalone ones, then its
+        methods) and its live pool of instances, by its name (`None` for a single one).
+        """
+        tools = {
+            name: self.standalone + [getattr(self.pools[name][0], method) for method in methods]
+            for name, methods in self.methods.items()
+        }
+        return tools, self.pools
+
     @property
     def all_tools(self) -> list[Callable]:
         """Every tool any row may have (what the chat template is checked with)."""

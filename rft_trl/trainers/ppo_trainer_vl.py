@@ -183,10 +183,10 @@ class PPOTrainerVL(Trainer):
             reward_funcs, reward_model, args, reward_processing_classes, environments
         )
         self.media_kinds = layout.media_kinds
-        self.tools = environments.all_tools if environments else list(tools or [])  # TRL's attribute
-        multi_turn = build_multi_turn(
-            self.tools, processing_class, layout.media_kinds, actor, args, (tools or []) if environments else None
-        )
+        # TRL's attributes: every tool, and (private, read by its tests) tools by environment and instance pools.
+        self.tools = environments.all_tools if environments else list(tools or [])
+        self._env_tools, self._environment_pool = environments.trl_views() if environments else (None, None)
+        multi_turn = build_multi_turn(tools, environments, processing_class, layout.media_kinds, actor, args)
         self.collator = build_collator(processing_class, layout, args, multi_turn, environments)
         # Rows standing in for a training batch whose every row was skipped; set with the train dataloader.
         self._replacement_rows: ReplacementRows | None = None

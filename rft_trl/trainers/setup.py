@@ -524,11 +524,11 @@ def build_collator(
 
 def build_multi_turn(
     tools: list[Callable] | None,
+    environments: Environments | None,
     processing_class: Any,
     media_kinds: tuple[str, ...],
     actor: Actor,
     args: RFTConfig,
-    standalone: list[Callable] | None = None,
 ) -> MultiTurn | None:
     """
     The tool loop of `tools=` (TRL's agent API), or `None` without tools.
@@ -536,11 +536,12 @@ def build_multi_turn(
     The chat template must render a whole tool-calling exchange (TRL's `supports_tool_calling`) and keep earlier
     turns unchanged when later ones follow (`is_chat_template_prefix_preserving`), since tool turns are appended as
     token ids; a template that is not gets TRL's training template for the family, or is refused. Tool calls are
-    parsed with the response schema TRL's `add_response_schema` sets for known templates. With environments, `tools`
-    is every tool any sample may have (several environments may name a method alike) and `standalone` the tools every
-    sample has: each sample calls its own environment's, through its own [`ToolBox`].
+    parsed with the response schema TRL's `add_response_schema` sets for known templates. With `environments`, each
+    sample calls the standalone `tools` and its own environment's methods through its own [`ToolBox`] (several
+    environments may name a method alike).
     """
-    if not tools:
+    standalone = list(tools or [])
+    if not (environments.all_tools if environments is not None else standalone):
         return None
     name = type(processing_class).__name__
     if media_kinds:
@@ -561,8 +562,7 @@ def build_multi_turn(
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
         add_response_schema(processing_class)
-    shared = list(tools) if standalone is None else list(standalone)
-    kwargs = {**(args.chat_template_kwargs or {}), "tools": shared}
+    kwargs = {**(args.chat_template_kwargs or {}), "tools": standalone}
     if not is_chat_template_prefix_preserving(processing_class):
         try:
             kwargs["chat_template"] = get_training_chat_template(processing_class)
@@ -576,7 +576,7 @@ def build_multi_turn(
     return MultiTurn(
         tokenizer=tokenizer,
         processing_class=processing_class,
-        toolbox=ToolBox(shared),
+        toolbox=ToolBox(standalone),
         max_iterations=args.max_tool_calling_iterations,
         max_completion_length=args.generate_max_len,
         max_model_len=actor.hf_model.config.get_text_config().max_position_embeddings,

@@ -104,7 +104,7 @@ def run(tmp_path, tools, script, **settings):
     """One rollout of the question through the tool loop; returns the turns, the trainer's multi-turn and batch."""
     model, tokenizer = tool_model()
     args = tiny_config(str(tmp_path), generate_max_len=settings.pop("generate_max_len", 200), **settings)
-    turns = build_multi_turn(tools, tokenizer, (), Actor(model), args)
+    turns = build_multi_turn(tools, None, tokenizer, (), Actor(model), args)
     collator = PromptCollator(tokenizer, chat_template_kwargs=turns.chat_template_kwargs)
     batch = collator([{"prompt": QUESTION}])
     engine = ScriptedEngine(tokenizer, script)
