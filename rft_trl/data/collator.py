@@ -154,6 +154,24 @@ class _Row:
     messages: list[dict] | None
 
 
+@dataclass
+class ProcessedText:
+    """
+    A text and its media after [`PromptCollator.process_text`].
+
+    Attributes:
+        input_ids (`torch.LongTensor` of shape `[L]`): the tokens, media placeholders expanded.
+        token_fields (`dict[str, torch.LongTensor]`): the processor's per-token fields, each `[L]`.
+        multimodal_inputs (`dict[str, torch.Tensor]`): its media fields, as a prompt's.
+        media (`dict[str, list]`): the loaded items per kind (kinds without items left out).
+    """
+
+    input_ids: torch.Tensor
+    token_fields: dict[str, torch.Tensor]
+    multimodal_inputs: dict[str, torch.Tensor]
+    media: dict[str, list[Any]]
+
+
 class PromptCollator:
     """
     Collate dataset rows (dicts) into a [`PromptBatch`], validating each row and processing its media once.
@@ -488,6 +506,35 @@ class PromptCollator:
             sample_media=[prepared.media for _, prepared in kept],
             prompt_messages=[prepared.messages for _, prepared in kept],
         )
+
+    # ------------------------------------------------------------------------------------------- any text
+
+    def process_text(self, text: str, media: Mapping[str, Sequence[Any]] | None = None) -> ProcessedText:
+        """
+        A rendered text and its media (e.g. a tool turn's observation) through the loaders and the single processor
+        call a prompt gets, with no special tokens added (the chat template wrote them).
+
+        Args:
+            text (`str`): the rendered text, one placeholder per media item.
+            media (`Mapping[str, Sequence]`, *optional*): the items per kind (`"image"`, `"video"`, `"audio"`), in
+                the order their placeholders appear, in any form a media column takes (PIL images, arrays, paths).
+
+        Raises:
+            `ValueError`: a kind the processor takes no media of, or an item or processor call that fails, named.
+        """
+        raw = {kind: list((media or {}).get(kind) or []) for kind in ("image", "video", "audio")}
+        unknown = [kind for kind, items in raw.items() if items and kind not in self.media_kinds]
+        if unknown:
+            raise ValueError(
+                f"{'/'.join(unknown)} given to {type(self.processing_class).__name__}, which processes "
+                f"{'/'.join(self.media_kinds) or 'no media'}."
+            )
+        try:
+            loaded = self._load_media(raw, {}, {}, [])
+            input_ids, token_fields, multimodal_inputs = self._process(text, loaded, add_special_tokens=False)
+        except RowRejected as error:
+            raise ValueError(f"{error.reason}: {error.detail}") from error
+        return ProcessedText(input_ids, token_fields, multimodal_inputs, {k: v for k, v in loaded.items() if v})
 
     # ---------------------------------------------------------------------------------------------- one row
 

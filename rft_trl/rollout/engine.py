@@ -34,6 +34,12 @@ class Generation:
         tool_mask (`torch.BoolTensor` of shape `[N, A]`, *optional*): in a multi-turn completion, `True` on the tokens
             the model sampled and `False` on the tool turns inserted between them (`rft_trl.rollout.tools`); `None`
             when every completion token was sampled.
+        token_fields (`dict[str, torch.LongTensor]`, *optional*): each `[N, P + A]`, the per-token fields of a
+            multi-turn sample's whole sequence, inserted turns' types included; `None`: the prompt's, extended over
+            the completion as the model's `generate` extends them.
+        multimodal_inputs (`list[dict[str, torch.Tensor]]`, *optional*): each sample's media fields when a tool
+            turn added media to them; `None`: its prompt's.
+        observations (`list[dict[str, list]]`, *optional*): each sample's tool-turn media per kind, as loaded.
     """
 
     sequences: torch.Tensor
@@ -41,6 +47,9 @@ class Generation:
     action_mask: torch.Tensor
     log_probs: torch.Tensor | None = None
     tool_mask: torch.Tensor | None = None
+    token_fields: dict[str, torch.Tensor] | None = None
+    multimodal_inputs: list[dict[str, torch.Tensor]] | None = None
+    observations: list[dict[str, list]] | None = None
 
 
 class RolloutEngine:

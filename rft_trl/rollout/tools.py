@@ -25,9 +25,11 @@ import torch
 from trl.chat_template_utils import parse_response
 
 from ..data.collator import PromptBatch
+from ..data.multimodal import concat_multimodal_inputs, repeat_multimodal_inputs
 from .engine import Generation, RolloutEngine, generation_from_ids
+from .observations import Observation, Process, observation_media, render_tool_turn
 
-__all__ = ["MultiTurn", "ToolBox", "run_tool_turns", "tool_suffix_ids"]
+__all__ = ["MultiTurn", "ToolBox", "run_tool_turns"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,45 +110,6 @@ def _run_coroutines(coroutines: list) -> list:
     return asyncio.run(gather())
 
 
-def tool_suffix_ids(
-    processing_class: Any,
-    tool_messages: list[dict],
-    eos_token_id: int | list[int],
-    chat_template_kwargs: dict | None = None,
-) -> list[int]:
-    """
-    The token ids the chat template puts after an assistant turn that called tools: the tool messages, then the
-    next assistant turn's header.
-
-    Rendered on a minimal conversation (a user message, an assistant message calling the first message's tool) with
-    and without `tool_messages`; the difference is the suffix. The boundary is the last end-of-turn token of the
-    shorter rendering, as generation stops right after it (a template's newline after it belongs to the suffix).
-
-    Raises:
-        `ValueError`: the shorter rendering is not a prefix of the longer one (a template that rewrites earlier
-            turns; [`MultiTurn`] refuses those at construction).
-    """
-    kwargs = dict(chat_template_kwargs or {})
-    call = {"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}
-    conversation = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
-    before = processing_class.apply_chat_template(
-        conversation, add_generation_prompt=False, tokenize=True, return_dict=False, **kwargs
-    )
-    after = processing_class.apply_chat_template(
-        conversation + tool_messages, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs
-    )
-    eos = set(torch.as_tensor(eos_token_id).flatten().tolist())
-    ends = [i for i, token in enumerate(before) if token in eos]
-    if ends:
-        before = before[: ends[-1] + 1]
-    if after[: len(before)] != before:
-        raise ValueError(
-            "The chat template renders the assistant's tool-calling turn differently once tool messages follow it: "
-            "a tool turn cannot be appended as token ids."
-        )
-    return list(after[len(before) :])
-
-
 @dataclass
 class MultiTurn:
     """
@@ -163,6 +126,12 @@ class MultiTurn:
         eos_token_id (`int` or `list[int]`), pad_token_id (`int`): the generation's.
         chat_template_kwargs (`dict`): passed to `apply_chat_template` (the `tools`, and a training template where
             the model's own is not prefix-preserving).
+        completion_token_types (`Callable`): the policy's
+            [`~rft_trl.models.inputs.ModelInputs.completion_token_types`]: the per-token type of a sampled token.
+        process (`Callable`, *optional*): renders a tool turn's text with its media into ids and media fields (the
+            collator's [`~rft_trl.data.collator.PromptCollator.process_text`]); set with the collator.
+        observation_kinds (`dict[str, str | None]`): per media kind the processor takes, `None` when a tool's answer
+            of that kind composes exactly, else why not ([`~rft_trl.rollout.observations.check_observation_kind`]).
     """
 
     tokenizer: Any
@@ -174,6 +143,9 @@ class MultiTurn:
     eos_token_id: int | list[int]
     pad_token_id: int
     chat_template_kwargs: dict = field(default_factory=dict)
+    completion_token_types: Callable[[dict], dict] = lambda token_fields: {}
+    process: Process | None = None
+    observation_kinds: dict[str, str | None] = field(default_factory=dict)
 
     def parse(self, ids: list[int], prefix: list[int], toolbox: ToolBox | None = None) -> dict:
         """
@@ -181,6 +153,26 @@ class MultiTurn:
         `parse_response`; plain text when malformed).
         """
         return parse_response(self.tokenizer, ids, prefix=prefix, tools=(toolbox or self.toolbox).tools)
+
+    def observe(self, tool_messages: list[dict]) -> Observation:
+        """
+        The ids, per-token fields and media of a tool turn ([`~rft_trl.rollout.observations.render_tool_turn`]).
+
+        Raises:
+            `ValueError`: a tool answered with media of a kind this processor cannot take, or cannot take in a tool
+                turn exactly (named with the reason found at construction).
+        """
+        for kind in observation_media(tool_messages):
+            reason = self.observation_kinds.get(kind, f"{type(self.processing_class).__name__} takes no {kind}")
+            if reason is not None:
+                names = ", ".join(sorted({message["name"] for message in tool_messages}))
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ValueError(
+                    f"Tool {names} answered with {article} {kind}, which cannot enter this rollout exactly: {reason}."
+                )
+        return render_tool_turn(
+            self.processing_class, self.process, tool_messages, self.eos_token_id, self.chat_template_kwargs
+        )
 
 
 @dataclass
@@ -213,9 +205,13 @@ def run_tool_turns(
     """
     Run the tools the completions of `first` call and sample the model's next turns, until none calls a tool.
 
+    Each sample carries its whole context from turn to turn: the ids, the per-token fields (the prompt's and a tool
+    turn's from the processor, a sampled token's the type the model's own `generate` gives it) and the media fields
+    (the prompt's, then each tool turn's, in the order of their placeholders).
+
     Args:
         engine ([`RolloutEngine`]): samples each next turn (one completion per conversation).
-        batch ([`PromptBatch`]): the prompts `first` was sampled from (text prompts).
+        batch ([`PromptBatch`]): the prompts `first` was sampled from.
         first ([`Generation`]): `n` completions per prompt, prompt-major.
         n (`int`): completions per prompt.
         sampling_kwargs (`dict`): the rollout's sampling arguments.
@@ -224,7 +220,7 @@ def run_tool_turns(
             sample's instance); `turns.toolbox` for every sample when not given.
 
     Returns:
-        [`ToolTurns`].
+        [`ToolTurns`]: its generation holds every sample's `token_fields`, `multimodal_inputs` and `observations`.
     """
     prompt_width = batch.input_ids.shape[1]
     prompt_mask = batch.attention_mask.bool().repeat_interleave(n, dim=0)  # [N, P]
@@ -234,6 +230,16 @@ def run_tool_turns(
         row[prompt_width:][mask].tolist() for row, mask in zip(first.sequences, first.action_mask)
     ]  # each sample's tokens so far
     tool_masks = [[1] * len(ids) for ids in completions]
+    generated = turns.completion_token_types(batch.token_fields)  # per field, [B]: a sampled token's type
+    fields = [
+        {
+            name: value[i // n][prompt_mask[i]].tolist() + [int(generated[name][i // n])] * len(completions[i])
+            for name, value in batch.token_fields.items()
+        }
+        for i in range(len(prompts))
+    ]  # each sample's per-token fields so far
+    media_inputs = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)  # each sample's media fields so far
+    observed: list[dict[str, list]] = [{} for _ in prompts]  # each sample's tool-turn media, per kind
     toolboxes = toolboxes or [turns.toolbox] * len(completions)
     messages = [turns.parse(ids, prefix, box) for ids, prefix, box in zip(completions, prompts, toolboxes)]
     conversations = [[message] for message in messages]
@@ -241,25 +247,37 @@ def run_tool_turns(
     active = [i for i, message in enumerate(messages) if message.get("tool_calls")]
     iteration = 0
     while active and (turns.max_iterations is None or iteration < turns.max_iterations):
-        continuing, contexts = [], []
+        continuing = []
         for i in active:
             tool_calls = messages[i]["tool_calls"]
             tool_messages, failed = toolboxes[i].call(tool_calls)
             calls, failures = calls + len(tool_calls), failures + failed
-            suffix = tool_suffix_ids(
-                turns.processing_class, tool_messages, turns.eos_token_id, turns.chat_template_kwargs
-            )
-            context = prompts[i] + completions[i] + suffix
-            if len(completions[i]) + len(suffix) > turns.max_completion_length or len(context) >= turns.max_model_len:
+            observation = turns.observe(tool_messages)
+            suffix = observation.ids
+            if (
+                len(completions[i]) + len(suffix) > turns.max_completion_length
+                or len(prompts[i]) + len(completions[i]) + len(suffix) >= turns.max_model_len
+            ):
                 continue  # no room for the tool turn: the completion ends as it is, without it
             conversations[i].extend(tool_messages)
+            _append(fields[i], observation.token_fields, len(prompts[i]) + len(completions[i]), len(suffix))
             completions[i] += suffix
             tool_masks[i] += [0] * len(suffix)
+            if observation.media:
+                media_inputs[i] = concat_multimodal_inputs([media_inputs[i], observation.multimodal_inputs])
+                for kind, items in observation.media.items():
+                    observed[i].setdefault(kind, []).extend(items)
             continuing.append(i)
-            contexts.append(context)
         if not continuing:
             break
-        following = engine.generate(_context_batch(contexts, turns.pad_token_id), 1, sampling_kwargs)
+        context = _context_batch(
+            [prompts[i] + completions[i] for i in continuing],
+            [fields[i] for i in continuing],
+            [media_inputs[i] for i in continuing],
+            turns.pad_token_id,
+        )
+        following = engine.generate(context, 1, sampling_kwargs)
+        types = turns.completion_token_types(context.token_fields)  # per field, [len(continuing)]
         width = following.sequences.shape[1] - following.action_mask.shape[1]
         active = []
         for row, i in enumerate(continuing):
@@ -268,6 +286,8 @@ def run_tool_turns(
             if not sampled:
                 continue
             message = turns.parse(sampled, prompts[i] + completions[i], toolboxes[i])
+            values = {name: [int(value[row])] * len(sampled) for name, value in types.items()}
+            _append(fields[i], values, len(prompts[i]) + len(completions[i]), len(sampled))
             completions[i] += sampled
             tool_masks[i] += [1] * len(sampled)
             conversations[i].append(message)
@@ -276,22 +296,63 @@ def run_tool_turns(
                 active.append(i)
         iteration += 1
     generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks)
+    generation.token_fields = _pad_fields(fields, [len(ids) for ids in prompts], generation.action_mask.shape[1])
+    generation.multimodal_inputs = media_inputs
+    generation.observations = observed
     return ToolTurns(generation, conversations, calls, failures)
 
 
-def _context_batch(contexts: list[list[int]], pad_token_id: int) -> PromptBatch:
-    """Token-id contexts as a left-padded text [`PromptBatch`] an engine samples from."""
+def _append(fields: dict[str, list[int]], values: dict[str, list[int]], length: int, count: int) -> None:
+    """Extend a sample's per-token fields (each `length` long) by `count` tokens' `values` (0 where none given)."""
+    for name in values.keys() - fields.keys():
+        fields[name] = [0] * length
+    for name, column in fields.items():
+        column.extend(values.get(name, [0] * count))
+
+
+def _pad_fields(fields: list[dict[str, list[int]]], prompt_lengths: list[int], width: int) -> dict[str, torch.Tensor]:
+    """
+    Per field, `[N, P + A]`: each sample's prompt part left-padded to the longest prompt and its completion part
+    right-padded to `width`, with 0 (the text type, as the collator pads).
+    """
+    prompt_width = max(prompt_lengths, default=0)
+    names = dict.fromkeys(name for sample in fields for name in sample)
+    padded = {}
+    for name in names:
+        value = torch.zeros((len(fields), prompt_width + width), dtype=torch.long)  # [N, P + A]
+        for row, (sample, length) in enumerate(zip(fields, prompt_lengths)):
+            column = sample.get(name)
+            if column is None:
+                continue
+            value[row, prompt_width - length : prompt_width] = torch.tensor(column[:length], dtype=torch.long)
+            completion = column[length:]
+            value[row, prompt_width : prompt_width + len(completion)] = torch.tensor(completion, dtype=torch.long)
+        padded[name] = value
+    return padded
+
+
+def _context_batch(
+    contexts: list[list[int]],
+    fields: list[dict[str, list[int]]],
+    media_inputs: list[dict[str, torch.Tensor]],
+    pad_token_id: int,
+) -> PromptBatch:
+    """Each sample's context (its ids, per-token fields and media fields) as a left-padded [`PromptBatch`]."""
     width = max(len(ids) for ids in contexts)
-    input_ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    input_ids = torch.full((len(contexts), width), pad_token_id, dtype=torch.long)  # [B, W]
+    attention_mask = torch.zeros((len(contexts), width), dtype=torch.long)  # [B, W]
+    names = dict.fromkeys(name for sample in fields for name in sample)
+    token_fields = {name: torch.zeros((len(contexts), width), dtype=torch.long) for name in names}  # each [B, W]
     for row, ids in enumerate(contexts):
         input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, width - len(ids) :] = 1
+        for name, column in fields[row].items():
+            token_fields[name][row, width - len(column) :] = torch.tensor(column, dtype=torch.long)
     return PromptBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        token_fields={},
-        sample_multimodal_inputs=[{} for _ in contexts],
+        token_fields=token_fields,
+        sample_multimodal_inputs=list(media_inputs),
         prompts=[None] * len(contexts),
         prompt_texts=[""] * len(contexts),
         columns={},

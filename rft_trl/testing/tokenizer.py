@@ -10,6 +10,7 @@ import random
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+from trl.chat_template_utils import qwen3_template
 
 from .vocabulary import COLOURS, MOTIONS, PITCHES, TEXT_WORDS
 
@@ -50,6 +51,9 @@ def make_chat_template(
 
     The turn format is the same for every tiny family (the tokenizers are random anyway); what differs is the text
     that stands for an image, a video or an audio clip, which the family's processor expands into its media tokens.
+    Tools render as Qwen2.5's template renders them (`tools` listed in the system turn, an assistant's `tool_calls` as
+    `<tool_call>` JSON, consecutive tool messages as `<tool_response>` blocks of one user turn), media parts of a tool
+    message included; without tools, tool calls or tool messages the rendering is the plain ChatML one.
 
     Args:
         image (`str`, *optional*, defaults to the Qwen2-VL image placeholder):
@@ -72,16 +76,27 @@ def make_chat_template(
             continue
         count = "{% set audio_count.value = audio_count.value + 1 %}" if kind == "audio" else ""
         branches += f"{{% elif part['type'] == '{kind}' {keys} %}}{count}{text}"
+    tools_block = (
+        "{% if tools %}{{ '\\n\\n# Tools\\n<tools>' }}"
+        "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}"
+        "{{ '\\n</tools>\\n' }}"
+        'Call a tool as <tool_call>\n{"name": <name>, "arguments": <json>}\n</tool_call>{% endif %}'
+    )
     return (
         "{% set audio_count = namespace(value=0) %}"
         "{% for message in messages %}"
         "{% if loop.first and message['role'] != 'system' %}"
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        f"<|im_start|>system\nYou are a helpful assistant.{tools_block}<|im_end|>\n"
         "{% endif %}"
+        "{% if message['role'] == 'tool' %}"
+        "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
+        "{{ '\\n<tool_response>\\n' }}"
+        "{% else %}"
         "<|im_start|>{{ message['role'] }}\n"
+        "{% endif %}"
         "{% if message['content'] is string %}"
         "{{ message['content'] }}"
-        "{% else %}"
+        "{% elif message['content'] is not none %}"
         "{% for part in message['content'] %}"
         f"{{% if false %}}{branches}"
         "{% elif 'text' in part %}"
@@ -89,7 +104,23 @@ def make_chat_template(
         "{% endif %}"
         "{% endfor %}"
         "{% endif %}"
+        "{% if message['role'] == 'system' and loop.first %}"
+        f"{tools_block}"
+        "{% endif %}"
+        "{% if message['role'] == 'assistant' and message['tool_calls'] %}"
+        "{% for call in message['tool_calls'] %}"
+        "{% set call = call['function'] if call['function'] is defined else call %}"
+        "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+        '<tool_call>\n{"name": "{{ call[\'name\'] }}", "arguments": '
+        "{{ call['arguments'] if call['arguments'] is string else call['arguments'] | tojson }}}\n</tool_call>"
+        "{% endfor %}"
+        "{% endif %}"
+        "{% if message['role'] == 'tool' %}"
+        "{{ '\\n</tool_response>' }}"
+        "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>\n{% endif %}"
+        "{% else %}"
         "<|im_end|>\n"
+        "{% endif %}"
         "{% endfor %}"
         "{% if add_generation_prompt %}"
         "<|im_start|>assistant\n"
@@ -174,6 +205,8 @@ def build_tiny_tokenizer(
         model_max_length=4096,
     )
     tokenizer.chat_template = chat_template
+    # The template writes tool calls as Qwen's do: TRL's Qwen3 response template parses them (`parse_response`).
+    tokenizer.response_template = qwen3_template
     if named_tokens:
         # The constructor's dict form of extra_special_tokens would replace the special-token list above, so the
         # names are set the way transformers itself sets them for such a dict (they are saved in the config).

@@ -204,9 +204,14 @@ class ExperienceMaker:
         repeat = 1 if instances is not None else n  # samples per collated row
         single = batch.columns.get("image") or [None] * len(batch)
         several = batch.columns.get("images") or [None] * len(batch)
-        if any(value is not None for value in [*single, *several]):
+        observed = [sample.get("image", []) for sample in samples.get("observations") or [{}] * len(batch) * repeat]
+        if any(value is not None for value in [*single, *several]) or any(observed):
             per_row = [[one] if one is not None else list(many or []) for one, many in zip(single, several)]
-            samples["images"] = [images for images in per_row for _ in range(repeat)]  # for the completions table
+            # For the completions table: each sample's prompt images, then those its tool turns returned.
+            samples["images"] = [
+                images + tool_images
+                for images, tool_images in zip([images for images in per_row for _ in range(repeat)], observed)
+            ]
         completions = self.tokenizer.batch_decode(
             torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id),
             skip_special_tokens=True,
@@ -364,17 +369,26 @@ class ExperienceMaker:
             # PaliGemma's causal suffix), whichever engine generated them.
             "token_fields": {
                 k: v.to(self.device)
-                for k, v in self.actor.inputs.extend_token_fields(
-                    {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}, width
+                for k, v in (
+                    generation.token_fields
+                    if generation.token_fields is not None
+                    else self.actor.inputs.extend_token_fields(
+                        {name: value.repeat_interleave(n, dim=0) for name, value in batch.token_fields.items()}, width
+                    )
                 ).items()
             },  # each [N, P + A]
-            "multimodal_inputs": repeat_multimodal_inputs(batch.sample_multimodal_inputs, n),
+            "multimodal_inputs": (
+                generation.multimodal_inputs
+                if generation.multimodal_inputs is not None
+                else repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)
+            ),
         }
         if generation.log_probs is not None:
             samples["rollout_log_probs"] = generation.log_probs.to(self.device)  # [N, A], the engine's
         if turns is not None:
             samples["tool_mask"] = generation.tool_mask.to(self.device)  # [N, A], 1 where the model sampled
             samples["conversations"] = turns.conversations
+            samples["observations"] = generation.observations
             samples["tool_calls"], samples["tool_failures"] = turns.calls, turns.failures
         return samples
 

@@ -40,6 +40,7 @@ from ..models.utils import cast_lm_head_to_fp32
 from ..models.verification import verify_model
 from ..rewards import RewardScorer
 from ..rollout import Environments, MultiTurn, ToolBox, iter_checkpoint_weights
+from ..rollout.observations import check_observation_kind
 from .builders import load_reward_models
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .rft_config import RFTConfig
@@ -511,8 +512,12 @@ def build_collator(
     """
     The run's prompt collator. With tools, prompts are rendered with their schemas (and a prefix-preserving template
     where needed); routed environments render each row with its own environment's tools.
+
+    The tool loop processes its tool turns with the collator (the loaders and processor call of a prompt); each media
+    kind a tool may answer with is checked to compose exactly on this processor
+    ([`~rft_trl.rollout.observations.check_observation_kind`]).
     """
-    return PromptCollator(
+    collator = PromptCollator(
         processing_class,
         prompt_max_len=args.prompt_max_len,
         layout=layout,
@@ -520,6 +525,23 @@ def build_collator(
         chat_template_kwargs=multi_turn.chat_template_kwargs if multi_turn else args.chat_template_kwargs,
         row_tools=environments.tools_for if environments and multi_turn else None,
     )
+    if multi_turn is not None:
+        multi_turn.process = collator.process_text
+        for kind in layout.media_kinds:
+            reason = check_observation_kind(
+                kind,
+                processing_class,
+                collator.process_text,
+                multi_turn.completion_token_types,
+                multi_turn.eos_token_id,
+                multi_turn.chat_template_kwargs,
+            )
+            multi_turn.observation_kinds[kind] = reason
+            if reason is None:
+                logger.info("Tools may answer with %s: it composes exactly on this processor.", kind)
+            else:
+                logger.warning("A tool answering with %s will be refused: %s.", kind, reason)
+    return collator
 
 
 def build_multi_turn(
@@ -544,11 +566,6 @@ def build_multi_turn(
     if not (environments.all_tools if environments is not None else standalone):
         return None
     name = type(processing_class).__name__
-    if media_kinds:
-        raise ValueError(
-            f"tools with a {'/'.join(media_kinds)} processor ({name}) are not supported yet: the tool loop appends "
-            "text turns to text prompts. Train tools on a text model (its tokenizer), or without tools."
-        )
     if args.use_vllm:
         raise ValueError(
             "tools with use_vllm=True are not supported yet: the tool loop samples each next turn with the policy's "
@@ -583,4 +600,5 @@ def build_multi_turn(
         eos_token_id=generation_config.eos_token_id or tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         chat_template_kwargs=kwargs,
+        completion_token_types=actor.inputs.completion_token_types,
     )

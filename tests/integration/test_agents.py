@@ -106,6 +106,7 @@ def run(tmp_path, tools, script, **settings):
     args = tiny_config(str(tmp_path), generate_max_len=settings.pop("generate_max_len", 200), **settings)
     turns = build_multi_turn(tools, None, tokenizer, (), Actor(model), args)
     collator = PromptCollator(tokenizer, chat_template_kwargs=turns.chat_template_kwargs)
+    turns.process = collator.process_text
     batch = collator([{"prompt": QUESTION}])
     engine = ScriptedEngine(tokenizer, script)
     first = engine.generate(batch, 1, {})
@@ -242,22 +243,13 @@ def test_a_tool_rollout_scores_sampled_tokens_by_the_models_own_forward(tmp_path
     assert entry["tools/call_frequency"] == 1.0 and torch.isfinite(torch.tensor(entry["loss"]))
 
 
-@pytest.mark.parametrize("kind", ["qwen2_vl"])
-def test_tools_with_a_media_processor_are_refused_by_name(tmp_path, kind):
-    model, processor = build_tiny_model(kind)
-    with pytest.raises(ValueError, match="tools with a image/video processor .* are not supported yet"):
-        PPOTrainerVL(
-            model,
-            [lambda completions, **kw: [0.0] * len(completions)],
-            tiny_config(str(tmp_path)),
-            train_dataset=Dataset.from_list([{"prompt": QUESTION}] * 4),
-            processing_class=processor,
-            tools=[multiply],
-        )
-
-
 def test_a_template_that_cannot_render_tool_calls_is_refused(tmp_path):
-    model, tokenizer = build_tiny_model("qwen2")  # the tiny template drops tool calls
+    model, tokenizer = build_tiny_model("qwen2")
+    # A plain ChatML template, which drops the assistant's tool calls.
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     with pytest.raises(ValueError, match="cannot render a tool-calling conversation"):
         PPOTrainerVL(
             model,
