@@ -189,7 +189,8 @@ class ToolTurns:
     A rollout's completions after the tool loop.
 
     Attributes:
-        generation ([`Generation`]): the samples, each completion every turn's tokens end to end; `tool_mask` set.
+        generation ([`Generation`]): the samples, each completion every turn's tokens end to end; `tool_mask` set,
+            and `log_probs` where the engine reports them (each sampled turn's own, NaN on the inserted tool turns).
         conversations (`list[list[dict]]`): each completion as messages (assistant turns, tool calls parsed, and tool
             turns), as TRL hands reward functions a tool rollout's completions.
         calls (`int`), failures (`int`): the tool calls made, and those that failed.
@@ -234,10 +235,15 @@ def run_tool_turns(
         row[prompt_width:][mask].tolist() for row, mask in zip(first.sequences, first.action_mask)
     ]  # each sample's tokens so far
     tool_masks = [[1] * len(ids) for ids in completions]
+    # The engine's log-prob of each completion id (vLLM's), None on the inserted ones; None when it reports none.
+    scores = None
+    if first.log_probs is not None:
+        scores = [row[mask].tolist() for row, mask in zip(first.log_probs, first.action_mask)]
     toolboxes = toolboxes or [turns.toolbox] * len(completions)
     messages = [turns.parse(ids, prefix, box) for ids, prefix, box in zip(completions, prompts, toolboxes)]
     conversations = [[message] for message in messages]
     calls = failures = 0
+    max_model_len = min(turns.max_model_len, engine.max_model_len or turns.max_model_len)  # vLLM's may be shorter
     active = [i for i, message in enumerate(messages) if message.get("tool_calls")]
     iteration = 0
     while active and (turns.max_iterations is None or iteration < turns.max_iterations):
@@ -250,11 +256,13 @@ def run_tool_turns(
                 turns.processing_class, tool_messages, turns.eos_token_id, turns.chat_template_kwargs
             )
             context = prompts[i] + completions[i] + suffix
-            if len(completions[i]) + len(suffix) > turns.max_completion_length or len(context) >= turns.max_model_len:
+            if len(completions[i]) + len(suffix) > turns.max_completion_length or len(context) >= max_model_len:
                 continue  # no room for the tool turn: the completion ends as it is, without it
             conversations[i].extend(tool_messages)
             completions[i] += suffix
             tool_masks[i] += [0] * len(suffix)
+            if scores is not None:
+                scores[i] += [None] * len(suffix)
             continuing.append(i)
             contexts.append(context)
         if not continuing:
@@ -270,12 +278,14 @@ def run_tool_turns(
             message = turns.parse(sampled, prompts[i] + completions[i], toolboxes[i])
             completions[i] += sampled
             tool_masks[i] += [1] * len(sampled)
+            if scores is not None:
+                scores[i] += following.log_probs[row][following.action_mask[row]][: len(sampled)].tolist()
             conversations[i].append(message)
             messages[i] = message
             if message.get("tool_calls"):
                 active.append(i)
         iteration += 1
-    generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks)
+    generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks, log_probs=scores)
     return ToolTurns(generation, conversations, calls, failures)
 
 

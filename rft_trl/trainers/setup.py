@@ -549,10 +549,11 @@ def build_multi_turn(
             f"tools with a {'/'.join(media_kinds)} processor ({name}) are not supported yet: the tool loop appends "
             "text turns to text prompts. Train tools on a text model (its tokenizer), or without tools."
         )
-    if args.use_vllm:
+    if args.use_vllm and args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size > 1:
         raise ValueError(
-            "tools with use_vllm=True are not supported yet: the tool loop samples each next turn with the policy's "
-            "own generate. Set use_vllm=False to train with tools."
+            f"tools with vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} are not supported yet: the "
+            "processes sharing an engine generate together, and each runs as many tool turns as its own completions "
+            "call for. Set vllm_tensor_parallel_size=1 (each process its own engine), or vllm_mode='server'."
         )
     if not supports_tool_calling(processing_class):
         raise ValueError(
