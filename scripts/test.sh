@@ -11,19 +11,21 @@ if [ "${1:-}" = "--fast" ]; then
   .venv/bin/ruff check rft_trl tests examples bench
   exec .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "$@"
 fi
-# vLLM's CPU build, in its own environment, for tests/e2e/test_vllm.py. A failed build fails the run: the real-engine
-# tests need it. Only a reduced run asked for by name (RFT_TRL_TESTS_WITHOUT_VLLM=1) goes on without it (and does not
-# build it); those tests then skip, saying why, and the run says it was reduced, first and last.
+# vLLM's CPU build, in its own environment, for tests/e2e/test_vllm.py and tests/integration/test_agents_vllm.py. A
+# failed build fails the run: the real-engine tests need it. Only a reduced run asked for by name
+# (RFT_TRL_TESTS_WITHOUT_VLLM=1) goes on without it (and does not build it); those tests then skip, saying why, and the
+# run says it was reduced, first and last.
 WITHOUT_VLLM=${RFT_TRL_TESTS_WITHOUT_VLLM:-0}
 if [ "$WITHOUT_VLLM" != 0 ] && [ "$WITHOUT_VLLM" != 1 ]; then
   echo "RFT_TRL_TESTS_WITHOUT_VLLM must be 1 (a reduced run without the vLLM tests) or 0 (the full run)," \
     "not '$WITHOUT_VLLM'" >&2
   exit 2
 fi
-export RFT_TRL_TESTS_WITHOUT_VLLM=$WITHOUT_VLLM  # read by tests/e2e/test_vllm.py
+export RFT_TRL_TESTS_WITHOUT_VLLM=$WITHOUT_VLLM  # read by the vLLM tests
 reduced_run_notice() {
   echo "REDUCED RUN (RFT_TRL_TESTS_WITHOUT_VLLM=1): without the vLLM tests" \
-    "(tests/e2e/test_vllm.py's real-engine tests skip). The full run, as CI runs it, leaves the variable unset." >&2
+    "(the real-engine tests of tests/e2e/test_vllm.py and tests/integration/test_agents_vllm.py skip)." \
+    "The full run, as CI runs it, leaves the variable unset." >&2
 }
 if [ "$WITHOUT_VLLM" = 1 ]; then
   reduced_run_notice

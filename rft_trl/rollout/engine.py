@@ -53,9 +53,17 @@ class Generation:
 
 
 class RolloutEngine:
-    """The interface every rollout engine implements."""
+    """
+    The interface every rollout engine implements.
+
+    Attributes:
+        max_model_len (`int`, *optional*): the longest sequence (prompt and completion) the engine takes, where it is
+            shorter than the model's context (vLLM's `max_model_len`, which refuses a longer prompt); `None`: the
+            model's own.
+    """
 
     name = "engine"
+    max_model_len: int | None = None
 
     def generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> Generation:
         """Sample `n` completions per prompt of `batch` with `sampling_kwargs` (`RFTConfig.sampling_kwargs()`)."""

@@ -181,7 +181,8 @@ class ToolTurns:
     A rollout's completions after the tool loop.
 
     Attributes:
-        generation ([`Generation`]): the samples, each completion every turn's tokens end to end; `tool_mask` set.
+        generation ([`Generation`]): the samples, each completion every turn's tokens end to end; `tool_mask` set,
+            and `log_probs` where the engine reports them (each sampled turn's own, NaN on the inserted tool turns).
         conversations (`list[list[dict]]`): each completion as messages (assistant turns, tool calls parsed, and tool
             turns), as TRL hands reward functions a tool rollout's completions.
         calls (`int`), failures (`int`): the tool calls made, and those that failed.
@@ -240,10 +241,15 @@ def run_tool_turns(
     ]  # each sample's per-token fields so far
     media_inputs = repeat_multimodal_inputs(batch.sample_multimodal_inputs, n)  # each sample's media fields so far
     observed: list[dict[str, list]] = [{} for _ in prompts]  # each sample's tool-turn media, per kind
+    # The engine's log-prob of each completion id (vLLM's), None on the inserted ones; None when it reports none.
+    scores = None
+    if first.log_probs is not None:
+        scores = [row[mask].tolist() for row, mask in zip(first.log_probs, first.action_mask)]
     toolboxes = toolboxes or [turns.toolbox] * len(completions)
     messages = [turns.parse(ids, prefix, box) for ids, prefix, box in zip(completions, prompts, toolboxes)]
     conversations = [[message] for message in messages]
     calls = failures = 0
+    max_model_len = min(turns.max_model_len, engine.max_model_len or turns.max_model_len)  # vLLM's may be shorter
     active = [i for i, message in enumerate(messages) if message.get("tool_calls")]
     iteration = 0
     while active and (turns.max_iterations is None or iteration < turns.max_iterations):
@@ -256,7 +262,7 @@ def run_tool_turns(
             suffix = observation.ids
             if (
                 len(completions[i]) + len(suffix) > turns.max_completion_length
-                or len(prompts[i]) + len(completions[i]) + len(suffix) >= turns.max_model_len
+                or len(prompts[i]) + len(completions[i]) + len(suffix) >= max_model_len
             ):
                 continue  # no room for the tool turn: the completion ends as it is, without it
             conversations[i].extend(tool_messages)
@@ -267,6 +273,8 @@ def run_tool_turns(
                 media_inputs[i] = concat_multimodal_inputs([media_inputs[i], observation.multimodal_inputs])
                 for kind, items in observation.media.items():
                     observed[i].setdefault(kind, []).extend(items)
+            if scores is not None:
+                scores[i] += [None] * len(suffix)
             continuing.append(i)
         if not continuing:
             break
@@ -290,12 +298,14 @@ def run_tool_turns(
             _append(fields[i], values, len(prompts[i]) + len(completions[i]), len(sampled))
             completions[i] += sampled
             tool_masks[i] += [1] * len(sampled)
+            if scores is not None:
+                scores[i] += following.log_probs[row][following.action_mask[row]][: len(sampled)].tolist()
             conversations[i].append(message)
             messages[i] = message
             if message.get("tool_calls"):
                 active.append(i)
         iteration += 1
-    generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks)
+    generation = generation_from_ids(prompts, completions, turns.pad_token_id, tool_masks=tool_masks, log_probs=scores)
     generation.token_fields = _pad_fields(fields, [len(ids) for ids in prompts], generation.action_mask.shape[1])
     generation.multimodal_inputs = media_inputs
     generation.observations = observed

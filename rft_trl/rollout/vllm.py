@@ -302,6 +302,7 @@ class VLLMColocateEngine(VLLMEngine):
             ) from error
         if tp_group is not None:
             _release_cpu_shared_memory_names()
+        self.max_model_len = self.llm.model_config.max_model_len
         self.sleeping = False
 
     def _generate(self, requests, params):
@@ -469,6 +470,7 @@ class VLLMServerEngine(VLLMEngine):
         config = self._server_config()
         self._check_logprobs_mode(config, need_log_probs)
         self._check_cpu_attention(config)
+        self.max_model_len = (config.get("model_config") or {}).get("max_model_len")
         self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="rft_trl_vllm_sync_"))
         self.sync_dir.mkdir(parents=True, exist_ok=True)
 

@@ -566,10 +566,17 @@ def build_multi_turn(
     if not (environments.all_tools if environments is not None else standalone):
         return None
     name = type(processing_class).__name__
-    if args.use_vllm:
+    if args.use_vllm and media_kinds:
         raise ValueError(
-            "tools with use_vllm=True are not supported yet: the tool loop samples each next turn with the policy's "
-            "own generate. Set use_vllm=False to train with tools."
+            f"tools with use_vllm=True and a {'/'.join(media_kinds)} processor ({name}) are not supported yet: a "
+            "later turn's context goes to vLLM as token ids, without the media of the prompt and the tool answers. "
+            "Set use_vllm=False (the policy's own generate samples every turn with its media)."
+        )
+    if args.use_vllm and args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size > 1:
+        raise ValueError(
+            f"tools with vllm_tensor_parallel_size={args.vllm_tensor_parallel_size} are not supported yet: the "
+            "processes sharing an engine generate together, and each runs as many tool turns as its own completions "
+            "call for. Set vllm_tensor_parallel_size=1 (each process its own engine), or vllm_mode='server'."
         )
     if not supports_tool_calling(processing_class):
         raise ValueError(

@@ -264,3 +264,17 @@ def test_log_probs_of_a_tool_media_rollout_are_the_models_own(tmp_path, family, 
     trainer.train()
     (entry,) = [e for e in trainer.state.log_history if "loss" in e]
     assert entry["tools/call_frequency"] == 2.0 and np.isfinite(entry["loss"])
+
+
+def test_tools_on_vllm_with_a_media_processor_are_refused(tmp_path):
+    # A later turn's context would reach vLLM as token ids without its media: refused before any engine starts.
+    model, processor = build_tiny_model("qwen2_vl")
+    with pytest.raises(ValueError, match="use_vllm=True and a image/video processor .* are not supported yet"):
+        PPOTrainerVL(
+            model,
+            [lambda completions, **kw: [0.0] * len(completions)],
+            tiny_config(str(tmp_path), use_vllm=True),
+            train_dataset=Dataset.from_list([prompt_row("image")] * 4),
+            processing_class=processor,
+            tools=[crop],
+        )

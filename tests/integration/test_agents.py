@@ -77,24 +77,28 @@ def call_text(*calls) -> str:
 
 
 class ScriptedEngine(RolloutEngine):
-    """Answers a context by the number of tool responses it holds: `script[k]` after `k` of them."""
+    """
+    Answers a context by the number of tool responses it holds: `script[k]` after `k` of them. With `scored`, it
+    reports a log-prob of `-(k + 1) / 10` on each token of `script[k]`, as vLLM reports its own.
+    """
 
-    def __init__(self, tokenizer, script: list[str]):
-        self.tokenizer, self.script, self.contexts = tokenizer, script, []
+    def __init__(self, tokenizer, script: list[str], scored: bool = False):
+        self.tokenizer, self.script, self.contexts, self.scored = tokenizer, script, [], scored
         self.response = tokenizer.convert_tokens_to_ids("<tool_response>")
 
     def generate(self, batch, n, sampling_kwargs):
-        completions = []
+        completions, log_probs = [], []
         for ids, mask in zip(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0)):
             context = ids[mask.bool()].tolist()
             self.contexts.append(context)
             turn = min(context.count(self.response), len(self.script) - 1)
             completions.append(self.tokenizer.encode(self.script[turn], add_special_tokens=False))
+            log_probs.append([-(turn + 1) / 10] * len(completions[-1]))
         return pad_completions(
             batch.input_ids.repeat_interleave(n, 0),
             batch.attention_mask.repeat_interleave(n, 0),
             completions,
-            None,
+            log_probs if self.scored else None,
             self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
             self.tokenizer.pad_token_id,
         )
@@ -149,6 +153,31 @@ def test_tool_turns_are_the_chat_templates_rendering_and_masked(tmp_path):
     assert inserted == "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     sampled = tokenizer.decode([t for t, sampled in zip(completion, tool_mask) if sampled])
     assert sampled == call_text(("multiply", {"a": 3, "b": 4})) + "12<|im_end|>"
+
+
+def test_an_engines_log_probs_are_spliced_at_their_turns_and_nan_on_the_tool_turns(tmp_path):
+    # vLLM reports each sampled token's log-prob: the tool loop keeps every turn's at its place in the completion, and
+    # the inserted tool turn, which no engine sampled, carries NaN (what every consumer masks out; test_agents_vllm.py
+    # checks them against the model's forward on real vLLM). The HF engine reports none, and the loop none either.
+    model, tokenizer = tool_model()
+    args = tiny_config(str(tmp_path), generate_max_len=200)
+    turns = build_multi_turn([multiply], None, tokenizer, (), Actor(model), args)
+    collator = PromptCollator(tokenizer, chat_template_kwargs=turns.chat_template_kwargs)
+    turns.process = collator.process_text
+    batch = collator([{"prompt": QUESTION}])
+    script = [call_text(("multiply", {"a": 3, "b": 4})), "12<|im_end|>"]
+    for scored in (True, False):
+        engine = ScriptedEngine(tokenizer, script, scored=scored)
+        generation = run_tool_turns(engine, batch, engine.generate(batch, 1, {}), 1, {}, turns).generation
+        if not scored:
+            assert generation.log_probs is None
+            continue
+        sampled = generation.tool_mask[0][generation.action_mask[0]]
+        log_probs = generation.log_probs[0][generation.action_mask[0]]
+        first, second = (len(tokenizer.encode(turn, add_special_tokens=False)) for turn in script)
+        assert torch.equal(log_probs.isnan(), ~sampled) and not sampled[first:-second].any()
+        assert torch.equal(log_probs[:first], torch.full((first,), -0.1))
+        assert torch.equal(log_probs[-second:], torch.full((second,), -0.2))
 
 
 def test_failed_and_async_calls_are_answered_in_order(tmp_path):
