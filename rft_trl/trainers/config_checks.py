@@ -145,6 +145,7 @@ RANGE_HINTS = {
     "top_k": "0 or -1 disables top-k",
     "freezing_actor_steps": "-1: the actor trains from the start",
     "entropy_coef": "a bonus for entropy",
+    "dynamic_sampling_max_rounds": "0 removes the bound",
 }
 
 
