@@ -14,8 +14,9 @@ per rollout. The binary accuracy reward saturates: once the policy answers a pro
 group gives GRPO no gradient. With `--dynamic` those groups are dropped and refilled from new prompts (at most
 `--max-rounds` generation rounds per rollout), so each step trains on `--prompts` groups with signal, at the price of
 more generation. Held-out accuracy (greedy, B11's callback, the task's eval split) every `--eval-every` steps decides
-when an arm reaches 0.9; reported per arm: steps and seconds to 0.9 (median over seeds; "-" when never), the
-generation rounds per rollout and the share of groups dropped.
+when an arm reaches 0.9 (training stops there); a dynamic arm whose rollout cannot be filled within the bound stops
+with verl's refusal, reported with its step. Reported per arm: steps and seconds to 0.9 (median over seeds; "-" when
+never), the generation rounds per rollout and the share of groups dropped.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ class ElapsedAndCounts(TrainerCallback):
             self.dropped += logs[f"{DYNAMIC}dropped_groups"]
 
 
+class StopAtLevel(TrainerCallback):
+    """Ends training once the held-out accuracy (taken by `accuracy`, a callback before this one) reaches `level`."""
+
+    def __init__(self, accuracy: GreedyAccuracy, level: float):
+        self.accuracy, self.level = accuracy, level
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.accuracy.curve.get(state.global_step, 0.0) >= self.level:
+            control.should_training_stop = True
+
+
 def run_arm(task: str, seed: int, dynamic: bool, args) -> dict:
     model, processor, train, evaluation = warmed_up_model(task, seed)
     accuracy = GreedyAccuracy(processor, list(evaluation), args.eval_every)
@@ -77,9 +89,15 @@ def run_arm(task: str, seed: int, dynamic: bool, args) -> dict:
         config,
         train_dataset=train,
         processing_class=processor,
-        callbacks=[accuracy, clock],
+        callbacks=[accuracy, StopAtLevel(accuracy, 0.9), clock],
     )
-    seconds = timed_training(trainer)
+    bound_at = None
+    try:
+        seconds = timed_training(trainer)
+    except ValueError as error:  # verl's refusal: a rollout still short after --max-rounds rounds
+        if "dynamic_sampling_max_rounds" not in str(error):
+            raise
+        bound_at, seconds = trainer.state.global_step + 1, clock.seconds.get(trainer.state.global_step, 0.0)
     reached = steps_to(accuracy.curve, 0.9)
     return {
         "dynamic": dynamic,
@@ -87,6 +105,7 @@ def run_arm(task: str, seed: int, dynamic: bool, args) -> dict:
         "steps_to_0.9": reached,
         "seconds_to_0.9": clock.seconds.get(reached) if reached else None,
         "seconds": seconds,
+        "bound_hit_at_step": bound_at,
         "curve": accuracy.curve,
         "mean_rounds": statistics.mean(clock.rounds) if clock.rounds else 1.0,
         "dropped_share": clock.dropped / clock.generated if clock.generated else 0.0,
@@ -119,7 +138,12 @@ def main() -> int:
             print(
                 f"seed {seed} dynamic={dynamic}: 0.9 at step {result['steps_to_0.9']} "
                 f"({result['seconds_to_0.9']} s), {result['seconds']:.0f} s in all, "
-                f"{result['mean_rounds']:.2f} rounds per rollout, {result['dropped_share']:.0%} of groups dropped",
+                f"{result['mean_rounds']:.2f} rounds per rollout, {result['dropped_share']:.0%} of groups dropped"
+                + (
+                    f", stopped by the round bound at step {bound_at}"
+                    if (bound_at := result["bound_hit_at_step"])
+                    else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )
