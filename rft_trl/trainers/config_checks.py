@@ -78,6 +78,7 @@ FIELD_RANGES: dict[str, Range] = {
     "pad_to_multiple_of": AT_LEAST_ONE,
     "log_prob_chunk_size": AT_LEAST_ONE,
     "buffer_limit": Range(0),
+    "dynamic_sampling_max_rounds": Range(0),
     # Sampling
     "temperature": POSITIVE,
     "top_p": Range(0.0, 1.0, low_open=True),
@@ -144,6 +145,7 @@ RANGE_HINTS = {
     "top_k": "0 or -1 disables top-k",
     "freezing_actor_steps": "-1: the actor trains from the start",
     "entropy_coef": "a bonus for entropy",
+    "dynamic_sampling_max_rounds": "0 removes the bound",
 }
 
 
@@ -242,6 +244,11 @@ def check_values(args: RFTConfig) -> None:
                 f"advantage_estimator={args.advantage_estimator!r} compares samples of a group: set "
                 f"n_samples_per_prompt >= 2 (got {args.n_samples_per_prompt})."
             )
+    if args.dynamic_sampling and args.n_samples_per_prompt < 2:
+        raise ValueError(
+            "dynamic_sampling drops the prompt groups whose rewards are all equal, and a group of one sample always "
+            f"is: set n_samples_per_prompt >= 2 (got {args.n_samples_per_prompt}) or dynamic_sampling=False."
+        )
     if args.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
         raise ValueError(
             f"multi_objective_aggregation={args.multi_objective_aggregation!r} is not one of "

@@ -15,6 +15,7 @@ A rollout takes the rows of `rollout_batch_size` prompts and
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from ..rollout import (
     run_tool_turns,
 )
 from .batching import BufferItem
+from .dynamic_sampling import DynamicSampling
 from .rft_config import RFTConfig
 
 logger = logging.getLogger(__name__)
@@ -161,6 +163,14 @@ class ExperienceMaker:
         self.need_old_log_probs = True
         # Set by the trainer: its `TrainerState`, passed to reward functions as TRL does.
         self.trainer_state = None
+        # DAPO's dynamic sampling: drops the groups whose rewards do not spread and refills the rollout.
+        self.dynamic_sampling = (
+            DynamicSampling(
+                args.n_samples_per_prompt, args.rollout_batch_size, args.dynamic_sampling_max_rounds, self.pad_token_id
+            )
+            if args.dynamic_sampling
+            else None
+        )
         # Set by the trainer: sums a tensor over all processes (the identity on one process).
         self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
 
@@ -299,11 +309,18 @@ class ExperienceMaker:
     @torch.no_grad()
     def make_experience(self, rows: list[dict]) -> Rollout:
         """Generate, score and advantage one rollout of `rows` (one dataset row per prompt)."""
-        n = self.args.n_samples_per_prompt
-        samples, completions, prompts, rewards_out = self.generate_and_score(rows, n, self.args.sampling_kwargs())
+        n, sampling = self.args.n_samples_per_prompt, self.args.sampling_kwargs()
+        generated, sampling_metrics = self.generate_and_score(rows, n, sampling), {}
+        if self.dynamic_sampling is not None:  # groups whose rewards spread, topped up from new prompts
+            generated, sampling_metrics = self.dynamic_sampling.fill(
+                generated,
+                functools.partial(self.generate_and_score, n=n, sampling_kwargs=sampling),
+                lambda tensor: self.reduce_sum(tensor.to(self.device)),
+            )
         counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
-        rollout = self.experience_from(samples, completions, prompts, rewards_out, n)
+        rollout = self.experience_from(*generated, n)
         rollout.metrics.update({name: float(count) for name, count in counts.items()})
+        rollout.metrics.update(sampling_metrics)
         return rollout
 
     @torch.no_grad()

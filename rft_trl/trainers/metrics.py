@@ -19,6 +19,9 @@ _COUNT_METRICS = (
     "rollout/reward_abstained",
     "rollout/num_samples",
     "rollout/tokens",
+    "rollout/dynamic_sampling/generated_groups",
+    "rollout/dynamic_sampling/dropped_groups",
+    "rollout/dynamic_sampling/surplus_groups",
 )
 
 

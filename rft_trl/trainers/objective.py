@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from ..core import aggregate_loss, compute_approx_kl, masked_mean, policy_loss, value_loss
+from ..core import aggregate_loss, compute_approx_kl, high_entropy_mask, masked_mean, policy_loss, value_loss
 from .experience import Experience
 from .rft_config import RFTConfig
 
@@ -240,6 +240,21 @@ def critic_objective(batch: dict[str, torch.Tensor | None], mask: torch.Tensor, 
     metrics = {f"train/{name}": (value, tokens) for name, value in value_metrics.items()}
     metrics["train/critic_loss"] = (loss, tokens)
     return Objective(loss, metrics)
+
+
+def global_high_entropy_mask(
+    entropies: torch.Tensor, mask: torch.Tensor, threshold: float, accelerator
+) -> torch.Tensor:
+    """
+    TRL's top-entropy token selection: the tokens of `mask` (`[B, A]`) whose entropy is at least the `threshold`
+    quantile of the valid tokens' entropies over all of `accelerator`'s processes (every process cuts at the same
+    entropy); see [`rft_trl.core.high_entropy_mask`]. All `False` when no process has a valid token.
+    """
+    local = entropies.detach()[mask.bool()].float()
+    # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
+    padded = accelerator.pad_across_processes(local, dim=0, pad_index=float("-inf"))
+    gathered = accelerator.gather(padded)
+    return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
 
 
 def padded_fields(experience: Experience, out: dict) -> dict[str, torch.Tensor]:

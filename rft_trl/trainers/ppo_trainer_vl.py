@@ -35,7 +35,6 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..core import high_entropy_mask
 from ..data.multimodal import probe_processor
 from ..data.rows import ReplacementRows
 from ..models.actor import Actor
@@ -58,7 +57,14 @@ from .experience_maker import ExperienceMaker
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .metrics import MetricRecorder, gather_rollout_metrics, merge_rollout_metrics
 from .model_card import write_model_card
-from .objective import RouterAuxLoss, actor_objective, critic_objective, off_policy_sequence_mask, padded_fields
+from .objective import (
+    RouterAuxLoss,
+    actor_objective,
+    critic_objective,
+    global_high_entropy_mask,
+    off_policy_sequence_mask,
+    padded_fields,
+)
 from .policy_and_value import PolicyAndValue, actor_and_critic_groups, micro_batch_forward
 from .progress import use_readable_console
 from .replay_buffer import NaiveReplayBuffer, plan_micro_batches, top_up
@@ -314,13 +320,10 @@ class PPOTrainerVL(Trainer):
         # rft_trl.data.rows); a batch whose every row is bad is replaced with rows drawn from the same set.
         block = self.args.rollout_batch_size * self.accelerator.num_processes
         dataset, rows = training_rows(self.train_dataset, block, self.args.micro_steps_per_rollout)
-        self._replacement_rows = ReplacementRows(
-            rows,
-            self.args.seed,
-            self.accelerator.process_index,
-            self.accelerator.num_processes,
-            passes=self._replacement_passes,
-        )
+        process, processes = self.accelerator.process_index, self.accelerator.num_processes
+        self._replacement_rows = ReplacementRows(rows, self.args.seed, process, processes, self._replacement_passes)
+        if self.experience_maker.dynamic_sampling is not None:  # refills rollouts from the same rows
+            self.experience_maker.dynamic_sampling.draw_from(rows, self.args.seed, process, processes)
         return self._get_dataloader(
             dataset=dataset,
             description="Training",
@@ -465,16 +468,8 @@ class PPOTrainerVL(Trainer):
         return self.entropy_controller.value
 
     def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-        """
-        TRL's top-entropy token selection: the tokens of `mask` (`[B, A]`) whose entropy is at least the `threshold`
-        quantile of the valid tokens' entropies over all processes (every process cuts at the same entropy); see
-        [`rft_trl.core.high_entropy_mask`]. All `False` when no process has a valid token.
-        """
-        local = entropies.detach()[mask.bool()].float()
-        # Processes hold different token counts: pad to a common length with -inf, which no entropy equals.
-        padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=float("-inf"))
-        gathered = self.accelerator.gather(padded)
-        return high_entropy_mask(entropies, mask, threshold, population=gathered[torch.isfinite(gathered)])
+        """TRL's top-entropy token selection, over all processes (see [`global_high_entropy_mask`])."""
+        return global_high_entropy_mask(entropies, mask, threshold, self.accelerator)
 
     # TRL's static method of this name, with its signature (a subclass may override it).
     get_off_policy_mask = staticmethod(off_policy_sequence_mask)

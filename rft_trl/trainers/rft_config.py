@@ -71,6 +71,14 @@ class RFTConfig(TrainingArguments):
         mask_truncated_completions (`bool`, *optional*, defaults to `False`):
             Exclude completions that hit `generate_max_len` without an EOS from the loss (as TRL), so a cut-off
             answer is neither rewarded nor punished.
+        dynamic_sampling (`bool`, *optional*, defaults to `False`):
+            DAPO's dynamic sampling (https://arxiv.org/abs/2503.14476; verl's `filter_groups` on the sequence reward):
+            drop the prompt groups whose rewards are all equal (no GRPO signal) and generate new prompts until the
+            rollout holds `rollout_batch_size` groups with spread rewards on every process (see
+            [`~rft_trl.trainers.dynamic_sampling`]). Needs `n_samples_per_prompt >= 2`.
+        dynamic_sampling_max_rounds (`int`, *optional*, defaults to `10`):
+            With `dynamic_sampling`: the most generation rounds per rollout, the first included (verl's
+            `max_num_gen_batches`); a rollout still short after them raises, as in verl. 0: no bound.
         micro_rollout_batch_size (`int`, *optional*, defaults to `8`):
             Sequences generated (and scored by the reference and critic) per forward.
         micro_train_batch_size (`int`, *optional*):
@@ -241,6 +249,16 @@ class RFTConfig(TrainingArguments):
     shuffle_dataset: bool = field(default=True, metadata={"help": "Draw prompts in a seeded random order."})
     mask_truncated_completions: bool = field(
         default=False, metadata={"help": "Leave completions cut at generate_max_len out of the loss."}
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO: drop prompt groups whose rewards are all equal and refill the rollout with new prompts."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=10,
+        metadata={"help": "Most generation rounds per dynamic-sampling rollout (the first included); 0: no bound."},
     )
     micro_rollout_batch_size: int = field(default=8, metadata={"help": "Sequences generated per forward."})
     micro_train_batch_size: int | None = field(

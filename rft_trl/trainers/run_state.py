@@ -96,7 +96,13 @@ def run_state(trainer: PPOTrainerVL) -> dict[str, Any]:
         "nonfinite": trainer._nonfinite_guard.state_dict(),
         "reference_fingerprint": trainer._reference_fingerprint,
         "replacement_passes": trainer._replacement_passes_per_process,
-    }
+    } | _refill_state(trainer)
+
+
+def _refill_state(trainer: PPOTrainerVL) -> dict[str, int]:
+    """Dynamic sampling's refill position (the same on every process: they draw in step); none without it."""
+    sampling = trainer.experience_maker.dynamic_sampling
+    return {} if sampling is None else {"dynamic_sampling_drawn": sampling.drawn}
 
 
 def restore_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
@@ -112,6 +118,14 @@ def restore_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
     passes = state.get("replacement_passes", [])  # checkpoints written before it have none
     if len(passes) == trainer.accelerator.num_processes:
         trainer._replacement_passes = passes[trainer.accelerator.process_index]
+    sampling = trainer.experience_maker.dynamic_sampling
+    if sampling is not None:
+        if "dynamic_sampling_drawn" not in state:
+            raise CheckpointError(
+                f"{checkpoint} was written without dynamic_sampling, which this run sets: the refill prompts it "
+                "would draw are unknown. Resume with the settings it was trained with, or start a new run."
+            )
+        sampling.restore(state["dynamic_sampling_drawn"])
     # The checkpoint ends a rollout: the next micro-step generates a fresh one.
     trainer._micro_batches = []
     trainer._ema.load(ema)

@@ -202,6 +202,7 @@ RANGE_CASES = [
     ("pad_to_multiple_of", 0, 64, "pad_to_multiple_of", ">= 1", {}),
     ("log_prob_chunk_size", 0, 1, "log_prob_chunk_size", ">= 1", {}),
     ("buffer_limit", -1, 8, "buffer_limit", ">= 0", {}),
+    ("dynamic_sampling_max_rounds", -1, 0, "dynamic_sampling_max_rounds", ">= 0", {"dynamic_sampling": True}),
     # Sampling
     ("temperature", 0.0, 0.7, "temperature", "> 0", {}),
     ("top_p", 0.0, 1.0, "top_p", "in (0, 1]", {}),
