@@ -13,8 +13,10 @@ until it holds `rollout_batch_size` such groups on every process, as verl does:
   would have); kept groups are taken in generation order and those beyond the target are discarded (verl's
   `batch[:traj_bsz]`);
 - rounds are counted with the first; after `dynamic_sampling_max_rounds` rounds (verl's `max_num_gen_batches`; 0: no
-  bound) a rollout still short raises, as verl does: a run that cannot fill its rollouts has data too easy or too
-  hard for the policy, and silently training on fewer groups would change the batch the hyperparameters were set for;
+  bound) a rollout still short is filled with the last round's tied groups, whose advantages are 0 (no policy
+  gradient; the batch keeps the size the hyperparameters were set for), counted in `tied_fillers` and warned about
+  once. verl raises there instead; a long run that saturates its training prompts before its held-out accuracy is
+  where it should be would end (seen on the tiny colour task: 73 of 80 groups tied);
 - every process generates in every round (a process already full discards what it generates) and the decision to
   go on is taken over all processes, so that the processes stay in step (ZeRO-3 and vLLM's tensor parallelism
   generate collectively) and every rollout holds the same number of samples on each;
@@ -270,6 +272,7 @@ class DynamicSampling:
 
     def __init__(self, group_size: int, target: int, max_rounds: int, pad_token_id: int):
         self.group_size, self.target, self.max_rounds = group_size, target, max_rounds
+        self._bound_logged = False
         self.pad_token_id = pad_token_id
         self.refill: RefillRows | None = None  # set with the train dataloader
         # Refill positions drawn before this run (a resumed run's, restored from its checkpoint).
@@ -306,16 +309,16 @@ class DynamicSampling:
             `tuple`: the kept samples, completions, prompts and rewards (`target * group_size` samples), and the
             `rollout/dynamic_sampling/*` metrics: `rounds`, `generated_groups`, `dropped_groups` (zero spread),
             `surplus_groups` (kept beyond the target, discarded) and `reward` (the mean valid reward over every
-            generated sample, before any was dropped: the policy's reward on fresh prompts).
+            generated sample, before any was dropped: the policy's reward on fresh prompts) and `tied_fillers` (tied
+            groups that filled a rollout still short at the bound).
 
-        Raises:
-            `ValueError`: when `max_rounds` rounds leave some process short of `target` groups.
         """
         if self.refill is None:
             raise RuntimeError("Dynamic sampling has no rows to refill from: the train dataloader was not built.")
         kept: list[Generated] = []
         num_kept = generated = dropped = 0
         reward_sum, reward_count = 0.0, 0
+        tied_fillers = 0
         rounds, current = 1, first
         while True:
             samples, completions, prompts, rewards = current
@@ -340,13 +343,32 @@ class DynamicSampling:
             if reduce_sum(short).item() == 0:
                 break
             if self.max_rounds > 0 and rounds >= self.max_rounds:
-                raise ValueError(
-                    f"Dynamic sampling generated {rounds} rounds (dynamic_sampling_max_rounds={self.max_rounds}) "
-                    f"and a process still holds {num_kept} of the {self.target} prompt groups with spread rewards "
-                    f"that a rollout needs: most prompts score alike for every sample (dropped {dropped} of "
-                    f"{generated} groups on this process). Check that the data is neither too easy nor too hard "
-                    "for the policy, raise dynamic_sampling_max_rounds (0: no bound), or set dynamic_sampling=False."
-                )
+                # verl raises here; a run goes on instead, the rollout filled with this round's tied groups (their
+                # advantages are 0: no policy gradient, only the KL and entropy terms), counted and logged.
+                filler = (~spread).nonzero().flatten().tolist()[: max(self.target - num_kept, 0)]
+                if filler:
+                    index = [g * self.group_size + i for g in filler for i in range(self.group_size)]
+                    kept.append(
+                        (
+                            select_samples(samples, index),
+                            [completions[i] for i in index],
+                            [prompts[i] for i in index],
+                            select_rewards(rewards, index),
+                        )
+                    )
+                    num_kept += len(filler)
+                    tied_fillers += len(filler)
+                if not self._bound_logged:
+                    self._bound_logged = True
+                    logger.warning(
+                        "Dynamic sampling reached dynamic_sampling_max_rounds=%d with %d groups still needed: the "
+                        "rollout is filled with tied groups (no policy gradient), counted in "
+                        "rollout/dynamic_sampling/tied_fillers. Most prompts score alike for every sample: check "
+                        "that the data is neither too easy nor too hard for the policy, or raise the bound (0: none).",
+                        self.max_rounds,
+                        len(filler),
+                    )
+                break
             current = generate(self.refill.draw(self.target))
             rounds += 1
         metrics = {
@@ -355,6 +377,7 @@ class DynamicSampling:
             "rollout/dynamic_sampling/dropped_groups": float(dropped),
             "rollout/dynamic_sampling/surplus_groups": float(generated - dropped - num_kept),
             "rollout/dynamic_sampling/reward": reward_sum / reward_count if reward_count else float("nan"),
+            "rollout/dynamic_sampling/tied_fillers": float(tied_fillers),
         }
         if rounds > 1:
             logger.debug("Dynamic sampling: %d rounds, %d of %d groups dropped.", rounds, dropped, generated)

@@ -129,6 +129,7 @@ def test_fill_keeps_exactly_the_groups_with_spread_and_refills_from_new_prompts(
         "rollout/dynamic_sampling/reward": pytest.approx(
             (2.0 + 1.0 + 0.0 + sum(float((i - 10) % 2) + 1.0 for ids in refill_ids for i in ids)) / (2 * generated - 1)
         ),
+        "rollout/dynamic_sampling/tied_fillers": 0.0,
     }
     assert sampling.drawn == 3 * len(generate.calls)
 
@@ -143,13 +144,17 @@ def test_fill_without_zero_spread_groups_is_the_first_round_itself():
     assert torch.equal(rewards.rewards, first[3].rewards)
 
 
-def test_fill_refuses_at_the_bound_like_verl_and_zero_is_unbounded():
-    tied = [{"id": k, "rewards": [1.0, 1.0]} for k in range(4)]
-    first = fake_round(tied[:2], 2, 3, 2)
-    sampling, generate, reduce_sum = sampler(tied, max_rounds=3)
-    with pytest.raises(ValueError, match=r"3 rounds \(dynamic_sampling_max_rounds=3\).*0 of the 2.*dropped 6 of 6"):
-        sampling.fill(first, generate, reduce_sum)
-    assert len(generate.calls) == 2  # rounds count the first, as verl's num_gen_batches
+def test_fill_at_the_bound_fills_with_tied_groups_and_zero_is_unbounded():
+    # One group spreads in the first round; every later one ties. At the bound (rounds count the first, as verl's
+    # num_gen_batches) the rollout is filled with the last round's tied groups, counted, rather than ended (verl).
+    rows = [{"id": 0, "rewards": [0.0, 1.0]}] + [{"id": k, "rewards": [1.0, 1.0]} for k in range(1, 8)]
+    first = fake_round(rows[:2], 2, 3, 2)
+    sampling, generate, reduce_sum = sampler(rows, max_rounds=3)
+    (samples, _, _, rewards), metrics = sampling.fill(first, generate, reduce_sum)
+    assert len(generate.calls) == 2
+    assert rewards.rewards.tolist() == [0.0, 1.0, 1.0, 1.0]  # the spread group, then one tied filler
+    assert metrics["rollout/dynamic_sampling/tied_fillers"] == 1.0
+    assert metrics["rollout/dynamic_sampling/dropped_groups"] == 5.0
 
     # 0: no bound. Rows that only spread late are still waited for.
     late = [{"id": k, "rewards": [1.0, 1.0] if k < 30 else [0.0, 1.0]} for k in range(32)]
