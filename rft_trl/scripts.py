@@ -27,6 +27,7 @@ from .data.collator import PromptCollator
 from .models.actor import Actor
 from .plotting import plot_reward_curve
 from .rewards import accuracy_reward, format_reward, think_format_reward
+from .rollout import Environments
 from .trainers.ppo_trainer_vl import PPOTrainerVL
 from .trainers.progress import progress_logger
 from .trainers.rft_config import RFTConfig
@@ -44,7 +45,11 @@ TASK_KINDS = {
     "video": "qwen2_5_vl",
     "pitch": "qwen2_audio",
     "text": "qwen2",
+    "zoom": "qwen2_5_vl",
 }
+
+# Environments by short name (`--environment_factory crop`); any other value is a dotted import path.
+ENVIRONMENTS = {"crop": "rft_trl.rollout.crop.CropEnvironment"}
 
 # Settings under which the built-in tiny models learn the synthetic tasks on a CPU (see tests/e2e/test_learning.py):
 # 16 prompts x 8 samples per rollout, generated in one batch, replayed as 4 optimizer steps of 32 samples. The
@@ -88,12 +93,27 @@ SCRIPT_DEFAULTS = {
     "grpo_text": {"output_dir": "outputs/grpo_text"},
     "grpo_audio": {"output_dir": "outputs/grpo_audio"},
     "ppo_vl": {"output_dir": "outputs/ppo_vl", "advantage_estimator": "gae"},
+    "grpo_agent": {"output_dir": "outputs/grpo_agent"},
 }
 
 # What each script runs on the built-in tiny model (no `--model_name_or_path`), over TINY_DEMO_DEFAULTS: the task,
 # how long the demo trains, and the demo's own tuning. None of it reaches a run of a real model.
 DEMO_RUNS = {
     "grpo_vl": {"dataset_name": "colour", "max_steps": 1000, "eval_steps": 250},
+    # The zoom task: the policy must call the environment's `zoom` tool and read the colour off the image it returns
+    # (rft_trl.testing.agent_tasks). Its format warm-up teaches the call; completions hold the call (about 45 tokens
+    # of the tiny byte-level tokenizer), the tool turn and the answer.
+    "grpo_agent": {
+        "dataset_name": "zoom",
+        "num_train_samples": 256,  # 448x448 images: the rows are larger than the other tasks'
+        "environment_factory": "rft_trl.testing.agent_tasks.ZoomEnvironment",
+        "reward_funcs": ["accuracy_reward"],
+        "format_warmup_steps": 150,
+        "max_completion_length": 120,
+        "max_tool_calling_iterations": 1,
+        "max_steps": 400,
+        "eval_steps": 100,
+    },
     "grpo_text": {"dataset_name": "text", "max_steps": 300, "eval_steps": 100},
     "grpo_audio": {"dataset_name": "pitch", "max_steps": 120, "eval_steps": 40},
     "ppo_vl": {
@@ -245,6 +265,12 @@ class ScriptArguments:
             default pair and no `reward_weights`, the format reward is logged with weight 0.
         reward_model_name_or_path (`str`, *optional*):
             A sequence-classification reward model (Hub id or path) scored before the `reward_funcs`.
+        environment_factory (`str`, *optional*):
+            TRL's `environment_factory`, an environment class: `crop` (`rft_trl.rollout.crop.CropEnvironment`, a
+            crop tool over each row's image) or a dotted import path (`my_lib.envs.MyEnvironment`). Its public
+            methods are each sample's tools (see docs/agents.md).
+        tools (`list[str]`, *optional*):
+            TRL's `tools`, functions by dotted import path (`my_lib.tools.calculator`).
         tiny (`bool`, *optional*, defaults to `False`):
             Smoke-test a recipe on the CPU: its model is replaced by the built-in tiny model of its family
             (`tiny_model_kind`, which the recipe names), its dataset by the synthetic task of that family's modality
@@ -279,6 +305,13 @@ class ScriptArguments:
     reward_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Sequence-classification reward model (id or path)."}
     )
+    environment_factory: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Environment class (TRL's environment_factory): {', '.join(ENVIRONMENTS)} or a dotted path."
+        },
+    )
+    tools: list[str] | None = field(default=None, metadata={"help": "Tools (TRL's tools=), by dotted import path."})
     tiny: bool = field(default=False, metadata={"help": "Smoke-test the recipe on its tiny family stand-in."})
     tiny_dataset_name: str | None = field(
         default=None, metadata={"help": "Synthetic task of --tiny (default: the tiny family's modality)."}
@@ -348,12 +381,30 @@ def format_dataset(dataset: Dataset, script_args: ScriptArguments) -> Dataset:
 
 
 def format_warmup(
-    model, processing_class, train_dataset: Dataset, answers: list[str], script_args: ScriptArguments, seed: int
+    model,
+    processing_class,
+    train_dataset: Dataset,
+    answers: list[str],
+    script_args: ScriptArguments,
+    seed: int,
+    environment_factory: Callable | None = None,
 ) -> list[float]:
-    """Teach the answer format with a random answer per row, so RL starts at chance reward, not at zero."""
-    rng = random.Random(seed)
-    rows = [dict(row, completion=rng.choice(answers)) for row in train_dataset]
-    collator = PromptCollator(processing_class)
+    """
+    Teach the answer format with a random answer per row, so RL starts at chance reward, not at zero. An agent task
+    (`TASK_WARMUP_ROWS`) gives its own rows (the tool call, and a random answer after the tool's), rendered with the
+    environment's tools as its rollouts are.
+    """
+    from .testing import TASK_WARMUP_ROWS
+
+    chat_template_kwargs = {}
+    if script_args.dataset_name in TASK_WARMUP_ROWS:
+        rows = TASK_WARMUP_ROWS[script_args.dataset_name](train_dataset, seed)
+        if environment_factory is not None:
+            chat_template_kwargs["tools"] = Environments(environment_factory, []).all_tools
+    else:
+        rng = random.Random(seed)
+        rows = [dict(row, completion=rng.choice(answers)) for row in train_dataset]
+    collator = PromptCollator(processing_class, chat_template_kwargs=chat_template_kwargs)
     actor = Actor(model, freeze_encoder=False)
     return supervised_warmup(
         actor,
@@ -384,6 +435,24 @@ def whole_model(training_args: RFTConfig) -> Iterator[None]:
         training_args.deepspeed_plugin.set_deepspeed_weakref()
 
 
+def import_dotted(name: str, what: str) -> Any:
+    """The object a dotted import path names (`my_lib.rewards.custom_reward`), or a `ValueError` naming `what`."""
+    module_name, _, attribute = name.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{what} {name!r} is not a dotted import path (`my_lib.module.name`).")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import {what} {name!r}: {error}") from error
+
+
+def load_agent(script_args: ScriptArguments) -> tuple[Callable | None, list[Callable]]:
+    """The environment class (TRL's `environment_factory`) and the tools (`tools=`) the script arguments name."""
+    name = script_args.environment_factory
+    factory = None if name is None else import_dotted(ENVIRONMENTS.get(name, name), "environment_factory")
+    return factory, [import_dotted(tool, "tool") for tool in script_args.tools or []]
+
+
 def load_reward_funcs(script_args: ScriptArguments) -> list[Callable | str]:
     """The reward model (if any) then the `reward_funcs`, by name in `REWARD_FUNCS` or by dotted import path."""
     funcs: list[Callable | str] = []
@@ -393,16 +462,12 @@ def load_reward_funcs(script_args: ScriptArguments) -> list[Callable | str]:
         if name in REWARD_FUNCS:
             funcs.append(REWARD_FUNCS[name])
             continue
-        module_name, _, attribute = name.rpartition(".")
-        if not module_name:
+        if "." not in name:
             raise ValueError(
                 f"Unknown reward function {name!r}: use one of {', '.join(REWARD_FUNCS)} or a dotted import path "
                 "(`my_lib.rewards.custom_reward`)."
             )
-        try:
-            funcs.append(getattr(importlib.import_module(module_name), attribute))
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"Cannot import reward function {name!r}: {error}") from error
+        funcs.append(import_dotted(name, "reward function"))
     return funcs
 
 
@@ -484,6 +549,7 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
     if script_args.tiny:
         use_tiny_stand_in(script_args, training_args, model_args)
     train_dataset, eval_dataset = load_data(script_args, training_args.seed)
+    environment_factory, tools = load_agent(script_args)
     if eval_dataset is None and training_args.eval_strategy != IntervalStrategy.NO:
         if training_args.load_best_model_at_end:
             raise ValueError(
@@ -510,7 +576,15 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
             # reference is the warmed-up model the checkpoint was trained against (the trainer checks it), and the
             # trained weights then come from the checkpoint.
             if script_args.format_warmup_steps > 0:
-                format_warmup(model, processing_class, train_dataset, answers, script_args, training_args.seed)
+                format_warmup(
+                    model,
+                    processing_class,
+                    train_dataset,
+                    answers,
+                    script_args,
+                    training_args.seed,
+                    environment_factory,
+                )
     else:
         model = model_args.model_name_or_path
         check_family(model, script_args, training_args)
@@ -530,6 +604,8 @@ def main(script_args: ScriptArguments, training_args: RFTConfig, model_args: Mod
         eval_dataset=eval_dataset,
         processing_class=processing_class,
         peft_config=get_peft_config(model_args),
+        environment_factory=environment_factory,
+        tools=tools or None,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.is_world_process_zero():

@@ -1,7 +1,9 @@
 """Offline tiny models, processors and synthetic datasets for smoke tests, demos and the test suite."""
 
+from .agent_tasks import ZoomEnvironment, make_zoom_dataset, zoom_warmup_rows
 from .datasets import (
     TASK_ANSWERS,
+    TASK_WARMUP_ROWS,
     make_colour_dataset,
     make_grounding_dataset,
     make_pattern_dataset,

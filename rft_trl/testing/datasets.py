@@ -18,6 +18,7 @@ import numpy as np
 from datasets import Dataset, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
+from .agent_tasks import ZOOM_COLOURS, make_zoom_dataset, zoom_warmup_rows
 from .vocabulary import COLOUR_RGB, COLOURS, FREQUENCIES, MOTIONS, PITCH_HZ, PITCHES, STRIPE_PERIOD, TEXT_WORDS
 
 IMAGE_SIZE = 56
@@ -266,6 +267,7 @@ TASK_BUILDERS = {
     "video": make_video_dataset,
     "pitch": make_pitch_dataset,
     "text": make_text_dataset,
+    "zoom": make_zoom_dataset,
 }
 
 # The words a synthetic task's answers are drawn from (a format warm-up answers at random from them).
@@ -276,7 +278,11 @@ TASK_ANSWERS = {
     "video": MOTIONS,
     "pitch": PITCHES,
     "text": TEXT_WORDS,
+    "zoom": ZOOM_COLOURS,
 }
+
+# An agent task's format warm-up rows (its tool call, then a random answer after the tool's), by task.
+TASK_WARMUP_ROWS = {"zoom": zoom_warmup_rows}
 
 
 def make_task_dataset(task: str, num_samples: int, seed: int = 0) -> Dataset:

@@ -110,6 +110,14 @@ def test_no_argument_defaults_are_the_tiny_demo(monkeypatch, script, dataset_nam
     assert training_args.output_dir == f"outputs/{script.removesuffix('.py')}"
 
 
+def test_the_agent_examples_defaults_are_the_zoom_demo(monkeypatch):
+    script_args, training_args, model_args = parse_example(monkeypatch, "grpo_agent.py")
+    assert model_args.model_name_or_path is None and script_args.dataset_name == "zoom"
+    assert script_args.environment_factory == "rft_trl.testing.agent_tasks.ZoomEnvironment"
+    assert (training_args.generate_max_len, training_args.max_tool_calling_iterations) == (120, 1)
+    assert (training_args.n_samples_per_prompt, training_args.rollout_batch_size) == (8, 16)
+
+
 def test_ppo_example_trains_a_critic_with_its_own_learning_rate(monkeypatch):
     _, training_args, _ = parse_example(monkeypatch, "ppo_vl.py")
     assert (training_args.critic_learning_rate, training_args.lambd, training_args.gamma) == (3e-3, 1.0, 1.0)

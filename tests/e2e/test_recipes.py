@@ -28,6 +28,7 @@ REPLACED_BY_TINY = {
 }  # fmt: skip
 NOT_IN_TRAINING_ARGS = {
     "tiny_model_kind", "tiny_dataset_name", "reward_funcs", "format_warmup_steps", "use_peft", "lora_r",
+    "environment_factory", "tools",
     "lora_alpha", "lora_target_modules", "num_train_samples", "num_eval_samples", "reward_plot",
 }  # fmt: skip
 

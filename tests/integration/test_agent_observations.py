@@ -19,6 +19,7 @@ from rft_trl import PPOTrainerVL
 from rft_trl.data.multimodal import media_field_names, probe_processor, split_processor_output
 from rft_trl.models.actor import Actor
 from rft_trl.rollout import RolloutEngine, pad_completions, run_tool_turns
+from rft_trl.rollout.crop import CropEnvironment
 from rft_trl.testing import build_tiny_model, tiny_config
 from rft_trl.trainers.setup import build_collator, build_multi_turn
 
@@ -278,3 +279,39 @@ def test_tools_on_vllm_with_a_media_processor_are_refused(tmp_path):
             processing_class=processor,
             tools=[crop],
         )
+
+
+def test_an_environments_crop_tool_sees_each_samples_own_image(tmp_path):
+    # environment_factory with media prompts and media observations: every sample's CropEnvironment is reset with its
+    # own row's image, and the crop it returns is that image's region (PIL's crop of the box, by hand).
+    model, processor = build_tiny_model("qwen2_vl")
+    seen = []
+
+    def reward(completions, **columns):
+        seen.extend(completions)
+        return [0.0] * len(completions)
+
+    images = [Image.new("RGB", (64, 64), colour) for colour in COLOURS[:2]]
+    for image in images:
+        image.paste((255, 255, 255), (0, 0, 32, 32))  # a white top-left quarter
+    rows = [{**prompt_row("image"), "image": image} for image in images]
+    trainer = PPOTrainerVL(
+        model,
+        [reward],
+        tiny_config(str(tmp_path), generate_max_len=2000, prompt_max_len=4096),
+        train_dataset=Dataset.from_list(rows * 2),
+        processing_class=processor,
+        environment_factory=CropEnvironment,
+    )
+    box = {"x1": 500, "y1": 500, "x2": 1000, "y2": 1000}  # the bottom-right quarter: the image's own colour
+    script = [call_text("crop", box), "It is blue.<|im_end|>"]
+    trainer.experience_maker.engine = ScriptedEngine(processor.tokenizer, script)
+    trainer._start_rollout(rows)
+    assert len(seen) == 4  # 2 prompts x 2 samples, prompt-major
+    for completion, image in zip(seen, [images[0]] * 2 + [images[1]] * 2):
+        view = completion[1]["content"][0]["image"]
+        expected = image.crop((32, 32, 64, 64)).resize((56, 56), Image.BICUBIC)
+        assert np.array_equal(np.asarray(view), np.asarray(expected))
+    assert [instance.image.getpixel((40, 40)) for instance in trainer.environments] == [COLOURS[0]] * 2 + [
+        COLOURS[1]
+    ] * 2
