@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+from b11_learning_vs_trl import steps_to
 from common import markdown_table, quiet
 
 from rft_trl import PPOTrainerVL
@@ -37,10 +38,6 @@ from rft_trl.testing import build_tiny_model, make_zoom_dataset
 
 def eval_curve(log_history: list[dict]) -> dict[int, float]:
     return {entry["step"]: entry["eval_reward"] for entry in log_history if "eval_reward" in entry}
-
-
-def steps_to(curve: dict[int, float], level: float) -> int | None:
-    return next((step for step, value in sorted(curve.items()) if value >= level), None)
 
 
 def common_flags(seed: int, args, output_dir: str) -> list[str]:

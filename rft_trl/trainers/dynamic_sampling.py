@@ -291,6 +291,17 @@ class DynamicSampling:
         """Refill positions drawn so far, over all processes (what a checkpoint records)."""
         return self.refill.drawn if self.refill is not None else self.resumed_drawn
 
+    def _groups(self, generated: Generated, groups: list[int]) -> Generated:
+        """The samples, completions, prompts and rewards of some prompt groups of a round."""
+        samples, completions, prompts, rewards = generated
+        index = [g * self.group_size + i for g in groups for i in range(self.group_size)]
+        return (
+            select_samples(samples, index),
+            [completions[i] for i in index],
+            [prompts[i] for i in index],
+            select_rewards(rewards, index),
+        )
+
     def fill(
         self,
         first: Generated,
@@ -321,7 +332,7 @@ class DynamicSampling:
         tied_fillers = 0
         rounds, current = 1, first
         while True:
-            samples, completions, prompts, rewards = current
+            rewards = current[3]
             spread = ~zero_spread_groups(rewards.rewards, self.group_size)  # [G]
             generated += spread.numel()
             dropped += int((~spread).sum())
@@ -329,15 +340,7 @@ class DynamicSampling:
             reward_sum, reward_count = reward_sum + float(valid.sum()), reward_count + valid.numel()
             groups = spread.nonzero().flatten().tolist()[: max(self.target - num_kept, 0)]
             if groups:
-                index = [g * self.group_size + i for g in groups for i in range(self.group_size)]
-                kept.append(
-                    (
-                        select_samples(samples, index),
-                        [completions[i] for i in index],
-                        [prompts[i] for i in index],
-                        select_rewards(rewards, index),
-                    )
-                )
+                kept.append(self._groups(current, groups))
                 num_kept += len(groups)
             short = torch.tensor([float(num_kept < self.target)])
             if reduce_sum(short).item() == 0:
@@ -347,15 +350,7 @@ class DynamicSampling:
                 # advantages are 0: no policy gradient, only the KL and entropy terms), counted and logged.
                 filler = (~spread).nonzero().flatten().tolist()[: max(self.target - num_kept, 0)]
                 if filler:
-                    index = [g * self.group_size + i for g in filler for i in range(self.group_size)]
-                    kept.append(
-                        (
-                            select_samples(samples, index),
-                            [completions[i] for i in index],
-                            [prompts[i] for i in index],
-                            select_rewards(rewards, index),
-                        )
-                    )
+                    kept.append(self._groups(current, filler))
                     num_kept += len(filler)
                     tied_fillers += len(filler)
                 if not self._bound_logged:
