@@ -44,9 +44,9 @@ from ..rollout import (
     MultiTurn,
     RolloutEngine,
     ToolBox,
-    generation_from_ids,
     run_tool_turns,
 )
+from ..rollout.custom import run_rollout_func
 from .batching import BufferItem
 from .dynamic_sampling import DynamicSampling
 from .rft_config import RFTConfig
@@ -247,36 +247,8 @@ class ExperienceMaker:
         return samples, completions, prompts, rewards
 
     def _custom_rollout(self, rows: list[dict], n: int) -> tuple[dict, list[str], list, Any]:
-        """
-        [`generate_and_score`] with TRL's `rollout_func`: called with each sample's prompt (each row's `n` times,
-        prompt-major), it returns `prompt_ids`, `completion_ids` and `logprobs` per sample, and optionally `env_mask`
-        (TRL's: 1 on the completion ids the model sampled, 0 on those an environment inserted, which are never
-        trained on) and fields every reward function receives (a list, one value per sample, or one value for all).
-        """
-        rows = [row for row in rows for _ in range(n)]
-        prompts = [row["prompt"] for row in rows]
-        output = self.rollout_func(prompts)
-        missing = sorted({"prompt_ids", "completion_ids", "logprobs"} - set(output))
-        if missing:
-            raise ValueError(f"rollout_func must return keys {missing} in its output dict.")
-        extra = {
-            name: value for name, value in output.items() if name not in ("prompt_ids", "completion_ids", "logprobs")
-        }
-        env_mask = extra.pop("env_mask", None)
-        for name in ("prompt_ids", "completion_ids", "logprobs", "env_mask"):
-            value = env_mask if name == "env_mask" else output[name]
-            if value is not None and len(value) != len(rows):
-                raise ValueError(
-                    f"rollout_func returned {len(value)} {name} for {len(rows)} samples ({len(rows) // n} prompts x "
-                    f"{n}): one per sample."
-                )
-        generation = generation_from_ids(
-            [list(ids) for ids in output["prompt_ids"]],
-            [list(ids) for ids in output["completion_ids"]],
-            self.pad_token_id,
-            tool_masks=env_mask,
-            log_probs=output["logprobs"],
-        )
+        """[`generate_and_score`] with TRL's `rollout_func` ([`~rft_trl.rollout.custom.run_rollout_func`])."""
+        generation, prompts, columns = run_rollout_func(self.rollout_func, rows, n, self.pad_token_id)
         width = generation.sequences.shape[1]
         samples = {
             "sequences": generation.sequences.to(self.device),
@@ -284,8 +256,8 @@ class ExperienceMaker:
             "action_mask": generation.action_mask.to(self.device),
             "completion_ids": generation.sequences[:, width - generation.action_mask.shape[1] :].to(self.device),
             "token_fields": {},
-            "multimodal_inputs": [{} for _ in rows],
-            "kept_rows": list(range(len(rows) // n)),
+            "multimodal_inputs": [{} for _ in prompts],
+            "kept_rows": list(range(len(rows))),
         }
         if generation.log_probs is not None:
             samples["rollout_log_probs"] = generation.log_probs.to(self.device)
@@ -294,11 +266,6 @@ class ExperienceMaker:
         completions = self.tokenizer.batch_decode(
             torch.where(samples["action_mask"], samples["completion_ids"], self.pad_token_id), skip_special_tokens=True
         )
-        columns = {name: [row.get(name) for row in rows] for name in dict.fromkeys(k for row in rows for k in row)}
-        columns.pop("prompt")
-        for name, values in extra.items():  # TRL's: per-sample lists, or one value for every sample
-            columns[name] = values if isinstance(values, list) else [values] * len(rows)
-        columns["completion_ids"] = [list(ids) for ids in output["completion_ids"]]
         scored = [
             [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
             for prompt, text in zip(prompts, completions)
