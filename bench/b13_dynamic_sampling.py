@@ -14,9 +14,9 @@ per rollout. The binary accuracy reward saturates: once the policy answers a pro
 group gives GRPO no gradient. With `--dynamic` those groups are dropped and refilled from new prompts (at most
 `--max-rounds` generation rounds per rollout), so each step trains on `--prompts` groups with signal, at the price of
 more generation. Held-out accuracy (greedy, B11's callback, the task's eval split) every `--eval-every` steps decides
-when an arm reaches 0.9 (training stops there); a dynamic arm whose rollout cannot be filled within the bound stops
-with verl's refusal, reported with its step. Reported per arm: steps and seconds to 0.9 (median over seeds; "-" when
-never), the generation rounds per rollout and the share of groups dropped.
+when an arm reaches 0.9 (training stops there); a dynamic arm whose rollout cannot be filled within the bound fills
+it with tied groups, counted. Reported per arm: steps and seconds to 0.9 (median over seeds; "-" when never), the
+generation rounds per rollout and the share of groups dropped.
 """
 
 from __future__ import annotations
