@@ -41,8 +41,11 @@ class Observation:
         token_fields (`dict[str, list[int]]`): the processor's per-token fields over `ids`.
         multimodal_inputs (`dict[str, torch.Tensor]`): the media fields of its media (`{}` without media).
         media (`dict[str, list]`): its loaded media per kind (`{}` without media).
+        before (`list[int]`): the ids of the minimal conversation it was cut from (what `render_tool_turn` may be
+            given again for a tool of the same name).
     """
 
+    before: list[int]
     ids: list[int]
     token_fields: dict[str, list[int]]
     multimodal_inputs: dict[str, torch.Tensor]
@@ -80,6 +83,7 @@ def render_tool_turn(
     tool_messages: list[dict],
     eos_token_id: int | list[int],
     chat_template_kwargs: Mapping[str, Any] | None = None,
+    before: list[int] | None = None,
 ) -> Observation:
     """
     The ids the chat template puts after an assistant turn that called tools: the tool messages, then the next
@@ -90,6 +94,10 @@ def render_tool_turn(
     of the shorter rendering, as generation stops right after it (a template's newline after it belongs to the
     suffix).
 
+    Args:
+        before (`list[int]`, *optional*): the shorter rendering's ids, when already known (they depend on the tool's
+            name only; [`~rft_trl.rollout.tools.MultiTurn`] keeps them per name).
+
     Raises:
         `ValueError`: the shorter rendering is not a prefix of the longer one (a template that rewrites earlier turns;
             such templates are refused at construction).
@@ -97,9 +105,10 @@ def render_tool_turn(
     kwargs = dict(chat_template_kwargs or {})
     call = {"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}
     conversation = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
-    before = process(
-        processing_class.apply_chat_template(conversation, add_generation_prompt=False, tokenize=False, **kwargs)
-    ).input_ids.tolist()
+    if before is None:
+        before = process(
+            processing_class.apply_chat_template(conversation, add_generation_prompt=False, tokenize=False, **kwargs)
+        ).input_ids.tolist()
     media = observation_media(tool_messages)
     after = process(
         processing_class.apply_chat_template(
@@ -108,6 +117,7 @@ def render_tool_turn(
         media,
     )
     eos = set(torch.as_tensor(eos_token_id).flatten().tolist())
+    before_ids = before
     ends = [i for i, token in enumerate(before) if token in eos]
     if ends:
         before = before[: ends[-1] + 1]
@@ -118,6 +128,7 @@ def render_tool_turn(
             "a tool turn cannot be appended as token ids."
         )
     return Observation(
+        before=before_ids,
         ids=ids[len(before) :],
         token_fields={name: value[len(before) :].tolist() for name, value in after.token_fields.items()},
         multimodal_inputs=after.multimodal_inputs if after.media else {},

@@ -146,6 +146,7 @@ class MultiTurn:
     completion_token_types: Callable[[dict], dict] = lambda token_fields: {}
     process: Process | None = None
     observation_kinds: dict[str, str | None] = field(default_factory=dict)
+    _before: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def parse(self, ids: list[int], prefix: list[int], toolbox: ToolBox | None = None) -> dict:
         """
@@ -170,9 +171,17 @@ class MultiTurn:
                 raise ValueError(
                     f"Tool {names} answered with {article} {kind}, which cannot enter this rollout exactly: {reason}."
                 )
-        return render_tool_turn(
-            self.processing_class, self.process, tool_messages, self.eos_token_id, self.chat_template_kwargs
+        name = tool_messages[0]["name"]
+        observation = render_tool_turn(
+            self.processing_class,
+            self.process,
+            tool_messages,
+            self.eos_token_id,
+            self.chat_template_kwargs,
+            before=self._before.get(name),
         )
+        self._before[name] = observation.before  # the minimal conversation's ids depend on the tool's name only
+        return observation
 
 
 @dataclass
