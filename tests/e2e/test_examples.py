@@ -218,7 +218,7 @@ DEMO_TUNED_FIELDS = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("script", ["grpo_vl.py", "grpo_text.py", "grpo_audio.py", "ppo_vl.py"])
+@pytest.mark.parametrize("script", ["grpo_vl.py", "grpo_text.py", "grpo_audio.py", "ppo_vl.py", "grpo_agent.py"])
 def test_a_real_model_gets_trls_defaults_not_the_demos(monkeypatch, capsys, script):
     from trl import GRPOConfig
 
