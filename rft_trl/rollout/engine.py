@@ -76,6 +76,15 @@ class RolloutEngine:
         """
         return False
 
+    def seed_rollout(self, step: int, stream: int = 0) -> None:
+        """
+        Seed the sampling of the rollout trained from optimizer step `step` (`stream` 1: an evaluation's, 2: dynamic
+        sampling's extra rounds), so that it
+        draws the same completions whenever and wherever it is generated: in turn, ahead of its turn
+        (`async_rollouts`) or after a resume. transformers' `generate` draws from torch's RNG, which the Trainer
+        checkpoints: nothing to do here; vLLM seeds each call.
+        """
+
     def sleep(self) -> None:
         """Release what the engine holds on the accelerator while the trainer updates (vLLM's sleep mode)."""
 

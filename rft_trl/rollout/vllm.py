@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -140,6 +141,9 @@ class VLLMEngine(RolloutEngine):
         structured_outputs_regex (`str`, *optional*): TRL's `vllm_structured_outputs_regex`.
         audio_sampling_rate (`int`, *optional*): the rate the collator loads audio at (the processor's).
         chat_template_kwargs (`dict`, *optional*): the collator's, for the prompts a server renders itself.
+        seed (`int`, *optional*, defaults to `0`): this engine's sampling seed (the run's, offset per process): each
+            prompt's seed derives from it, the rollout's step, the call's place in the rollout and the prompt's in
+            the call ([`seed_rollout`]).
     """
 
     name = "vllm"
@@ -153,8 +157,13 @@ class VLLMEngine(RolloutEngine):
         structured_outputs_regex=None,
         audio_sampling_rate: int | None = None,
         chat_template_kwargs: dict | None = None,
+        seed: int = 0,
     ):
         self.tokenizer = tokenizer
+        self.seed = seed
+        self.seeded = True  # False where the engine cannot take per-request seeds (see VLLMServerEngine)
+        self._rollout_seed: list[int] | None = None  # [seed, step, stream] of the rollout being sampled
+        self._calls = 0  # generate calls in that rollout (turns, dynamic-sampling rounds)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.audio_sampling_rate = audio_sampling_rate
         self.eos_token_id = eos_token_id
@@ -165,6 +174,22 @@ class VLLMEngine(RolloutEngine):
         self.syncs = 0
 
     # ----------------------------------------------------------------------------------------- generation
+
+    def seed_rollout(self, step: int, stream: int = 0) -> None:
+        self._rollout_seed, self._calls = [self.seed, step, stream], 0
+
+    def _prompt_seeds(self, count: int) -> list[int] | None:
+        """
+        The next call's sampling seed of each of its `count` prompts (vLLM's per-request `seed`, which gives a
+        request's n samples seeds of their own), or `None` before any [`seed_rollout`] (the engine's own random
+        stream). One seed per prompt, never one per call: prompts sampled from one seed draw the same noise, and a
+        random policy's nearly uniform distributions then give them the same completions.
+        """
+        if self._rollout_seed is None or not self.seeded:
+            return None
+        entropy = [value % 2**32 for value in (*self._rollout_seed, self._calls)]
+        self._calls += 1
+        return [int(word >> 1) for word in np.random.SeedSequence(entropy).generate_state(count)]  # 31-bit seeds
 
     def generate(self, batch: PromptBatch, n: int, sampling_kwargs: dict) -> Generation:
         params = vllm_sampling_params(sampling_kwargs, n, self.suppressed_token_ids, self.structured_outputs_regex)
@@ -177,6 +202,10 @@ class VLLMEngine(RolloutEngine):
             else {"prompt_token_ids": ids}
             for ids, text, items, chat in zip(prompts, batch.prompt_texts, media, messages)
         ]
+        seeds = self._prompt_seeds(len(requests))
+        if seeds is not None:
+            for request, seed in zip(requests, seeds):
+                request["seed"] = seed
         outputs = self._generate(requests, params)  # per prompt: (prompt ids, [(completion ids, log-probs)] * n)
         completions, log_probs = [], []
         for index, ((engine_prompt, samples), ours) in enumerate(zip(outputs, prompts)):
@@ -279,6 +308,9 @@ class VLLMColocateEngine(VLLMEngine):
         if current_platform.is_cpu():
             # The model config the engine will build (no weights are read): refused here, not at the first rollout.
             check_cpu_attention(EngineArgs(model=model_path, **llm_kwargs).create_model_config())
+            # A seeded request cut by chunked prefill has its generator rewound, which CPU generators cannot do
+            # ("CPU Generator does not use offset"): on the CPU, prompts are prefilled whole.
+            llm_kwargs = {**llm_kwargs, "enable_chunked_prefill": False}
         self.sleep_mode = bool(llm_kwargs.get("enable_sleep_mode"))
         # One process: vLLM's single-process executor. Several (a distributed launch): each process runs its own
         # engine on its own device and prompts, in the launch's process group (vLLM's external launcher, TRL's way).
@@ -314,14 +346,20 @@ class VLLMColocateEngine(VLLMEngine):
         prompts = [{key: value for key, value in request.items() if key != "messages"} for request in requests]
         mine = slice(0, len(prompts))
         if self.tp_group is not None:
-            # The group's engine shards are one engine: every process runs it on all the group's prompts (same seed,
+            # The group's engine shards are one engine: every process runs it on all the group's prompts (same seeds,
             # same samples) and keeps its own.
             gathered = [None] * torch.distributed.get_world_size(group=self.tp_group)
             torch.distributed.all_gather_object(gathered, prompts, group=self.tp_group)
             start = sum(len(part) for part in gathered[: torch.distributed.get_rank(group=self.tp_group)])
             mine = slice(start, start + len(prompts))
             prompts = [prompt for part in gathered for prompt in part]
-        outputs = self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)[mine]
+        seeds = [prompt.pop("seed", None) for prompt in prompts]
+        sampling = (
+            [SamplingParams(**params, seed=seed) for seed in seeds]
+            if any(seed is not None for seed in seeds)
+            else SamplingParams(**params)
+        )
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)[mine]
         return [
             (
                 list(output.prompt_token_ids),
@@ -470,6 +508,7 @@ class VLLMServerEngine(VLLMEngine):
         config = self._server_config()
         self._check_logprobs_mode(config, need_log_probs)
         self._check_cpu_attention(config)
+        self._check_seeding(config)
         self.max_model_len = (config.get("model_config") or {}).get("max_model_len")
         self.sync_dir = Path(sync_dir) if sync_dir is not None else Path(tempfile.mkdtemp(prefix="rft_trl_vllm_sync_"))
         self.sync_dir.mkdir(parents=True, exist_ok=True)
@@ -527,6 +566,20 @@ class VLLMServerEngine(VLLMEngine):
                 "`--logprobs-mode processed_logprobs`."
             )
 
+    def _check_seeding(self, config: dict) -> None:
+        """A CPU server with chunked prefill would fail on a seeded request it cuts (its CPU generators cannot be
+        rewound): sample unseeded there, and say so."""
+        cpu = str((config.get("device_config") or {}).get("device")) == "cpu"
+        if cpu and (config.get("scheduler_config") or {}).get("enable_chunked_prefill", True):
+            self.seeded = False
+            logger.warning(
+                "The vLLM server at %s runs on the CPU with chunked prefill, which fails on per-request seeds: its "
+                "samples are drawn unseeded, so a resumed or async run does not draw the completions the "
+                "uninterrupted synchronous run would. Restart it with `--no-enable-chunked-prefill` for seeded, "
+                "reproducible rollouts.",
+                self.base_url,
+            )
+
     def _check_cpu_attention(self, config: dict) -> None:
         """
         On a server running on the CPU, [`check_cpu_attention`] on the model it serves, with vLLM's model config built
@@ -556,19 +609,29 @@ class VLLMServerEngine(VLLMEngine):
         check_cpu_attention(model_config)
 
     def _generate(self, requests, params):
-        """Text prompts in one `/v1/completions` call (token ids in, as TRL does); prompts with media one
-        `/v1/chat/completions` call each, their messages with the media inlined (vLLM renders and processes them)."""
+        """Text prompts in one `/v1/completions` call (token ids in, as TRL does), or one each when seeded; prompts
+        with media one `/v1/chat/completions` call each, their messages with the media inlined (vLLM renders and
+        processes them)."""
         outputs: list = [None] * len(requests)
         text = [i for i, request in enumerate(requests) if "multi_modal_data" not in request]
-        if text:
+        if text and "seed" not in requests[text[0]]:
             for i, output in zip(text, self._complete([requests[i]["prompt_token_ids"] for i in text], params)):
                 outputs[i] = output
-        media = [i for i in range(len(requests)) if outputs[i] is None]
-        if media:
-            with ThreadPoolExecutor(max_workers=min(len(media), 16)) as pool:
-                for i, output in zip(media, pool.map(lambda i: self._chat(requests[i], params), media)):
+        # Seeded prompts one request each (a request has one seed), and prompts with media (one chat each).
+        single = [i for i in range(len(requests)) if outputs[i] is None]
+        if single:
+            with ThreadPoolExecutor(max_workers=min(len(single), 16)) as pool:
+                for i, output in zip(single, pool.map(lambda i: self._one(requests[i], params), single)):
                     outputs[i] = output
         return outputs
+
+    def _one(self, request: dict, params: dict):
+        """One prompt's request, with its own seed if it has one."""
+        if "seed" in request:
+            params = {**params, "seed": request["seed"]}
+        if "multi_modal_data" in request:
+            return self._chat(request, params)
+        return self._complete([request["prompt_token_ids"]], params)[0]
 
     def _complete(self, prompts: list[list[int]], params: dict) -> list:
         payload = {

@@ -79,6 +79,7 @@ FIELD_RANGES: dict[str, Range] = {
     "log_prob_chunk_size": AT_LEAST_ONE,
     "buffer_limit": Range(0),
     "dynamic_sampling_max_rounds": Range(0),
+    "max_staleness": Range(0),
     # Sampling
     "temperature": POSITIVE,
     "top_p": Range(0.0, 1.0, low_open=True),
@@ -249,6 +250,7 @@ def check_values(args: RFTConfig) -> None:
             "dynamic_sampling drops the prompt groups whose rewards are all equal, and a group of one sample always "
             f"is: set n_samples_per_prompt >= 2 (got {args.n_samples_per_prompt}) or dynamic_sampling=False."
         )
+    check_async_rollouts(args)
     if args.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
         raise ValueError(
             f"multi_objective_aggregation={args.multi_objective_aggregation!r} is not one of "
@@ -268,4 +270,40 @@ def check_values(args: RFTConfig) -> None:
         raise ValueError(
             f"buffer_limit={args.buffer_limit} would drop samples of the current rollout ({rollout_samples} "
             f"samples); set 0 (no limit) or at least {rollout_samples}."
+        )
+
+
+def check_async_rollouts(args: RFTConfig) -> None:
+    """Refuse `async_rollouts` where the next rollout cannot be sampled during the update, or would lag its policy by
+    more than `max_staleness`; and `max_staleness` set without `async_rollouts` (it would bound nothing)."""
+    if not args.async_rollouts:
+        if args.max_staleness != 1:
+            raise ValueError(
+                f"max_staleness={args.max_staleness} bounds the lag of rollouts generated ahead, which only "
+                "async_rollouts=True does: set async_rollouts=True or leave max_staleness out."
+            )
+        return
+    if not args.use_vllm:
+        raise ValueError(
+            "async_rollouts=True samples the next rollout while the policy trains, which transformers' generate "
+            "cannot do (it samples with the very weights the update changes): set use_vllm=True (vllm_mode "
+            "'colocate' or 'server'), or async_rollouts=False."
+        )
+    if args.vllm_enable_sleep_mode:
+        raise ValueError(
+            "async_rollouts=True keeps the vLLM engine sampling during the update, so it cannot sleep then: set "
+            "vllm_enable_sleep_mode=False, or async_rollouts=False."
+        )
+    if args.vllm_mode == "colocate" and args.vllm_tensor_parallel_size > 1:
+        raise ValueError(
+            "async_rollouts=True with a tensor-parallel colocated engine is not supported: its processes gather "
+            "their prompts with collective calls, which cannot run beside the update's. Use vllm_mode='server', "
+            "vllm_tensor_parallel_size=1, or async_rollouts=False."
+        )
+    steps = args.micro_steps_per_rollout // args.gradient_accumulation_steps
+    if 0 < args.max_staleness < steps:
+        raise ValueError(
+            f"async_rollouts=True: a rollout feeds {steps} optimizer steps, so one sampled ahead lags its policy by "
+            f"{steps} steps, beyond max_staleness={args.max_staleness}. Set max_staleness >= {steps}, fewer "
+            "optimizer steps per rollout (max_epochs, gradient_accumulation_steps), or max_staleness=0 (synchronous)."
         )

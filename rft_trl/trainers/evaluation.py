@@ -35,6 +35,8 @@ def evaluate_rollouts(trainer: PPOTrainerVL, dataset, metric_key_prefix: str) ->
         `tuple`: the metrics (see `PPOTrainerVL.evaluate`), and the completions to show, gathered from all processes,
         as `(key, prompt, completion, reward, {function: score})` (empty unless `log_completions`).
     """
+    if trainer._async_rollouts is not None:
+        trainer._async_rollouts.wait()  # the rollout generated ahead uses the engine and the collator
     dataloader = trainer.get_eval_dataloader(dataset)
     was_training = trainer.model.training
     trainer.model.eval()
@@ -48,8 +50,10 @@ def evaluate_rollouts(trainer: PPOTrainerVL, dataset, metric_key_prefix: str) ->
     with_loss = not (trainer.args.advantage_estimator == "rloo" and samples_per_prompt < 2)
     trainer.experience_maker.trainer_state = trainer.state
     trainer._sync_rollout_engine()
+    trainer.experience_maker.engine.seed_rollout(trainer.state.global_step, stream=1)
     for batch in dataloader:
         indices = [row[ROW_INDEX] for row in batch.rows]  # the collator names skipped rows by it too
+        trainer.experience_maker.clear_encodings()
         with unwrapped_for_generation(trainer.model_wrapped, trainer.accelerator, trainer._gather_for_rollout()):
             try:
                 samples, completions, prompts, out = trainer.experience_maker.generate_and_score(

@@ -49,6 +49,7 @@ from ..rollout import (
 from ..rollout.custom import run_rollout_func
 from .batching import BufferItem
 from .dynamic_sampling import DynamicSampling
+from .metrics import rollout_metrics, sampled_mask, value_metrics
 from .rft_config import RFTConfig
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,15 @@ class Rollout:
     images: list | None = None
     extra_columns: dict[str, list] = field(default_factory=dict)
     reward_components: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class Sampled:
+    """A rollout's first generation round ([`ExperienceMaker.sample`]): what `generate_and_score` returned, and the
+    collator's counts of the rows it skipped or repaired."""
+
+    generated: tuple
+    counts: dict[str, int]
 
 
 class ExperienceMaker:
@@ -184,9 +194,6 @@ class ExperienceMaker:
             `token_fields` `[N, P + A]`, per-sample `multimodal_inputs`, and `kept_rows`: the position in `rows` of
             each kept prompt), the decoded completions, each sample's prompt, and the [`RewardOutput`].
         """
-        for encodings in (self.media_encodings, self.reference_encodings):
-            if encodings is not None:
-                encodings.clear()  # new media, and the weights may have changed since the last rollout
         if self.rollout_func is not None:
             return self._custom_rollout(rows, n)
         instances = None
@@ -196,7 +203,6 @@ class ExperienceMaker:
             rows = [row for row in rows for _ in range(n)]
             instances = self.environments.draw(rows)
             rows = self.environments.reset(instances, rows)
-            self.last_environments = instances
         batch = self.collator(rows)
         if len(batch) == 0:
             raise EmptyBatchError(batch.skipped)
@@ -208,6 +214,7 @@ class ExperienceMaker:
                 )
             samples = self._generate(batch, 1, sampling_kwargs, instances)
             samples["kept_rows"] = [position // n for position in batch.kept[::n]]
+            samples["environments"] = instances  # [N]: what `trainer.environments` shows of the rollout trained
         else:
             samples = self._generate(batch, n, sampling_kwargs)
             samples["kept_rows"] = batch.kept
@@ -273,22 +280,59 @@ class ExperienceMaker:
         rewards = self.reward_scorer(prompts, scored, trainer_state=self.trainer_state, **columns)
         return samples, completions, prompts, rewards
 
+    def clear_encodings(self) -> None:
+        """Forget the cached encoder outputs: new media, and the weights may have changed since they were computed."""
+        for encodings in (self.media_encodings, self.reference_encodings):
+            if encodings is not None:
+                encodings.clear()
+
     @torch.no_grad()
-    def make_experience(self, rows: list[dict]) -> Rollout:
-        """Generate, score and advantage one rollout of `rows` (one dataset row per prompt)."""
-        n, sampling = self.args.n_samples_per_prompt, self.args.sampling_kwargs()
-        generated, sampling_metrics = self.generate_and_score(rows, n, sampling), {}
+    def sample(self, rows: list[dict], step: int) -> Sampled:
+        """
+        The first generation round of the rollout trained from optimizer step `step`: sampled, decoded and rewarded,
+        with the collator's counts of skipped and repaired rows. What [`AsyncRollouts`] runs in its background
+        thread: it touches the collator, the engine and the reward functions, none of the encoder caches.
+        """
+        self.engine.seed_rollout(step)
+        generated = self.generate_and_score(rows, self.args.n_samples_per_prompt, self.args.sampling_kwargs())
+        return Sampled(generated, {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()})
+
+    @torch.no_grad()
+    def sample_rollout(self, rows: list[dict], step: int, sampled: Sampled | None = None) -> tuple[tuple, dict]:
+        """
+        The generated samples of one rollout of `rows` (one dataset row per prompt), trained from optimizer step
+        `step`, and their sampling metrics: `sampled` (its first round, generated ahead) or a round sampled now,
+        then dynamic sampling's rounds.
+        """
+        self.clear_encodings()
+        if sampled is None:
+            sampled = self.sample(rows, step)
+        generated, metrics = sampled.generated, dict(sampled.counts)
         if self.dynamic_sampling is not None:  # groups whose rewards spread, topped up from new prompts
-            generated, sampling_metrics = self.dynamic_sampling.fill(
+            n, sampling = self.args.n_samples_per_prompt, self.args.sampling_kwargs()
+            self.engine.seed_rollout(step, stream=2)  # the same seeds whether the first round was sampled ahead
+            generated, filled = self.dynamic_sampling.fill(
                 generated,
                 functools.partial(self.generate_and_score, n=n, sampling_kwargs=sampling),
                 lambda tensor: self.reduce_sum(tensor.to(self.device)),
             )
-        counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
-        rollout = self.experience_from(*generated, n)
-        rollout.metrics.update({name: float(count) for name, count in counts.items()})
+            counts = {**self.collator.pop_skip_counts(), **self.collator.pop_repair_counts()}
+            metrics = {name: metrics.get(name, 0) + counts.get(name, 0) for name in {*metrics, *counts}} | filled
+        self.last_environments = generated[0].get("environments")
+        return generated, {name: float(value) for name, value in metrics.items()}
+
+    @torch.no_grad()
+    def score_rollout(self, generated: tuple, sampling_metrics: dict) -> Rollout:
+        """Score and advantage the samples of [`sample_rollout`], with its metrics."""
+        rollout = self.experience_from(*generated, self.args.n_samples_per_prompt)
         rollout.metrics.update(sampling_metrics)
         return rollout
+
+    @torch.no_grad()
+    def make_experience(self, rows: list[dict], step: int = 0) -> Rollout:
+        """Generate, score and advantage one rollout of `rows` (one dataset row per prompt), trained from optimizer
+        step `step` (which seeds a vLLM engine's sampling)."""
+        return self.score_rollout(*self.sample_rollout(rows, step))
 
     @torch.no_grad()
     def experience_from(self, samples: dict, completions: list[str], prompts: list, rewards_out, n: int) -> Rollout:
@@ -312,9 +356,9 @@ class ExperienceMaker:
         if self.media_encodings is not None and not self.media_encodings.frozen:
             self.media_encodings.clear()  # the update changes the encoder: its outputs serve no later pass
         metrics.update(rewards_out.metrics())
-        metrics.update(self._metrics(samples, rewards_out, kl_stats, n))
+        metrics.update(rollout_metrics(samples, rewards_out, kl_stats, n, self._truncated(samples)))
         if scored["values"] is not None:
-            metrics.update(self._value_metrics(scored["values"], returns, samples["action_mask"], rewards_out.valid))
+            metrics.update(value_metrics(scored["values"], returns, samples["action_mask"], rewards_out.valid))
         return Rollout(
             items,
             metrics,
@@ -443,7 +487,7 @@ class ExperienceMaker:
     def _rollout_correction(self, samples: dict, log_probs: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """The importance-sampling weights `[N, A]` (`None` without the correction) and the mismatch metrics."""
         args = self.args
-        mask = _sampled(samples)
+        mask = sampled_mask(samples)
         rollout_log_probs = samples["rollout_log_probs"]
         weights = None
         if args.vllm_importance_sampling_correction:
@@ -485,7 +529,7 @@ class ExperienceMaker:
                     self.media_encodings,
                 )
             )
-            sampled = _sampled(samples)  # the KL of the policy's own tokens, never of inserted tool turns
+            sampled = sampled_mask(samples)  # the KL of the policy's own tokens, never of inserted tool turns
             kl = compute_approx_kl(policy, base, sampled, kl_estimator=self.args.kl_estimator)  # [N, A]
             stats["kl"] = masked_mean(kl, sampled & valid[:, None].to(action_mask.device)).item()
         baselined = self.args.multi_objective_aggregation == "normalize_then_sum"
@@ -600,67 +644,3 @@ class ExperienceMaker:
                 )
             )
         return items
-
-    @staticmethod
-    def _value_metrics(
-        values: torch.Tensor, returns: torch.Tensor, action_mask: torch.Tensor, valid: torch.Tensor
-    ) -> dict[str, float]:
-        """How well the critic's rollout-time values predict the returns, over the whole rollout (as CleanRL does)."""
-        mask = action_mask & valid[:, None].to(action_mask.device)
-        returns, values = returns[mask], values[mask]
-        metrics = {"train/values": values.mean().item() if values.numel() else float("nan")}
-        variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
-        # Undefined when every return is equal (e.g. every sample scored 1): not logged then.
-        if variance > 0:
-            metrics["train/explained_variance"] = (1 - (returns - values).var() / variance).item()
-        return metrics
-
-    def _metrics(self, samples: dict, rewards_out, kl_stats: dict, group_size: int) -> dict[str, float]:
-        """The rollout's statistics under TRL's names (`reward`, `completions/*`, `frac_reward_zero_std`), with our
-        `rollout/num_samples` and `rollout/kl` (the rollout policy's KL to the reference)."""
-        valid = rewards_out.valid
-        rewards = rewards_out.rewards[valid]
-        lengths = _sampled(samples).sum(-1).float()  # [N], on the device: the tokens the model sampled (TRL's)
-        truncated = self._truncated(samples)  # [N]: no EOS within generate_max_len (TRL's clipped completions)
-        terminated = torch.where(truncated, float("nan"), lengths)  # [N]
-        # One host read for all length statistics (the rewards live on the host already).
-        stats = torch.stack(
-            [
-                lengths.mean(),
-                lengths.min(),
-                lengths.max(),
-                truncated.float().mean(),
-                terminated.nanmean(),
-                terminated.nan_to_num(float("inf")).min(),
-                terminated.nan_to_num(float("-inf")).max(),
-            ]
-        ).tolist()
-        # TRL logs 0 for the terminated lengths when every completion was cut off.
-        stats[4:] = [value if math.isfinite(value) else 0.0 for value in stats[4:]]
-        names = ["mean_length", "min_length", "max_length", "clipped_ratio"]
-        names += ["mean_terminated_length", "min_terminated_length", "max_terminated_length"]
-        metrics = {f"completions/{name}": value for name, value in zip(names, stats)}
-        metrics["reward"] = rewards.mean().item() if rewards.numel() else float("nan")
-        metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
-        metrics["rollout/num_samples"] = float(valid.numel())
-        # Prompt and completion tokens of the rollout (TRL's `num_tokens` accumulates them).
-        metrics["rollout/tokens"] = float(samples["attention_mask"].sum())
-        # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
-        groups = rewards_out.rewards.view(-1, group_size)
-        spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)
-        metrics["frac_reward_zero_std"] = (spread == 0).float().mean().item()
-        if kl_stats:
-            metrics["rollout/kl"] = kl_stats["kl"]
-        if "tool_calls" in samples:
-            # TRL's tool metrics: calls per completion, and the share of calls that failed.
-            calls = float(samples["tool_calls"])
-            metrics["tools/call_frequency"] = calls / valid.numel()
-            metrics["tools/failure_frequency"] = samples["tool_failures"] / calls if calls else 0.0
-        return metrics
-
-
-def _sampled(samples: dict) -> torch.Tensor:
-    """`[N, A]`: the completion tokens the model sampled (all of them but a multi-turn rollout's tool turns)."""
-    if "tool_mask" in samples:
-        return samples["action_mask"] & samples["tool_mask"]
-    return samples["action_mask"]

@@ -9,7 +9,15 @@ from collections import defaultdict
 import torch
 from accelerate.utils import gather_object
 
-__all__ = ["MetricRecorder", "eval_metrics", "gather_rollout_metrics", "merge_rollout_metrics"]
+__all__ = [
+    "MetricRecorder",
+    "eval_metrics",
+    "gather_rollout_metrics",
+    "merge_rollout_metrics",
+    "rollout_metrics",
+    "sampled_mask",
+    "value_metrics",
+]
 
 # Rollout metrics that count things: summed when rollouts (or processes) are merged.
 _COUNT_METRICS = (
@@ -118,3 +126,70 @@ class MetricRecorder:
             reduced.append(torch.stack([value, weights.sum()]))
         self.entries.clear()
         return {name: value for name, (value, total) in zip(names, torch.stack(reduced).tolist()) if total > 0}
+
+
+def sampled_mask(samples: dict) -> torch.Tensor:
+    """`[N, A]`: the completion tokens the model sampled (all of them but a multi-turn rollout's tool turns)."""
+    if "tool_mask" in samples:
+        return samples["action_mask"] & samples["tool_mask"]
+    return samples["action_mask"]
+
+
+def value_metrics(
+    values: torch.Tensor, returns: torch.Tensor, action_mask: torch.Tensor, valid: torch.Tensor
+) -> dict[str, float]:
+    """How well the critic's rollout-time values predict the returns, over the whole rollout (as CleanRL does)."""
+    mask = action_mask & valid[:, None].to(action_mask.device)
+    returns, values = returns[mask], values[mask]
+    metrics = {"train/values": values.mean().item() if values.numel() else float("nan")}
+    variance = returns.var() if returns.numel() > 1 else returns.new_zeros(())
+    # Undefined when every return is equal (e.g. every sample scored 1): not logged then.
+    if variance > 0:
+        metrics["train/explained_variance"] = (1 - (returns - values).var() / variance).item()
+    return metrics
+
+
+def rollout_metrics(
+    samples: dict, rewards_out, kl_stats: dict, group_size: int, truncated: torch.Tensor
+) -> dict[str, float]:
+    """The rollout's statistics under TRL's names (`reward`, `completions/*`, `frac_reward_zero_std`), with our
+    `rollout/num_samples` and `rollout/kl` (the rollout policy's KL to the reference). `truncated` `[N]`: the samples
+    with no EOS within generate_max_len (TRL's clipped completions)."""
+    valid = rewards_out.valid
+    rewards = rewards_out.rewards[valid]
+    lengths = sampled_mask(samples).sum(-1).float()  # [N], on the device: the tokens the model sampled (TRL's)
+    terminated = torch.where(truncated, float("nan"), lengths)  # [N]
+    # One host read for all length statistics (the rewards live on the host already).
+    stats = torch.stack(
+        [
+            lengths.mean(),
+            lengths.min(),
+            lengths.max(),
+            truncated.float().mean(),
+            terminated.nanmean(),
+            terminated.nan_to_num(float("inf")).min(),
+            terminated.nan_to_num(float("-inf")).max(),
+        ]
+    ).tolist()
+    # TRL logs 0 for the terminated lengths when every completion was cut off.
+    stats[4:] = [value if math.isfinite(value) else 0.0 for value in stats[4:]]
+    names = ["mean_length", "min_length", "max_length", "clipped_ratio"]
+    names += ["mean_terminated_length", "min_terminated_length", "max_terminated_length"]
+    metrics = {f"completions/{name}": value for name, value in zip(names, stats)}
+    metrics["reward"] = rewards.mean().item() if rewards.numel() else float("nan")
+    metrics["reward_std"] = rewards.std().item() if rewards.numel() > 1 else 0.0
+    metrics["rollout/num_samples"] = float(valid.numel())
+    # Prompt and completion tokens of the rollout (TRL's `num_tokens` accumulates them).
+    metrics["rollout/tokens"] = float(samples["attention_mask"].sum())
+    # Groups whose valid rewards are all equal give GRPO no signal; their share is worth watching.
+    groups = rewards_out.rewards.view(-1, group_size)
+    spread = groups.nan_to_num(float("-inf")).amax(-1) - groups.nan_to_num(float("inf")).amin(-1)
+    metrics["frac_reward_zero_std"] = (spread == 0).float().mean().item()
+    if kl_stats:
+        metrics["rollout/kl"] = kl_stats["kl"]
+    if "tool_calls" in samples:
+        # TRL's tool metrics: calls per completion, and the share of calls that failed.
+        calls = float(samples["tool_calls"])
+        metrics["tools/call_frequency"] = calls / valid.numel()
+        metrics["tools/failure_frequency"] = samples["tool_failures"] / calls if calls else 0.0
+    return metrics

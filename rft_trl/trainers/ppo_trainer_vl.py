@@ -40,6 +40,7 @@ from ..data.rows import ReplacementRows
 from ..models.actor import Actor
 from ..models.utils import check_supported
 from ..rollout import Environments
+from .async_rollouts import AsyncRollouts, build_async_rollouts
 from .builders import build_actor, build_critic, load_processing_class
 from .checkpointing import (
     check_staged_save,
@@ -198,6 +199,7 @@ class PPOTrainerVL(Trainer):
         self._replacement_rows: ReplacementRows | None = None
         # Replacement passes begun before this run (restored from a checkpoint by `restore_run_state`).
         self._replacement_passes = 0
+        self._async_rollouts: AsyncRollouts | None = None  # `async_rollouts`: set with the train dataloader
         self.kl_ctl, self.entropy_controller = build_controllers(args)
         if args.ptx_coef > 0 and ptx_dataset is None:
             raise ValueError("ptx_coef > 0 needs a ptx_dataset (rows with `prompt` and `completion`).")
@@ -281,7 +283,7 @@ class PPOTrainerVL(Trainer):
         self.experience_maker.need_old_log_probs = args.micro_steps_per_rollout != args.gradient_accumulation_steps
         self.experience_maker.reduce_sum = lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
         self.experience_maker.multi_turn, self.experience_maker.environments = multi_turn, environments
-        if check_rollout_func(rollout_func, layout.media_kinds, self.tools):
+        if check_rollout_func(rollout_func, layout.media_kinds, self.tools, args.async_rollouts):
             self.experience_maker.rollout_func = lambda prompts: rollout_func(prompts, self)
         if args.verify_model:
             verify_policy(self.actor, self.collator, self.experience_maker.media_encodings is not None)
@@ -324,6 +326,8 @@ class PPOTrainerVL(Trainer):
         self._replacement_rows = ReplacementRows(rows, self.args.seed, process, processes, self._replacement_passes)
         if self.experience_maker.dynamic_sampling is not None:  # refills rollouts from the same rows
             self.experience_maker.dynamic_sampling.draw_from(rows, self.args.seed, process, processes)
+        if self.args.async_rollouts:
+            self._async_rollouts = build_async_rollouts(self, rows, self._get_train_sampler(dataset))
         return self._get_dataloader(
             dataset=dataset,
             description="Training",
@@ -363,16 +367,19 @@ class PPOTrainerVL(Trainer):
         model_was_training = self.model.training
         self.model.eval()
         self.experience_maker.trainer_state = self.state
+        step, ahead = self.state.global_step, self._async_rollouts
+        sampled, async_metrics = ahead.take(rows, step, int(self.state.epoch or 0)) if ahead else (None, {})
         # Under ZeRO-3, the weights are gathered once for the whole rollout (TRL's way) unless
         # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward. A vLLM engine
         # samples with its own copy (synced module by module first), so the policy only scores: layer by layer.
         self._sync_rollout_engine()
-        with (
-            unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()),
-            self.collator.replacing_from(self._replacement_rows),
-        ):
-            rollout = self.experience_maker.make_experience(rows)
-        if self.rollout_engine is not None:
+        with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
+            with self.collator.replacing_from(self._replacement_rows):
+                generated, sampling_metrics = self.experience_maker.sample_rollout(rows, step, sampled)
+            if ahead is not None:  # the next rollout samples from these weights while this one trains
+                ahead.launch_next(step, self.state, self.args)
+            rollout = self.experience_maker.score_rollout(generated, {**sampling_metrics, **async_metrics})
+        if self.rollout_engine is not None and ahead is None:
             self.rollout_engine.sleep()
         if model_was_training:
             self.model.train()
@@ -634,7 +641,11 @@ class PPOTrainerVL(Trainer):
         # Before the integrations start (wandb records the command line when its run begins).
         redact_token_arguments(self.args)
         checkpoint = prepare_resume(self, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+        try:
+            return super().train(checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
+        finally:
+            if self._async_rollouts is not None:
+                self._async_rollouts.close()
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's scheduler; the optimizer is final by now, so both are wrapped to skip non-finite steps."""

@@ -78,7 +78,17 @@ class RFTConfig(TrainingArguments):
             [`~rft_trl.trainers.dynamic_sampling`]). Needs `n_samples_per_prompt >= 2`.
         dynamic_sampling_max_rounds (`int`, *optional*, defaults to `10`):
             With `dynamic_sampling`: the most generation rounds per rollout, the first included (verl's
-            `max_num_gen_batches`); a rollout still short after them raises, as in verl. 0: no bound.
+            `max_num_gen_batches`); a rollout still short after them is filled with tied groups (zero advantage,
+            counted in `rollout/dynamic_sampling/tied_fillers`) where verl raises. 0: no bound.
+        async_rollouts (`bool`, *optional*, defaults to `False`):
+            Generate the next rollout while the current one trains (one-step off-policy, as NeMo-RL's and TRL's async
+            GRPO): the vLLM engine samples it in a background thread from the weights the current rollout starts
+            from, and the update weighs it by `vllm_importance_sampling_correction` against the policy lag. Needs
+            `use_vllm` without `vllm_enable_sleep_mode` (see [`~rft_trl.trainers.async_rollouts`]).
+        max_staleness (`int`, *optional*, defaults to `1`):
+            With `async_rollouts`: the most optimizer steps a rollout's samples may lag behind the policy they train
+            (TRL's async GRPO name). A rollout sampled ahead lags by the optimizer steps of one rollout, so it must
+            be at least that; 0 generates every rollout in turn, exactly the synchronous run.
         micro_rollout_batch_size (`int`, *optional*, defaults to `8`):
             Sequences generated (and scored by the reference and critic) per forward.
         micro_train_batch_size (`int`, *optional*):
@@ -259,6 +269,14 @@ class RFTConfig(TrainingArguments):
     dynamic_sampling_max_rounds: int = field(
         default=10,
         metadata={"help": "Most generation rounds per dynamic-sampling rollout (the first included); 0: no bound."},
+    )
+    async_rollouts: bool = field(
+        default=False,
+        metadata={"help": "Generate the next rollout (vLLM, in a background thread) while the current one trains."},
+    )
+    max_staleness: int = field(
+        default=1,
+        metadata={"help": "async_rollouts: the most optimizer steps a sample may lag its policy; 0: synchronous."},
     )
     micro_rollout_batch_size: int = field(default=8, metadata={"help": "Sequences generated per forward."})
     micro_train_batch_size: int | None = field(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 
+from .async_rollouts import wait_before_saving
 from .checkpointing import (
     REFERENCE_NAME,
     CheckpointError,
@@ -63,8 +64,10 @@ def prepare_resume(trainer: PPOTrainerVL, resume_from_checkpoint: str | bool | N
 def gather_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:
     """
     Before `checkpoint` is saved (on every process): gather what each process holds of the run's state (the
-    replacement rows' passes: each process draws its own), and warn when the save cannot be resumed from.
+    replacement rows' passes: each process draws its own), and warn when the save cannot be resumed from. A rollout
+    generated ahead (`async_rollouts`) is let finish first: it draws replacement rows.
     """
+    wait_before_saving(trainer._async_rollouts, trainer.state.global_step)
     steps_per_rollout = trainer.args.micro_steps_per_rollout // trainer.args.gradient_accumulation_steps
     if trainer.state.global_step % steps_per_rollout:
         logger.warning(

@@ -316,6 +316,7 @@ def build_rollout_engine(
             sync_dir=args.vllm_weight_sync_dir,
             need_log_probs=True,
             is_main_process=accelerator.is_main_process,
+            seed=args.seed + accelerator.process_index,  # one server, each process's own prompts and seeds
             **common,
         )
     num_processes, tp = accelerator.num_processes, args.vllm_tensor_parallel_size
@@ -349,7 +350,14 @@ def build_rollout_engine(
         "trust_remote_code": args.model_kwargs()["trust_remote_code"],
     }
     path = engine_model_path(actor, processing_class, accelerator)
-    engine = VLLMColocateEngine(path, llm_kwargs, num_processes=num_processes, tp_group=tp_group, **common)
+    engine = VLLMColocateEngine(
+        path,
+        llm_kwargs,
+        num_processes=num_processes,
+        tp_group=tp_group,
+        seed=args.seed + accelerator.process_index,  # each process's prompts their own seeds, also within a group
+        **common,
+    )
     accelerator.wait_for_everyone()
     return engine
 
@@ -387,7 +395,9 @@ def engine_model_path(actor: Actor, processing_class: Any, accelerator: Accelera
 # ------------------------------------------------------------------------------------------------ checks
 
 
-def check_rollout_func(rollout_func: Callable | None, media_kinds: tuple[str, ...], tools: list) -> bool:
+def check_rollout_func(
+    rollout_func: Callable | None, media_kinds: tuple[str, ...], tools: list, async_rollouts: bool = False
+) -> bool:
     """Whether the run has TRL's `rollout_func`, refusing the settings it cannot serve."""
     if rollout_func is None:
         return False
@@ -403,13 +413,24 @@ def check_rollout_func(rollout_func: Callable | None, media_kinds: tuple[str, ..
             "rollout_func with tools or an environment_factory is not supported: the rollout function runs the "
             "whole rollout; give its tool or environment turns as env_mask instead."
         )
+    if async_rollouts:
+        raise ValueError(
+            "rollout_func with async_rollouts=True is not supported: the rollout function would run in a background "
+            "thread beside the update, with the trainer it is given. Set async_rollouts=False."
+        )
     logger.warning("rollout_func is experimental in TRL, as here: its contract may change.")
     return True
 
 
 def check_streams(train_dataset, eval_dataset, args: RFTConfig) -> None:
-    """TRL's rules for streaming (iterable) datasets: no batch dispatching; one loader worker for training."""
+    """TRL's rules for streaming (iterable) datasets: no batch dispatching; one loader worker for training. And ours:
+    no `async_rollouts`, whose next rollout's rows are read off the sampler before the dataloader hands them over."""
     eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+    if args.async_rollouts and is_stream(train_dataset):
+        raise ValueError(
+            "async_rollouts=True needs a map-style training set: the next rollout's rows are read ahead of the "
+            "dataloader, which a stream cannot do. Load the dataset without streaming, or set async_rollouts=False."
+        )
     if not (is_stream(train_dataset) or any(is_stream(d) for d in eval_sets)):
         return
     if args.accelerator_config.dispatch_batches:

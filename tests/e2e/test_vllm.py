@@ -138,7 +138,7 @@ def test_colocate_trains_and_syncs_weights_by_greedy_equality(tmp_path, kind, ta
         # Control: scored over the full vocabulary, the tiny random model's few percent of probability on the media
         # tokens makes the trainer's log-probs lower than the engine's (the old importance ratio of 0.93 at 8 tokens).
         assert result["scored_difference"]["suppressed"] < 1e-5, result["scored_difference"]
-        assert result["scored_difference"]["full_vocabulary"] > 1e-3, result["scored_difference"]
+        assert result["scored_difference"]["full_vocabulary"] > 1e-4, result["scored_difference"]
     assert result["synced"] == 1
     assert not result["before_sync_equal"], "the update did not change the greedy completions: the test proves nothing"
     assert result["after_sync_equal"]
@@ -212,6 +212,8 @@ def serve(kind: str, tmp_path_factory):
             "--enforce-eager",
             "--max-model-len",
             "512",
+            # Seeded requests (rft_trl seeds each prompt) cannot be cut by chunked prefill on the CPU.
+            "--no-enable-chunked-prefill",
         ],
         env={**VLLM_ENV, "VLLM_SERVER_DEV_MODE": "1"},
         stdout=log,

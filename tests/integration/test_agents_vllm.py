@@ -71,7 +71,7 @@ def tool_server(tool_model_dir, tmp_path_factory):
         process = subprocess.Popen(
             [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", tool_model_dir,
              "--port", str(port), "--dtype", "float32", "--logprobs-mode", "processed_logprobs", "--enforce-eager",
-             "--max-model-len", str(MAX_MODEL_LEN)],
+             "--max-model-len", str(MAX_MODEL_LEN), "--no-enable-chunked-prefill"],
             env={**VLLM_ENV, "VLLM_SERVER_DEV_MODE": "1"},
             stdout=log,
             stderr=subprocess.STDOUT,

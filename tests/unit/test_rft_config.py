@@ -95,6 +95,21 @@ def test_micro_train_batch_size_is_per_device_train_batch_size():
             {"use_adaptive_entropy": True, "entropy_coef_min": 0.5, "entropy_coef_max": 0.1},
             "entropy_coef_min=0.5 is above entropy_coef_max=0.1",
         ),
+        ({"max_staleness": 2}, "max_staleness=2 bounds the lag of rollouts generated ahead"),
+        ({"async_rollouts": True}, "transformers' generate cannot do"),
+        (
+            {"async_rollouts": True, "use_vllm": True, "vllm_enable_sleep_mode": True},
+            "cannot sleep then: set vllm_enable_sleep_mode=False",
+        ),
+        (
+            {"async_rollouts": True, "use_vllm": True, "vllm_tensor_parallel_size": 2},
+            "tensor-parallel colocated engine is not supported",
+        ),
+        (
+            {"async_rollouts": True, "use_vllm": True, "max_epochs": 2},
+            "a rollout feeds 2 optimizer steps, so one sampled ahead lags its policy by 2 steps, beyond "
+            "max_staleness=1. Set max_staleness >= 2",
+        ),
     ],
 )
 def test_invalid_values_raise_with_a_fix(kwargs, message):
@@ -203,6 +218,7 @@ RANGE_CASES = [
     ("log_prob_chunk_size", 0, 1, "log_prob_chunk_size", ">= 1", {}),
     ("buffer_limit", -1, 8, "buffer_limit", ">= 0", {}),
     ("dynamic_sampling_max_rounds", -1, 0, "dynamic_sampling_max_rounds", ">= 0", {"dynamic_sampling": True}),
+    ("max_staleness", -1, 0, "max_staleness", ">= 0", {"async_rollouts": True, "use_vllm": True}),
     # Sampling
     ("temperature", 0.0, 0.7, "temperature", "> 0", {}),
     ("top_p", 0.0, 1.0, "top_p", "in (0, 1]", {}),
