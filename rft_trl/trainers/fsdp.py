@@ -24,12 +24,13 @@ from .rft_config import RFTConfig
 __all__ = ["check_fsdp", "shard_reference"]
 
 
-def check_fsdp(accelerator: Accelerator, args: RFTConfig) -> None:
+def check_fsdp(accelerator: Accelerator, args: RFTConfig, critic: nn.Module | None) -> None:
     """
     Refuse an FSDP setup this trainer would run wrongly, naming the fix.
 
     Raises:
-        `ValueError`: FSDP enabled other than by the launcher's config, FSDP1, a sharded state dict on save, or EMA.
+        `ValueError`: FSDP enabled other than by the launcher's config, FSDP1, a sharded state dict on save, EMA, or
+        a critic.
     """
     if accelerator.distributed_type != DistributedType.FSDP:
         return
@@ -51,6 +52,15 @@ def check_fsdp(accelerator: Accelerator, args: RFTConfig) -> None:
         raise ValueError(
             f"FSDP with fsdp_state_dict_type {plugin.state_dict_type} writes no model.safetensors that "
             "from_pretrained can load: set `fsdp_state_dict_type: FULL_STATE_DICT` in the accelerate config."
+        )
+    if critic is not None:
+        # The policy and the critic are prepared as one module (PolicyAndValue), whose own parameters (embeddings,
+        # head, the vision tower's outer layers, the value head) FSDP2 gathers only in that module's forward; the
+        # rollout scores the policy and the critic each on its own, outside it.
+        raise ValueError(
+            "PPO with a critic (advantage_estimator='gae') is not supported under FSDP: the rollout runs the policy "
+            "and the critic outside the sharded module's own forward. Use DeepSpeed ZeRO-3 "
+            "(accelerate_configs/deepspeed_zero3.yaml), or a critic-free estimator such as GRPO's."
         )
     if args.enable_ema:
         raise ValueError(

@@ -249,7 +249,7 @@ class PPOTrainerVL(Trainer):
         )
         self._router_aux_loss = RouterAuxLoss(actor.hf_model, resolve_aux_loss_coef(actor.hf_model, args))
         check_deepspeed_saving(self.accelerator, self.is_deepspeed_enabled)
-        check_fsdp(self.accelerator, args)
+        check_fsdp(self.accelerator, args, critic)
         reference = build_reference(
             actor,
             initial_model,

@@ -47,31 +47,32 @@ def fsdp_accelerator(**plugin_kwargs) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize(
-    ("plugin_kwargs", "ema", "message"),
+    ("plugin_kwargs", "ema", "critic", "message"),
     [
-        ({"fsdp_version": 1}, False, "set `fsdp_version: 2`"),
-        ({"state_dict_type": "SHARDED_STATE_DICT"}, False, "set `fsdp_state_dict_type: FULL_STATE_DICT`"),
-        ({}, True, "enable_ema=True is not supported under FSDP"),
+        ({"fsdp_version": 1}, False, None, "set `fsdp_version: 2`"),
+        ({"state_dict_type": "SHARDED_STATE_DICT"}, False, None, "set `fsdp_state_dict_type: FULL_STATE_DICT`"),
+        ({}, True, None, "enable_ema=True is not supported under FSDP"),
+        ({}, False, torch.nn.Linear(2, 1), r"PPO with a critic .* is not supported under FSDP.*deepspeed_zero3"),
     ],
-    ids=["fsdp1", "sharded_state_dict", "ema"],
+    ids=["fsdp1", "sharded_state_dict", "ema", "critic"],
 )
-def test_fsdp_setups_the_trainer_cannot_run_are_refused(fsdp_launch, plugin_kwargs, ema, message):
+def test_fsdp_setups_the_trainer_cannot_run_are_refused(fsdp_launch, plugin_kwargs, ema, critic, message):
     args = SimpleNamespace(enable_ema=ema)
     with pytest.raises(ValueError, match=message):
-        check_fsdp(fsdp_accelerator(**plugin_kwargs), args)
+        check_fsdp(fsdp_accelerator(**plugin_kwargs), args, critic)
 
 
 def test_fsdp_not_enabled_by_the_launcher_is_refused(monkeypatch):
     # The models were built before the Accelerator without knowing FSDP was coming.
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     with pytest.raises(ValueError, match="launch with `accelerate launch --config_file accelerate_configs/fsdp2"):
-        check_fsdp(fsdp_accelerator(), SimpleNamespace(enable_ema=False))
+        check_fsdp(fsdp_accelerator(), SimpleNamespace(enable_ema=False), None)
 
 
 def test_fsdp2_with_a_full_state_dict_is_accepted(fsdp_launch):
     # Control: the shipped config's settings pass, and so does any run without FSDP.
-    check_fsdp(fsdp_accelerator(), SimpleNamespace(enable_ema=False))
-    check_fsdp(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), SimpleNamespace(enable_ema=True))
+    check_fsdp(fsdp_accelerator(), SimpleNamespace(enable_ema=False), None)
+    check_fsdp(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), SimpleNamespace(enable_ema=True), None)
 
 
 def test_sync_ref_model_under_fsdp_is_refused(fsdp_launch):
