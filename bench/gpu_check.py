@@ -23,6 +23,11 @@ line as JSON, a failing one reported and skipped:
 - `b8`: rollout sampling with vLLM colocate (`use_vllm=True`) against transformers' `generate`, through the trainers'
   engines (`trainer.experience_maker.engine.generate`), completion tokens/s; skipped with the reason when vLLM is
   not installed.
+- `fsdp2`: FSDP2 through Accelerate (`accelerate_configs/fsdp2.yaml`, one process on this GPU), launches of
+  `examples/grpo_vl.py` on the built-in tiny model: 4 steps with a KL reference, HF generation and a checkpoint at
+  step 2; the saved model loaded with `from_pretrained` (trained, the initial model's names); the run resumed from
+  its step-2 checkpoint against the uninterrupted one (largest weight difference); LoRA; vLLM colocate when vLLM is
+  installed. Skipped on the CPU, where Accelerate does not enable FSDP.
 - `b9`: `PPOTrainerVL.train()` with each prompt's images encoded once (`cache_encoder_outputs=True`, the default)
   against encoding the pixels in every pass, the vision tower frozen and trained: median step time and the images
   the tower encoded per unique image (4 prompts x 8 samples, one optimizer step per rollout in micro-batches of
@@ -34,9 +39,12 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib.util
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +56,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import StepClock, length_reward  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from transformers import PrinterCallback, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoModelForMultimodalLM, PrinterCallback, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
 from rft_trl import ActorVL, PPOTrainerVL, RFTConfig  # noqa: E402
 from rft_trl.data import PromptCollator  # noqa: E402
@@ -483,10 +492,100 @@ def run_verify(path: str, options, dtype, device: str, attention: str) -> None:
     release_memory(device)
 
 
-# verify second: it is short, and the 9-minute stop of gpu_check.sh cuts the sections that come last.
+# The built-in example on the tiny model, cut to 4 optimizer steps (2 rollouts) with a checkpoint at step 2.
+FSDP2_EXAMPLE_ARGS = (
+    "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--report_to",
+    "none", "--format_warmup_steps", "0", "--rollout_batch_size", "2", "--num_generations", "2",
+    "--per_device_train_batch_size", "4", "--micro_rollout_batch_size", "4", "--logging_steps", "1", "--seed", "0",
+    # Distinct completions score apart: every step has advantages and moves the weights.
+    "--reward_funcs", "rft_trl.testing.training.distinct_reward",
+)  # fmt: skip
+FSDP2_LAUNCH_TIMEOUT_S = 150
+FSDP2_BUDGET_S = 330  # the launches left once this much has passed are skipped, for gpu_check.sh's 9 minutes
+
+
+def launch_example(config: str, output_dir: str, *extra: str) -> dict:
+    """The example launched with `accelerate_configs/<config>` on one process; its exit status, time, output tail."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        os.path.join(root, "accelerate_configs", config), "--num_processes", "1",
+        os.path.join(root, "examples", "grpo_vl.py"), "--output_dir", output_dir, *FSDP2_EXAMPLE_ARGS, *extra,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=FSDP2_LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        return {"returncode": None, "seconds": FSDP2_LAUNCH_TIMEOUT_S, "tail": str(error.stdout)[-1500:]}
+    seconds = round(time.perf_counter() - start, 1)
+    tail = (completed.stdout + completed.stderr)[-1500:]
+    return {"returncode": completed.returncode, "seconds": seconds, "tail": tail}
+
+
+def weights_difference(first: str, second: str) -> float:
+    """The largest absolute difference between two saved models' weights (inf when their names differ)."""
+    a = load_file(os.path.join(first, "model.safetensors"))
+    b = load_file(os.path.join(second, "model.safetensors"))
+    if a.keys() != b.keys():
+        return float("inf")
+    return max((a[name].float() - b[name].float()).abs().max().item() for name in a)
+
+
+def run_fsdp2(path: str, options, dtype, device: str, attention: str) -> None:
+    """
+    FSDP2 through Accelerate on this GPU (one process), on the built-in tiny model of examples/grpo_vl.py: training
+    with a KL reference and HF generation, the saved model reloaded with from_pretrained, an exact resume from the
+    step-2 checkpoint, LoRA, and vLLM colocate (when installed), each a launch of the example.
+    """
+    if device != "cuda":
+        report("fsdp2", skipped="needs CUDA: Accelerate enables FSDP only over accelerators (RFTConfig refuses it)")
+        return
+    report("fsdp2", **example_runs("fsdp2.yaml"))
+
+
+def example_runs(config: str) -> dict:
+    """The fsdp2 section's launches under `accelerate_configs/<config>`, and what they show."""
+    base = tempfile.mkdtemp(prefix="gpu_check_fsdp2_")
+    start = time.perf_counter()
+    runs = {"full": launch_example(config, os.path.join(base, "full"))}
+    results = {}
+    if runs["full"]["returncode"] == 0:
+        full = os.path.join(base, "full")
+        saved = AutoModelForMultimodalLM.from_pretrained(full).state_dict()
+        initial = build_tiny_model("qwen2_5_vl")[0].state_dict()
+        with open(os.path.join(full, "log_history.json")) as f:
+            history = json.load(f)
+        results["steps_logged"] = sum("loss" in entry for entry in history)
+        results["kl_finite"] = all(math.isfinite(entry["kl"]) for entry in history if "kl" in entry)
+        results["saved_keys_as_initial"] = saved.keys() == initial.keys()
+        results["saved_moved"] = max((saved[k] - initial[k]).abs().max().item() for k in initial if k in saved)
+        checkpoint = os.path.join(full, "checkpoint-2")
+        runs["resumed"] = launch_example(config, os.path.join(base, "resumed"), "--resume_from_checkpoint", checkpoint)
+        if runs["resumed"]["returncode"] == 0:
+            results["resumed_vs_uninterrupted_max"] = weights_difference(os.path.join(base, "resumed"), full)
+            # What the resumed run had to reproduce: the steps after the checkpoint moved the weights this much.
+            results["checkpoint_vs_uninterrupted_max"] = weights_difference(checkpoint, full)
+    extra_runs = {"lora": ("--use_peft", "--lora_r", "4")}
+    if importlib.util.find_spec("vllm") is not None:
+        extra_runs["vllm_colocate"] = ("--use_vllm", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.2")
+    for name, extra in extra_runs.items():
+        if time.perf_counter() - start > FSDP2_BUDGET_S:
+            runs[name] = {"skipped": "out of the section's time"}
+            continue
+        short = ("--max_steps", "2", "--save_strategy", "no")
+        runs[name] = launch_example(config, os.path.join(base, name), *short, *extra)
+    for run in runs.values():
+        if run.get("returncode") == 0:
+            run.pop("tail")
+    return {**results, "runs": runs}
+
+
+# verify second: it is short, and the 9-minute stop of gpu_check.sh cuts the sections that come last; fsdp2 third,
+# on the tiny model (about 4 launches of the example).
 SECTIONS = {
     "exact": check_exact,
     "verify": run_verify,
+    "fsdp2": run_fsdp2,
     "memory": check_memory,
     "b7": run_b7,
     "b8": run_b8,

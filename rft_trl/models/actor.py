@@ -28,6 +28,7 @@ from ..core.logprobs import (
     log_probs_from_logits,
 )
 from ..data.multimodal import MEDIA_KINDS, is_token_field
+from .fsdp import fsdp_enabled
 from .inputs import ModelInputs, resolve_packing
 from .packing import select_action_positions
 from .utils import (
@@ -566,6 +567,8 @@ class Actor(nn.Module):
             reason = "a forward hook or a replaced forward (accelerate's device hooks) acts on the output embedding"
         elif is_deepspeed_zero3_enabled():
             reason = "under ZeRO-3 the output embedding is partitioned outside its own forward"
+        elif fsdp_enabled():
+            reason = "under FSDP the output embedding may be sharded outside its own forward"
         if reason is None:
             return head
         if not self._unfused_reason_logged:

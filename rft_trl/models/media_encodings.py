@@ -34,6 +34,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.utils import ModelOutput
 
 from ..data.multimodal import concat_multimodal_inputs
+from .fsdp import fsdp_enabled
 from .utils import unwrap_model
 
 __all__ = ["ENCODER_OUTPUT_MODEL_TYPES", "MediaEncodings"]
@@ -93,6 +94,8 @@ class MediaEncodings:
             self.reason = f"{type(base).__name__}.forward takes no mm_encoder_outputs"
         elif is_deepspeed_zero3_enabled():
             self.reason = "under DeepSpeed ZeRO-3 every rank must run the same encoder calls"
+        elif fsdp_enabled():
+            self.reason = "under FSDP every rank must run the same encoder calls (each gathers its shards)"
         else:
             self.reason = None
             self._owner = base.base_model

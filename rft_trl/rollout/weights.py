@@ -8,6 +8,8 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..models.fsdp import full_tensor, original_classes
+
 
 def _gathered(parameters: list[nn.Parameter]):
     """
@@ -45,8 +47,9 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
     - A PEFT model yields its base model's parameters with every active LoRA adapter merged in (computed aside,
       `base + delta`, the model itself untouched), and the active copy of each `modules_to_save` module; adapter
       parameters are not yielded. Other PEFT tuners are refused.
-    - Under DeepSpeed ZeRO-3, each module's parameters are gathered while it is read and released after: the whole
-      model is never gathered at once. Every yielded tensor is a detached copy.
+    - Under DeepSpeed ZeRO-3, each module's parameters are gathered while it is read and released after; under FSDP2,
+      each parameter's shards are gathered into a full tensor as it is read: the whole model is never gathered at
+      once, and every rank must iterate alike. Every yielded tensor is a detached copy.
 
     Names (and, for families whose loading fuses or splits tensors, shapes) are those `save_pretrained` writes:
     transformers' reversal of its loading conversions is applied module by module. Tied parameters are yielded once,
@@ -85,7 +88,7 @@ def iter_checkpoint_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tenso
                     full = _checkpoint_name(full)
                     if full is None:
                         continue
-                value = parameter.detach()
+                value = full_tensor(parameter.detach())
                 if delta is not None and name == "weight":
                     value = value + delta.to(value.dtype)
                 weights[full] = value.clone()
@@ -115,11 +118,12 @@ def _checkpoint_layout(model: nn.Module):
     if conversions is None:
         # What `revert_weight_conversion` collects for a model built in memory: the family's mapping without its
         # legacy renamings and prefix changes. It is attached to the model for the duration of each call.
-        conversions = [
-            conversion
-            for conversion in get_model_conversion_mapping(model, add_legacy=False)
-            if not isinstance(conversion, PrefixChange)
-        ]
+        with original_classes(model):  # looked up by class name, which FSDP2 changes
+            conversions = [
+                conversion
+                for conversion in get_model_conversion_mapping(model, add_legacy=False)
+                if not isinstance(conversion, PrefixChange)
+            ]
     if not conversions:
         return lambda weights: weights  # nothing to revert: the runtime names are the checkpoint's
     if recorded is not None:
@@ -136,10 +140,13 @@ def _checkpoint_layout(model: nn.Module):
 
 
 def _lora_delta(layer) -> torch.Tensor | None:
-    """The sum of the active adapters' weight deltas of a LoRA layer, its adapters gathered under ZeRO-3."""
+    """
+    The sum of the active adapters' weight deltas of a LoRA layer, its adapters gathered under ZeRO-3; under FSDP2 the
+    delta of the sharded adapters is itself sharded, and gathered here.
+    """
     adapters = [name for name in layer.active_adapters if name in layer.lora_A]
     if not adapters:
         return None
     parameters = [p for name in adapters for p in (*layer.lora_A[name].parameters(), *layer.lora_B[name].parameters())]
     with _gathered(parameters), torch.no_grad():
-        return sum(layer.get_delta_weight(name) for name in adapters)
+        return full_tensor(sum(layer.get_delta_weight(name) for name in adapters))

@@ -13,6 +13,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from ..data.multimodal import ProcessorLayout
 from ..models.actor import Actor
 from ..models.critic import Critic
+from ..models.fsdp import fsdp_enabled
 from ..models.utils import cast_lm_head_to_fp32, load_pretrained_model, unwrap_model
 from .rft_config import RFTConfig
 
@@ -121,6 +122,11 @@ def build_actor(model, layout: ProcessorLayout, args: RFTConfig, peft_config) ->
     if args.cast_lm_head_to_fp32:
         if is_deepspeed_zero3_enabled():
             raise ValueError("cast_lm_head_to_fp32=True is not supported under ZeRO-3 (a partitioned LM head).")
+        if fsdp_enabled():
+            raise ValueError(
+                "cast_lm_head_to_fp32=True is not supported under FSDP: FSDP2 shards the head with the embeddings as "
+                "one group, whose parameters must share one dtype. Set cast_lm_head_to_fp32=False."
+            )
         cast_lm_head_to_fp32(actor.hf_model)
     return actor
 

@@ -40,9 +40,11 @@ import torch
 from peft import set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers.trainer import OPTIMIZER_NAME, TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+
+from ..models.fsdp import original_classes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -191,15 +193,15 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     return resume_from_checkpoint
 
 
-def check_resumable(checkpoint: str, steps_per_rollout: int, needs_optimizer_file: bool) -> None:
+def check_resumable(checkpoint: str, steps_per_rollout: int, optimizer_file: str | None) -> None:
     """
     Refuse a checkpoint that cannot resume the run exactly.
 
     Args:
         checkpoint (`str`): a complete checkpoint.
         steps_per_rollout (`int`): optimizer steps per rollout; checkpoints must fall on a rollout boundary.
-        needs_optimizer_file (`bool`): whether the optimizer state must be in `optimizer.pt` (not under DeepSpeed,
-            which keeps its own files).
+        optimizer_file (`str`, *optional*): the file that must hold the optimizer state (`optimizer.pt`; under FSDP,
+            Accelerate's `optimizer.bin`); `None` under DeepSpeed, which keeps its own files.
 
     Raises:
         [`CheckpointError`]: saved in the middle of a rollout, or saved without optimizer state.
@@ -212,7 +214,7 @@ def check_resumable(checkpoint: str, steps_per_rollout: int, needs_optimizer_fil
             f"Resume from a checkpoint saved at a multiple of {steps_per_rollout} steps (set save_steps to such a "
             f"multiple)."
         )
-    if needs_optimizer_file and not os.path.isfile(os.path.join(checkpoint, OPTIMIZER_NAME)):
+    if optimizer_file is not None and not os.path.isfile(os.path.join(checkpoint, optimizer_file)):
         raise CheckpointError(
             f"{checkpoint} holds no optimizer state (it was saved with save_only_model or disable_ds_ckpt), so "
             f"training cannot resume from it exactly. Load its weights with from_pretrained and start a new run."
@@ -404,7 +406,9 @@ def save_policy(
     elif state_dict is not None:
         actor_state = {k[len("actor.model.") :]: v for k, v in state_dict.items() if k.startswith("actor.model.")}
         critic_state = {k[len("critic.") :]: v for k, v in state_dict.items() if k.startswith("critic.")}
-    actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
+    # Under FSDP2 the model's classes are restored while it is written, for transformers' checkpoint conversions.
+    with original_classes(actor.model):
+        actor.model.save_pretrained(output_dir, state_dict=actor_state, safe_serialization=True)
     if processing_class is not None:
         processing_class.save_pretrained(output_dir)
     if critic is not None:

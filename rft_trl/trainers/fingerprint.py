@@ -17,6 +17,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 # Relative agreement required of each statistic (scaled by the parameter's sum of absolute values or of squares).
 FINGERPRINT_RTOL = 1e-9
@@ -24,7 +25,10 @@ FINGERPRINT_RTOL = 1e-9
 
 @contextmanager
 def _whole(parameter: nn.Parameter) -> Iterator[torch.Tensor]:
-    """The parameter's full tensor; a ZeRO-3 partitioned one is gathered on every process while it is read."""
+    """The parameter's full tensor; a ZeRO-3 or FSDP2 sharded one is gathered on every process while it is read."""
+    if isinstance(parameter, DTensor):
+        yield parameter.full_tensor()
+        return
     if hasattr(parameter, "ds_id"):
         import deepspeed
 

@@ -55,6 +55,7 @@ from .completions import CompletionsLog
 from .ema import ActorEMA
 from .evaluation import evaluate_rollouts
 from .experience_maker import ExperienceMaker
+from .fsdp import check_fsdp
 from .guards import GuardedOptimizer, NonFiniteGuard, guard_optimizer_and_scheduler, redact_token_arguments
 from .metrics import MetricRecorder, gather_rollout_metrics, merge_rollout_metrics
 from .model_card import write_model_card
@@ -250,6 +251,7 @@ class PPOTrainerVL(Trainer):
         )
         self._router_aux_loss = RouterAuxLoss(actor.hf_model, resolve_aux_loss_coef(actor.hf_model, args))
         check_deepspeed_saving(self.accelerator, self.is_deepspeed_enabled)
+        check_fsdp(self.accelerator, args, critic)
         reference = build_reference(
             actor,
             initial_model,
@@ -613,13 +615,17 @@ class PPOTrainerVL(Trainer):
         # Not super(): the parent loads one state dict into `trainer.model`; a checkpoint here holds the actor in its
         # family's saved format, the adapter and the critic apart, which `load_checkpoint_weights` maps back.
         # `train` has already checked the checkpoint and restored the RFT state; the Trainer calls this for weights.
+        # Under FSDP it calls this once the module is sharded: Accelerate's loader fills the shards, from the full
+        # state dict the Trainer saved beside ours (`pytorch_model_fsdp.bin`).
+        if self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_model_weights(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         # Overridden (private Trainer hook): the Trainer loads the checkpoint's file as a state dict of the module it
         # trains, but ours holds the actor in its family's saved format (and the critic and adapter apart), which
-        # only our loader maps back. DeepSpeed keeps its own engine checkpoints: the Trainer's way is right there.
-        if self.is_deepspeed_enabled:
+        # only our loader maps back. DeepSpeed and FSDP keep their own checkpoints: the Trainer's way is right there.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super()._load_best_model()
         logger.info(
             "Loading the best model from %s (score %s).", self.state.best_model_checkpoint, self.state.best_metric

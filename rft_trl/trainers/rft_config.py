@@ -595,12 +595,22 @@ class RFTConfig(TrainingArguments):
 
     def _adapt_to_a_cpu_launch(self) -> None:
         """
-        Make a multi-process launch on a machine without an accelerator run as one job, as launched.
+        Make a multi-process launch on a machine without an accelerator run as one job, as launched, or refuse one
+        that cannot (FSDP).
 
         Without this, `accelerate launch` of the shipped CPU configs starts processes that each train alone (plain
         DDP needs `use_cpu` to join the processes with gloo), or DeepSpeed runs two ranks while Accelerate counts
         one (its process group must be gloo), failing minutes later on DeepSpeed's batch-size check.
         """
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.accelerator.is_available():
+            # Measured with accelerate 1.16 and torch 2.14 on 2 gloo processes: torch's FSDP2 shards, steps and
+            # generates there, but Accelerate selects FSDP only over accelerator devices, and on the CPU sets
+            # DistributedType.NO: every process would train alone, unsharded and never synchronised.
+            raise ValueError(
+                "FSDP needs an accelerator (GPU): on the CPU Accelerate does not enable FSDP and each process would "
+                "train alone, unsharded. On the CPU launch with accelerate_configs/deepspeed_zero3_cpu.yaml (sharded) "
+                "or accelerate_configs/cpu_multi_process.yaml (DDP)."
+            )
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size < 2 or torch.accelerator.is_available():
             return

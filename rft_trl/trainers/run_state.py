@@ -9,7 +9,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from accelerate.utils import gather_object
+from accelerate.utils.constants import OPTIMIZER_NAME as ACCELERATE_OPTIMIZER_NAME
 from safetensors.torch import save_file
+from transformers.trainer import OPTIMIZER_NAME
 
 from .async_rollouts import wait_before_saving
 from .checkpointing import (
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_reference",
+    "checkpoint_optimizer_file",
     "gather_run_state",
     "prepare_resume",
     "save_run_state",
@@ -56,9 +59,22 @@ def prepare_resume(trainer: PPOTrainerVL, resume_from_checkpoint: str | bool | N
     trainer._reference_fingerprint = reference_fingerprint(trainer)
     if checkpoint is not None:
         steps_per_rollout = args.micro_steps_per_rollout // args.gradient_accumulation_steps
-        check_resumable(checkpoint, steps_per_rollout, needs_optimizer_file=not trainer.is_deepspeed_enabled)
+        check_resumable(checkpoint, steps_per_rollout, optimizer_file=checkpoint_optimizer_file(trainer))
         restore_run_state(trainer, checkpoint)
     return checkpoint
+
+
+def checkpoint_optimizer_file(trainer: PPOTrainerVL) -> str | None:
+    """
+    The file of a checkpoint that holds the optimizer state, as the Trainer writes it: `optimizer.pt`; under FSDP,
+    Accelerate's `optimizer.bin` (a full state dict, `fsdp_state_dict_type: FULL_STATE_DICT`); `None` under DeepSpeed,
+    which keeps its own files.
+    """
+    if trainer.is_deepspeed_enabled:
+        return None
+    if trainer.is_fsdp_enabled:
+        return f"{ACCELERATE_OPTIMIZER_NAME}.bin"
+    return OPTIMIZER_NAME
 
 
 def gather_run_state(trainer: PPOTrainerVL, checkpoint: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import save_file
@@ -34,6 +34,7 @@ from trl.trainer.utils import disable_dropout_in_model
 from ..data.collator import PromptCollator
 from ..data.multimodal import ProcessorLayout
 from ..models.actor import Actor
+from ..models.fsdp import fsdp_enabled
 from ..models.media_encodings import MediaEncodings
 from ..models.reward_model import SequenceClassificationReward
 from ..models.utils import cast_lm_head_to_fp32
@@ -42,6 +43,7 @@ from ..rewards import RewardScorer
 from ..rollout import Environments, MultiTurn, ToolBox, iter_checkpoint_weights
 from ..rollout.observations import check_observation_kind
 from .builders import load_reward_models
+from .fsdp import shard_reference
 from .kl_controller import AdaptiveKLController, EntropyController, FixedKLController
 from .rft_config import RFTConfig
 from .sampling import is_stream
@@ -235,8 +237,8 @@ def build_reference(
 ) -> Reference:
     """
     The reference policy of the KL term: `initial_model` when given; with PEFT, the actor with its adapter disabled
-    (no memory cost); under ZeRO-3, the policy loaded again from `model_path`; else a frozen copy of the actor. It
-    scores under the actor's distribution (the same suppressed tokens), frozen, in eval mode.
+    (no memory cost); under ZeRO-3, the policy loaded again from `model_path`; else a frozen copy of the actor, sharded
+    under FSDP. It scores under the actor's distribution (the same suppressed tokens), frozen, in eval mode.
     """
     if args.init_kl_coef == 0 and initial_model is None:
         return Reference(None, initial_model)
@@ -275,6 +277,10 @@ def build_reference(
     # whole), whose hooks gather the shards for the reference forward.
     engine = prepare_deepspeed(reference, accelerator) if deepspeed else None
     reference = reference.to(accelerator.device)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # TRL's way under FSDP: the reference sharded like the policy (it is copied above, before Accelerate shards
+        # the policy when training starts).
+        shard_reference(reference.hf_model, accelerator)
     return Reference(reference, reference, engine)
 
 
@@ -476,10 +482,10 @@ def check_sync_ref_model(args: RFTConfig, peft: bool, critic: nn.Module | None) 
             "`sync_ref_model=True` with a critic is not supported: the trained module holds the critic's weights "
             "too, which have no counterpart in the reference."
         )
-    if is_deepspeed_zero3_enabled():
+    if is_deepspeed_zero3_enabled() or fsdp_enabled():
         raise ValueError(
-            "`sync_ref_model=True` under ZeRO-3 is not supported: the synced reference is saved whole in each "
-            "checkpoint (for an exact resume), which a partitioned reference cannot be."
+            "`sync_ref_model=True` under ZeRO-3 or FSDP is not supported: the synced reference is saved whole in each "
+            "checkpoint (for an exact resume), which a sharded reference cannot be."
         )
 
 

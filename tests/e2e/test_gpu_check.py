@@ -28,6 +28,7 @@ def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     assert exact["image_tokens"] == 4 and exact["action_tokens"] == 37 + 64 + 5 + 50
     assert exact["packed_vs_padded_max"] < 1e-5 and exact["fused_vs_full_max"] < 1e-5, exact
     assert sections["memory"]["skipped"].startswith("needs CUDA")
+    assert sections["fsdp2"]["skipped"].startswith("needs CUDA: Accelerate enables FSDP only over accelerators")
     b7 = sections["b7"]
     assert b7["rft_trl"]["median_step_s"] > 0 and b7["TRL"]["median_step_s"] > 0, b7
     assert b7["rft_trl"]["completion_tokens_per_s"] > 0, b7
