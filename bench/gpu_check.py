@@ -32,6 +32,9 @@ line as JSON, a failing one reported and skipped:
   against encoding the pixels in every pass, the vision tower frozen and trained: median step time and the images
   the tower encoded per unique image (4 prompts x 8 samples, one optimizer step per rollout in micro-batches of
   `--micro-batch`).
+- `b12`: `PPOTrainerVL.train()` with `async_rollouts=True` (the next rollout sampled by the colocated vLLM engine in a
+  background thread during the update) against the synchronous run: median step time, their ratio, and how long the
+  trainer still waited for the rollout generated ahead; skipped with the reason when vLLM is not installed.
 """
 
 from __future__ import annotations
@@ -410,6 +413,57 @@ def run_b8(path: str, options, dtype, device: str, attention: str) -> None:
     )
 
 
+def run_b12(path: str, options, dtype, device: str, attention: str) -> None:
+    """B12 on the GPU: wall time per optimizer step, `async_rollouts` (the next rollout sampled by the colocated vLLM
+    engine in a background thread during the update) against the synchronous run; same model, rows and steps."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as error:
+        report("b12", skipped=f"vLLM is not installed here ({error}); `pip install rft_trl[vllm]` to run it")
+        return
+    prompts, n, length = 8, 8, options.completion_length
+    rows = Dataset.from_list(image_rows(prompts * (options.steps + 1), options.image_size, seed=2))
+    common = trainer_settings(options, device, attention, dtype)
+    seconds, waits = {}, {}
+    for arm in ("sync", "async"):
+        clock = StepClock()
+        trainer = PPOTrainerVL(
+            path,
+            [length_reward],
+            RFTConfig(
+                output_dir=tempfile.mkdtemp(prefix="gpu_check_b12_"),
+                rollout_batch_size=prompts,
+                num_generations=n,
+                micro_rollout_batch_size=prompts * n,
+                per_device_train_batch_size=options.micro_batch,
+                gradient_accumulation_steps=prompts * n // options.micro_batch,
+                max_completion_length=length,
+                freeze_encoder=True,
+                use_vllm=True,
+                vllm_gpu_memory_utilization=0.3,
+                async_rollouts=arm == "async",
+                **common,
+            ),
+            train_dataset=rows,
+            processing_class=load_processing_class(path),
+            callbacks=[clock],
+        )
+        trainer.train()
+        seconds[arm] = median_step(clock)
+        logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+        waits[arm] = statistics.median(entry.get("rollout/async/wait_seconds", 0.0) for entry in logged[2:] or logged)
+        trainer.rollout_engine.close()
+        del trainer
+        release_memory(device)
+    report(
+        "b12",
+        sync_seconds_per_step=seconds["sync"],
+        async_seconds_per_step=seconds["async"],
+        async_over_sync=seconds["async"] / seconds["sync"],
+        async_wait_seconds=waits["async"],
+    )
+
+
 def rollout_trainer(path: str, options, dtype, device: str, attention: str, rows, callbacks: list, **overrides):
     """
     A `PPOTrainerVL` on the saved model for the b9 and verify sections: rollouts of 4 prompts x 8 samples of
@@ -590,6 +644,7 @@ SECTIONS = {
     "b7": run_b7,
     "b8": run_b8,
     "b9": run_b9,
+    "b12": run_b12,
 }
 
 

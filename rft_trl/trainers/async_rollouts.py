@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AsyncRollouts", "build_async_rollouts", "wait_before_saving"]
+__all__ = ["AsyncRollouts", "build_async_rollouts", "close_async_rollouts", "wait_before_saving"]
 
 
 @dataclass
@@ -228,6 +228,12 @@ def build_async_rollouts(trainer: PPOTrainerVL, rows, sampler: RolloutSampler) -
         args.micro_steps_per_rollout // args.gradient_accumulation_steps,
         args.max_staleness,
     )
+
+
+def close_async_rollouts(trainer: PPOTrainerVL) -> None:
+    """At the end of `train` (or its failure): drop the trainer's rollout in flight, if any, and stop its thread."""
+    if trainer._async_rollouts is not None:
+        trainer._async_rollouts.close()
 
 
 def wait_before_saving(rollouts: AsyncRollouts | None, step: int) -> None:

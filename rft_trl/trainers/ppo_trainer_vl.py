@@ -40,7 +40,7 @@ from ..data.rows import ReplacementRows
 from ..models.actor import Actor
 from ..models.utils import check_supported
 from ..rollout import Environments
-from .async_rollouts import AsyncRollouts, build_async_rollouts
+from .async_rollouts import AsyncRollouts, build_async_rollouts, close_async_rollouts
 from .builders import build_actor, build_critic, load_processing_class
 from .checkpointing import (
     check_staged_save,
@@ -341,7 +341,8 @@ class PPOTrainerVL(Trainer):
     # ------------------------------------------------------------------------------------------------ rollout
 
     def _gather_for_rollout(self) -> bool:
-        """Whether a rollout gathers the whole ZeRO-3 model first: for HF generation, as ds3_gather_for_generation."""
+        """Whether a rollout gathers the whole ZeRO-3 model first (TRL's way, for HF generation; else DeepSpeed gathers
+        layer by layer at every forward). vLLM samples with its own synced copy: the policy only scores, layerwise."""
         return self.args.ds3_gather_for_generation and self.rollout_engine is None
 
     def _sync_rollout_engine(self) -> None:
@@ -371,10 +372,7 @@ class PPOTrainerVL(Trainer):
         self.experience_maker.trainer_state = self.state
         step, ahead = self.state.global_step, self._async_rollouts
         sampled, async_metrics = ahead.take(rows, step, int(self.state.epoch or 0)) if ahead else (None, {})
-        # Under ZeRO-3, the weights are gathered once for the whole rollout (TRL's way) unless
-        # ds3_gather_for_generation=False, when DeepSpeed gathers them layer by layer at every forward. A vLLM engine
-        # samples with its own copy (synced module by module first), so the policy only scores: layer by layer.
-        self._sync_rollout_engine()
+        self._sync_rollout_engine()  # (and see _gather_for_rollout for ZeRO-3)
         with unwrapped_for_generation(self.model_wrapped, self.accelerator, self._gather_for_rollout()):
             with self.collator.replacing_from(self._replacement_rows):
                 generated, sampling_metrics = self.experience_maker.sample_rollout(rows, step, sampled)
@@ -612,11 +610,9 @@ class PPOTrainerVL(Trainer):
             super()._push_from_checkpoint(checkpoint_folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # Not super(): the parent loads one state dict into `trainer.model`; a checkpoint here holds the actor in its
-        # family's saved format, the adapter and the critic apart, which `load_checkpoint_weights` maps back.
-        # `train` has already checked the checkpoint and restored the RFT state; the Trainer calls this for weights.
-        # Under FSDP it calls this once the module is sharded: Accelerate's loader fills the shards, from the full
-        # state dict the Trainer saved beside ours (`pytorch_model_fsdp.bin`).
+        # Not super() (but under FSDP, where Accelerate's loader fills the shards from the Trainer's own full state
+        # dict): the parent loads one state dict into `trainer.model`; ours holds the actor in its family's format,
+        # the adapter and critic apart, which `load_checkpoint_weights` maps back (`train` restored the RFT state).
         if self.is_fsdp_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_model_weights(resume_from_checkpoint)
@@ -650,8 +646,7 @@ class PPOTrainerVL(Trainer):
         try:
             return super().train(checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval)
         finally:
-            if self._async_rollouts is not None:
-                self._async_rollouts.close()
+            close_async_rollouts(self)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         """The Trainer's scheduler; the optimizer is final by now, so both are wrapped to skip non-finite steps."""

@@ -303,7 +303,8 @@ def build_rollout_engine(
     `generate`."""
     if not args.use_vllm:
         return None
-    from ..rollout.vllm import VLLMColocateEngine, VLLMServerEngine
+    from ..rollout.vllm import VLLMColocateEngine
+    from ..rollout.vllm_server import VLLMServerEngine
 
     tokenizer = collator.tokenizer
     common = {

@@ -45,3 +45,4 @@ def test_gpu_check_runs_every_section_at_the_tiny_size_on_cpu():
     assert verify["differences"]["padded"] < 1e-5 and verify["differences"]["encoder cache"] < 1e-5, verify
     # This environment has no vLLM: the section says so and how to get it.
     assert "pip install rft_trl[vllm]" in sections["b8"]["skipped"]
+    assert "pip install rft_trl[vllm]" in sections["b12"]["skipped"]
