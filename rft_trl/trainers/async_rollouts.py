@@ -156,7 +156,7 @@ class AsyncRollouts:
         if position is None or self._saves_at(following, position[0] != self._epoch, state, args):
             return False
         epoch, block = position
-        indices = self._blocks[epoch][block]
+        indices = self._epoch_blocks(epoch)[block]
         rows = [self._rows[index] for index in indices]
         future = self._executor.submit(self._sample, rows, following)
         self._in_flight = _InFlight(indices, following, step, future)

@@ -50,10 +50,24 @@ class WeightsByStep(TrainerCallback):
         self.weights[state.global_step] = copy.deepcopy(self.model.state_dict())
 
 
+@pytest.fixture(scope="module")
+def vl_server(tmp_path_factory):
+    with serve("qwen3_vl", tmp_path_factory) as url:
+        yield url
+
+
 def make_trainer(
-    tmp_path, url: str, name: str, eval_dataset=None, reward_funcs=(distinct_reward,), **overrides
+    tmp_path,
+    url: str,
+    name: str,
+    eval_dataset=None,
+    reward_funcs=(distinct_reward,),
+    kind: str = "qwen3",
+    task: str = "text",
+    rows: int = 16,
+    **overrides,
 ) -> PPOTrainerVL:
-    model, tokenizer = build_tiny_model("qwen3")
+    model, tokenizer = build_tiny_model(kind)
     settings = {
         "use_vllm": True,
         "vllm_mode": "server",
@@ -68,7 +82,7 @@ def make_trainer(
         model,
         list(reward_funcs),
         args,
-        train_dataset=make_task_dataset("text", 16),
+        train_dataset=make_task_dataset(task, rows),
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
@@ -149,9 +163,10 @@ def test_staleness_zero_is_the_synchronous_run(tmp_path, server):
 def test_rollouts_generated_ahead_are_the_rollouts_sampled_in_turn_when_the_weights_hold(tmp_path, server):
     # With a learning rate of 0 the weights never change, so a rollout sampled ahead must be exactly the rollout
     # sampled in turn: the same rows, the same seeds, the same completions and rewards, step by step.
-    synchronous = make_trainer(tmp_path, server, "sync", learning_rate=0.0)
+    # 6 rows, 2 a rollout: the fourth rollout starts the second epoch, whose rows come from its own shuffle.
+    synchronous = make_trainer(tmp_path, server, "sync", learning_rate=0.0, rows=6)
     synchronous.train()
-    ahead = make_trainer(tmp_path, server, "ahead", learning_rate=0.0, async_rollouts=True)
+    ahead = make_trainer(tmp_path, server, "ahead", learning_rate=0.0, rows=6, async_rollouts=True)
     ahead.train()
     assert step_logs(ahead) == step_logs(synchronous)
     logged = [entry for entry in ahead.state.log_history if "loss" in entry]
@@ -245,3 +260,16 @@ def test_evaluation_waits_for_the_rollout_in_flight_and_scores_the_current_weigh
     assert len(evaluations) == 4 and all(math.isfinite(entry["eval_reward"]) for entry in evaluations)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["rollout/async/generated_ahead"] for entry in logged] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_image_rollouts_sampled_ahead_are_those_sampled_in_turn(tmp_path, vl_server):
+    # Prompts with images: the background thread loads and processes the media and the server renders the chat
+    # messages with the images inlined; with the weights held, each rollout sampled ahead is the one sampled in turn.
+    settings = {"kind": "qwen3_vl", "task": "colour", "learning_rate": 0.0, "max_steps": 3}
+    synchronous = make_trainer(tmp_path, vl_server, "sync", **settings)
+    synchronous.train()
+    ahead = make_trainer(tmp_path, vl_server, "ahead", async_rollouts=True, **settings)
+    ahead.train()
+    assert step_logs(ahead) == step_logs(synchronous)
+    logged = [entry for entry in ahead.state.log_history if "loss" in entry]
+    assert [entry["rollout/async/generated_ahead"] for entry in logged] == [0.0, 1.0, 1.0]

@@ -113,12 +113,14 @@ def tool_trainer(
     """
     args = tiny_config(
         output_dir,
-        use_vllm=True,
-        temperature=TEMPERATURE,
-        generate_max_len=COMPLETION_BUDGET,
-        prompt_max_len=4096,
-        learning_rate=1e-3,
-        **settings,
+        **{
+            "use_vllm": True,
+            "temperature": TEMPERATURE,
+            "generate_max_len": COMPLETION_BUDGET,
+            "prompt_max_len": 4096,
+            "learning_rate": 1e-3,
+            **settings,
+        },
     )
     return PPOTrainerVL(
         model_dir,

@@ -182,3 +182,40 @@ def test_tools_with_a_tensor_parallel_colocated_engine_are_refused(tmp_path):
             processing_class=tokenizer,
             tools=[multiply],
         )
+
+
+def test_environment_rollouts_sampled_ahead_are_those_sampled_in_turn(tmp_path, tool_model_dir, tool_server):
+    # async_rollouts with environment_factory: the background thread runs the whole tool loop (environment resets,
+    # tool calls, every turn on vLLM). With the weights held (learning rate 0), each rollout sampled ahead must be the
+    # one sampled in turn: the same calls, completions and rewards, step by step.
+    def run(name: str, **settings) -> PPOTrainerVL:
+        trainer = tool_trainer(
+            tool_model_dir,
+            str(tmp_path / name),
+            tools=(),
+            environment_factory=Calculator,
+            vllm_mode="server",
+            vllm_server_base_url=tool_server,
+            vllm_weight_sync_dir=str(tmp_path / f"sync_{name}"),
+            learning_rate=0.0,
+            max_steps=3,
+            **settings,
+        )
+        trainer.train()
+        return trainer
+
+    def logged(trainer: PPOTrainerVL) -> list[dict]:
+        return [
+            {k: v for k, v in entry.items() if not k.startswith("rollout/async/") and k != "step_time"}
+            for entry in trainer.state.log_history
+            if "loss" in entry
+        ]
+
+    synchronous, ahead = run("sync"), run("ahead", async_rollouts=True)
+    assert logged(ahead) == logged(synchronous)
+    assert all(entry["tools/call_frequency"] > 0 for entry in logged(ahead))
+    flags = [entry["rollout/async/generated_ahead"] for entry in ahead.state.log_history if "loss" in entry]
+    assert flags == [0.0, 1.0, 1.0]
+    # trainer.environments: the last trained rollout's instances, as in the synchronous run.
+    assert [c.calls for c in ahead.environments] == [c.calls for c in synchronous.environments]
+    assert any(c.calls for c in ahead.environments)
