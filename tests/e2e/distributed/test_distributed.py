@@ -403,3 +403,65 @@ def test_zero3_without_gathering_weights_on_save_is_refused(tmp_path):
     )  # fmt: skip
     assert returncode != 0
     assert "set `zero3_save_16bit_model: true` in the accelerate config" in output
+
+
+def test_two_machines_run_the_builtin_example_as_one_machine_with_two_processes(zero3_example, tmp_path):
+    # The multi-node launch of docs/multinode.md, on this machine: two `accelerate launch` commands, one per "machine"
+    # (--num_machines 2, --machine_rank 0 and 1, one process each, rendezvous over TCP at --main_process_ip). It is the
+    # same job as the one-machine, two-process launch: the same metrics and the same saved weights, bit for bit.
+    port = str(free_port())
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "DS_ACCELERATOR")},
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    machines = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                str(ZERO3_CONFIG),
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--num_processes",
+                "2",
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+                str(EXAMPLE),
+                "--output_dir",
+                str(tmp_path),
+                *EXAMPLE_ARGS,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = []
+    for machine in machines:
+        try:
+            outputs.append(machine.communicate(timeout=ZERO2_TIMEOUT_S)[0])
+        except subprocess.TimeoutExpired:
+            for other in machines:
+                kill_process_tree(other.pid)
+            pytest.fail("the two-machine launch did not finish (a hang?)")
+    assert [machine.returncode for machine in machines] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    ours, theirs = example_steps(tmp_path), example_steps(zero3_example)
+    timing = ("step_time", "grad_norm")
+    assert [entry["rollout/num_samples"] for entry in ours] == [8.0, 8.0]  # both machines' samples in each rollout
+    assert [{k: v for k, v in e.items() if k not in timing} for e in ours] == [
+        {k: v for k, v in e.items() if k not in timing} for e in theirs
+    ]
+    trained, reference = load_file(tmp_path / "model.safetensors"), load_file(zero3_example / "model.safetensors")
+    assert trained.keys() == reference.keys()
+    assert all(torch.equal(trained[name], reference[name]) for name in trained)
