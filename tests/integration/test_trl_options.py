@@ -332,14 +332,14 @@ def test_rollout_metrics_are_averaged_over_the_logging_interval(tmp_path):
         model, [length_reward], args, train_dataset=make_task_dataset("text", 16), processing_class=tokenizer
     )
     made = []
-    make_experience = trainer.experience_maker.make_experience
+    score_rollout = trainer.experience_maker.score_rollout
 
-    def recording(rows):
-        rollout = make_experience(rows)
+    def recording(generated, metrics):
+        rollout = score_rollout(generated, metrics)
         made.append(rollout.metrics["reward"])
         return rollout
 
-    trainer.experience_maker.make_experience = recording
+    trainer.experience_maker.score_rollout = recording
     trainer.train()
     logged = [entry["reward"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(made) == 4 and made[0] != made[1]
